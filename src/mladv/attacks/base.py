@@ -1,0 +1,109 @@
+"""The base class every attack shares: input checks, model mode, device, targeted mode, seeds."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ..utils import model_device
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode (BatchNorm must not change under attack) and restore its previous
+    mode afterwards, even when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def check_images(images: Tensor, labels: Tensor | None = None) -> None:
+    """Raise ``ValueError`` unless ``images`` is a float ``N x C x H x W`` tensor in [0, 1] and
+    ``labels`` an integer tensor of length ``N``."""
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape N x C x H x W, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype}")
+    if images.numel():
+        lo, hi = images.min().item(), images.max().item()
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"images must lie in [0, 1] (normalise inside the model, not before the attack); "
+                f"got min={lo:.4g}, max={hi:.4g}")
+    if labels is not None:
+        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if labels.is_floating_point():
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+
+
+class Attack:
+    """Base class: ``x_adv = atk(images, labels)``.
+
+    Subclasses implement :meth:`forward` as their paper's update rule; this class moves inputs to
+    the model's device, checks them, runs the model in eval mode (restoring its mode afterwards),
+    handles targeted mode and seeds.
+
+    Args:
+        model: a classifier taking ``N x C x H x W`` images in [0, 1] and returning logits.
+        eps: the L-infinity budget in [0, 1] units (8/255 by default).
+        targeted: if True, ``target_labels`` (or, if not given, a random other class drawn with
+            ``seed``) are the classes to reach.
+        seed: makes every random choice of the attack reproducible.
+    """
+
+    def __init__(self, model: nn.Module, *, eps: float = 8 / 255, targeted: bool = False,
+                 seed: int | None = None) -> None:
+        if not 0.0 < eps <= 1.0:
+            raise ValueError(f"eps must be in (0, 1] (in [0, 1] image units, e.g. 8/255), got {eps}")
+        self.model = model
+        self.eps = float(eps)
+        self.targeted = targeted
+        self.seed = seed
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def generator(self) -> torch.Generator:
+        """A CPU generator seeded with ``seed`` (fresh per call, so equal calls give equal output)."""
+        g = torch.Generator()
+        if self.seed is None:
+            g.seed()
+        else:
+            g.manual_seed(self.seed)
+        return g
+
+    def random_targets(self, labels: Tensor, num_classes: int, gen: torch.Generator) -> Tensor:
+        """A uniformly drawn class different from each label (shape ``N``)."""
+        if num_classes < 2:
+            raise ValueError("targeted mode needs at least 2 classes")
+        offset = torch.randint(1, num_classes, labels.shape, generator=gen).to(labels.device)
+        return (labels + offset) % num_classes
+
+    def __call__(self, images: Tensor, labels: Tensor, **kwargs: Any) -> Tensor:
+        check_images(images, labels)
+        device = self.device
+        images = images.detach().to(device, torch.float32)
+        labels = labels.detach().to(device, torch.long)
+        if kwargs.get("target_labels") is not None:
+            kwargs["target_labels"] = kwargs["target_labels"].detach().to(device, torch.long)
+            if not self.targeted:
+                raise ValueError("target_labels given but the attack is untargeted: pass targeted=True")
+        with eval_mode(self.model):
+            adv = self.forward(images, labels, **kwargs)
+        return adv.detach()
+
+    def forward(self, images: Tensor, labels: Tensor, **kwargs: Any) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        keys = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "model")
+        return f"{type(self).__name__}({keys})"

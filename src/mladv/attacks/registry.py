@@ -1,0 +1,33 @@
+"""Attacks by name, for the CLI and the configs."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from .base import Attack
+from .baselines import fgsm, mifgsm, pgd, pifgsm
+from .mladv import MLAdv
+
+ATTACKS: dict[str, Callable[..., Attack]] = {
+    "mladv": MLAdv,
+    "fgsm": fgsm,
+    "pgd": pgd,
+    "mifgsm": mifgsm,
+    "pifgsm": pifgsm,
+}
+
+
+def register_attack(name: str, factory: Callable[..., Attack]) -> None:
+    ATTACKS[name] = factory
+
+
+def make_attack(name: str, model: nn.Module, **options: Any) -> Attack:
+    """Build attack ``name`` on ``model``; unknown names list the valid ones."""
+    key = name.lower()
+    if key not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+    try:
+        return ATTACKS[key](model, **options)
+    except TypeError as exc:
+        raise ValueError(f"attack {name!r}: {exc}") from None

@@ -1,0 +1,53 @@
+"""A seeded, stratified, patient-aware train/test split (SPEC section 2.1: 0.85 / 0.15)."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Sequence
+
+import numpy as np
+from torch import Tensor
+
+from .folder import ImageSet
+
+
+def stratified_split(labels: Sequence[int] | Tensor, groups: Sequence[str] | None = None, *,
+                     test_size: float = 0.15, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices ``(train, test)``: about ``test_size`` of each class goes to test, and every group
+    (patient) lies wholly on one side.
+
+    A group's class is its most frequent label; per class, groups are shuffled with ``seed`` and
+    moved to the test side until the class's quota ``round(test_size * n_class)`` is reached.
+    """
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    labels = [int(v) for v in (labels.tolist() if isinstance(labels, Tensor) else labels)]
+    groups = list(groups) if groups is not None else [str(i) for i in range(len(labels))]
+    if len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    group_class = {g: Counter(labels[i] for i in idx).most_common(1)[0][0]
+                   for g, idx in members.items()}
+    rng = np.random.default_rng(seed)
+    test: list[int] = []
+    for c in sorted(set(labels)):
+        class_groups = sorted(g for g, gc in group_class.items() if gc == c)
+        rng.shuffle(class_groups)
+        quota = max(1, round(test_size * sum(len(members[g]) for g in class_groups)))
+        taken = 0
+        for g in class_groups:
+            if taken >= quota:
+                break
+            test.extend(members[g])
+            taken += len(members[g])
+    test_set = set(test)
+    train = [i for i in range(len(labels)) if i not in test_set]
+    return train, sorted(test)
+
+
+def split_imageset(data: ImageSet, *, test_size: float = 0.15, seed: int = 0
+                   ) -> tuple[ImageSet, ImageSet]:
+    """:func:`stratified_split` applied to an :class:`ImageSet` (groups = patients)."""
+    train, test = stratified_split(data.labels, data.groups, test_size=test_size, seed=seed)
+    return data.subset(train), data.subset(test)

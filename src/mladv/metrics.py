@@ -1,0 +1,52 @@
+"""Attack metrics: success rate, perturbation norms, SSIM / PSNR."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def success_rate(clean_pred: Tensor, adv_pred: Tensor, labels: Tensor,
+                 target_labels: Tensor | None = None) -> float:
+    """SPEC "Attack success": among images classified correctly when clean, the share whose
+    adversarial version is misclassified (or, targeted, classified as the target).
+    NaN when no image is classified correctly."""
+    correct = clean_pred == labels
+    if not correct.any():
+        return float("nan")
+    hit = adv_pred != labels if target_labels is None else adv_pred == target_labels
+    return hit[correct].float().mean().item()
+
+
+def perturbation_norms(clean: Tensor, adv: Tensor) -> dict[str, float]:
+    """Mean over images of the per-pixel mean |delta| (``l1``), the L2 norm and the L-inf norm,
+    and the max L-inf over the set (``linf_max``), all in [0, 1] units."""
+    delta = (adv - clean).flatten(1).double()
+    return {"l1": delta.abs().mean(1).mean().item(),
+            "l2": delta.norm(dim=1).mean().item(),
+            "linf": delta.abs().amax(1).mean().item(),
+            "linf_max": delta.abs().max().item() if delta.numel() else 0.0}
+
+
+def ssim(clean: Tensor, adv: Tensor) -> float:
+    """Mean structural similarity (scikit-image, ``data_range=1``) over images and channels."""
+    from skimage.metrics import structural_similarity
+
+    a, b = clean.detach().cpu().numpy(), adv.detach().cpu().numpy()
+    win = min(7, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
+    vals = [structural_similarity(a[i, c], b[i, c], data_range=1.0, win_size=win)
+            for i in range(a.shape[0]) for c in range(a.shape[1])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def psnr(clean: Tensor, adv: Tensor) -> float:
+    """Mean PSNR in dB over images (``data_range=1``); inf for identical images."""
+    mse = (adv - clean).flatten(1).double().pow(2).mean(1)
+    return (10 * torch.log10(1.0 / mse)).mean().item()
+
+
+def total_variation(delta: Tensor) -> float:
+    """Mean per image of the anisotropic total variation of ``delta`` (smoothness of the noise)."""
+    dv = (delta[..., 1:, :] - delta[..., :-1, :]).abs().flatten(1).sum(1)
+    dh = (delta[..., :, 1:] - delta[..., :, :-1]).abs().flatten(1).sum(1)
+    return (dv + dh).mean().item()
