@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import ImageSet
-from .utils import model_device
+from .utils import model_device, progress_bar
 
 BatchTransform = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
 
@@ -37,10 +37,7 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.2)
     history = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="batch", leave=False)
+    bar = progress_bar(epochs * steps_per_epoch, desc, "batch", enabled=progress)
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=gen)
@@ -61,12 +58,10 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
             hard = y if y.dim() == 1 else y.argmax(1)
             correct += (logits.argmax(1) == hard).sum().item()
             seen += len(idx)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.3f}")
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.3f}")
         history.append({"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen})
-    if bar is not None:
-        bar.close()
+    bar.close()
     model.eval()
     return history
 

@@ -72,3 +72,11 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True):
+    """A tqdm bar that shows images/s and the ETA; silent when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=0.5,
+                disable=None if enabled else True)

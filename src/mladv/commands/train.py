@@ -1,0 +1,52 @@
+"""``mladv train``: train a classifier on a folder or the phantoms; checkpoint + metrics JSON."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from ..data import load_source, split_imageset
+from ..models import build_model, save_checkpoint
+from ..training import accuracy, train_classifier
+from ..utils import atomic_write_json, resolve_device, set_determinism
+
+
+def train(
+    data: str = typer.Argument(..., help="ImageFolder root, or 'phantoms' for the synthetic set."),
+    arch: str = typer.Option("resnet18", help="Architecture (see mladv.models.ARCHITECTURES)."),
+    image_size: int = typer.Option(128, help="Images are resized/cropped to this square size."),
+    epochs: int = typer.Option(10, min=1),
+    batch_size: int = typer.Option(32, min=1),
+    lr: float = typer.Option(1e-3),
+    seed: int = typer.Option(0, help="Seeds the split, the initialisation and the batches."),
+    test_size: float = typer.Option(0.15, help="Held-out share (patient-aware, stratified)."),
+    out: Path = typer.Option(Path("runs/train"), help="Output folder."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    skip_bad: bool = typer.Option(False, help="Skip unreadable images (listed) instead of failing."),
+) -> None:
+    """Train ARCH on DATA's train split; write OUT/model.pt and OUT/metrics.json."""
+    set_determinism(seed)
+    dev = resolve_device(device)
+    dataset = load_source(data, image_size, skip_bad=skip_bad, seed=seed, progress=True)
+    train_set, test_set = split_imageset(dataset, test_size=test_size, seed=seed)
+    typer.echo(f"{data}: {len(train_set)} train / {len(test_set)} test images, "
+               f"classes {dataset.classes}")
+    model = build_model(arch, len(dataset.classes)).to(dev)
+    start = time.perf_counter()
+    history = train_classifier(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr,
+                               seed=seed)
+    metrics = {"test_acc": accuracy(model, test_set.images, test_set.labels),
+               "train_acc": history[-1]["train_acc"], "train_seconds": time.perf_counter() - start,
+               "n_train": len(train_set), "n_test": len(test_set),
+               "skipped": [p for p, _ in dataset.skipped]}
+    save_checkpoint(out / "model.pt", model, classes=dataset.classes, image_size=image_size,
+                    epoch=epochs, metrics=metrics, data=data,
+                    split={"seed": seed, "test_size": test_size})
+    atomic_write_json({"data": data, "arch": arch, "image_size": image_size, "seed": seed,
+                       "history": history, **metrics}, out / "metrics.json")
+    typer.echo(f"test accuracy {metrics['test_acc']:.4f}; wrote {out / 'model.pt'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
