@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny model trained once per session on small phantoms."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mladv.data import make_phantoms, split_imageset
+from mladv.models import build_model
+from mladv.training import train_classifier
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+CXR3 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr3"
+
+
+@pytest.fixture(scope="session")
+def phantoms32():
+    """153 / 27 split of 32 px phantoms (3 classes)."""
+    return split_imageset(make_phantoms(60, 32, seed=1), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_model(phantoms32):
+    """A small CNN trained for a few epochs; well above chance, far from perfect."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3)
+    train_classifier(model, phantoms32[0], epochs=6, batch_size=16, lr=3e-3, seed=0,
+                     progress=False)
+    return model.eval()
+
+
+@pytest.fixture()
+def cxr3_root() -> Path:
+    if not (CXR3 / "manifest.csv").is_file():
+        pytest.skip(f"real chest X-rays not found at {CXR3} (the ../shared data folder is absent)")
+    return CXR3
