@@ -63,3 +63,25 @@ def test_small_demo_writes_summary_and_grid(tmp_path):
     assert saved["attacks"].keys() == summary["attacks"].keys() == {"MLAdv", "PGD-3"}
     assert (tmp_path / "grid.png").stat().st_size > 1000
     assert all(0 <= r["success"] <= 1 for r in saved["attacks"].values())
+
+
+def test_atomic_outputs_have_normal_permissions(tmp_path):
+    import os
+
+    from mladv.utils import atomic_write_json
+
+    atomic_write_json({"a": 1}, tmp_path / "x.json")
+    assert os.stat(tmp_path / "x.json").st_mode & 0o044  # group/other can read (umask allowing)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
+    from mladv.utils import atomic_path
+
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
