@@ -5,24 +5,102 @@ normalise per sample; sum it for a batch loss.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def gram_matrix(features: Tensor) -> Tensor:
     """Gram matrix of a feature map, normalised by its number of elements (Gatys et al.).
 
     ``G[n] = F[n] F[n]^T / (C*H*W)`` with ``F[n]`` the ``C x (H*W)`` reshaped features.
+    Contiguous and channels_last inputs are both read without a copy.
 
     Shape:
         features: ``N x C x H x W`` (or ``N x C x L``) -> ``N x C x C``.
     """
     n, c = features.shape[:2]
-    flat = features.reshape(n, c, -1)
-    return torch.bmm(flat, flat.transpose(1, 2)) / flat[0].numel()
+    with _float32(features) as features:
+        flat = features.reshape(n, c, -1)
+        return torch.bmm(flat, flat.transpose(1, 2)) / flat[0].numel()
+
+
+@contextmanager
+def _float32(features: Tensor) -> Iterator[Tensor]:
+    """Gram matrices in (at least) float32 even under bf16 autocast: ``G - R`` cancels, and 8
+    mantissa bits would leave mostly rounding noise. A no-op for float32 / float64 features
+    outside autocast."""
+    if features.dtype not in (torch.float32, torch.float64):
+        features = features.float()
+    device_type = features.device.type
+    if not torch.is_autocast_enabled(device_type):
+        yield features
+        return
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield features
+
+
+class _GramDistance(torch.autograd.Function):
+    """Per-sample ``|| s F F^T - R ||_F^2`` (``F``: ``N x C x L``, ``R``: ``N|1 x C x C``) with a
+    cheaper backward than autograd's: ``dL/dF = 4 s (sF F^T - R) F`` is ONE batched matmul
+    (autograd does two, plus five elementwise passes over the ``C x C`` matrices), using that
+    ``sF F^T - R`` is symmetric for a symmetric reference. The forward fuses ``- R`` and the
+    scale ``s`` into the matmul (``baddbmm``) and takes the squared norm as a batched dot
+    product, so no ``C x C`` temporary is allocated besides ``sF F^T - R`` itself (on the CPU
+    large temporaries cost page faults as much as arithmetic). ``R`` is treated as a constant
+    (the style reference is computed without gradient)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(flat: Tensor, ref: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+        n = flat.shape[0]
+        diff = torch.baddbmm(ref.expand(n, -1, -1), flat, flat.transpose(1, 2),
+                             beta=-1.0, alpha=scale)
+        row = diff.view(n, 1, -1)  # the squared norm as a batched dot product: no C x C temporary
+        return torch.bmm(row, row.transpose(1, 2)).view(n), diff
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd's signature
+        flat, _ref, scale = inputs
+        _loss, diff = output
+        ctx.mark_non_differentiable(diff)
+        ctx.set_materialize_grads(False)  # no zero-filled C x C gradient for ``diff``
+        ctx.save_for_backward(flat, diff)
+        ctx.scale = scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: Tensor | None, _grad_diff: None):  # noqa: ANN001, ANN205
+        if grad_loss is None:
+            return None, None, None
+        flat, diff = ctx.saved_tensors
+        weight = (4.0 * ctx.scale) * grad_loss.view(-1, 1, 1)
+        c, length = flat.shape[1:]
+        if c <= length:  # scale the smaller of the C x C and C x L operands
+            diff, weight = diff * weight, None
+        if flat.stride(-2) == 1 and flat.stride(-1) != 1:  # channels_last: keep its layout
+            grad = torch.bmm(flat.transpose(1, 2), diff).transpose(1, 2)
+        else:
+            grad = torch.bmm(diff, flat)
+        return (grad if weight is None else grad * weight), None, None
+
+
+def gram_distance(style_gram: Tensor, features: Tensor) -> Tensor:
+    """``|| G(features) - style_gram ||_2^2`` per sample (one layer of eq. 4), without forming
+    ``G`` separately and with a one-matmul backward (:class:`_GramDistance`).
+
+    Shape: style_gram ``N x C x C`` or ``1 x C x C``, features ``N x C x H x W`` -> ``N``.
+    """
+    n, c = features.shape[:2]
+    with _float32(features) as features:
+        flat = features.reshape(n, c, -1)
+        ref = style_gram.detach().to(flat.dtype)
+        return _GramDistance.apply(flat, ref, 1.0 / flat[0].numel())[0]
 
 
 def style_loss(style_grams: Sequence[Tensor], adv_features: Sequence[Tensor]) -> Tensor:
@@ -30,15 +108,69 @@ def style_loss(style_grams: Sequence[Tensor], adv_features: Sequence[Tensor]) ->
 
     Args:
         style_grams: per style layer ``l``, the reference Gram ``N x C_l x C_l`` (or ``1 x C_l x
-            C_l``, broadcast over the batch).
+            C_l``, broadcast over the batch); treated as a constant.
         adv_features: per style layer, the activation ``N x C_l x H_l x W_l`` of ``x_a``.
 
     Returns:
-        ``N`` per-sample losses.
+        ``N`` per-sample losses (float32 even when the features are bf16 under autocast).
     """
-    total = adv_features[0].new_zeros(adv_features[0].shape[0])
-    for ref, feat in zip(style_grams, adv_features, strict=True):
-        total = total + (gram_matrix(feat) - ref).pow(2).flatten(1).sum(1)
+    if len(style_grams) != len(adv_features) or not adv_features:
+        raise ValueError(f"style_loss needs one reference Gram per style layer (at least one), "
+                         f"got {len(style_grams)} Grams for {len(adv_features)} layers")
+    total = gram_distance(style_grams[0], adv_features[0])
+    for ref, feat in zip(style_grams[1:], adv_features[1:]):
+        total = total + gram_distance(ref, feat)
+    return total
+
+
+def feature_gram_distance(style_features: Tensor, features: Tensor) -> Tensor:
+    """``|| G(features) - G(style_features) ||_2^2`` per sample from the style *features*, in the
+    cheaper of two exact forms (``F``: ``C x L`` features of x_a, ``S``: of x_s, ``n = C*L``):
+
+    - ``C <= 2L``: the ``C x C`` Gram form of :func:`gram_distance`;
+    - ``C > 2L`` (deep layers: e.g. ``layer4`` of a ResNet at 128 px has C = 512, L = 16):
+      ``(||F^T F||^2 - 2 ||S^T F||^2 + ||S^T S||^2) / n^2`` with ``L x L`` matrices only, the
+      trace identity ``tr((FF^T - SS^T)^2)``; ``N C L^2`` instead of ``N C^2 L`` work.
+
+    The gradient is that of eq. 4 up to float rounding (both forms round ``G - G_s``'s scale
+    alike); the *value* of the ``L x L`` form carries an absolute rounding error of about
+    ``1e-7 ||G||^2`` (it can be a tiny negative number when ``F = S``), so use
+    :func:`gram_distance` where the loss value itself is reported.
+
+    Shape: style_features ``N x C x H x W`` or ``1 x C x H x W``, features ``N x C x H x W``
+    -> ``N``.
+    """
+    n, c = features.shape[:2]
+    with _float32(features) as features:
+        flat = features.reshape(n, c, -1)
+        length = flat.shape[-1]
+        ref = style_features.detach().to(flat.dtype).reshape(style_features.shape[0], c, -1)
+        if ref.shape[-1] != length:
+            raise ValueError(f"style features have {ref.shape[-1]} positions per channel, the "
+                             f"features {length}: style and attacked images must be the same size")
+        if c <= 2 * length:
+            return gram_distance(gram_matrix(ref), flat)
+        ref = ref.expand(n, -1, -1)
+        own = torch.bmm(flat.transpose(1, 2), flat)           # N x L x L
+        cross = torch.bmm(ref.transpose(1, 2), flat)          # N x L x L
+        const = torch.bmm(ref.transpose(1, 2), ref)           # N x L x L, no gradient
+        sq = [m.square().sum(dim=(1, 2)) for m in (own, cross, const)]
+        return (sq[0] - 2.0 * sq[1] + sq[2]) / float(c * length) ** 2
+
+
+def style_loss_from_features(style_features: Sequence[Tensor],
+                             adv_features: Sequence[Tensor]) -> Tensor:
+    """Eq. 4 from the style reference's features instead of its Grams (see
+    :func:`feature_gram_distance`): the same loss, cheaper on deep layers where ``C > 2 H W``.
+
+    Shape: per layer, style ``N|1 x C_l x H_l x W_l``, adv ``N x C_l x H_l x W_l`` -> ``N``.
+    """
+    if len(style_features) != len(adv_features) or not adv_features:
+        raise ValueError(f"style_loss_from_features needs one style feature map per layer (at "
+                         f"least one), got {len(style_features)} for {len(adv_features)} layers")
+    total = feature_gram_distance(style_features[0], adv_features[0])
+    for ref, feat in zip(style_features[1:], adv_features[1:]):
+        total = total + feature_gram_distance(ref, feat)
     return total
 
 
@@ -52,7 +184,8 @@ def origin_loss(origin_features: Sequence[Tensor], adv_features: Sequence[Tensor
     """
     total = adv_features[0].new_zeros(adv_features[0].shape[0])
     for ref, feat in zip(origin_features, adv_features, strict=True):
-        total = total + (feat - ref).pow(2).flatten(1).mean(1)
+        # mean over the non-batch dims directly: no copy for channels_last features
+        total = total + (feat - ref).square().mean(dim=tuple(range(1, feat.dim())))
     return total
 
 

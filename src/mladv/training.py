@@ -1,16 +1,26 @@
-"""Training and prediction loops for :class:`~mladv.models.ImageClassifier`."""
+"""Training and prediction loops for :class:`~mladv.models.ImageClassifier`.
+
+Speed and scale options (all off by default, so results are unchanged unless asked for):
+``precision="bf16"`` (autocast), ``channels_last``, pinned memory with non-blocking copies (on
+by default on CUDA), and data-parallel training (DDP) whenever ``torch.distributed`` is
+initialised with more than one process (e.g. under ``torchrun``; see :mod:`mladv.distributed`).
+"""
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import ImageSet
+from .distributed import all_reduce_sum, is_distributed, rank_and_world, rank_batch
 from .utils import model_device, progress_bar
 
 BatchTransform = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
+Precision = Literal["fp32", "bf16"]
+PRECISIONS = ("fp32", "bf16")
 
 
 def random_hflip(images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -21,60 +31,143 @@ def random_hflip(images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[
     return images, labels
 
 
+def amp_context(device: torch.device | str, precision: str = "fp32") -> AbstractContextManager:
+    """The autocast context for ``precision``: ``"fp32"`` -> nothing, ``"bf16"`` ->
+    ``torch.autocast(device.type, torch.bfloat16)`` (CPU and CUDA; no gradient scaler needed).
+
+    Usable around a model's forward pass in training and around an attack call when crafting
+    (``with amp_context(dev, "bf16"): adv = atk(x, y)``); gradients come back in float32 for
+    float32 leaves.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def to_device(x: Tensor, device: torch.device, *, pin_memory: bool = False,
+              channels_last: bool = False) -> Tensor:
+    """Move a CPU batch to ``device``: through pinned memory with a non-blocking copy when
+    ``pin_memory`` (CUDA), optionally in channels_last memory format (4-d tensors only)."""
+    if pin_memory and device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory()
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batch_size: int = 32,
                      lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
                      transform: BatchTransform | None = random_hflip, progress: bool = True,
-                     desc: str = "train") -> list[dict[str, float]]:
-    """Train ``model`` in place with AdamW and a cosine schedule; returns one dict per epoch
+                     desc: str = "train", precision: Precision = "fp32",
+                     channels_last: bool = False, pin_memory: bool | None = None,
+                     distributed: bool | None = None) -> list[dict[str, float]]:
+    """Train ``model`` in place with AdamW and a one-cycle schedule; returns one dict per epoch
     (``epoch``, ``loss``, ``train_acc``). Labels may be soft (``N x K``) when a transform mixes
-    images (mixup / CutMix)."""
+    images (mixup / CutMix).
+
+    Args:
+        precision: ``"fp32"`` or ``"bf16"`` (autocast around forward and loss).
+        channels_last: put the model and the batches in channels_last memory format.
+        pin_memory: pinned host memory + non-blocking copies; default on for CUDA models.
+        distributed: data-parallel training across the processes of the initialised default
+            process group; default: on when one with more than one process exists.
+
+    Distributed semantics (DDP, ``DistributedSampler``-style dealing): ``batch_size`` stays the
+    *global* batch. Every rank draws the same epoch permutation and batch transforms from
+    ``seed``; rank ``r`` trains on items ``r, r + W, ...`` of each global batch (padded to equal
+    shapes with zero-weight repeats, :func:`mladv.distributed.rank_batch`), so each epoch covers
+    every item exactly once across the ranks, and the averaged gradient equals the
+    single-process gradient of that batch. For models without BatchNorm the trained weights
+    equal the single-process run's up to float rounding; with BatchNorm, batch statistics are
+    per rank (as usual in DDP) and the running statistics are rank 0's. Weights are identical
+    on every rank, and the returned history is reduced over all ranks.
+    """
     if len(data) == 0:
         raise ValueError("cannot train on an empty data set")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    amp_context("cpu", precision)  # validates precision before any work
     device = model_device(model)
+    pin = device.type == "cuda" if pin_memory is None else pin_memory
+    use_ddp = is_distributed() if distributed is None else distributed and is_distributed()
+    rank, world = rank_and_world() if use_ddp else (0, 1)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if use_ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(model, device_ids=[device] if device.type == "cuda" else None)
+
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(data) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.2)
     history = []
-    bar = progress_bar(epochs * steps_per_epoch, desc, "batch", enabled=progress)
+    bar = progress_bar(epochs * steps_per_epoch, desc, "batch", enabled=progress and rank == 0)
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=gen)
-        total_loss, correct, seen = 0.0, 0, 0
-        for start in range(0, len(data), batch_size):
+        # loss sum, correct, seen: accumulated on the device, read once per epoch (no sync per step)
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        for step, start in enumerate(range(0, len(data), batch_size)):
             idx = order[start:start + batch_size]
             x, y = data.images[idx], data.labels[idx]
             if transform is not None:
                 x, y = transform(x, y, gen)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            weight = None
+            if use_ddp:
+                local, weight = rank_batch(torch.arange(len(idx)), rank, world)
+                x, y = x[local], y[local]
+                weight = weight.to(device, non_blocking=True)
+            x = to_device(x, device, pin_memory=pin, channels_last=channels_last)
+            y = to_device(y, device, pin_memory=pin)
+            with amp_context(device, precision):
+                logits = net(x)
+                if weight is None:
+                    loss = F.cross_entropy(logits, y)
+                else:
+                    per_sample = F.cross_entropy(logits, y, reduction="none")
+                    loss = (per_sample * weight).sum() * (world / len(idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total_loss += loss.item() * len(idx)
             hard = y if y.dim() == 1 else y.argmax(1)
-            correct += (logits.argmax(1) == hard).sum().item()
-            seen += len(idx)
+            hits = logits.detach().argmax(1) == hard
+            if weight is None:
+                totals += torch.stack([loss.detach().double() * len(idx),
+                                       hits.sum().double(), totals.new_tensor(len(idx))])
+            else:
+                totals += torch.stack([(per_sample.detach().double() * weight).sum(),
+                                       (hits.double() * weight).sum(), weight.sum().double()])
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{total_loss / seen:.3f}")
+            if rank == 0 and (step % 25 == 0 or step == steps_per_epoch - 1):
+                bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0].item() / totals[2].item():.3f}")
+        total_loss, correct, seen = all_reduce_sum(totals).tolist()
         history.append({"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen})
     bar.close()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: Tensor, batch_size: int = 128) -> Tensor:
-    """Logits for ``N x C x H x W`` images, in eval mode (mode restored), on the CPU."""
+def predict_logits(model: nn.Module, images: Tensor, batch_size: int = 128, *,
+                   precision: Precision = "fp32") -> Tensor:
+    """Logits for ``N x C x H x W`` images, in eval mode (mode restored), as float32 on the CPU."""
     was_training = model.training
     model.eval()
     device = model_device(model)
     try:
-        out = [model(images[i:i + batch_size].to(device)).float().cpu()
-               for i in range(0, images.shape[0], batch_size)]
+        with amp_context(device, precision):
+            out = [model(images[i:i + batch_size].to(device, non_blocking=True)).float().cpu()
+                   for i in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

@@ -1,10 +1,12 @@
 """Attacks with the torchattacks call shape ``x_adv = atk(images, labels)``."""
 from .base import Attack, check_images, eval_mode
 from .baselines import TorchAttack, fgsm, mifgsm, pgd, pifgsm
+from .gama import GAMA
 from .mladv import MLAdv
 from .projection import cut_noise, heuristic_projection, projection_kernel
+from .rays import RayS
 from .registry import ATTACKS, make_attack, register_attack
 
 __all__ = ["ATTACKS", "Attack", "MLAdv", "TorchAttack", "check_images", "cut_noise", "eval_mode",
            "fgsm", "heuristic_projection", "make_attack", "mifgsm", "pgd", "pifgsm",
-           "projection_kernel", "register_attack"]
+           "projection_kernel", "register_attack", "GAMA", "RayS"]

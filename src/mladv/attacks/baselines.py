@@ -73,5 +73,7 @@ def mifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, decay: fl
 def pifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, beta: float = 10.0,
            kernel_size: int = 3, **kw: Any) -> Attack:
     """PI-FGSM (Gao et al., ECCV 2020) for any channel count: MLAdv with the realism terms off."""
-    return MLAdv(model, eps=eps, steps=steps, beta=beta, kernel_size=kernel_size,
-                 style_weight=0.0, origin_weight=0.0, detail_weight=0.0, **kw)
+    options = {"style_weight": 0.0, "origin_weight": 0.0, "detail_weight": 0.0, "momentum": 0.0,
+               "diversity": 0.0, "smoothing": 0, "adv_loss": "log-p", "schedule": "constant",
+               "pre_steps": 0, "keep": "last", "projection": True, **kw}
+    return MLAdv(model, eps=eps, steps=steps, beta=beta, kernel_size=kernel_size, **options)

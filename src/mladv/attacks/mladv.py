@@ -1,9 +1,11 @@
 """MLAdv: multi-loss hybrid adversarial function + heuristic projection (SPEC eqs. 1-10)."""
 from __future__ import annotations
 
+import math
 from typing import Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..features import FeatureTap, conv_layers, default_origin_layer
@@ -11,13 +13,58 @@ from ..losses import adversarial_loss, detail_loss, gram_matrix, origin_loss, st
 from .base import Attack, check_images
 from .projection import heuristic_projection, projection_kernel
 
-Balance = Literal["grad-norm", "literal"]
+Balance = Literal["grad-norm", "literal", "calibrated"]
 StylePolicy = Literal["same-class", "self"]
+AdvLoss = Literal["log-p", "margin"]
+Realism = Literal["always", "after-success"]
+Schedule = Literal["constant", "linear", "cosine"]
+Keep = Literal["last", "last-adversarial"]
+DetailOn = Literal["image", "delta"]
+
+
+def _per_sample_mean_abs(g: Tensor) -> Tensor:
+    """``mean|g|`` per sample, shaped to broadcast against ``g`` (``N x 1 x 1 x 1``)."""
+    return g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
 
 
 def _per_sample_unit(g: Tensor) -> Tensor:
     """``g / mean|g|`` per sample, so that terms of very different scales weigh alike."""
-    return g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (g.dim() - 1))
+    return g / _per_sample_mean_abs(g)
+
+
+def gaussian_kernel(size: int) -> Tensor:
+    """A ``size x size`` Gaussian (3 sigma at the border, as torchattacks' TI-FGSM), summing to 1."""
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"smoothing must be 0 or an odd kernel size >= 1, got {size}")
+    x = torch.linspace(-3.0, 3.0, size) if size > 1 else torch.zeros(1)
+    k1 = torch.exp(-x.pow(2) / 2)
+    k2 = torch.outer(k1, k1)
+    return k2 / k2.sum()
+
+
+def depthwise(x: Tensor, kernel: Tensor) -> Tensor:
+    """Convolve each channel of ``x`` (``N x C x H x W``) with ``kernel`` (``k x k``), zero padding."""
+    c = x.shape[1]
+    return F.conv2d(x, kernel.to(x).expand(c, 1, *kernel.shape), padding=kernel.shape[-1] // 2,
+                    groups=c)
+
+
+def logit_margin(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Untargeted ``z_y - max_{j!=y} z_j``, targeted ``max_{j!=t} z_j - z_t``: negative when the
+    sample fools the model. Shape: logits ``N x K``, labels (targets) ``N`` -> ``N``."""
+    cls = labels if targets is None else targets
+    own = logits.gather(1, cls[:, None]).squeeze(1)
+    other = logits.scatter(1, cls[:, None], float("-inf")).amax(1)
+    return own - other if targets is None else other - own
+
+
+def margin_loss(logits: Tensor, labels: Tensor, targets: Tensor | None, kappa: float) -> Tensor:
+    """Hinged logit margin (Carlini & Wagner) ``max(logit_margin, -kappa)``: minimising it fools
+    the model, and it is flat (zero gradient) once the sample fools the model by ``kappa``.
+
+    Shape: logits ``N x K``, labels ``N`` -> ``N``.
+    """
+    return logit_margin(logits, labels, targets).clamp_min(-kappa)
 
 
 def same_class_partners(labels: Tensor, gen: torch.Generator) -> Tensor:
@@ -36,24 +83,39 @@ def same_class_partners(labels: Tensor, gen: torch.Generator) -> Tensor:
     return partner.to(labels.device)
 
 
+def _schedule(kind: Schedule, t: int, steps: int) -> float:
+    """Multiplier of the step size and the projection factor at step ``t`` of ``steps``:
+    1 (constant), ``1 - t/T`` (linear) or ``(1 + cos(pi t/T))/2`` (cosine), never below 1/T."""
+    if kind == "constant":
+        return 1.0
+    frac = t / steps
+    value = 1.0 - frac if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+    return max(value, 1.0 / steps)
+
+
 class MLAdv(Attack):
     r"""MLAdv (Wang, Cheng & Chen): realistic adversarial samples for data augmentation.
 
     Minimises the hybrid loss of eq. 2,
     ``L_hybrid = w_s L_s + w_o L_o + w_d L_d + tau L_adv`` (eqs. 4-7), with the patch-wise update
     and heuristic projection of eqs. 8-10 (step ``alpha = beta * eps / steps``, projection factor
-    ``gamma``, kernel ``W_o`` of size ``kernel_size``), under the L-infinity budget ``eps``.
+    ``gamma``, kernel ``W_o`` of size ``kernel_size``), under the L-infinity budget ``eps``:
 
-    ``balance="literal"`` combines the terms exactly as eq. 2 writes them. Measured on real chest
-    X-rays it does not attack (the realism gradients decide the sign of nearly every pixel; see
-    SPEC "Measured"), so the default ``balance="grad-norm"`` normalises each term's gradient per
-    sample and combines them as ``g = g_adv/|g_adv| + tau * sum_k w_k g_k/|g_k|``: ``tau`` is then
-    the weight of the realism terms relative to the adversarial one.
+        g      = ∇_{x_t} L_hybrid            (balanced, see ``balance``; optional DI, TI, momentum)
+        A     <- A - alpha_t sign(g);  proj = gamma_t sign(W_o * P(A));  A <- A + proj
+        x_t+1  = clip_[0,1](x + clip_[-eps,eps](x_t - alpha_t sign(g) + proj - x))
 
-    With every realism weight at 0 the loop is PI-FGSM (torchattacks ``PIFGSM``); with
-    ``projection=False`` it is the paper's "multi-loss" ablation arm (gamma = 0, plain clipping).
-    Style and origin features are read with forward hooks in the same forward pass that gives
-    the logits.
+    ``balance="literal"`` combines the terms exactly as eq. 2 writes them; measured on real chest
+    X-rays it does not attack (SPEC "Measured"). ``"grad-norm"`` normalises each term's gradient
+    per sample, ``g = g_adv/|g_adv| + tau * sum_k w_k g_k/|g_k|`` (one backward pass per term);
+    ``"calibrated"`` gives the same mix with ONE backward pass per step: the per-sample factors
+    ``|g_adv|/|g_k|`` are measured once (step 2, the first where the origin term has a gradient)
+    and then scale the losses, detached. Step 1 is then the adversarial term alone.
+
+    The defaults are the variant chosen by measurement on real chest X-rays
+    (``benchmarks/mladv_quality.py``, ``docs/method.md``). With every realism weight at 0 and
+    ``momentum=0, diversity=0, smoothing=0, adv_loss="log-p", schedule="constant", keep="last"``
+    the loop is PI-FGSM (torchattacks ``PIFGSM``; :func:`mladv.attacks.pifgsm` passes these).
 
     Args:
         model: classifier taking ``N x C x H x W`` images in [0, 1], returning logits.
@@ -62,18 +124,38 @@ class MLAdv(Attack):
         beta: amplification factor; step ``alpha = beta * eps / steps``.
         gamma: projection factor (default ``alpha``).
         kernel_size: side of the projection kernel ``W_o`` (odd, >= 3).
-        tau: see ``balance``.
+        tau: eq. 2's weight of L_adv (``literal``); otherwise the weight of the realism terms
+            relative to the adversarial one.
         style_weight, origin_weight, detail_weight: ``w_s, w_o, w_d``; 0 switches a term off.
-        style_layers: ``"all-conv"`` or a list of module names (the style set S).
-        origin_layer: module name of the origin layer O (default: ``layer3`` of a ResNet, else a
-            conv layer three quarters of the way down).
+        style_layers: ``"all-conv"``, ``"early-conv"`` (the first third), or module names (S).
+        origin_layer: module name(s) of the origin layer(s) O (default: ``layer3`` of a ResNet,
+            else a conv layer three quarters of the way down).
         style: the style reference x_s: ``"same-class"`` (another image of the same class in the
             batch, drawn with ``seed``), ``"self"``, or a tensor ``1 x C x H x W`` / ``N x C x H x W``.
         mask: optional region mask broadcastable to ``N x C x H x W``; delta is zero where it is 0.
         projection: apply the heuristic projection (eq. 9); False gives plain clipping.
-        balance: ``"grad-norm"`` (default) or ``"literal"``.
+        balance: ``"grad-norm"``, ``"calibrated"`` or ``"literal"`` (see above).
+        adv_loss: ``"log-p"`` (eq. 7: ``log p_y``, i.e. minus the cross-entropy) or ``"margin"``
+            (hinged logit margin, flat once misclassified by ``kappa``: realism then takes over).
+        kappa: the margin of ``adv_loss="margin"`` (logit units).
+        realism: ``"always"``, or ``"after-success"``: per sample, the realism terms replace the
+            adversarial one once the sample is misclassified by ``kappa``.
+        detail_on: ``"image"`` (eq. 6, TV of x_a) or ``"delta"`` (TV of the perturbation).
+        momentum: MI-FGSM decay mu (0 = none): ``m <- mu m + g / mean|g|``, the step uses ``m``.
+        diversity: probability of the DI-FGSM input transform at each step (0 = none).
+        diversity_scale: DI shrinks the image to a random side in ``[scale H, H)`` and pads it back.
+        smoothing: TI-FGSM: odd size of a Gaussian that smooths the gradient (0 = none).
+        schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay of ``alpha`` and ``gamma``.
+        pre_steps: the two-phase pipeline of Fig. 2: first ``pre_steps`` Adam steps (rate
+            ``pre_lr``) on L_hybrid, then the eq. 9 loop with the cross-entropy gradient alone.
+        pre_lr: Adam's step in [0, 1] units (default ``eps / 4``).
+        keep: ``"last"`` iterate, or per sample the ``"last-adversarial"`` one (the last iterate
+            that fooled the model; the last iterate when none did).
         targeted: reach ``target_labels`` instead of leaving ``labels``.
-        seed: seeds the style-partner and random-target draws.
+        seed: seeds the style-partner, DI and random-target draws.
+
+    Attributes:
+        backward_passes: backward passes through the model in the last call (for speed checks).
 
     Shape:
         images ``N x C x H x W`` in [0, 1] (C = 1 for chest X-rays; the perturbation keeps C),
@@ -89,19 +171,19 @@ class MLAdv(Attack):
                  beta: float = 10.0, gamma: float | None = None, kernel_size: int = 3,
                  tau: float = 0.5, style_weight: float = 1.0, origin_weight: float = 1.0,
                  detail_weight: float = 1.0, style_layers: str | Sequence[str] = "all-conv",
-                 origin_layer: str | None = None, style: StylePolicy | Tensor = "same-class",
-                 mask: Tensor | None = None, projection: bool = True,
-                 balance: Balance = "grad-norm", targeted: bool = False,
+                 origin_layer: str | Sequence[str] | None = None,
+                 style: StylePolicy | Tensor = "same-class", mask: Tensor | None = None,
+                 projection: bool = True, balance: Balance = "grad-norm",
+                 adv_loss: AdvLoss = "log-p", kappa: float = 0.0, realism: Realism = "always",
+                 detail_on: DetailOn = "image", momentum: float = 0.0, diversity: float = 0.0,
+                 diversity_scale: float = 0.9, smoothing: int = 0,
+                 schedule: Schedule = "constant", pre_steps: int = 0,
+                 pre_lr: float | None = None, keep: Keep = "last", targeted: bool = False,
                  seed: int | None = None) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if min(style_weight, origin_weight, detail_weight, tau) < 0:
-            raise ValueError("tau and the loss weights must be >= 0")
-        if balance not in ("grad-norm", "literal"):
-            raise ValueError(f"balance must be 'grad-norm' or 'literal', got {balance!r}")
-        if isinstance(style, str) and style not in ("same-class", "self"):
-            raise ValueError(f"style must be 'same-class', 'self' or a tensor, got {style!r}")
+        self._check_options(steps, tau, style_weight, origin_weight, detail_weight, balance,
+                            style, adv_loss, kappa, realism, detail_on, momentum, diversity,
+                            diversity_scale, schedule, pre_steps, keep)
         self.steps = steps
         self.beta = beta
         self.alpha = beta * self.eps / steps
@@ -109,14 +191,58 @@ class MLAdv(Attack):
         self.kernel = projection_kernel(kernel_size)
         self.tau = tau
         self.weights = {"style": style_weight, "origin": origin_weight, "detail": detail_weight}
-        self.style_layers = (conv_layers(model) if style_layers == "all-conv"
-                             else list(style_layers)) if style_weight > 0 else []
-        self.origin_layers = ([origin_layer or default_origin_layer(model)]
-                              if origin_weight > 0 else [])
+        self.style_layers = self._style_layer_names(model, style_layers) if style_weight > 0 else []
+        self.origin_layers = ([] if origin_weight <= 0 else
+                              [origin_layer or default_origin_layer(model)]
+                              if origin_layer is None or isinstance(origin_layer, str)
+                              else list(origin_layer))
         self.style = style
         self.mask = mask
         self.projection = projection
         self.balance = balance
+        self.adv_loss, self.kappa, self.realism, self.detail_on = adv_loss, kappa, realism, detail_on
+        self.momentum, self.diversity, self.diversity_scale = momentum, diversity, diversity_scale
+        self.smoothing = gaussian_kernel(smoothing) if smoothing else None
+        self.schedule, self.pre_steps, self.keep = schedule, pre_steps, keep
+        self.pre_lr = self.eps / 4 if pre_lr is None else float(pre_lr)
+        self.backward_passes = 0
+
+    @staticmethod
+    def _check_options(steps: int, tau: float, ws: float, wo: float, wd: float, balance: str,
+                       style: object, adv_loss: str, kappa: float, realism: str, detail_on: str,
+                       momentum: float, diversity: float, diversity_scale: float, schedule: str,
+                       pre_steps: int, keep: str) -> None:
+        """One clear ``ValueError`` per bad option."""
+        choices = {"balance": (balance, ("grad-norm", "literal", "calibrated")),
+                   "adv_loss": (adv_loss, ("log-p", "margin")),
+                   "realism": (realism, ("always", "after-success")),
+                   "detail_on": (detail_on, ("image", "delta")),
+                   "schedule": (schedule, ("constant", "linear", "cosine")),
+                   "keep": (keep, ("last", "last-adversarial"))}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if min(ws, wo, wd, tau, kappa, momentum, pre_steps) < 0:
+            raise ValueError("tau, kappa, momentum, pre_steps and the loss weights must be >= 0")
+        if not 0.0 <= diversity <= 1.0 or not 0.0 < diversity_scale <= 1.0:
+            raise ValueError(f"diversity must be in [0, 1] and diversity_scale in (0, 1], got "
+                             f"{diversity}, {diversity_scale}")
+        if isinstance(style, str) and style not in ("same-class", "self"):
+            raise ValueError(f"style must be 'same-class', 'self' or a tensor, got {style!r}")
+
+    @staticmethod
+    def _style_layer_names(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
+        if layers == "all-conv":
+            return conv_layers(model)
+        if layers == "early-conv":
+            convs = conv_layers(model)
+            return convs[:max(1, len(convs) // 3)]
+        if isinstance(layers, str):
+            raise ValueError(f"style_layers must be 'all-conv', 'early-conv' or a list of module "
+                             f"names, got {layers!r}")
+        return list(layers)
 
     # -- references -------------------------------------------------------------------------
     def _style_reference(self, images: Tensor, labels: Tensor, style_images: Tensor | None,
@@ -148,39 +274,126 @@ class MLAdv(Attack):
             grams = [gram_matrix(f).detach() for f in style_feats]
         return grams, origin, logits.shape[1]
 
-    # -- one gradient -----------------------------------------------------------------------
-    def _gradient(self, x_t: Tensor, labels: Tensor, targets: Tensor | None,
-                  grams: list[Tensor], origin: list[Tensor]) -> Tensor:
-        """``∇_{x_t} L_hybrid`` (literal) or the per-term-normalised mix (grad-norm).
-        One forward pass; the hooks give the style and origin features of the same pass."""
-        x_t = x_t.detach().requires_grad_(True)
-        with FeatureTap(self.model, self.style_layers + self.origin_layers) as tap:
-            logits = self.model(x_t)
-            terms: list[tuple[float, Tensor]] = []
-            if self.style_layers:
-                terms.append((self.weights["style"],
-                              style_loss(grams, tap.outputs(self.style_layers))))
-            if self.origin_layers:
-                terms.append((self.weights["origin"],
-                              origin_loss(origin, tap.outputs(self.origin_layers))))
-        if self.weights["detail"] > 0:
-            terms.append((self.weights["detail"], detail_loss(x_t)))
-        l_adv = adversarial_loss(logits, labels, targets if self.targeted else None)
+    @torch.no_grad()
+    def _origin_features(self, images: Tensor) -> list[Tensor]:
+        with FeatureTap(self.model, self.origin_layers) as tap:
+            self.model(images)
+            return [f.detach() for f in tap.outputs(self.origin_layers)]
 
+    # -- input diversity (DI-FGSM) ----------------------------------------------------------
+    def _diverse(self, gen: torch.Generator, height: int) -> tuple[int, int, int] | None:
+        """Draw a DI transform (new side, top, left) with probability ``diversity``, else None."""
+        if self.diversity <= 0 or torch.rand(1, generator=gen).item() >= self.diversity:
+            return None
+        low = max(1, int(height * self.diversity_scale))
+        side = int(torch.randint(low, height, (1,), generator=gen)) if low < height else height
+        top = int(torch.randint(0, height - side + 1, (1,), generator=gen))
+        left = int(torch.randint(0, height - side + 1, (1,), generator=gen))
+        return side, top, left
+
+    @staticmethod
+    def _transform(x: Tensor, params: tuple[int, int, int] | None) -> Tensor:
+        """Resize ``x`` to ``side`` and zero-pad it back to its size at (top, left)."""
+        if params is None:
+            return x
+        side, top, left = params
+        h, w = x.shape[-2:]
+        small = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+        return F.pad(small, (left, w - side - left, top, h - side - top))
+
+    # -- one gradient -----------------------------------------------------------------------
+    def _terms(self, x_t: Tensor, images: Tensor, labels: Tensor, targets: Tensor | None,
+               grams: list[Tensor], origin: list[Tensor], realism: bool,
+               di: tuple[int, int, int] | None) -> tuple[Tensor, Tensor, list[tuple[str, Tensor]]]:
+        """One forward pass: logits, the per-sample L_adv and the weighted realism terms
+        (``[(name, w_k * L_k)]``, each ``N``). The hooks give style / origin features of this pass."""
+        style_layers = self.style_layers if realism else []
+        origin_layers = self.origin_layers if realism else []
+        if origin_layers and di is not None:  # the origin reference sees the same DI transform
+            origin = self._origin_features(self._transform(images, di))
+        with FeatureTap(self.model, style_layers + origin_layers) as tap:
+            logits = self.model(self._transform(x_t, di))
+            terms: list[tuple[str, Tensor]] = []
+            if style_layers:
+                terms.append(("style", self.weights["style"]
+                              * style_loss(grams, tap.outputs(style_layers))))
+            if origin_layers:
+                terms.append(("origin", self.weights["origin"]
+                              * origin_loss(origin, tap.outputs(origin_layers))))
+        if realism and self.weights["detail"] > 0:
+            base = x_t - images if self.detail_on == "delta" else x_t
+            terms.append(("detail", self.weights["detail"] * detail_loss(base)))
+        tgt = targets if self.targeted else None
+        l_adv = (margin_loss(logits, labels, tgt, self.kappa) if self.adv_loss == "margin"
+                 else adversarial_loss(logits, labels, tgt))
+        return logits, l_adv, terms
+
+    def _grad(self, loss: Tensor, x_t: Tensor, retain: bool, through_model: bool = True) -> Tensor:
+        """``d loss / d x_t``; counts the backward passes that go through the model."""
+        self.backward_passes += int(through_model)
+        return torch.autograd.grad(loss, x_t, retain_graph=retain)[0]
+
+    def _combine(self, x_t: Tensor, l_adv: Tensor, terms: list[tuple[str, Tensor]],
+                 gate: Tensor | None, factors: dict[str, Tensor] | None
+                 ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """The descent direction from the terms of one forward pass (see ``balance``).
+
+        ``gate`` (``N``, 1 where the sample already fools the model by kappa) implements
+        ``realism="after-success"``: the adversarial term for the others, the realism terms for
+        these. ``factors``: the calibrated per-sample term scales (``"calibrated"``; None until
+        measured). Returns the direction ``N x C x H x W`` and the factors.
+        """
+        adv_w = torch.ones_like(l_adv) if gate is None else 1.0 - gate
+        real_w = torch.ones_like(l_adv) if gate is None else gate
         if self.balance == "literal":
-            total = self.tau * l_adv.sum() + sum(w * t.sum() for w, t in terms)
-            return torch.autograd.grad(total, x_t)[0]
-        losses = [l_adv.sum()] + [t.sum() for _, t in terms]
-        grads = torch.autograd.grad(losses[0], x_t, retain_graph=len(losses) > 1)[0]
-        g = _per_sample_unit(grads)
-        for i, (w, _) in enumerate(terms, start=1):
-            gi = torch.autograd.grad(losses[i], x_t, retain_graph=i < len(losses) - 1)[0]
-            g = g + self.tau * w * _per_sample_unit(gi)
-        return g
+            total = (self.tau * adv_w * l_adv).sum() + sum((real_w * t).sum() for _, t in terms)
+            return self._grad(total, x_t, False), factors
+        if factors is not None:  # calibrated: one backward pass
+            total = (adv_w * l_adv).sum() + self.tau * sum(
+                (real_w * factors[name] * t).sum() for name, t in terms)
+            return self._grad(total, x_t, False), factors
+        # per-term gradients: grad-norm, and the calibration step of "calibrated"
+        g_adv = self._grad(l_adv.sum(), x_t, retain=bool(terms))
+        scale_adv = _per_sample_mean_abs(g_adv)
+        g = _per_sample_unit(g_adv) * adv_w.view(-1, 1, 1, 1)
+        measured: dict[str, Tensor] = {}
+        for i, (name, t) in enumerate(terms):
+            g_k = self._grad(t.sum(), x_t, retain=i < len(terms) - 1, through_model=name != "detail")
+            scale_k = _per_sample_mean_abs(g_k)
+            g = g + self.tau * real_w.view(-1, 1, 1, 1) * g_k / scale_k
+            measured[name] = (scale_adv / scale_k).flatten()
+        if self.balance == "calibrated" and terms:
+            factors = measured
+        return g, factors
+
+    def _fools(self, logits: Tensor, labels: Tensor, targets: Tensor | None,
+               kappa: float = 0.0) -> Tensor:
+        """``N`` bool: the sample fools the model by more than ``kappa`` (logit margin)."""
+        return logit_margin(logits, labels, targets if self.targeted else None) < -kappa
+
+    # -- phase 1 of the two-phase pipeline (Fig. 2) -----------------------------------------
+    def _pre_phase(self, images: Tensor, labels: Tensor, targets: Tensor | None,
+                   grams: list[Tensor], origin: list[Tensor]) -> Tensor:
+        """Adam on L_hybrid (every term, combined by ``balance``) inside the eps box."""
+        delta = torch.zeros_like(images, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=self.pre_lr)
+        factors: dict[str, Tensor] | None = None
+        for t in range(self.pre_steps):
+            x_t = (images + delta).clamp(0.0, 1.0)
+            # the origin term has no gradient at x itself: calibrate from the second step on
+            realism = self.balance != "calibrated" or t > 0
+            _, l_adv, terms = self._terms(x_t, images, labels, targets, grams, origin, realism, None)
+            g, factors = self._combine(x_t, l_adv, terms, None, factors)
+            delta.grad = g.detach()
+            opt.step()
+            with torch.no_grad():
+                delta.clamp_(-self.eps, self.eps)
+        return (images + delta.detach()).clamp(0.0, 1.0)
 
     # -- the loop (eq. 9) -------------------------------------------------------------------
     def forward(self, images: Tensor, labels: Tensor, style_images: Tensor | None = None,
                 target_labels: Tensor | None = None) -> Tensor:
+        self.backward_passes = 0
         gen = self.generator()
         style_ref = self._style_reference(images, labels, style_images, gen)
         grams, origin, num_classes = self._references(images, style_ref)
@@ -191,17 +404,56 @@ class MLAdv(Attack):
         mask = None if self.mask is None else self.mask.to(images)
         kernel = self.kernel.to(images)
 
-        amplified = torch.zeros_like(images)
-        x_t = images.clone()
-        for _ in range(self.steps):
-            step = self.alpha * self._gradient(x_t, labels, targets, grams, origin).sign()
-            amplified = amplified - step  # we descend L_hybrid
-            proj = (heuristic_projection(amplified, self.eps, self.gamma, kernel)
-                    if self.projection else torch.zeros_like(amplified))
-            amplified = amplified + proj
-            delta = (x_t - step + proj - images).clamp(-self.eps, self.eps)
-            if mask is not None:
-                delta = delta * mask
-                amplified = amplified * mask
-            x_t = (images + delta).clamp(0.0, 1.0)
+        x_t = self._pre_phase(images, labels, targets, grams, origin) if self.pre_steps else images
+        amplified = x_t - images
+        velocity = torch.zeros_like(images)
+        best = x_t.clone()
+        found = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        factors: dict[str, Tensor] | None = None
+        for t in range(self.steps):
+            di = self._diverse(gen, images.shape[-2])
+            # phase 2 of the two-phase pipeline is eq. 9 with the cross-entropy gradient alone;
+            # "calibrated" measures its factors at step 2 (no origin gradient at x itself)
+            realism = not self.pre_steps and (self.balance != "calibrated" or t > 0)
+            x_in = x_t.detach().requires_grad_(True)
+            logits, l_adv, terms = self._terms(x_in, images, labels, targets, grams, origin,
+                                               realism, di)
+            plain = None
+            if self.realism == "after-success" or self.keep == "last-adversarial":
+                with torch.no_grad():
+                    plain = logits.detach() if di is None else self.model(x_t)
+            gate = (self._fools(plain, labels, targets, self.kappa).float()
+                    if plain is not None and self.realism == "after-success" else None)
+            g, factors = self._combine(x_in, l_adv, terms, gate, factors)
+            if self.keep == "last-adversarial" and plain is not None:
+                fooled = self._fools(plain, labels, targets)
+                best[fooled], found = x_t[fooled], found | fooled
+            x_t, amplified, velocity = self._update(x_t, images, g, amplified, velocity, t,
+                                                    kernel, mask)
+        if self.keep == "last-adversarial":
+            with torch.no_grad():
+                final = self._fools(self.model(x_t), labels, targets) | ~found
+            best[final] = x_t[final]
+            return best
         return x_t
+
+    def _update(self, x_t: Tensor, images: Tensor, g: Tensor, amplified: Tensor,
+                velocity: Tensor, t: int, kernel: Tensor, mask: Tensor | None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """Eq. 9 with optional TI smoothing, momentum and a step schedule."""
+        if self.smoothing is not None:
+            g = depthwise(g, self.smoothing)
+        if self.momentum > 0:
+            velocity = self.momentum * velocity + _per_sample_unit(g)
+            g = velocity
+        scale = _schedule(self.schedule, t, self.steps)
+        step = self.alpha * scale * g.sign()
+        amplified = amplified - step  # we descend L_hybrid
+        proj = (heuristic_projection(amplified, self.eps, self.gamma * scale, kernel)
+                if self.projection else torch.zeros_like(amplified))
+        amplified = amplified + proj
+        delta = (x_t - step + proj - images).clamp(-self.eps, self.eps)
+        if mask is not None:
+            delta = delta * mask
+            amplified = amplified * mask
+        return (images + delta).clamp(0.0, 1.0).detach(), amplified, velocity

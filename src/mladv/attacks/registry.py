@@ -7,7 +7,9 @@ from torch import nn
 
 from .base import Attack
 from .baselines import fgsm, mifgsm, pgd, pifgsm
+from .gama import GAMA
 from .mladv import MLAdv
+from .rays import RayS
 
 ATTACKS: dict[str, Callable[..., Attack]] = {
     "mladv": MLAdv,
@@ -15,6 +17,8 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "pgd": pgd,
     "mifgsm": mifgsm,
     "pifgsm": pifgsm,
+    "gama": GAMA,
+    "rays": RayS,
 }
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 
 from ..data import load_source, split_imageset
+from ..distributed import init_from_env, is_main_process
 from ..models import build_model, save_checkpoint
 from ..training import accuracy, train_classifier
-from ..utils import atomic_write_json, resolve_device, set_determinism
+from ..utils import atomic_write_json, set_determinism
 
 
 def train(
@@ -27,7 +28,7 @@ def train(
 ) -> None:
     """Train ARCH on DATA's train split; write OUT/model.pt and OUT/metrics.json."""
     set_determinism(seed)
-    dev = resolve_device(device)
+    dev = init_from_env(device)  # under torchrun: DDP process group, cuda:LOCAL_RANK
     dataset = load_source(data, image_size, skip_bad=skip_bad, seed=seed, progress=True)
     train_set, test_set = split_imageset(dataset, test_size=test_size, seed=seed)
     typer.echo(f"{data}: {len(train_set)} train / {len(test_set)} test images, "
@@ -36,6 +37,8 @@ def train(
     start = time.perf_counter()
     history = train_classifier(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr,
                                seed=seed)
+    if not is_main_process():  # every rank trained the same model; rank 0 evaluates and writes
+        return
     metrics = {"test_acc": accuracy(model, test_set.images, test_set.labels),
                "train_acc": history[-1]["train_acc"], "train_seconds": time.perf_counter() - start,
                "n_train": len(train_set), "n_test": len(test_set),

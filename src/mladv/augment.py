@@ -1,0 +1,232 @@
+"""Adversarial copies of an :class:`~mladv.data.ImageSet`, crafted in resumable shards.
+
+``x'_i = attack(x_i, y_i)`` for every image of the set, with the TRUE label ``y_i`` kept (SPEC
+section 2.1: the copies augment the training set). The set is cut into shards of ``shard_size``
+images; shard ``k`` is written to ``out/shard-{k:05d}.pt`` atomically (temp name, then rename),
+so a run that is interrupted and started again skips the finished shards. Every batch is
+crafted with a seed drawn from ``(seed, shard, batch)`` alone, so the output does not depend on
+what ran before it: a resumed run gives exactly what an uninterrupted one gives.
+
+Sharding is a function of ``(rank, world_size)`` (defaults ``0, 1``): under ``torchrun`` each
+rank can call :func:`craft_shards` with its own rank and write its own shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .attacks import Attack
+from .data import ImageSet
+from .utils import atomic_torch_save, atomic_write_json, progress_bar
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def shard_name(index: int) -> str:
+    """``shard-00000.pt``, ``shard-00001.pt``, ..."""
+    return f"shard-{index:05d}.pt"
+
+
+def derive_seed(*keys: int) -> int:
+    """A 31-bit seed that depends only on ``keys`` (NumPy ``SeedSequence``), e.g.
+    ``derive_seed(seed, shard, batch)``."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] >> 1)
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` image ranges of each shard: ``ceil(n / shard_size)`` shards."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+def shards_for_rank(num_shards: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The shards rank ``rank`` of ``world_size`` writes: ``rank, rank + world_size, ...``."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    return list(range(rank, num_shards, world_size))
+
+
+def tensor_sha1(*tensors: Tensor) -> str:
+    """SHA-1 of the tensors' bytes (CPU, contiguous): identifies a data set or a model state."""
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_sha1(model: nn.Module) -> str:
+    """SHA-1 of a model's state dict (names and values), so stale shards of another model are
+    never reused."""
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def attack_settings(attack: Attack) -> dict[str, Any]:
+    """The attack's JSON-able hyper-parameters (its ``vars`` without the model, seed and tensors),
+    recorded in the manifest: shards crafted with other settings are refused, not mixed."""
+    out: dict[str, Any] = {"class": type(attack).__name__}
+    for key, value in sorted(vars(attack).items()):
+        if key in ("model", "seed", "inner"):
+            continue
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+            out[key] = list(value)
+        elif isinstance(value, dict) and all(isinstance(v, (bool, int, float, str)) for v in value.values()):
+            out[key] = dict(value)
+        elif isinstance(value, Tensor) and value.numel() <= 64:
+            out[key] = value.flatten().tolist()
+    return out
+
+
+def _manifest(data: ImageSet, attack: Attack, *, shard_size: int, seed: int, batch_size: int,
+              info: dict[str, Any] | None) -> dict[str, Any]:
+    n = len(data)
+    return {"format": FORMAT_VERSION, "n": n, "shard_size": shard_size,
+            "num_shards": len(shard_ranges(n, shard_size)), "seed": seed,
+            "batch_size": batch_size, "classes": list(data.classes),
+            "data_sha1": tensor_sha1(data.images, data.labels),
+            "model_sha1": model_sha1(attack.model), "attack": attack_settings(attack),
+            "info": info or {}}
+
+
+def _check_or_write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Write ``out/manifest.json``, or check that the one there describes the same job.
+
+    Raises ``ValueError`` naming the differing keys (``info`` is free-form and not compared).
+    """
+    path = out / MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = [k for k in manifest if k != "info" and old.get(k) != manifest[k]]
+        if diff:
+            details = "; ".join(f"{k}: {_short(old.get(k))} there vs {_short(manifest[k])} now"
+                                for k in diff)
+            raise ValueError(f"{out}: holds shards of a different job ({details}); use another "
+                             f"output folder or delete this one")
+        return
+    atomic_write_json(manifest, path)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def craft_shard(attack: Attack, images: Tensor, labels: Tensor, *, seed: int, shard: int,
+                batch_size: int, bar: Any = None) -> Tensor:
+    """Craft one shard batch by batch; batch ``b`` runs with ``attack.seed = derive_seed(seed,
+    shard, b)`` (the attack's own seed is restored afterwards).
+
+    Shape: images ``n x C x H x W`` in [0, 1], labels ``n`` -> ``n x C x H x W`` on the CPU.
+    """
+    saved = attack.seed
+    out = []
+    try:
+        for b, start in enumerate(range(0, images.shape[0], batch_size)):
+            attack.seed = derive_seed(seed, shard, b)
+            sl = slice(start, start + batch_size)
+            out.append(attack(images[sl], labels[sl]).cpu())
+            if bar is not None:
+                bar.update(out[-1].shape[0])
+    finally:
+        attack.seed = saved
+    return torch.cat(out)
+
+
+def craft_shards(attack: Attack, data: ImageSet, out: str | Path, *, shard_size: int = 256,
+                 seed: int = 0, batch_size: int = 32, rank: int = 0, world_size: int = 1,
+                 info: dict[str, Any] | None = None, progress: bool = True,
+                 desc: str = "augment") -> list[Path]:
+    """Craft adversarial copies of ``data`` (true labels kept) into ``out/shard-*.pt``.
+
+    This rank writes shards ``rank, rank + world_size, ...`` (see :func:`shards_for_rank`);
+    shards already on disk are skipped. ``out/manifest.json`` records the job (data and model
+    fingerprints, attack settings, seed, shard and batch size); a folder holding another job's
+    shards is refused. Each shard holds ``images`` (float32, lossless), ``labels``, ``indices``
+    (positions in ``data``), ``paths``, ``groups``, ``classes`` and ``shard``.
+
+    Returns the paths of this rank's shards.
+    """
+    out = Path(out)
+    ranges = shard_ranges(len(data), shard_size)
+    mine = shards_for_rank(len(ranges), rank, world_size)
+    _check_or_write_manifest(out, _manifest(data, attack, shard_size=shard_size, seed=seed,
+                                            batch_size=batch_size, info=info))
+    todo = [k for k in mine if not (out / shard_name(k)).is_file()]
+    bar = progress_bar(sum(ranges[k][1] - ranges[k][0] for k in todo), desc, "img",
+                       enabled=progress)
+    try:
+        for k in todo:
+            start, stop = ranges[k]
+            adv = craft_shard(attack, data.images[start:stop], data.labels[start:stop],
+                              seed=seed, shard=k, batch_size=batch_size, bar=bar)
+            atomic_torch_save({"images": adv.float().contiguous(),
+                               "labels": data.labels[start:stop].clone(),
+                               "indices": torch.arange(start, stop),
+                               "paths": list(data.paths[start:stop]),
+                               "groups": list(data.groups[start:stop]),
+                               "classes": list(data.classes), "shard": k}, out / shard_name(k))
+    finally:
+        bar.close()
+    return [out / shard_name(k) for k in mine]
+
+
+def read_manifest(out: str | Path) -> dict[str, Any]:
+    """The manifest of a shard folder; ``ValueError`` naming the folder if there is none."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{out}: no {MANIFEST} (not a folder written by 'mladv augment')")
+    return json.loads(path.read_text())
+
+
+def load_shards(out: str | Path) -> ImageSet:
+    """Merge a finished shard folder back into one :class:`ImageSet`, in the source order.
+
+    Raises ``ValueError`` naming the folder when shards are missing (rerun the same command to
+    finish them) or unreadable.
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
+    missing = [k for k in range(manifest["num_shards"]) if not (out / shard_name(k)).is_file()]
+    if missing:
+        raise ValueError(f"{out}: {len(missing)} of {manifest['num_shards']} shards missing "
+                         f"(first: {shard_name(missing[0])}); rerun the same command to finish")
+    parts = []
+    for k in range(manifest["num_shards"]):
+        try:
+            parts.append(torch.load(out / shard_name(k), map_location="cpu", weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same here
+            raise ValueError(f"{out / shard_name(k)}: cannot read shard "
+                             f"({exc.__class__.__name__})") from None
+    images = torch.cat([p["images"] for p in parts])
+    if images.shape[0] != manifest["n"]:
+        raise ValueError(f"{out}: shards hold {images.shape[0]} images, manifest says {manifest['n']}")
+    return ImageSet(images, torch.cat([p["labels"] for p in parts]), list(manifest["classes"]),
+                    [s for p in parts for s in p["paths"]], [s for p in parts for s in p["groups"]])
+
+
+def union(*sets: ImageSet) -> ImageSet:
+    """``x_train ∪ x'_train``: the sets concatenated (same classes and image shape required)."""
+    if not sets:
+        raise ValueError("union() needs at least one ImageSet")
+    first = sets[0]
+    for s in sets[1:]:
+        if s.classes != first.classes or s.images.shape[1:] != first.images.shape[1:]:
+            raise ValueError(f"cannot join image sets with classes {first.classes} / "
+                             f"{tuple(first.images.shape[1:])} and {s.classes} / "
+                             f"{tuple(s.images.shape[1:])}")
+    return ImageSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
+                    list(first.classes), [p for s in sets for p in s.paths],
+                    [g for s in sets for g in s.groups])

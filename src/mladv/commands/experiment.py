@@ -1,0 +1,35 @@
+"""``mladv experiment``: the augmentation experiment of Table 2 (resumable), with its report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..experiment.config import load_config
+from ..experiment.runner import run_experiment
+
+
+def experiment(
+    config: Path = typer.Argument(..., help="Experiment YAML (see configs/)."),
+    data: Optional[str] = typer.Option(None, help="ImageFolder root or 'phantoms[:N]' "
+                                       "(overrides the YAML's data)."),
+    test_data: Optional[str] = typer.Option(None, help="Train on all of --data, test on this "
+                                            "folder (same classes)."),
+    seeds: Optional[int] = typer.Option(None, min=1, help="Number of seeds (0..N-1)."),
+    out: Path = typer.Option(None, help="Run folder (default runs/exp-<name>)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Train every arm of CONFIG over the seeds; write results.json/.csv and report.md/.html
+    into OUT. Rerun the same command to resume an interrupted run."""
+    cfg = load_config(config, {"data": data, "test_data": test_data, "seeds": seeds,
+                               "device": device})
+    out = out or Path("runs") / f"exp-{cfg.name}"
+    results = run_experiment(cfg, out)
+    for c in results["comparisons"]:
+        typer.echo(c["sentence"])
+    typer.echo(f"wrote {out / 'report.html'}, {out / 'report.md'}, {out / 'results.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(experiment)

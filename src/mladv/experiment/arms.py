@@ -1,0 +1,182 @@
+"""The arms of the augmentation experiment: how each one builds its training set.
+
+Every arm trains the same architecture from scratch with the same schedule and the same
+left-right flips; an arm adds either a batch transform (``rotation``, ``mixup``, ``cutmix``,
+``trivialaugment``) or adversarial copies ``x'_train`` crafted on the base model with the true
+labels, trained on ``x_train ∪ x'_train`` (``pgd-adv`` and the MLAdv ablation arms of Table 2).
+
+MLAdv arms switch the terms of eq. 2 on and off (SPEC, "the ablation rows of Table 2"); a term
+that is on gets the weight from the config's ``mladv`` options, or else :class:`MLAdv`'s own
+default, read from its signature, so the arms follow the class whatever its defaults are:
+
+=========================  =====  =====  =====  ==========
+arm                        L_s    L_o    L_d    projection
+=========================  =====  =====  =====  ==========
+``ls``                     on     off    off    off
+``ls+lo``                  on     on     off    off
+``multi-loss``             on     on     on     off
+``multi-loss+projection``  on     on     on     on   (the full method)
+=========================  =====  =====  =====  ==========
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+from ..attacks import MLAdv, pgd
+from ..attacks.base import Attack
+from ..training import BatchTransform, random_hflip
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of the experiment: its name, what it does, and the paper's Table 2 row (if any)."""
+
+    name: str
+    description: str
+    paper_row: str | None = None
+    adversarial: bool = False
+    terms: dict[str, bool] = field(default_factory=dict)  # MLAdv arms: style/origin/detail/projection
+
+
+def _mladv_arm(name: str, paper_row: str, style: bool, origin: bool, detail: bool,
+               projection: bool, description: str) -> Arm:
+    return Arm(name, description, paper_row, True,
+               {"style": style, "origin": origin, "detail": detail, "projection": projection})
+
+
+ARMS: dict[str, Arm] = {a.name: a for a in (
+    Arm("none", "flips only (the base recipe)", "original"),
+    Arm("rotation", "flips + random rotation + central symmetry (the paper's geometric arm)",
+        "+ rotation/symmetry"),
+    Arm("mixup", "flips + MixUp (torchvision.transforms.v2)", "+ mixup"),
+    Arm("cutmix", "flips + CutMix (torchvision.transforms.v2)"),
+    Arm("trivialaugment", "flips + TrivialAugmentWide (torchvision.transforms.v2)"),
+    Arm("pgd-adv", "x_train ∪ PGD(x_train), same eps, crafted on the base model", None, True),
+    _mladv_arm("ls", "+ L_s only", True, False, False, False,
+               "x_train ∪ MLAdv(x_train) with L_s + L_adv, no projection"),
+    _mladv_arm("ls+lo", "+ L_s + L_o", True, True, False, False,
+               "x_train ∪ MLAdv(x_train) with L_s + L_o + L_adv, no projection"),
+    _mladv_arm("multi-loss", "+ multi-loss", True, True, True, False,
+               "x_train ∪ MLAdv(x_train) with all four terms, no projection (gamma = 0)"),
+    _mladv_arm("multi-loss+projection", "+ multi-loss + projection", True, True, True, True,
+               "x_train ∪ MLAdv(x_train), the full method"),
+)}
+FULL_METHOD = "multi-loss+projection"
+BASELINES = ("none", "rotation", "mixup", "cutmix", "trivialaugment", "pgd-adv")
+ABLATIONS = ("ls", "ls+lo", "multi-loss", FULL_METHOD)
+
+
+def check_arm(name: str) -> Arm:
+    """The arm called ``name``; ``ValueError`` listing the valid names otherwise."""
+    if name not in ARMS:
+        raise ValueError(f"unknown arm {name!r}; valid arms: {', '.join(ARMS)}")
+    return ARMS[name]
+
+
+# -- adversarial arms ---------------------------------------------------------------------------
+def mladv_default(option: str) -> Any:
+    """:class:`MLAdv`'s default for ``option``, read from its signature."""
+    return inspect.signature(MLAdv.__init__).parameters[option].default
+
+
+def mladv_arm_options(arm: Arm, options: dict[str, Any]) -> dict[str, Any]:
+    """The MLAdv keyword arguments of an ablation arm: the config's options, with each switched-
+    off term's weight set to 0, each switched-on term's weight taken from the options or MLAdv's
+    default, and ``projection`` as the arm says."""
+    out = dict(options)
+    for term in ("style", "origin", "detail"):
+        key = f"{term}_weight"
+        out[key] = (options.get(key, mladv_default(key)) if arm.terms[term] else 0.0)
+    out["projection"] = arm.terms["projection"]
+    return out
+
+
+def make_adversary(arm: str, model: nn.Module, *, eps: float, seed: int,
+                   pgd_options: dict[str, Any], mladv_options: dict[str, Any]) -> Attack:
+    """The attack that crafts ``x'_train`` for an adversarial arm (``eps`` in [0, 1] units)."""
+    spec = check_arm(arm)
+    if not spec.adversarial:
+        raise ValueError(f"arm {arm!r} does not craft adversarial copies")
+    if arm == "pgd-adv":
+        return pgd(model, eps=eps, seed=seed, **pgd_options)
+    return MLAdv(model, eps=eps, seed=seed, **mladv_arm_options(spec, mladv_options))
+
+
+# -- batch transforms ---------------------------------------------------------------------------
+def _forked(gen: torch.Generator, fn: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Run a torchvision transform (which draws from torch's global generator) with the global
+    generator seeded from ``gen``, restoring it afterwards: the arm's batches then depend on the
+    training seed alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        return fn()
+
+
+def rotate_batch(images: Tensor, angles_deg: Tensor) -> Tensor:
+    """Rotate each image by its own angle about the centre (bilinear, zeros outside).
+
+    Shape: images ``N x C x H x W``, angles ``N`` (degrees) -> ``N x C x H x W``.
+    """
+    rad = angles_deg.to(images) * (math.pi / 180.0)
+    cos, sin = rad.cos(), rad.sin()
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False).clamp(0.0, 1.0)
+
+
+def rotation_transform(degrees: float, central_p: float) -> BatchTransform:
+    """Flips, a rotation by ``U(-degrees, degrees)`` and, with probability ``central_p``, the
+    central symmetry (a point reflection through the centre: both axes flipped)."""
+    def transform(x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, y = random_hflip(x, y, gen)
+        angles = (torch.rand(x.shape[0], generator=gen) * 2 - 1) * degrees
+        x = rotate_batch(x, angles)
+        central = torch.rand(x.shape[0], generator=gen) < central_p
+        x[central] = x[central].flip(-1, -2)
+        return x, y
+    return transform
+
+
+def mix_transform(kind: str, alpha: float, num_classes: int) -> BatchTransform:
+    """Flips, then torchvision's ``MixUp`` or ``CutMix`` over the batch (soft labels ``N x K``)."""
+    mixer = (v2.MixUp if kind == "mixup" else v2.CutMix)(alpha=alpha, num_classes=num_classes)
+
+    def transform(x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, y = random_hflip(x, y, gen)
+        return _forked(gen, lambda: mixer(x, y))
+    return transform
+
+
+def trivialaugment_transform(num_magnitude_bins: int = 31) -> BatchTransform:
+    """Flips, then torchvision's ``TrivialAugmentWide`` drawn per image. It runs on float
+    1-channel tensors directly (every op supports them), so no 8-bit rounding is added."""
+    augment = v2.TrivialAugmentWide(num_magnitude_bins=num_magnitude_bins)
+
+    def transform(x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        x, y = random_hflip(x, y, gen)
+        out = _forked(gen, lambda: (torch.stack([augment(img) for img in x]), y))
+        return out[0].clamp(0.0, 1.0), out[1]
+    return transform
+
+
+def batch_transform(arm: str, options: Any, num_classes: int) -> BatchTransform:
+    """The training-time transform of ``arm`` (``options``: the config's ``arm_options``)."""
+    check_arm(arm)
+    if arm == "rotation":
+        return rotation_transform(options.rotation_degrees, options.central_symmetry_p)
+    if arm in ("mixup", "cutmix"):
+        alpha = options.mixup_alpha if arm == "mixup" else options.cutmix_alpha
+        return mix_transform(arm, alpha, num_classes)
+    if arm == "trivialaugment":
+        return trivialaugment_transform(options.trivialaugment_bins)
+    return random_hflip

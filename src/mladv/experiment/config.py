@@ -1,0 +1,234 @@
+"""The experiment's YAML config, validated with pydantic (unknown keys and wrong types refused).
+
+Every problem is reported as ONE ``ValueError`` line naming the file and the key, e.g.
+``configs/x.yaml: train.epochs: Input should be a valid integer``. Command-line flags are merged
+into the YAML before validation, so they are checked the same way.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
+                      field_validator)
+
+from ..attacks import MLAdv, pgd
+from ..models import ARCHITECTURES
+from .arms import ARMS, check_arm
+
+RUN_CONTROLLED = ("model", "eps", "seed")  # set by the experiment, not by the options dicts
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class TrainConfig(Strict):
+    """The schedule every arm is trained with (AdamW, one-cycle; see ``train_classifier``)."""
+
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 1e-3
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+class SplitConfig(Strict):
+    """Patient-aware stratified split (ignored when ``test_data`` is given). Fixed across seeds
+    (SPEC section 2.1), so every arm and seed is scored on the same test images."""
+
+    test_size: float = Field(0.15, gt=0, lt=1)
+    seed: int = 0
+
+
+class AugmentConfig(Strict):
+    """How ``x'_train`` is crafted: shard and batch size (the batch size changes MLAdv's
+    same-class style partners, so it is part of what is reproduced)."""
+
+    shard_size: PositiveInt = 256
+    batch_size: PositiveInt = 32
+
+
+class RobustnessConfig(Strict):
+    """Robustness of each arm's model: attacks crafted on that model, and Gaussian noise."""
+
+    attacks: list[str] = Field(default_factory=lambda: ["mladv", "pgd"])
+    noise_sigmas: list[float] = Field(default_factory=lambda: [0.02, 0.05])
+    max_images: Optional[PositiveInt] = None  # attack a fixed stratified subset of the test set
+    batch_size: PositiveInt = 32
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if a not in ("mladv", "pgd")]
+        if bad:
+            raise ValueError(f"unknown robustness attack(s) {bad}; valid: mladv, pgd")
+        return value
+
+    @field_validator("noise_sigmas")
+    @classmethod
+    def _sigmas(cls, value: list[float]) -> list[float]:
+        if any(s <= 0 for s in value):
+            raise ValueError(f"noise sigmas must be > 0, got {value}")
+        return value
+
+
+class ArmOptions(Strict):
+    """Settings of the transform arms."""
+
+    rotation_degrees: float = Field(15.0, ge=0, le=180)
+    central_symmetry_p: float = Field(0.5, ge=0, le=1)
+    mixup_alpha: PositiveFloat = 0.2
+    cutmix_alpha: PositiveFloat = 1.0
+    trivialaugment_bins: int = Field(31, ge=2)
+
+
+def _signature_options(fn: Any) -> list[str]:
+    params = inspect.signature(fn).parameters
+    return [p for p in params if p not in RUN_CONTROLLED and p != "self"
+            and params[p].kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _check_options(value: dict[str, Any], fn: Any, what: str) -> dict[str, Any]:
+    valid = _signature_options(fn)
+    bad = [k for k in value if k not in valid]
+    if bad:
+        controlled = [k for k in bad if k in RUN_CONTROLLED]
+        if controlled:
+            raise ValueError(f"{controlled[0]!r} is set by the experiment (top-level eps, seeds), "
+                             f"not in the {what} options")
+        raise ValueError(f"{bad[0]!r} is not a {what} option; valid: {', '.join(valid)}")
+    return value
+
+
+class ExperimentConfig(Strict):
+    """Everything an experiment run depends on. ``eps`` is in 1/255 units, like ``--eps``."""
+
+    name: str = "experiment"
+    data: Optional[str] = None
+    test_data: Optional[str] = None
+    image_size: int = Field(64, ge=16)
+    arch: str = "resnet18"
+    seeds: PositiveInt | list[int] = 3
+    eps: float = Field(8.0, gt=0, le=255)
+    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
+    arm_options: ArmOptions = Field(default_factory=ArmOptions)
+    pgd: dict[str, Any] = Field(default_factory=dict)
+    mladv: dict[str, Any] = Field(default_factory=dict)
+    device: str = "auto"
+    progress: bool = True
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        if value not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {value!r}; valid: {', '.join(ARCHITECTURES)}")
+        return value
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_units(cls, value: float) -> float:
+        if value < 0.5:
+            raise ValueError(f"eps is in 1/255 units (8 means 8/255); {value} looks like [0, 1] "
+                             f"units: write {value * 255:.3g}")
+        return value
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one arm is needed")
+        for name in value:
+            check_arm(name)
+        if len(set(value)) != len(value):
+            raise ValueError(f"arms listed twice: {sorted({a for a in value if value.count(a) > 1})}")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"seeds must be a count or a non-empty list of distinct ints, got {value}")
+        return value
+
+    @field_validator("mladv")
+    @classmethod
+    def _mladv_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_options(value, MLAdv.__init__, "MLAdv")
+
+    @field_validator("pgd")
+    @classmethod
+    def _pgd_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_options(value, pgd, "pgd")
+
+    def seed_list(self) -> list[int]:
+        """``seeds: 3`` -> ``[0, 1, 2]``; a list is used as given."""
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def eps_unit(self) -> float:
+        """eps in [0, 1] image units."""
+        return self.eps / 255.0
+
+    def resume_key(self) -> dict[str, Any]:
+        """What finished outputs depend on: a rerun may add seeds or arms, or change the device,
+        the name, the progress bars or the data paths (the data's content is checked by hash
+        instead), but nothing else."""
+        return self.model_dump(mode="json", exclude={"seeds", "arms", "device", "progress", "name",
+                                                     "data", "test_data"})
+
+
+def _error_line(exc: ValidationError, source: str) -> str:
+    """The first pydantic error as one line ``source: key.path: message``."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in first["loc"])
+    loc = loc.replace(".[", "[") or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (not a setting of this section)"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; ``ValueError`` naming the file (and line) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top level, "
+                         f"got {type(raw).__name__}")
+    return raw
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a settings mapping; ``ValueError`` with one line naming the key otherwise."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(_error_line(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read ``path`` and apply ``overrides`` (flags; ``None`` values are ignored), then validate."""
+    raw = read_yaml(path)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate_config(raw, str(path))
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (what ``config.yaml`` in the run folder holds)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

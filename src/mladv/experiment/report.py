@@ -1,0 +1,360 @@
+"""Results files and the report of an experiment run: Table 2, Fig. 4, Fig. 5, verdicts.
+
+Writes ``results.json``, ``results.csv`` (one row per arm x seed), ``figures/*.png``,
+``report.md`` and a self-contained ``report.html`` (figures embedded as base64).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..augment import load_shards
+from ..figures import adversarial_grid
+from ..utils import atomic_path, atomic_write_json, atomic_write_text
+from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
+from .metrics import TABLE2_METRICS, mean_std, roc_per_class
+
+if TYPE_CHECKING:
+    from .runner import Run
+
+# SPEC "Reference figures from the paper", Table 2 (ResNet50, COVID-19 Radiography Database).
+PAPER_TABLE2: dict[str, tuple[float, float, float, float]] = {
+    "original": (0.9166, 0.9166, 0.9267, 0.9157),
+    "+ rotation/symmetry": (0.9168, 0.9168, 0.9230, 0.9163),
+    "+ mixup": (0.9457, 0.9457, 0.9462, 0.9346),
+    "+ L_s only": (0.9440, 0.9440, 0.9455, 0.9332),
+    "+ L_s + L_o": (0.9465, 0.9465, 0.9477, 0.9464),
+    "+ multi-loss": (0.9615, 0.9615, 0.9620, 0.9615),
+    "+ multi-loss + projection": (0.9641, 0.9641, 0.9643, 0.9641),
+}
+
+
+# -- collecting ---------------------------------------------------------------------------------
+def flat_metrics(result: dict[str, Any], classes: Sequence[str]) -> dict[str, float]:
+    """One (seed, arm) result as flat ``metric -> value`` (Table 2, AUCs, robustness)."""
+    clean = result["clean"]
+    row = {m: clean[m] for m in TABLE2_METRICS}
+    row["auc_macro"] = clean["auc_macro"]
+    row.update({f"auc_{c}": clean["auc_per_class"][c] for c in classes})
+    row.update(result["robust"])
+    return row
+
+
+def metric_names(results: dict[str, Any]) -> list[str]:
+    return list(results["runs"][0]["metrics"]) if results["runs"] else []
+
+
+def compare(summary: dict[str, dict[str, Any]], baseline: str, metric: str = "accuracy"
+            ) -> dict[str, Any]:
+    """Did the full method beat ``baseline`` on ``metric`` by more than the seed-to-seed spread?
+
+    ``difference = mean(full) - mean(baseline)``; ``spread = max(std(full), std(baseline))``
+    (sample standard deviations over seeds). Verdict: ``"beat"`` if difference > spread,
+    ``"lost"`` if difference < -spread, ``"within spread"`` otherwise, ``"one seed"`` when no
+    spread can be measured.
+    """
+    full, base = summary[FULL_METHOD][metric], summary[baseline][metric]
+    diff = full["mean"] - base["mean"]
+    if full["std"] is None or base["std"] is None:
+        verdict, spread = "one seed", None
+    else:
+        spread = max(full["std"], base["std"])
+        verdict = "beat" if diff > spread else "lost" if diff < -spread else "within spread"
+    return {"baseline": baseline, "metric": metric, "full_mean": full["mean"],
+            "baseline_mean": base["mean"], "difference": diff, "spread": spread,
+            "verdict": verdict, "sentence": _sentence(baseline, metric, full["mean"],
+                                                      base["mean"], diff, spread, verdict)}
+
+
+def _sentence(baseline: str, metric: str, full: float, base: float, diff: float,
+              spread: float | None, verdict: str) -> str:
+    head = f"MLAdv ({FULL_METHOD}) vs `{baseline}`: {metric} {full:.4f} vs {base:.4f} ({diff:+.4f})"
+    if verdict == "one seed":
+        return f"{head}; with one seed there is no seed-to-seed spread, so no conclusion."
+    if verdict == "beat":
+        return f"{head}: MLAdv beat `{baseline}` by more than the seed-to-seed spread ({spread:.4f})."
+    if verdict == "lost":
+        return (f"{head}: MLAdv did NOT beat `{baseline}`; `{baseline}` was better by more than "
+                f"the seed-to-seed spread ({spread:.4f}).")
+    return (f"{head}: MLAdv did NOT beat `{baseline}` by more than the seed-to-seed spread "
+            f"({spread:.4f}); the difference is within noise.")
+
+
+def collect_results(run: "Run") -> tuple[dict[str, Any], dict[tuple[str, int], np.ndarray]]:
+    """Read every finished (seed, arm) of the run; returns the ``results.json`` content and the
+    test-set probabilities per ``(arm, seed)`` (for the ROC figure)."""
+    cfg = run.cfg
+    runs, probs, per_arm = [], {}, {}
+    for arm in cfg.arms:
+        for seed in cfg.seed_list():
+            path = run.seed_dir(seed) / "results" / f"{arm}.json"
+            res = json.loads(path.read_text())
+            probs[(arm, seed)] = np.asarray(res["probs"])
+            row = {"arm": arm, "seed": seed, "n_train": res["n_train"],
+                   "metrics": flat_metrics(res, run.classes),
+                   "confusion_matrix": res["clean"]["confusion_matrix"],
+                   "timings": res["timings"]}
+            if "augment" in res:
+                row["augment"] = res["augment"]
+            runs.append(row)
+            per_arm.setdefault(arm, []).append(row)
+    names = list(runs[0]["metrics"])
+    summary = {arm: {m: mean_std([r["metrics"][m] for r in rows]) for m in names}
+               for arm, rows in per_arm.items()}
+    comparisons = ([compare(summary, b) for b in BASELINES if b in summary]
+                   if FULL_METHOD in summary else [])
+    timing_keys = sorted({k for r in runs for k in r["timings"] if k.endswith("_s")})
+    compute: dict[str, Any] = {k: round(sum(r["timings"].get(k, 0.0) for r in runs), 1)
+                               for k in timing_keys}
+    compute["wall_s"] = round(sum(v for k, v in compute.items() if k.endswith("_wall_s")), 1)
+    compute["cpu_s"] = round(sum(v for k, v in compute.items() if k.endswith("_cpu_s")), 1)
+    compute["torch_threads"] = sorted({r["timings"]["torch_threads"] for r in runs
+                                       if "torch_threads" in r["timings"]})
+    results = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "classes": run.classes,
+               "n_train": len(run.train), "n_test": len(run.test),
+               "robust_n": len(run.robust_index), "split": run.split_info,
+               "seeds": cfg.seed_list(), "arms": cfg.arms, "runs": runs, "summary": summary,
+               "comparisons": comparisons, "compute": compute,
+               "test_labels": run.test.labels.tolist()}
+    return results, probs
+
+
+# -- files --------------------------------------------------------------------------------------
+def write_csv(results: dict[str, Any], path: Path) -> None:
+    names = metric_names(results)
+    timing = sorted({k for r in results["runs"] for k in r["timings"]})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["arm", "seed", "n_train", *names, *timing])
+    for r in results["runs"]:
+        writer.writerow([r["arm"], r["seed"], r["n_train"],
+                         *[_num(r["metrics"][m]) for m in names],
+                         *[r["timings"].get(k, "") for k in timing]])
+    atomic_write_text(buf.getvalue(), path)
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"
+
+
+def _pm(stat: dict[str, Any], digits: int = 4) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    std = "" if stat["std"] is None else f" ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}{std}"
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def roc_figure(results: dict[str, Any], probs: dict[tuple[str, int], np.ndarray],
+               path: Path) -> bool:
+    """Fig. 5: per-class one-vs-rest ROC curves of ``none`` and the full method, one line per
+    seed. Returns False (no figure) when neither arm was run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in ("none", FULL_METHOD) if a in results["arms"]]
+    if not arms:
+        return False
+    classes, labels = results["classes"], results["test_labels"]
+    fig, axes = plt.subplots(1, len(classes), figsize=(3.4 * len(classes), 3.4), squeeze=False)
+    colors = {"none": "tab:blue", FULL_METHOD: "tab:red"}
+    for arm in arms:
+        for s_i, seed in enumerate(results["seeds"]):
+            for c, (fpr, tpr) in enumerate(roc_per_class(labels, probs[(arm, seed)])):
+                stat = results["summary"][arm][f"auc_{classes[c]}"]
+                label = f"{arm} (AUC {_pm(stat, 3)})" if s_i == 0 else None
+                axes[0, c].plot(fpr, tpr, color=colors[arm], alpha=0.8, lw=1.2, label=label)
+    for c, name in enumerate(classes):
+        ax = axes[0, c]
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+        ax.set(title=f"class {name}", xlabel="false positive rate", ylabel="true positive rate",
+               xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("ROC per class, one line per seed (Fig. 5)", fontsize=9)
+    fig.tight_layout()
+    _savefig(fig, path)
+    return True
+
+
+def accuracy_figure(results: dict[str, Any], path: Path) -> None:
+    """Clean and robust accuracy per arm, mean with the seed-to-seed std as error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = results["arms"]
+    keys = ["accuracy"] + [k for k in metric_names(results) if k.startswith("acc_")]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(arms) * max(1, len(keys)) / 2), 3.6))
+    width = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        means = [results["summary"][a][key]["mean"] or 0.0 for a in arms]
+        stds = [results["summary"][a][key]["std"] or 0.0 for a in arms]
+        ax.bar(np.arange(len(arms)) + j * width, means, width, yerr=stds, capsize=2, label=key)
+    ax.set_xticks(np.arange(len(arms)) + width * (len(keys) - 1) / 2, arms, rotation=30,
+                  ha="right", fontsize=8)
+    ax.set(ylabel="accuracy", ylim=(0, 1))
+    ax.legend(fontsize=7, ncol=len(keys))
+    _savefig(fig, path)
+
+
+def ablation_figure(run: "Run", path: Path) -> bool:
+    """Fig. 4: the same training images (one per class) under each MLAdv ablation arm that was
+    run, crafted on the first seed's base model, with their amplified noise."""
+    seed = run.cfg.seed_list()[0]
+    arms = [a for a in ABLATIONS if a in run.cfg.arms]
+    if not arms:
+        return False
+    adv = {a: load_shards(run.seed_dir(seed) / "adv" / a).images for a in arms}
+    adversarial_grid(run.train.images, adv, run.train.labels, run.classes, path)
+    return True
+
+
+# -- report text --------------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list[str]]) -> tuple[str, str]:
+    """The same table as Markdown and as HTML."""
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return "\n".join(md), f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def table2(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Table 2 layout: our mean ± std beside the paper's reference row."""
+    header = ["training data (paper row)", "arm", *[f"{m} (ours)" for m in TABLE2_METRICS],
+              *[f"{m} (paper)" for m in TABLE2_METRICS]]
+    rows = []
+    for arm in results["arms"]:
+        row_name = ARMS[arm].paper_row
+        ref = PAPER_TABLE2.get(row_name or "")
+        rows.append([row_name or "— (not in the paper)", arm,
+                     *[_pm(results["summary"][arm][m]) for m in TABLE2_METRICS],
+                     *([f"{v:.4f}" for v in ref] if ref else ["—"] * 4)])
+    return header, rows
+
+
+def extra_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    keys = [k for k in metric_names(results) if k.startswith("auc_") or k.startswith("acc_")]
+    header = ["arm", *keys]
+    rows = [[arm, *[_pm(results["summary"][arm][k], 3) for k in keys]] for arm in results["arms"]]
+    return header, rows
+
+
+def augment_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """How strong and how visible x'_train was, against the base model (mean over seeds)."""
+    keys = ("success", "ssim", "psnr", "l1", "linf_max")
+    header = ["arm", "success on base model", "SSIM", "PSNR (dB)", "mean abs δ (x255)",
+              "max abs δ (x255)"]
+    rows = []
+    for arm in results["arms"]:
+        vals = [r["augment"] for r in results["runs"] if r["arm"] == arm and "augment" in r]
+        if not vals:
+            continue
+        means = {k: float(np.mean([v[k] for v in vals])) for k in keys}
+        rows.append([arm, f"{means['success']:.3f}", f"{means['ssim']:.3f}",
+                     f"{means['psnr']:.1f}", f"{means['l1'] * 255:.2f}",
+                     f"{means['linf_max'] * 255:.2f}"])
+    return header, rows
+
+
+def _intro(results: dict[str, Any]) -> list[str]:
+    cfg, comp = results["config"], results["compute"]
+    split = results["split"]
+    test_desc = (f"a patient-aware stratified split ({1 - split['test_size']:.2f} / "
+                 f"{split['test_size']:.2f}, seed {split['seed']}, the same for every arm and seed)"
+                 if split["mode"] == "split" else f"the separate folder {split['test_data']}")
+    return [
+        f"Data `{cfg['data']}`: {results['n_train']} training / {results['n_test']} test images "
+        f"from {test_desc}; classes {results['classes']}.",
+        f"Model {cfg['arch']} trained from scratch at {cfg['image_size']} px for "
+        f"{cfg['train']['epochs']} epochs (batch {cfg['train']['batch_size']}, lr "
+        f"{cfg['train']['lr']}); eps = {cfg['eps']:g}/255; seeds {results['seeds']} (mean ± sample "
+        f"std over seeds). Every arm starts from the same initialisation per seed; `none` is the "
+        f"base model on which x'_train is crafted.",
+        f"Attack options (x'_train and robustness): PGD {cfg['pgd'] or '(defaults)'}, MLAdv "
+        f"{cfg['mladv'] or '(class defaults)'}; every other MLAdv setting is the class default "
+        f"(the resolved settings of each x'_train are in results.json, runs[].augment.settings).",
+        f"Robustness: accuracy on {results['robust_n']} test images attacked on each arm's own "
+        f"model (MLAdv full method, PGD), and on all test images under Gaussian noise.",
+        f"Compute: {comp['wall_s']:.0f} s wall, {comp['cpu_s']:.0f} s CPU summed over all stages "
+        f"(this run folder; torch threads {comp.get('torch_threads') or 'not recorded'}; on a "
+        f"shared machine the wall time includes waiting for other jobs).",
+    ]
+
+
+def write_report(run: "Run", results: dict[str, Any],
+                 probs: dict[tuple[str, int], np.ndarray]) -> None:
+    """Write results.json, results.csv, the figures, report.md and report.html into the run."""
+    out = run.out
+    atomic_write_json(results, out / "results.json")
+    write_csv(results, out / "results.csv")
+    figs = out / "figures"
+    figures: list[tuple[str, Path]] = []
+    accuracy_figure(results, figs / "accuracy.png")
+    figures.append(("Clean and robust accuracy per arm (mean, error bar = std over seeds)",
+                    figs / "accuracy.png"))
+    if roc_figure(results, probs, figs / "roc.png"):
+        figures.append((f"Fig. 5: ROC curves per class, `none` vs `{FULL_METHOD}`", figs / "roc.png"))
+    if ablation_figure(run, figs / "ablation.png"):
+        figures.append(("Fig. 4: the same training images under each MLAdv ablation arm "
+                        "(image, then its noise amplified)", figs / "ablation.png"))
+
+    sections: list[tuple[str, list[str], list[tuple[list[str], list[list[str]]]]]] = [
+        ("Table 2: clean test metrics by training set", [], [table2(results)]),
+        ("Verdicts: MLAdv (full method) against each baseline", [
+            c["sentence"] for c in results["comparisons"]] or [
+            f"`{FULL_METHOD}` was not among the arms: no verdict."], []),
+        ("AUC and robustness (mean ± std over seeds)", [], [extra_table(results)]),
+    ]
+    aug = augment_table(results)
+    if aug[1]:
+        sections.append(("x'_train against the base model", [], [aug]))
+    title = f"MLAdv augmentation experiment: {results['name']}"
+    md = [f"# {title}", "", *[f"- {line}" for line in _intro(results)], ""]
+    body = [f"<h1>{html.escape(title)}</h1><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in _intro(results)) + "</ul>"]
+    for heading, lines, tables in sections:
+        md += [f"## {heading}", ""]
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        for line in lines:
+            md.append(f"- {line}")
+            body.append(f"<p>{html.escape(line)}</p>")
+        for header, rows in tables:
+            t_md, t_html = _table(header, rows)
+            md += [t_md, ""]
+            body.append(t_html)
+        md.append("")
+    md += ["## Figures", ""]
+    body.append("<h2>Figures</h2>")
+    for caption, path in figures:
+        md += [f"![{caption}](figures/{path.name})", f"*{caption}*", ""]
+        data = base64.b64encode(path.read_bytes()).decode()
+        body.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,"
+                    f"{data}\"><figcaption>{html.escape(caption)}</figcaption></figure>")
+    md += ["Per arm x seed numbers: `results.csv`; everything: `results.json`; the resolved "
+           "config: `config.yaml`.", ""]
+    atomic_write_text("\n".join(md), out / "report.md")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "figcaption{font-size:13px;color:#444}")
+    atomic_write_text(f"<!doctype html><html><head><meta charset=\"utf-8\"><title>"
+                      f"{html.escape(title)}</title><style>{style}</style></head><body>"
+                      + "\n".join(body) + "</body></html>\n", out / "report.html")

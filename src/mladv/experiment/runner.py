@@ -1,0 +1,307 @@
+"""The augmentation experiment loop (SPEC section 2.1), resumable per (seed, arm).
+
+For each seed: train the base model on ``x_train`` (flips only); for each arm, build its training
+set (a batch transform, or ``x_train ∪ x'_train`` with ``x'_train`` crafted on the base model,
+true labels kept), retrain from scratch with the same schedule and the same initialisation seed,
+and score it on the clean test set and for robustness (MLAdv and PGD crafted on the arm's own
+model; Gaussian noise). The ``none`` arm IS the base model: its recipe (flips, same seed, same
+schedule) is the base model's, so training it again would give the same weights.
+
+Run folder::
+
+    config.yaml  run.json                         resolved config; what a rerun must match
+    seed-S/models/{base,ARM}.pt                   checkpoints (atomic)
+    seed-S/adv/ARM/shard-*.pt, manifest.json      x'_train of the adversarial arms (atomic shards)
+    seed-S/results/ARM.json                       one finished (seed, arm) (atomic)
+    results.json  results.csv  report.md  report.html  figures/
+
+A rerun of the same command skips every finished (seed, arm), reuses checkpoints and shards, and
+gives the same numbers as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..attacks import MLAdv, pgd
+from ..augment import attack_settings, craft_shard, craft_shards, derive_seed, load_shards, tensor_sha1, union
+from ..crafting import attack_metrics
+from ..data import ImageSet, load_source, split_imageset
+from ..models import ImageClassifier, build_model, load_checkpoint, save_checkpoint
+from ..training import accuracy, predict_logits, train_classifier
+from ..utils import atomic_write_json, atomic_write_text, resolve_device, set_determinism
+from .arms import ARMS, batch_transform, make_adversary
+from .config import ExperimentConfig, dump_config
+from .metrics import classification_metrics
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Timer:
+    """Wall-clock and process CPU seconds of a block (CPU time sums all threads, so
+    ``cpu / threads`` estimates the wall time on an unshared machine)."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    @contextmanager
+    def __call__(self) -> Iterator["Timer"]:
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield self
+        finally:
+            self.wall += time.perf_counter() - w0
+            self.cpu += time.process_time() - c0
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_wall_s": round(self.wall, 3), f"{prefix}_cpu_s": round(self.cpu, 3)}
+
+
+@dataclass
+class Run:
+    """One experiment run: its config, folder, device and data."""
+
+    cfg: ExperimentConfig
+    out: Path
+    device: torch.device
+    train: ImageSet
+    test: ImageSet
+    split_info: dict[str, Any]
+    robust_index: list[int]
+    log: Log = _stderr
+    bases: dict[int, tuple[ImageClassifier, dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.out / f"seed-{seed}"
+
+
+# -- data ---------------------------------------------------------------------------------------
+def load_data(cfg: ExperimentConfig) -> tuple[ImageSet, ImageSet, dict[str, Any]]:
+    """``(x_train, x_test, info)``: the patient-aware split of ``data``, or all of ``data`` for
+    training and ``test_data`` for testing (its classes must equal the training classes)."""
+    if not cfg.data:
+        raise ValueError("no data: set 'data' in the config or pass --data PATH (or 'phantoms')")
+    data = load_source(cfg.data, cfg.image_size, seed=cfg.split.seed)
+    if cfg.test_data:
+        test = load_source(cfg.test_data, cfg.image_size, seed=cfg.split.seed + 1)
+        if test.classes != data.classes:
+            raise ValueError(f"--test-data {cfg.test_data}: its classes {test.classes} differ from "
+                             f"the training classes {data.classes} of {cfg.data}")
+        return data, test, {"mode": "test-data", "data": cfg.data, "test_data": cfg.test_data}
+    train, test = split_imageset(data, test_size=cfg.split.test_size, seed=cfg.split.seed)
+    shared = set(train.groups) & set(test.groups)
+    if shared:  # split_imageset guarantees this; checked because a leak would void every number
+        raise RuntimeError(f"patient groups on both sides of the split: {sorted(shared)[:5]}")
+    return train, test, {"mode": "split", "data": cfg.data, "test_size": cfg.split.test_size,
+                         "seed": cfg.split.seed, "patient_aware": True}
+
+
+def robust_subset(test: ImageSet, cfg: ExperimentConfig) -> list[int]:
+    """The test images the robustness attacks run on: all, or exactly ``robustness.max_images``
+    of them, dealt round-robin over the classes from per-class shuffles seeded with the split
+    seed (the same subset for every arm and seed)."""
+    n, cap = len(test), cfg.robustness.max_images
+    if cap is None or cap >= n:
+        return list(range(n))
+    gen = torch.Generator().manual_seed(cfg.split.seed)
+    per_class = [idx[torch.randperm(len(idx), generator=gen)].tolist()
+                 for idx in (torch.nonzero(test.labels == c).flatten()
+                             for c in range(len(test.classes)))]
+    dealt = [lst[i] for i in range(max(map(len, per_class))) for lst in per_class if i < len(lst)]
+    return sorted(dealt[:cap])
+
+
+def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = _stderr) -> Run:
+    """Load the data, check the run folder against a previous run, save the resolved config."""
+    out = Path(out)
+    train, test, info = load_data(cfg)
+    run = Run(cfg, out, resolve_device(cfg.device), train, test, info, robust_subset(test, cfg), log)
+    key = {"config": cfg.resume_key(), "classes": train.classes,
+           "train_sha1": tensor_sha1(train.images, train.labels),
+           "test_sha1": tensor_sha1(test.images, test.labels)}
+    marker = out / "run.json"
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        diff = _differences(old, key)
+        if diff:
+            raise ValueError(f"{out} holds a run with different settings ({'; '.join(diff[:4])}); "
+                             f"rerun with those settings, or choose another --out")
+    else:
+        atomic_write_json(key, marker)
+    atomic_write_text(dump_config(cfg), out / "config.yaml")
+    return run
+
+
+def _differences(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new))
+                for d in _differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)]
+    return [] if old == new else [f"{path}: {_brief(old)} there, {_brief(new)} now"]
+
+
+def _brief(v: Any) -> str:
+    s = json.dumps(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+# -- models -------------------------------------------------------------------------------------
+def load_model(run: Run, path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
+    """A finished checkpoint of this run and its metadata; one of another architecture or class
+    count is refused, naming both shapes."""
+    model, ckpt = load_checkpoint(path, map_location=run.device)
+    want = (run.cfg.arch, len(run.classes))
+    have = (ckpt["arch"], len(ckpt["classes"]))
+    if have != want or list(ckpt["classes"]) != run.classes:
+        raise ValueError(f"{path}: checkpoint holds a {have[0]} with {have[1]} classes "
+                         f"{ckpt['classes']}; this experiment needs a {want[0]} with {want[1]} "
+                         f"classes {run.classes}")
+    return model.eval(), ckpt
+
+
+def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path) -> tuple[ImageClassifier, dict]:
+    """Train (or reuse) the model of ``arm``: fresh init from ``seed``, the config's schedule."""
+    if path.is_file():
+        model, ckpt = load_model(run, path)
+        return model, dict(ckpt["metrics"])
+    cfg = run.cfg
+    timer = Timer()
+    with timer():
+        set_determinism(seed)
+        model = build_model(cfg.arch, len(run.classes)).to(run.device)
+        history = train_classifier(model, data, epochs=cfg.train.epochs,
+                                   batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                                   weight_decay=cfg.train.weight_decay, seed=seed,
+                                   transform=batch_transform(arm, cfg.arm_options, len(run.classes)),
+                                   progress=cfg.progress, desc=f"seed {seed} {arm}: train")
+    meta = {"history": history, "n_train": len(data), **timer.as_dict("train")}
+    save_checkpoint(path, model, classes=run.classes, image_size=cfg.image_size,
+                    epoch=cfg.train.epochs, metrics=meta, arm=arm, seed=seed,
+                    split=run.split_info if run.split_info["mode"] == "split" else None)
+    return model.eval(), meta
+
+
+def base_model(run: Run, seed: int) -> tuple[ImageClassifier, dict]:
+    """The model trained on ``x_train`` with flips only (cached per seed)."""
+    path = run.seed_dir(seed) / "models" / "base.pt"
+    if seed not in run.bases:
+        if not path.is_file():
+            run.log(f"[seed {seed}] base model: {run.cfg.arch}, {len(run.train)} images, "
+                    f"{run.cfg.train.epochs} epochs")
+        run.bases[seed] = train_model(run, seed, run.train, "none", path)
+    return run.bases[seed]
+
+
+# -- one (seed, arm) ----------------------------------------------------------------------------
+def adversarial_copies(run: Run, seed: int, arm: str) -> tuple[ImageSet, dict[str, Any]]:
+    """``x'_train`` of an adversarial arm, crafted on the base model in resumable shards."""
+    cfg = run.cfg
+    base, _ = base_model(run, seed)
+    attack = make_adversary(arm, base, eps=cfg.eps_unit(), seed=seed, pgd_options=cfg.pgd,
+                            mladv_options=cfg.mladv)
+    folder = run.seed_dir(seed) / "adv" / arm
+    timer = Timer()
+    with timer():
+        craft_shards(attack, run.train, folder, shard_size=cfg.augment.shard_size, seed=seed,
+                     batch_size=cfg.augment.batch_size, progress=cfg.progress,
+                     info={"arm": arm, "seed": seed}, desc=f"seed {seed} {arm}: craft x'_train")
+        adv = load_shards(folder)
+    quality = attack_metrics(base, run.train.images, adv.images, run.train.labels)
+    keep = ("success", "ssim", "psnr", "l1", "linf_max")
+    return adv, {"settings": attack_settings(attack), **{k: quality[k] for k in keep},
+                 **timer.as_dict("craft")}
+
+
+def robustness(run: Run, model: ImageClassifier, seed: int) -> dict[str, float]:
+    """Accuracy of ``model`` on test images attacked on itself (MLAdv full method, PGD) and under
+    Gaussian noise ``x + sigma * N(0, 1)`` clipped to [0, 1]."""
+    cfg = run.cfg
+    sub = run.test.subset(run.robust_index)
+    out: dict[str, float] = {}
+    for name in cfg.robustness.attacks:
+        atk = (MLAdv(model, eps=cfg.eps_unit(), seed=seed, **cfg.mladv) if name == "mladv"
+               else pgd(model, eps=cfg.eps_unit(), seed=seed, **cfg.pgd))
+        adv = craft_shard(atk, sub.images, sub.labels, seed=seed, shard=0,
+                          batch_size=cfg.robustness.batch_size)
+        out[f"acc_{name}"] = accuracy(model, adv, sub.labels)
+    for i, sigma in enumerate(cfg.robustness.noise_sigmas):
+        gen = torch.Generator().manual_seed(derive_seed(seed, 1000 + i))
+        noisy = (run.test.images + sigma * torch.randn(run.test.images.shape, generator=gen)).clamp(0, 1)
+        out[f"acc_noise_{sigma:g}"] = accuracy(model, noisy, run.test.labels)
+    return out
+
+
+def run_arm(run: Run, seed: int, arm: str) -> dict[str, Any]:
+    """Train and score one (seed, arm); returns its result (also written to
+    ``seed-S/results/ARM.json`` by the caller)."""
+    spec = ARMS[arm]
+    result: dict[str, Any] = {"arm": arm, "seed": seed}
+    if arm == "none":
+        model, meta = base_model(run, seed)
+        result["model"] = "models/base.pt (the none arm's recipe is the base model's)"
+    else:
+        data = run.train
+        if spec.adversarial:
+            adv, result["augment"] = adversarial_copies(run, seed, arm)
+            data = union(run.train, adv)
+        run.log(f"[seed {seed}] {arm}: training on {len(data)} images")
+        path = run.seed_dir(seed) / "models" / f"{arm}.pt"
+        model, meta = train_model(run, seed, data, arm, path)
+        result["model"] = f"models/{arm}.pt"
+    timer = Timer()
+    with timer():
+        probs = torch.softmax(predict_logits(model, run.test.images), 1).numpy()
+        result["clean"] = classification_metrics(run.test.labels.numpy(), probs, run.classes)
+        result["robust"] = robustness(run, model, seed)
+    result.update(n_train=meta["n_train"], history=meta["history"],
+                  probs=[[round(float(v), 6) for v in row] for row in probs],
+                  timings={k: meta[k] for k in ("train_wall_s", "train_cpu_s")}
+                  | {k: v for k, v in result.get("augment", {}).items() if k.startswith("craft_")}
+                  | timer.as_dict("eval") | {"torch_threads": torch.get_num_threads()})
+    run.log(f"[seed {seed}] {arm}: accuracy {result['clean']['accuracy']:.4f}, "
+            + ", ".join(f"{k} {v:.3f}" for k, v in result["robust"].items()))
+    return result
+
+
+def finished_result(run: Run, seed: int, arm: str) -> dict[str, Any] | None:
+    path = run.seed_dir(seed) / "results" / f"{arm}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, *, log: Log = _stderr) -> dict[str, Any]:
+    """Run (or resume) every (seed, arm) of ``cfg`` into ``out``; write results and the report.
+
+    Returns the content of ``results.json``.
+    """
+    from .report import collect_results, write_report
+
+    run = prepare(cfg, out, log)
+    log(f"{cfg.name}: {len(run.train)} train / {len(run.test)} test images, classes "
+        f"{run.classes}; arms {cfg.arms}; seeds {cfg.seed_list()}; out {run.out}")
+    start = time.perf_counter()
+    for seed in cfg.seed_list():
+        for arm in cfg.arms:
+            if finished_result(run, seed, arm) is not None:
+                continue
+            result = run_arm(run, seed, arm)
+            atomic_write_json(result, run.seed_dir(seed) / "results" / f"{arm}.json")
+        run.bases.clear()  # free this seed's base model
+    results, probs = collect_results(run)
+    results["this_invocation_wall_s"] = round(time.perf_counter() - start, 1)
+    write_report(run, results, probs)
+    return results

@@ -1,0 +1,265 @@
+"""The augmentation experiment: config validation, arms, metrics, runner (resume), report, CLI."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+import mladv.experiment.runner as runner_mod
+from mladv.cli import main
+from mladv.data import write_phantoms
+from mladv.experiment import ARMS, FULL_METHOD, classification_metrics, load_config, run_experiment
+from mladv.experiment.arms import (batch_transform, make_adversary, mladv_arm_options,
+                                   mladv_default, rotate_batch)
+from mladv.experiment.config import ArmOptions, validate_config
+from mladv.experiment.metrics import mean_std
+from mladv.experiment.report import compare
+from mladv.models import build_model, save_checkpoint
+
+MINI = {"name": "mini", "data": "phantoms:12", "image_size": 16, "arch": "tiny_cnn", "seeds": 1,
+        "arms": ["none", FULL_METHOD], "train": {"epochs": 2, "batch_size": 16, "lr": 0.01},
+        "pgd": {"steps": 2}, "mladv": {"steps": 2},
+        "augment": {"shard_size": 10, "batch_size": 8}, "robustness": {"max_images": 4},
+        "progress": False}
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _without_timings(results: dict) -> dict:
+    out = json.loads(json.dumps(results))
+    out.pop("compute"), out.pop("this_invocation_wall_s")
+    for r in out["runs"]:
+        r.pop("timings")
+        r.get("augment", {}).pop("craft_wall_s", None), r.get("augment", {}).pop("craft_cpu_s", None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mini") / "run"
+    results = run_experiment(validate_config(MINI), out, log=_quiet)
+    return out, results
+
+
+# -- the miniature experiment -------------------------------------------------------------------
+def test_mini_experiment_has_every_metric_for_every_arm(mini_run):
+    out, results = mini_run
+    saved = json.loads((out / "results.json").read_text())
+    assert [(r["arm"], r["seed"]) for r in saved["runs"]] == [("none", 0), (FULL_METHOD, 0)]
+    expected = {"accuracy", "recall", "precision", "f1", "auc_macro", "auc_covid_like",
+                "auc_normal", "auc_pneumonia_like", "acc_mladv", "acc_pgd", "acc_noise_0.02",
+                "acc_noise_0.05"}
+    for r in saved["runs"]:
+        assert set(r["metrics"]) == expected
+        assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
+        cm = np.asarray(r["confusion_matrix"])
+        assert cm.shape == (3, 3) and cm.sum() == saved["n_test"]
+    full = next(r for r in saved["runs"] if r["arm"] == FULL_METHOD)
+    assert full["n_train"] == 2 * saved["n_train"]  # x_train ∪ x'_train
+    assert full["augment"]["linf_max"] <= 8 / 255 + 1e-6
+    assert saved["robust_n"] == 4
+    assert set(saved["summary"]) == {"none", FULL_METHOD}
+    assert saved["comparisons"][0]["verdict"] == "one seed"
+    assert yaml.safe_load((out / "config.yaml").read_text())["arch"] == "tiny_cnn"
+    rows = (out / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 and rows[0].startswith("arm,seed,n_train,accuracy")
+
+
+def test_report_files_exist_and_embed_the_figures(mini_run):
+    out, _ = mini_run
+    for name in ("roc.png", "ablation.png", "accuracy.png"):
+        assert (out / "figures" / name).stat().st_size > 1000
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    assert "src=\"figures/" not in page  # self-contained
+    md = (out / "report.md").read_text()
+    assert "0.9641" in md and "Table 2" in md and "figures/roc.png" in md
+    assert "no seed-to-seed spread" in md
+
+
+def test_resume_after_interruption_gives_identical_results(mini_run, tmp_path, monkeypatch):
+    _, uninterrupted = mini_run
+    real, calls = runner_mod.run_arm, []
+
+    def crash_on_second_arm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "run_arm", crash_on_second_arm)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(validate_config(MINI), tmp_path / "run", log=_quiet)
+    assert (tmp_path / "run" / "seed-0" / "results" / "none.json").is_file()
+    assert not (tmp_path / "run" / "results.json").exists()
+    monkeypatch.setattr(runner_mod, "run_arm", real)
+    resumed = run_experiment(validate_config(MINI), tmp_path / "run", log=_quiet)
+    assert len(calls) == 2  # the finished arm was not run again
+    assert _without_timings(resumed) == _without_timings(uninterrupted)
+
+
+def test_rerun_with_other_settings_is_refused(mini_run, tmp_path):
+    out, _ = mini_run
+    shutil.copytree(out, tmp_path / "copy")
+    with pytest.raises(ValueError, match=r"different settings.*train\.epochs: 2 there, 3 now"):
+        run_experiment(validate_config({**MINI, "train": {**MINI["train"], "epochs": 3}}),
+                       tmp_path / "copy", log=_quiet)
+
+
+def test_checkpoint_of_another_shape_is_refused(mini_run, tmp_path):
+    out, _ = mini_run
+    run = runner_mod.prepare(validate_config(MINI), tmp_path / "run", _quiet)
+    wrong = tmp_path / "wrong.pt"
+    save_checkpoint(wrong, build_model("small_cnn", 2), classes=["a", "b"], image_size=16)
+    with pytest.raises(ValueError, match=r"holds a small_cnn with 2 classes.*needs a tiny_cnn "
+                                         r"with 3 classes"):
+        runner_mod.load_model(run, wrong)
+
+
+def test_test_data_with_other_classes_is_refused(tmp_path):
+    write_phantoms(tmp_path / "train", n_per_class=2, size=16)
+    write_phantoms(tmp_path / "test", n_per_class=2, size=16)
+    (tmp_path / "test" / "normal").rename(tmp_path / "test" / "healthy")
+    cfg = validate_config({**MINI, "data": str(tmp_path / "train"),
+                           "test_data": str(tmp_path / "test")})
+    with pytest.raises(ValueError, match=r"classes \['covid_like', 'healthy', 'pneumonia_like'\] "
+                                         r"differ from the training classes \['covid_like', "
+                                         r"'normal', 'pneumonia_like'\]"):
+        runner_mod.load_data(cfg)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def test_metrics_agree_with_scikit_learn_on_a_hand_example():
+    labels = np.array([0, 0, 1, 1, 2, 2, 2])
+    probs = np.array([[.7, .2, .1], [.3, .6, .1], [.2, .7, .1], [.1, .8, .1],
+                      [.1, .1, .8], [.5, .2, .3], [.2, .3, .5]])
+    m = classification_metrics(labels, probs, ["a", "b", "c"])
+    pred = probs.argmax(1)  # [0, 1, 1, 1, 2, 0, 2]: 5 of 7 right
+    assert m["accuracy"] == pytest.approx(5 / 7)
+    assert m["recall"] == pytest.approx(recall_score(labels, pred, average="weighted"))
+    assert m["recall"] == pytest.approx(m["accuracy"])  # weighted recall is accuracy
+    assert m["precision"] == pytest.approx(precision_score(labels, pred, average="weighted"))
+    # by hand: precision a = 1/2, b = 2/3, c = 2/2; weights 2/7, 2/7, 3/7
+    assert m["precision"] == pytest.approx((2 * 0.5 + 2 * 2 / 3 + 3 * 1.0) / 7)
+    assert m["f1"] == pytest.approx(f1_score(labels, pred, average="weighted"))
+    assert m["auc_macro"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"))
+    assert m["auc_per_class"]["a"] == pytest.approx(roc_auc_score(labels == 0, probs[:, 0]))
+    # class a by hand: positives score .7, .3; negatives .2 .1 .1 .5 .2 -> (5 + 4) / 10
+    assert m["auc_per_class"]["a"] == pytest.approx(0.9)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]
+
+
+def test_binary_auc_and_missing_class():
+    m = classification_metrics([0, 1, 1, 0], np.array([[.9, .1], [.2, .8], [.6, .4], [.4, .6]]),
+                               ["x", "y"])
+    assert m["auc_macro"] == pytest.approx(roc_auc_score([0, 1, 1, 0], [.1, .8, .4, .6]))
+    m = classification_metrics([0, 0, 1], np.full((3, 3), 1 / 3), ["a", "b", "c"])
+    assert math.isnan(m["auc_per_class"]["c"]) and not math.isnan(m["auc_macro"])
+
+
+def test_mean_std_and_the_verdict_rule():
+    assert mean_std([0.9, 0.92, 0.94])["std"] == pytest.approx(0.02)
+    assert mean_std([0.9])["std"] is None
+    summary = {FULL_METHOD: {"accuracy": mean_std([0.90, 0.92, 0.94])},
+               "none": {"accuracy": mean_std([0.80, 0.81, 0.82])},
+               "mixup": {"accuracy": mean_std([0.91, 0.93, 0.95])},
+               "cutmix": {"accuracy": mean_std([0.90, 0.90, 0.93])}}
+    assert compare(summary, "none")["verdict"] == "beat"
+    assert compare(summary, "mixup")["verdict"] == "within spread"
+    lost = compare({**summary, "cutmix": {"accuracy": mean_std([0.99, 0.99, 0.995])}}, "cutmix")
+    assert lost["verdict"] == "lost" and "did NOT beat" in lost["sentence"]
+
+
+# -- arms ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arm", ["none", "rotation", "mixup", "cutmix", "trivialaugment"])
+def test_transforms_keep_shape_range_and_are_seeded(arm):
+    x = torch.rand(6, 1, 16, 16)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    tf = batch_transform(arm, ArmOptions(), 3)
+    a = tf(x, y, torch.Generator().manual_seed(1))
+    b = tf(x, y, torch.Generator().manual_seed(1))
+    assert a[0].shape == x.shape and a[0].min() >= 0 and a[0].max() <= 1
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    if arm in ("mixup", "cutmix"):
+        assert a[1].shape == (6, 3) and torch.allclose(a[1].sum(1), torch.ones(6))
+    assert torch.equal(x, x.clone())  # input untouched
+
+
+def test_rotation_by_zero_is_identity_and_by_90_moves_pixels():
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.allclose(rotate_batch(x, torch.zeros(2)), x, atol=1e-5)
+    assert torch.allclose(rotate_batch(x, torch.full((2,), 90.0)), x.rot90(1, (-2, -1)), atol=1e-4) \
+        or torch.allclose(rotate_batch(x, torch.full((2,), 90.0)), x.rot90(-1, (-2, -1)), atol=1e-4)
+
+
+def test_mladv_arms_switch_terms_and_keep_class_defaults():
+    ls = mladv_arm_options(ARMS["ls"], {"steps": 3})
+    assert ls["origin_weight"] == 0 and ls["detail_weight"] == 0 and ls["projection"] is False
+    assert ls["style_weight"] == mladv_default("style_weight") and ls["steps"] == 3
+    full = mladv_arm_options(ARMS[FULL_METHOD], {"origin_weight": 0.25})
+    assert full["origin_weight"] == 0.25 and full["projection"] is True
+    assert full["detail_weight"] == mladv_default("detail_weight")
+    model = build_model("tiny_cnn", 3)
+    atk = make_adversary("ls+lo", model, eps=4 / 255, seed=1, pgd_options={}, mladv_options={})
+    assert atk.projection is False and atk.eps == pytest.approx(4 / 255)
+    with pytest.raises(ValueError, match="does not craft"):
+        make_adversary("mixup", model, eps=4 / 255, seed=1, pgd_options={}, mladv_options={})
+
+
+# -- config errors ------------------------------------------------------------------------------
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("trian: {epochs: 2}\n", r"c\.yaml: trian: unknown key"),
+    ("train: {epochs: two}\n", r"c\.yaml: train\.epochs: Input should be a valid integer"),
+    ("train: {epoch: 2}\n", r"c\.yaml: train\.epoch: unknown key"),
+    ("arms: [none, flips]\n", r"arms: unknown arm 'flips'; valid arms: none, rotation, mixup"),
+    ("mladv: {stpes: 3}\n", r"mladv: 'stpes' is not a MLAdv option; valid: steps"),
+    ("mladv: {eps: 3}\n", r"mladv: 'eps' is set by the experiment"),
+    ("eps: 0.03\n", r"eps: eps is in 1/255 units"),
+    ("arch: resnet9000\n", r"arch: unknown architecture 'resnet9000'"),
+    ("robustness: {attacks: [fgsm]}\n", r"robustness\.attacks: unknown robustness attack"),
+    ("- a\n- b\n", r"expected a mapping"),
+    ("train: [\n", r"c\.yaml: line \d+ not valid YAML"),
+])
+def test_bad_config_gives_one_error_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message) as info:
+        load_config(_write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_flags_override_the_yaml_and_are_validated(tmp_path):
+    path = _write(tmp_path, "data: somewhere\nseeds: 3\n")
+    cfg = load_config(path, {"data": "phantoms", "seeds": 2, "device": None})
+    assert cfg.data == "phantoms" and cfg.seed_list() == [0, 1] and cfg.device == "auto"
+    with pytest.raises(ValueError, match="seeds"):
+        load_config(path, {"seeds": "many"})
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("demo.yaml", "cxr3.yaml", "paper.yaml"):
+        cfg = load_config(root / name)
+        assert FULL_METHOD in cfg.arms and "none" in cfg.arms
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    path = _write(tmp_path, "trian: 3\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", str(path), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "trian" in err and "Traceback" not in err

@@ -1,0 +1,235 @@
+"""Behaviour of MLAdv's options (balance, hinge, gating, DI, TI, momentum, schedules, two-phase,
+keep) and of its defaults on a tiny model trained inside the test."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchattacks
+from torch import nn
+
+from mladv.attacks import MLAdv, pifgsm
+from mladv.attacks.mladv import (_schedule, depthwise, gaussian_kernel, logit_margin, margin_loss)
+from mladv.data import make_phantoms
+from mladv.features import conv_layers
+from mladv.losses import adversarial_loss, detail_loss, origin_loss, style_loss
+from mladv.metrics import total_variation
+from mladv.models import build_model
+from mladv.training import train_classifier
+
+EPS = 8 / 255
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small CNN trained inside the tests (a few seconds) on 16 px phantoms, and up to 8
+    images per class that it classifies correctly."""
+    data = make_phantoms(30, 16, seed=3)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3)
+    train_classifier(model, data, epochs=8, batch_size=16, lr=3e-3, seed=0, progress=False)
+    model.eval()
+    with torch.no_grad():
+        ok = model(data.images).argmax(1) == data.labels
+    keep = torch.cat([torch.nonzero(ok & (data.labels == c)).flatten()[:8] for c in range(3)])
+    assert len(keep) >= 16, "the small model must classify some images correctly"
+    return model, data.images[keep], data.labels[keep]
+
+
+def fooled(model: nn.Module, adv: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(adv).argmax(1) != labels).float().mean().item()
+
+
+def test_defaults_attack_a_tiny_model_at_99_percent(tiny):
+    model, x, y = tiny
+    adv = MLAdv(model, seed=0)(x, y)
+    assert (adv - x).abs().max() <= EPS + 1e-6
+    assert fooled(model, adv, y) >= 0.99
+
+
+def test_pifgsm_still_matches_torchattacks(tiny):
+    model, x, y = tiny
+    x3, y3 = x[:6].expand(-1, 3, -1, -1).contiguous(), y[:6]
+    ours = pifgsm(model, eps=EPS, seed=0)(x3, y3)
+    ref = torchattacks.PIFGSM(model, max_epsilon=EPS)(x3, y3)
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_realism_off_with_other_defaults_is_pifgsm_when_boosters_off(tiny):
+    model, x, y = tiny
+    atk = MLAdv(model, seed=0, style_weight=0, origin_weight=0, detail_weight=0, momentum=0,
+                diversity=0, smoothing=0, adv_loss="log-p", schedule="constant",
+                keep="last", pre_steps=0)
+    assert torch.equal(atk(x, y), pifgsm(model, eps=EPS, seed=0)(x, y))
+
+
+def test_literal_balance_is_eq2_exactly(tiny):
+    model, x, y = tiny
+    x, y = x[:4], y[:4]
+    atk = MLAdv(model, steps=1, projection=False, balance="literal", style="self", seed=0)
+    adv = atk(x, y)
+    xg = x.clone().requires_grad_(True)
+    from mladv.features import FeatureTap
+    origin_layer = atk.origin_layers
+    with FeatureTap(model, origin_layer) as tap:
+        logits = model(xg)
+        l_o = origin_loss([f.detach() for f in tap.outputs()], tap.outputs())
+    # at x_t = x with style = self, L_s = L_o = 0 and their gradients vanish
+    total = 0.5 * adversarial_loss(logits, y).sum() + l_o.sum() + detail_loss(xg).sum()
+    g = torch.autograd.grad(total, xg)[0]
+    expected = (x + (-EPS * g.sign()).clamp(-EPS, EPS)).clamp(0, 1)
+    assert torch.allclose(adv, expected, atol=1e-6)
+
+
+def test_calibrated_needs_one_backward_per_step_after_calibration(tiny):
+    model, x, y = tiny
+    steps = 6
+    cal = MLAdv(model, steps=steps, balance="calibrated", seed=0)
+    cal(x, y)
+    # step 1: adversarial term only; step 2: one pass per model term (adv, style, origin);
+    # then one pass per step
+    assert cal.backward_passes == 1 + 3 + (steps - 2)
+    gn = MLAdv(model, steps=steps, balance="grad-norm", seed=0)
+    gn(x, y)
+    assert gn.backward_passes == 3 * steps
+
+
+def test_calibrated_factors_reproduce_grad_norm_mix(tiny):
+    """With the factors measured at a point, the one-pass gradient there equals the per-term
+    normalised mix (eq.: g_adv + tau * sum_k |g_adv|/|g_k| g_k, divided by |g_adv|)."""
+    model, x, y = tiny
+    atk = MLAdv(model, balance="calibrated", style="self", seed=0)
+    grams, origin, _ = atk._references(x, x)
+    xt = (x + EPS * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
+    _, l_adv, terms = atk._terms(xt, x, y, None, grams, origin, True, None)
+    g_mix, factors = atk._combine(xt, l_adv, terms, None, None)
+    assert factors is not None and set(factors) == {"style", "origin", "detail"}
+    _, l_adv, terms = atk._terms(xt, x, y, None, grams, origin, True, None)
+    g_one, _ = atk._combine(xt, l_adv, terms, None, factors)
+    scale = g_one.abs().flatten(1).mean(1) / g_mix.abs().flatten(1).mean(1)
+    assert torch.allclose(g_one, g_mix * scale.view(-1, 1, 1, 1), rtol=1e-3, atol=1e-7)
+
+
+def test_margin_loss_is_flat_once_fooled_by_kappa():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 5.0, 1.0]], requires_grad=True)
+    y = torch.tensor([0, 0])
+    assert torch.allclose(logit_margin(logits, y), torch.tensor([2.0, -5.0]))
+    loss = margin_loss(logits, y, None, kappa=2.0)
+    assert torch.allclose(loss, torch.tensor([2.0, -2.0]))
+    g = torch.autograd.grad(loss.sum(), logits)[0]
+    assert g[1].abs().sum() == 0 and g[0].abs().sum() > 0
+    targeted = logit_margin(logits, y, torch.tensor([1, 1]))  # max_{j!=t} z_j - z_t
+    assert torch.allclose(targeted, torch.tensor([2.0, -4.0]))
+
+
+def test_after_success_gates_terms_per_sample(tiny):
+    model, x, y = tiny
+    atk = MLAdv(model, realism="after-success", style="self", seed=0)
+    grams, origin, _ = atk._references(x, x)
+    xt = (x + EPS * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
+    gate = torch.zeros(len(x))
+    gate[0] = 1.0
+    _, l_adv, terms = atk._terms(xt, x, y, None, grams, origin, True, None)
+    g, _ = atk._combine(xt, l_adv, terms, gate, None)
+    g_adv = torch.autograd.grad(atk._terms(xt, x, y, None, grams, origin, True, None)[1].sum(),
+                                xt)[0]
+    # not yet fooled: the adversarial direction alone; fooled: realism alone
+    assert torch.equal(g[1:].sign(), g_adv[1:].sign())
+    g_det = torch.autograd.grad(detail_loss(xt).sum(), xt)[0]
+    assert not torch.equal(g[0].sign(), g_adv[0].sign())
+    assert (g[0] * g_det[0]).sum() > 0  # the realism mix pulls along the detail gradient
+
+
+def test_detail_on_delta_is_zero_at_the_clean_image(tiny):
+    model, x, y = tiny
+    for on, zero in (("delta", True), ("image", False)):
+        atk = MLAdv(model, detail_on=on, style_weight=0, origin_weight=0, seed=0)
+        xt = x.clone().requires_grad_(True)
+        _, _, terms = atk._terms(xt, x, y, None, [], [], True, None)
+        assert bool(terms[0][1].abs().sum() == 0) is zero
+
+
+def test_momentum_accumulates_normalised_gradients(tiny):
+    model, x, _ = tiny
+    atk = MLAdv(model, momentum=0.5, projection=False, seed=0)
+    kernel = atk.kernel
+    g1, g2 = torch.randn_like(x), torch.randn_like(x)
+    _, _, v1 = atk._update(x, x, g1, torch.zeros_like(x), torch.zeros_like(x), 0, kernel, None)
+    x2, _, v2 = atk._update(x, x, g2, torch.zeros_like(x), v1, 1, kernel, None)
+    unit = lambda g: g / g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)  # noqa: E731
+    assert torch.allclose(v2, 0.5 * unit(g1) + unit(g2))
+    assert torch.equal(x2, (x - (atk.alpha * v2.sign())).clamp(x - EPS, x + EPS).clamp(0, 1))
+
+
+def test_input_diversity_transform_keeps_size_and_is_seeded(tiny):
+    model, x, y = tiny
+    atk = MLAdv(model, diversity=1.0, diversity_scale=0.75, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    params = [atk._diverse(gen, 16) for _ in range(20)]
+    assert all(p is not None and 12 <= p[0] < 16 for p in params)
+    out = atk._transform(x, params[0])
+    assert out.shape == x.shape and out.sum() < x.sum()  # shrunk, zero-padded
+    assert MLAdv(model, diversity=0.0)._diverse(gen, 16) is None
+    a, b = atk(x, y), atk(x, y)
+    assert torch.equal(a, b) and (a - x).abs().max() <= EPS + 1e-6
+
+
+def test_smoothing_gives_smoother_noise(tiny):
+    model, x, y = tiny
+    k = gaussian_kernel(5)
+    assert torch.isclose(k.sum(), torch.tensor(1.0)) and torch.equal(k, k.flip(0).flip(1))
+    assert depthwise(x, gaussian_kernel(1)).allclose(x)
+    opts = dict(style_weight=0, origin_weight=0, detail_weight=0, projection=False, seed=0)
+    rough = MLAdv(model, **opts)(x, y)
+    smooth = MLAdv(model, smoothing=7, **opts)(x, y)
+    assert total_variation(smooth - x) < total_variation(rough - x)
+
+
+def test_schedules_decay_from_one():
+    assert [_schedule("constant", t, 4) for t in range(4)] == [1.0] * 4
+    assert [_schedule("linear", t, 4) for t in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    cos = [_schedule("cosine", t, 10) for t in range(10)]
+    assert cos[0] == 1.0 and all(a >= b for a, b in zip(cos, cos[1:])) and min(cos) >= 0.1
+
+
+def test_two_phase_counts_passes_and_uses_only_cross_entropy_after(tiny):
+    model, x, y = tiny
+    atk = MLAdv(model, pre_steps=3, steps=4, seed=0)
+    adv = atk(x, y)
+    assert atk.backward_passes == 3 * 3 + 4  # phase 1: adv, style, origin; phase 2: CE only
+    assert (adv - x).abs().max() <= EPS + 1e-6
+
+
+def test_keep_last_adversarial_never_loses_a_fooled_sample(tiny):
+    model, x, y = tiny
+    opts = dict(realism="after-success", kappa=0.0, tau=5.0, seed=0)
+    last = MLAdv(model, keep="last", **opts)(x, y)
+    kept = MLAdv(model, keep="last-adversarial", **opts)(x, y)
+    assert fooled(model, kept, y) >= fooled(model, last, y)
+    assert (kept - x).abs().max() <= EPS + 1e-6
+
+
+def test_layer_choices(tiny):
+    model, _, _ = tiny
+    convs = conv_layers(model)
+    assert MLAdv(model, style_layers="early-conv").style_layers == convs[:max(1, len(convs) // 3)]
+    assert MLAdv(model, origin_layer=convs).origin_layers == convs
+    assert MLAdv(model, origin_weight=0).origin_layers == []
+
+
+@pytest.mark.parametrize("bad", [dict(balance="magic"), dict(adv_loss="hinge"),
+                                 dict(realism="never"), dict(schedule="step"), dict(keep="best"),
+                                 dict(detail_on="noise"), dict(momentum=-1), dict(diversity=2.0),
+                                 dict(smoothing=4), dict(style_layers="late-conv")])
+def test_bad_options_raise_one_clear_error(tiny, bad):
+    with pytest.raises(ValueError):
+        MLAdv(tiny[0], **bad)
+
+
+def test_style_term_unchanged_by_options(tiny):
+    """The realism terms are still eqs. 4-6: style against the reference's Grams."""
+    model, x, y = tiny
+    atk = MLAdv(model, style="self", origin_weight=0, detail_weight=0, seed=0)
+    grams, origin, _ = atk._references(x, x)
+    _, _, terms = atk._terms(x.clone().requires_grad_(True), x, y, None, grams, origin, True, None)
+    assert terms[0][0] == "style" and torch.allclose(terms[0][1], torch.zeros(len(x)), atol=1e-10)

@@ -1,0 +1,140 @@
+"""``mladv transfer`` in miniature, its config checks, and the 1-channel torchattacks wrappers."""
+import csv
+import json
+
+import pytest
+import torch
+import yaml
+
+from mladv.attacks import fgsm, mifgsm, pgd, pifgsm
+from mladv.cli import main
+from mladv.models import build_model, save_checkpoint
+from mladv.transfer import load_config, run_transfer
+
+ATTACKS = [{"name": "fgsm"}, {"name": "pgd", "options": {"steps": 2}},
+           {"name": "mifgsm", "options": {"steps": 2}}, {"name": "pifgsm", "options": {"steps": 2}},
+           {"name": "gama", "options": {"steps": 4}}, {"name": "rays", "options": {"budget": 30}},
+           {"name": "mladv", "options": {"steps": 2}}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: several times faster than two on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def mini_config(**changes):
+    cfg = {"name": "mini", "data": "phantoms:12", "image_size": 24, "test_size": 0.3, "seed": 0,
+           "eps": 8, "source": {"arch": "small_cnn", "epochs": 2, "lr": 0.003},
+           "targets": [{"arch": "tiny_cnn", "epochs": 1, "lr": 0.01},
+                       {"arch": "small_cnn", "name": "small_cnn-b", "epochs": 1, "lr": 0.003}],
+           "attacks": ATTACKS, "batch_size": 8, "bm3d": {"max_images": 1, "workers": 2},
+           "progress": False}
+    cfg.update(changes)
+    return cfg
+
+
+def write_yaml(path, cfg):
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("make", [fgsm, pgd, mifgsm, pifgsm])
+def test_torchattacks_wrappers_keep_one_channel(make):
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 3)
+    x, y = torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2])
+    adv = make(model, eps=8 / 255)(x, y)
+    assert adv.shape == (3, 1, 16, 16)
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_miniature_run_produces_every_column_and_resumes(tmp_path):
+    config = write_yaml(tmp_path / "mini.yaml", mini_config())
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        with pytest.warns(UserWarning, match="BM3D"):
+            main(["transfer", str(config), "--out", str(out), "--device", "cpu"])
+    assert exit_info.value.code in (0, None)
+    for name in ("transfer.json", "transfer.csv", "transfer.md", "transfer.html",
+                 "transfer_fig3.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert yaml.safe_load((out / "config.yaml").read_text())["device"] == "cpu"  # flag resolved
+
+    res = json.loads((out / "transfer.json").read_text())
+    titles = ["FGSM", "PGD", "MI-FGSM", "PI-FGSM", "GAMA", "RayS", "MLAdv"]
+    assert list(res["attacks"]) == titles
+    for title, a in res["attacks"].items():
+        assert set(a["success"]) == {"source", "t1", "t2", "blackbox_avg"}
+        for key in ("seconds_per_image", "l1", "l2", "linf", "linf_max", "ssim", "psnr",
+                    "cam_aggregation"):
+            assert a[key] is not None, (title, key)
+        assert a["linf_max"] <= 8 / 255 + 1e-6
+        assert set(res["bm3d"]["attacks"][title]) == {"success", "energy_removed"}
+    queries = res["attacks"]["RayS"]["queries"]
+    assert 1 <= queries["mean"] <= queries["max"] <= 30
+    assert len(res["claims"]) >= 6 and all(c["sentence"] for c in res["claims"])
+
+    with open(out / "transfer.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["attack"] for r in rows] == titles
+    assert {"white_box", "success_tiny_cnn", "success_small_cnn-b", "black_box_avg",
+            "seconds_per_image", "queries_mean", "l1", "l2", "linf", "ssim", "psnr",
+            "bm3d_white_box", "bm3d_black_box_avg", "bm3d_energy_removed",
+            "cam_aggregation"} <= set(rows[0])
+    html = (out / "transfer.html").read_text()
+    assert "data:image/png;base64," in html and "63.9" in html  # figure embedded, paper beside
+    assert "ResNet101" in (out / "transfer.md").read_text()
+
+    # the rerun reuses the checkpoints, the adversarial images and the BM3D outputs
+    with pytest.warns(UserWarning, match="BM3D"):
+        again = run_transfer(load_config(config, {"device": "cpu"}), out, log=lambda *_: None)
+    assert all(a["resumed"] for a in again["attacks"].values())
+    assert all(m["resumed"] for m in again["models"].values())
+    for title in titles:
+        assert again["attacks"][title]["success"]["source"] == pytest.approx(
+            res["attacks"][title]["success"]["source"], nan_ok=True)
+
+
+def test_target_with_other_classes_is_refused_naming_both(tmp_path):
+    ckpt = tmp_path / "other.pt"
+    save_checkpoint(ckpt, build_model("tiny_cnn", 2), classes=["cat", "dog"], image_size=24)
+    cfg = mini_config(targets=[{"arch": "tiny_cnn", "name": "pets", "checkpoint": str(ckpt)}])
+    with pytest.raises(ValueError, match=r"target model pets has classes \['cat', 'dog'\] but "
+                                         r"the source model small_cnn has \['covid_like'"):
+        run_transfer(load_config(write_yaml(tmp_path / "c.yaml", cfg)), tmp_path / "run",
+                     log=lambda *_: None)
+    assert not (tmp_path / "run" / "models").exists()  # refused before any training
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"eps": 0}, "eps"),
+    ({"eps": 300}, "eps"),
+    ({"colour": "red"}, "colour: unknown key"),
+    ({"attacks": [{"name": "deepfool"}]}, "unknown attack"),
+    ({"attacks": [{"name": "fgsm", "options": {"eps": 0.1}}]}, "set by the run"),
+    ({"targets": []}, "targets"),
+    ({"source": {"arch": "resnet9000"}}, "unknown architecture"),
+])
+def test_bad_configs_are_refused_in_one_line(tmp_path, change, message):
+    path = write_yaml(tmp_path / "bad.yaml", mini_config(**change))
+    with pytest.raises(ValueError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_attack_options_are_refused_when_the_config_is_read(tmp_path):
+    for options, message in (({"budget": 0}, "budget"), ({"budget": 10, "speed": 3}, "speed")):
+        cfg = mini_config(attacks=[{"name": "rays", "options": options}])
+        with pytest.raises(ValueError, match=message):
+            load_config(write_yaml(tmp_path / "c.yaml", cfg))
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["transfer", str(tmp_path / "missing.yaml")])
+    assert info.value.code == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
