@@ -40,16 +40,27 @@ import mladv.attacks
 from mladv.attacks import MLAdv, mifgsm, pgd, pifgsm
 from mladv.attacks.base import Attack
 from mladv.data import ImageSet, load_folder, split_imageset
+from mladv.figures import adversarial_grid
 from mladv.metrics import ssim, total_variation
 from mladv.models import build_model, load_checkpoint, save_checkpoint
 from mladv.training import predict_logits, train_classifier
-from mladv.utils import atomic_torch_save, atomic_write_json, set_determinism
+from mladv.utils import atomic_torch_save, atomic_write_json, atomic_write_text, set_determinism
 
 EPS = 8 / 255
-# cached results are tied to the attack code that made them
-CODE_VERSION = hashlib.sha256(b"".join(
-    (Path(mladv.attacks.__file__).parent / f).read_bytes()
-    for f in ("mladv.py", "baselines.py", "projection.py"))).hexdigest()[:8]
+
+
+def _code_version() -> str:
+    """A hash of the attack code, without MLAdv's constructor signature (its defaults): cached
+    results are tied to the code that made them, and every variant spells out its options."""
+    src = (Path(mladv.attacks.__file__).parent / "mladv.py").read_text()
+    start = src.index("    def __init__(self, model")
+    src = src[:start] + src[src.index(") -> None:", start):]
+    others = (Path(mladv.attacks.__file__).parent / f for f in ("baselines.py", "projection.py"))
+    blob = src.encode() + b"".join(p.read_bytes() for p in others)
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+CODE_VERSION = _code_version()
 SOURCE = "resnet18"
 DEFAULT_TARGETS = ("resnet34", "small_cnn", "shufflenet_v2_x1_0")
 
@@ -71,8 +82,8 @@ BASE: dict[str, Any] = {
     "origin_weight": 1.0, "detail_weight": 1.0, "style_layers": "all-conv", "origin_layer": None,
     "style": "same-class", "projection": True, "balance": "grad-norm", "adv_loss": "log-p",
     "kappa": 0.0, "realism": "always", "detail_on": "image", "momentum": 0.0, "diversity": 0.0,
-    "diversity_scale": 0.9, "smoothing": 0, "schedule": "constant", "pre_steps": 0,
-    "pre_lr": None, "keep": "last"}
+    "diversity_scale": 0.9, "smoothing": 0, "schedule": "constant", "gamma_schedule": None,
+    "flip": 0.0, "refine": 0, "pre_steps": 0, "pre_lr": None, "keep": "last"}
 OFF = {"style_weight": 0.0, "origin_weight": 0.0, "detail_weight": 0.0}  # realism terms off
 GATE = {"realism": "after-success", "keep": "last-adversarial"}
 VARIANTS: dict[str, dict[str, Any] | None] = {
@@ -106,6 +117,26 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "pi-ti5": {**OFF, "smoothing": 5},
     "pi-mi-di": {**OFF, "momentum": 1.0, "diversity": 0.7},
     "pi-mi-di-ti5": {**OFF, "momentum": 1.0, "diversity": 0.7, "smoothing": 5},
+    "pi-flip": {**OFF, "flip": 0.5},
+    "pi-gamma-linear": {**OFF, "gamma_schedule": "linear"},
+    # round 2: a PGD fallback for the few samples PI's big steps miss, and the detail term on
+    # the perturbation (Sharif et al.'s reading: TV of delta; no backward pass through the model)
+    "pi-refine": {**OFF, "refine": 10},
+    "pi-k5-refine": {**OFF, "kernel_size": 5, "refine": 10},
+    "pi-ti5-refine": {**OFF, "smoothing": 5, "refine": 10},
+    "pi-k5-ti3-refine": {**OFF, "kernel_size": 5, "smoothing": 3, "refine": 10},
+    **{f"{k}dtv{tau}-refine": {**OFF, "detail_weight": 1.0, "detail_on": "delta", "tau": tau,
+                               "kernel_size": ks, "refine": 10}
+       for k, ks in (("", 3), ("k5-", 5)) for tau in (0.05, 0.1, 0.25)},
+    "k5-dtv0.1-mi-refine": {**OFF, "detail_weight": 1.0, "detail_on": "delta", "tau": 0.1,
+                            "kernel_size": 5, "momentum": 1.0, "refine": 10},
+    "k5-all0.1-calibrated-refine": {"detail_on": "delta", "tau": 0.1, "kernel_size": 5,
+                                    "balance": "calibrated", "refine": 10},
+    "k5-all0.1-grad-norm-refine": {"detail_on": "delta", "tau": 0.1, "kernel_size": 5,
+                                   "balance": "grad-norm", "refine": 10},
+    "k5-dtv0.1-so0.5-calibrated-refine": {"detail_on": "delta", "tau": 0.1, "kernel_size": 5,
+                                          "style_weight": 0.5, "origin_weight": 0.5,
+                                          "balance": "calibrated", "refine": 10},
 }
 
 
@@ -204,12 +235,27 @@ def choose_default(val: dict[str, dict[str, Any]]) -> str:
     return min(tied, key=lambda k: tied[k]["secs_per_image"])
 
 
+def attack_settings(atk: Attack) -> dict[str, Any]:
+    """Every attribute of an attack but its model (tensors as lists)."""
+    return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in vars(atk).items()
+            if k not in ("model", "backward_passes")}
+
+
 def is_default(name: str, model: nn.Module) -> bool:
     """Whether ``MLAdv(model)`` has exactly the settings of variant ``name``."""
-    def settings(atk: Attack) -> dict[str, Any]:
-        return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in vars(atk).items()
-                if k not in ("model", "backward_passes")}
-    return settings(MLAdv(model, eps=EPS, seed=0)) == settings(make_method(name, model))
+    return attack_settings(MLAdv(model, eps=EPS, seed=0)) == attack_settings(
+        make_method(name, model))
+
+
+def result_path(folder: Path, split: str, name: str, source: nn.Module, targets: list[str]
+                ) -> Path:
+    """Where method ``name``'s results on ``split`` are cached (keyed by its settings, the
+    target models and the attack code)."""
+    settings = name if name in BASELINES else VARIANTS[name] or attack_settings(
+        MLAdv(source, eps=EPS, seed=0))
+    key = hashlib.sha256(json.dumps([name, settings, targets, CODE_VERSION], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:8]
+    return folder / "results" / f"{split}-{name}-{key}.json"
 
 
 def run_split(split: str, methods: list[str], source: nn.Module, targets: dict[str, nn.Module],
@@ -219,10 +265,7 @@ def run_split(split: str, methods: list[str], source: nn.Module, targets: dict[s
     log(f"{split}: {int(ok.sum())}/{len(ok)} images classified correctly by the source")
     results: dict[str, dict] = {}
     for name in methods:
-        settings = name if name in BASELINES else VARIANTS[name]
-        key = hashlib.sha256(json.dumps([name, settings, sorted(targets), CODE_VERSION],
-                                        sort_keys=True, default=str).encode()).hexdigest()[:8]
-        path = folder / "results" / f"{split}-{name}-{key}.json"
+        path = result_path(folder, split, name, source, sorted(targets))
         if path.is_file():
             results[name] = json.loads(path.read_text())
         else:
@@ -236,6 +279,46 @@ def run_split(split: str, methods: list[str], source: nn.Module, targets: dict[s
             f"±{r['blackbox_std']:.3f} ssim {r['ssim']:.4f} tv {r['tv_delta']:.1f} "
             f"{r['secs_per_image']:.3f} s/img")
     return results
+
+
+def describe(name: str) -> str:
+    """A variant's options that differ from BASE, as ``k=v`` text."""
+    if name in BASELINES:
+        return "baseline"
+    changes = VARIANTS[name]
+    if changes is None:
+        return "MLAdv() defaults"
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in changes.items() if BASE.get(k) != v) or "BASE"
+
+
+def markdown_table(val: dict[str, dict], test: dict[str, dict], default: str) -> str:
+    """One row per method: val and test white / black-box (± seed spread) / SSIM / TV / speed."""
+    head = ("| method | options (vs BASE) | val white | val black-box | val SSIM | val TV(δ) | "
+            "test white | test black-box | test SSIM | test TV(δ) | s/img (test) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for name in test:
+        v, t = val[name], test[name]
+        mark = " **(default)**" if name == default else ""
+        rows.append(f"| {name}{mark} | {describe(name)} | {v['white']:.3f} | "
+                    f"{v['blackbox_avg']:.3f} ± {v['blackbox_std']:.3f} | {v['ssim']:.4f} | "
+                    f"{v['tv_delta']:.1f} | {t['white']:.3f} | {t['blackbox_avg']:.3f} ± "
+                    f"{t['blackbox_std']:.3f} | {t['ssim']:.4f} | {t['tv_delta']:.1f} | "
+                    f"{t['secs_per_image']:.3f} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def figure(path: Path, methods: dict[str, str], folder: Path, source: nn.Module,
+           targets: list[str], classes: list[str]) -> None:
+    """Clean / adversarial / noise (same gain for every method: eps -> full range) per class,
+    from the cached test-split adversarials."""
+    adv = {}
+    for title, name in methods.items():
+        saved = torch.load(result_path(folder, "test", name, source, targets).with_suffix(".pt"),
+                           weights_only=True)
+        adv[title] = saved["adv"]
+    adversarial_grid(saved["clean"], adv, saved["labels"], classes, path, amplify=0.5 / EPS)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -252,6 +335,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--val-only", action="store_true", help="stop after the validation split")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--table", type=Path, default=None,
+                   help="also write the val and test numbers as a Markdown table")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="write clean / PGD / PI-FGSM / MLAdv images and noise (e.g. docs/method.png)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -284,6 +371,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "val": {k: {f: round(v[f], 4) for f in keys} for k, v in val_res.items()},
            "setup": {"size": args.size, "eps": "8/255", "source": SOURCE,
                      "targets": sorted(targets), "fit/val/test": [len(fit), len(val), len(test)]}}
+    if args.figure:
+        figure(args.figure, {"PGD-10": "pgd10", "PI-FGSM": "pifgsm", "MLAdv": "mladv"}, folder,
+               source, sorted(targets), test.classes)
+        log(f"wrote {args.figure}")
+    if args.table:
+        atomic_write_text(markdown_table(val_res, test_res, default), args.table)
     line = json.dumps(out)
     print(line)
     if args.out:

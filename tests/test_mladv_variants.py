@@ -166,10 +166,14 @@ def test_input_diversity_transform_keeps_size_and_is_seeded(tiny):
     atk = MLAdv(model, diversity=1.0, diversity_scale=0.75, seed=0)
     gen = torch.Generator().manual_seed(0)
     params = [atk._diverse(gen, 16) for _ in range(20)]
-    assert all(p is not None and 12 <= p[0] < 16 for p in params)
+    assert all(p is not None and p.resize is not None and 12 <= p.resize[0] < 16 and not p.flip
+               for p in params)
     out = atk._transform(x, params[0])
     assert out.shape == x.shape and out.sum() < x.sum()  # shrunk, zero-padded
     assert MLAdv(model, diversity=0.0)._diverse(gen, 16) is None
+    flip = MLAdv(model, flip=1.0)._diverse(gen, 16)
+    assert flip is not None and flip.resize is None and flip.flip
+    assert torch.equal(atk._transform(x, flip), x.flip(-1))
     a, b = atk(x, y), atk(x, y)
     assert torch.equal(a, b) and (a - x).abs().max() <= EPS + 1e-6
 
@@ -187,6 +191,9 @@ def test_smoothing_gives_smoother_noise(tiny):
 
 def test_schedules_decay_from_one():
     assert [_schedule("constant", t, 4) for t in range(4)] == [1.0] * 4
+    atk = MLAdv(torch.nn.Conv2d(1, 1, 1), schedule="linear")
+    assert atk.gamma_schedule == "linear"
+    assert MLAdv(torch.nn.Conv2d(1, 1, 1), gamma_schedule="cosine").schedule == "constant"
     assert [_schedule("linear", t, 4) for t in range(4)] == [1.0, 0.75, 0.5, 0.25]
     cos = [_schedule("cosine", t, 10) for t in range(10)]
     assert cos[0] == 1.0 and all(a >= b for a, b in zip(cos, cos[1:])) and min(cos) >= 0.1
@@ -209,6 +216,34 @@ def test_keep_last_adversarial_never_loses_a_fooled_sample(tiny):
     assert (kept - x).abs().max() <= EPS + 1e-6
 
 
+def test_refine_finishes_what_the_steps_missed_and_is_free_otherwise(tiny):
+    model, x, y = tiny
+    weak = dict(style_weight=0, origin_weight=0, detail_weight=0, steps=1, beta=0.5, seed=0)
+    base = MLAdv(model, **weak)
+    refined = MLAdv(model, refine=20, **weak)
+    a, b = base(x, y), refined(x, y)
+    assert fooled(model, b, y) > fooled(model, a, y)
+    assert (b - x).abs().max() <= EPS + 1e-6
+    with torch.no_grad():
+        done = model(b).argmax(1) != y
+    assert done.any()
+    refined.backward_passes = 0
+    again = refined._refine(x[done], y[done], None, b[done], None)
+    assert refined.backward_passes == 0 and torch.equal(again, b[done])
+
+
+def test_gamma_schedule_decays_only_the_projection(tiny):
+    model, x, y = tiny
+    opts = dict(style_weight=0, origin_weight=0, detail_weight=0, seed=0)
+    const = MLAdv(model, **opts)(x, y)
+    gamma_lin = MLAdv(model, gamma_schedule="linear", **opts)(x, y)
+    both_lin = MLAdv(model, schedule="linear", **opts)(x, y)
+    assert not torch.equal(const, gamma_lin) and not torch.equal(gamma_lin, both_lin)
+    # no projection: the gamma schedule has nothing to act on
+    off = dict(opts, projection=False)
+    assert torch.equal(MLAdv(model, **off)(x, y), MLAdv(model, gamma_schedule="linear", **off)(x, y))
+
+
 def test_layer_choices(tiny):
     model, _, _ = tiny
     convs = conv_layers(model)
@@ -220,7 +255,8 @@ def test_layer_choices(tiny):
 @pytest.mark.parametrize("bad", [dict(balance="magic"), dict(adv_loss="hinge"),
                                  dict(realism="never"), dict(schedule="step"), dict(keep="best"),
                                  dict(detail_on="noise"), dict(momentum=-1), dict(diversity=2.0),
-                                 dict(smoothing=4), dict(style_layers="late-conv")])
+                                 dict(smoothing=4), dict(style_layers="late-conv"),
+                                 dict(refine=-1), dict(flip=1.5), dict(gamma_schedule="step")])
 def test_bad_options_raise_one_clear_error(tiny, bad):
     with pytest.raises(ValueError):
         MLAdv(tiny[0], **bad)

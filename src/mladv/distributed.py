@@ -15,6 +15,7 @@ Examples::
 """
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,6 +90,8 @@ def init_from_env(device: str | torch.device = "auto", *, backend: str | None = 
     On CUDA each process takes ``cuda:LOCAL_RANK`` (``--device cuda`` / ``auto``; an explicit
     ``cuda:N`` is kept) and the backend is NCCL; on CPU it is gloo.
 
+    The group is destroyed when the process exits (or by :func:`cleanup`).
+
     Returns:
         the ``torch.device`` this process should put its model on.
     """
@@ -105,11 +108,12 @@ def init_from_env(device: str | torch.device = "auto", *, backend: str | None = 
             kwargs["timeout"] = timedelta(seconds=timeout_s)
         dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"),
                                 rank=env.rank, world_size=env.world_size, **kwargs)
+        atexit.register(cleanup)  # commands need not tear the group down themselves
     return dev
 
 
 def cleanup() -> None:
-    """Destroy the default process group if this process made one (safe to call always)."""
+    """Destroy the default process group if there is one (safe to call always)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -75,5 +75,6 @@ def pifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, beta: flo
     """PI-FGSM (Gao et al., ECCV 2020) for any channel count: MLAdv with the realism terms off."""
     options = {"style_weight": 0.0, "origin_weight": 0.0, "detail_weight": 0.0, "momentum": 0.0,
                "diversity": 0.0, "smoothing": 0, "adv_loss": "log-p", "schedule": "constant",
-               "pre_steps": 0, "keep": "last", "projection": True, **kw}
+               "pre_steps": 0, "keep": "last", "projection": True, "refine": 0, "flip": 0.0,
+               "realism": "always", "gamma": None, "gamma_schedule": None, **kw}
     return MLAdv(model, eps=eps, steps=steps, beta=beta, kernel_size=kernel_size, **options)

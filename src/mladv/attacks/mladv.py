@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,13 @@ def same_class_partners(labels: Tensor, gen: torch.Generator) -> Tensor:
     return partner.to(labels.device)
 
 
+class Diversity(NamedTuple):
+    """One step's input transform: an optional DI resize ``(side, top, left)`` and a flip."""
+
+    resize: tuple[int, int, int] | None
+    flip: bool
+
+
 def _schedule(kind: Schedule, t: int, steps: int) -> float:
     """Multiplier of the step size and the projection factor at step ``t`` of ``steps``:
     1 (constant), ``1 - t/T`` (linear) or ``(1 + cos(pi t/T))/2`` (cosine), never below 1/T."""
@@ -145,7 +152,12 @@ class MLAdv(Attack):
         diversity: probability of the DI-FGSM input transform at each step (0 = none).
         diversity_scale: DI shrinks the image to a random side in ``[scale H, H)`` and pads it back.
         smoothing: TI-FGSM: odd size of a Gaussian that smooths the gradient (0 = none).
-        schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay of ``alpha`` and ``gamma``.
+        schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay of the step ``alpha``.
+        gamma_schedule: the same for the projection factor ``gamma`` (default: ``schedule``).
+        flip: probability of flipping the input left-right at a step (input diversity by the
+            augmentation the models were trained with).
+        refine: up to this many extra PGD steps (``eps/4``, no projection, no realism) for the
+            samples that do not fool the model after the T steps; 0 = none.
         pre_steps: the two-phase pipeline of Fig. 2: first ``pre_steps`` Adam steps (rate
             ``pre_lr``) on L_hybrid, then the eq. 9 loop with the cross-entropy gradient alone.
         pre_lr: Adam's step in [0, 1] units (default ``eps / 4``).
@@ -177,13 +189,15 @@ class MLAdv(Attack):
                  adv_loss: AdvLoss = "log-p", kappa: float = 0.0, realism: Realism = "always",
                  detail_on: DetailOn = "image", momentum: float = 0.0, diversity: float = 0.0,
                  diversity_scale: float = 0.9, smoothing: int = 0,
-                 schedule: Schedule = "constant", pre_steps: int = 0,
+                 schedule: Schedule = "constant", gamma_schedule: Schedule | None = None,
+                 flip: float = 0.0, refine: int = 0, pre_steps: int = 0,
                  pre_lr: float | None = None, keep: Keep = "last", targeted: bool = False,
                  seed: int | None = None) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed)
         self._check_options(steps, tau, style_weight, origin_weight, detail_weight, balance,
                             style, adv_loss, kappa, realism, detail_on, momentum, diversity,
-                            diversity_scale, schedule, pre_steps, keep)
+                            diversity_scale, schedule, gamma_schedule or schedule, flip,
+                            refine, pre_steps, keep)
         self.steps = steps
         self.beta = beta
         self.alpha = beta * self.eps / steps
@@ -203,7 +217,9 @@ class MLAdv(Attack):
         self.adv_loss, self.kappa, self.realism, self.detail_on = adv_loss, kappa, realism, detail_on
         self.momentum, self.diversity, self.diversity_scale = momentum, diversity, diversity_scale
         self.smoothing = gaussian_kernel(smoothing) if smoothing else None
-        self.schedule, self.pre_steps, self.keep = schedule, pre_steps, keep
+        self.schedule, self.gamma_schedule = schedule, gamma_schedule or schedule
+        self.flip, self.pre_steps, self.keep = flip, pre_steps, keep
+        self.refine = refine
         self.pre_lr = self.eps / 4 if pre_lr is None else float(pre_lr)
         self.backward_passes = 0
 
@@ -211,24 +227,27 @@ class MLAdv(Attack):
     def _check_options(steps: int, tau: float, ws: float, wo: float, wd: float, balance: str,
                        style: object, adv_loss: str, kappa: float, realism: str, detail_on: str,
                        momentum: float, diversity: float, diversity_scale: float, schedule: str,
-                       pre_steps: int, keep: str) -> None:
+                       gamma_schedule: str, flip: float, refine: int, pre_steps: int,
+                       keep: str) -> None:
         """One clear ``ValueError`` per bad option."""
         choices = {"balance": (balance, ("grad-norm", "literal", "calibrated")),
                    "adv_loss": (adv_loss, ("log-p", "margin")),
                    "realism": (realism, ("always", "after-success")),
                    "detail_on": (detail_on, ("image", "delta")),
                    "schedule": (schedule, ("constant", "linear", "cosine")),
+                   "gamma_schedule": (gamma_schedule, ("constant", "linear", "cosine")),
                    "keep": (keep, ("last", "last-adversarial"))}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        if min(ws, wo, wd, tau, kappa, momentum, pre_steps) < 0:
-            raise ValueError("tau, kappa, momentum, pre_steps and the loss weights must be >= 0")
-        if not 0.0 <= diversity <= 1.0 or not 0.0 < diversity_scale <= 1.0:
-            raise ValueError(f"diversity must be in [0, 1] and diversity_scale in (0, 1], got "
-                             f"{diversity}, {diversity_scale}")
+        if min(ws, wo, wd, tau, kappa, momentum, pre_steps, refine) < 0:
+            raise ValueError("tau, kappa, momentum, pre_steps, refine and the loss weights must "
+                             "be >= 0")
+        if not 0.0 <= diversity <= 1.0 or not 0.0 <= flip <= 1.0 or not 0.0 < diversity_scale <= 1.0:
+            raise ValueError(f"diversity and flip must be in [0, 1] and diversity_scale in (0, 1], "
+                             f"got {diversity}, {flip}, {diversity_scale}")
         if isinstance(style, str) and style not in ("same-class", "self"):
             raise ValueError(f"style must be 'same-class', 'self' or a tensor, got {style!r}")
 
@@ -281,30 +300,35 @@ class MLAdv(Attack):
             return [f.detach() for f in tap.outputs(self.origin_layers)]
 
     # -- input diversity (DI-FGSM) ----------------------------------------------------------
-    def _diverse(self, gen: torch.Generator, height: int) -> tuple[int, int, int] | None:
-        """Draw a DI transform (new side, top, left) with probability ``diversity``, else None."""
-        if self.diversity <= 0 or torch.rand(1, generator=gen).item() >= self.diversity:
-            return None
-        low = max(1, int(height * self.diversity_scale))
-        side = int(torch.randint(low, height, (1,), generator=gen)) if low < height else height
-        top = int(torch.randint(0, height - side + 1, (1,), generator=gen))
-        left = int(torch.randint(0, height - side + 1, (1,), generator=gen))
-        return side, top, left
+    def _diverse(self, gen: torch.Generator, height: int) -> Diversity | None:
+        """Draw this step's input transform: with probability ``diversity`` a DI resize (new
+        side, top, left), with probability ``flip`` a left-right flip; None when neither."""
+        resize = None
+        if self.diversity > 0 and torch.rand(1, generator=gen).item() < self.diversity:
+            low = max(1, int(height * self.diversity_scale))
+            side = int(torch.randint(low, height, (1,), generator=gen)) if low < height else height
+            top = int(torch.randint(0, height - side + 1, (1,), generator=gen))
+            left = int(torch.randint(0, height - side + 1, (1,), generator=gen))
+            resize = (side, top, left)
+        flip = self.flip > 0 and torch.rand(1, generator=gen).item() < self.flip
+        return None if resize is None and not flip else Diversity(resize, flip)
 
     @staticmethod
-    def _transform(x: Tensor, params: tuple[int, int, int] | None) -> Tensor:
-        """Resize ``x`` to ``side`` and zero-pad it back to its size at (top, left)."""
+    def _transform(x: Tensor, params: Diversity | None) -> Tensor:
+        """Resize ``x`` to ``side`` and zero-pad it back to its size at (top, left); flip it."""
         if params is None:
             return x
-        side, top, left = params
-        h, w = x.shape[-2:]
-        small = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-        return F.pad(small, (left, w - side - left, top, h - side - top))
+        if params.resize is not None:
+            side, top, left = params.resize
+            h, w = x.shape[-2:]
+            small = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+            x = F.pad(small, (left, w - side - left, top, h - side - top))
+        return x.flip(-1) if params.flip else x
 
     # -- one gradient -----------------------------------------------------------------------
     def _terms(self, x_t: Tensor, images: Tensor, labels: Tensor, targets: Tensor | None,
                grams: list[Tensor], origin: list[Tensor], realism: bool,
-               di: tuple[int, int, int] | None) -> tuple[Tensor, Tensor, list[tuple[str, Tensor]]]:
+               di: Diversity | None) -> tuple[Tensor, Tensor, list[tuple[str, Tensor]]]:
         """One forward pass: logits, the per-sample L_adv and the weighted realism terms
         (``[(name, w_k * L_k)]``, each ``N``). The hooks give style / origin features of this pass."""
         style_layers = self.style_layers if realism else []
@@ -402,9 +426,16 @@ class MLAdv(Attack):
             targets = (target_labels if target_labels is not None
                        else self.random_targets(labels, num_classes, gen))
         mask = None if self.mask is None else self.mask.to(images)
-        kernel = self.kernel.to(images)
 
         x_t = self._pre_phase(images, labels, targets, grams, origin) if self.pre_steps else images
+        x_adv = self._loop(images, labels, targets, grams, origin, x_t, gen, mask)
+        return self._refine(images, labels, targets, x_adv, mask) if self.refine else x_adv
+
+    def _loop(self, images: Tensor, labels: Tensor, targets: Tensor | None, grams: list[Tensor],
+              origin: list[Tensor], x_t: Tensor, gen: torch.Generator, mask: Tensor | None
+              ) -> Tensor:
+        """The T iterations of eq. 9 from ``x_t``; returns the kept iterate (see ``keep``)."""
+        kernel = self.kernel.to(images)
         amplified = x_t - images
         velocity = torch.zeros_like(images)
         best = x_t.clone()
@@ -437,6 +468,30 @@ class MLAdv(Attack):
             return best
         return x_t
 
+    def _refine(self, images: Tensor, labels: Tensor, targets: Tensor | None, x_adv: Tensor,
+                mask: Tensor | None) -> Tensor:
+        """For the samples that do not fool the model yet: up to ``refine`` PGD steps
+        (``x <- clip(x - eps/4 * sign(grad L_adv))``, no projection, no realism terms), each
+        sample stopping as soon as it fools the model. Costs nothing when every sample fools it."""
+        x_adv = x_adv.clone()
+        mask_n = None if mask is None else mask.expand_as(images)
+        todo = torch.arange(images.shape[0], device=images.device)
+        for _ in range(self.refine):
+            with torch.no_grad():
+                tgt = None if targets is None else targets[todo]
+                todo = todo[~self._fools(self.model(x_adv[todo]), labels[todo], tgt)]
+            if todo.numel() == 0:
+                break
+            x_in = x_adv[todo].requires_grad_(True)
+            tgt = targets[todo] if self.targeted and targets is not None else None
+            loss = adversarial_loss(self.model(x_in), labels[todo], tgt).sum()
+            step = self.eps / 4 * self._grad(loss, x_in, False).sign()
+            delta = (x_in.detach() - step - images[todo]).clamp(-self.eps, self.eps)
+            if mask_n is not None:
+                delta = delta * mask_n[todo]
+            x_adv[todo] = (images[todo] + delta).clamp(0.0, 1.0)
+        return x_adv
+
     def _update(self, x_t: Tensor, images: Tensor, g: Tensor, amplified: Tensor,
                 velocity: Tensor, t: int, kernel: Tensor, mask: Tensor | None
                 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -446,10 +501,10 @@ class MLAdv(Attack):
         if self.momentum > 0:
             velocity = self.momentum * velocity + _per_sample_unit(g)
             g = velocity
-        scale = _schedule(self.schedule, t, self.steps)
-        step = self.alpha * scale * g.sign()
+        step = self.alpha * _schedule(self.schedule, t, self.steps) * g.sign()
+        gamma = self.gamma * _schedule(self.gamma_schedule, t, self.steps)
         amplified = amplified - step  # we descend L_hybrid
-        proj = (heuristic_projection(amplified, self.eps, self.gamma * scale, kernel)
+        proj = (heuristic_projection(amplified, self.eps, gamma, kernel)
                 if self.projection else torch.zeros_like(amplified))
         amplified = amplified + proj
         delta = (x_t - step + proj - images).clamp(-self.eps, self.eps)

@@ -11,8 +11,9 @@ from ..attacks import make_attack
 from ..augment import craft_shards, load_shards
 from ..crafting import attack_metrics
 from ..data import load_source, split_imageset
+from ..distributed import barrier, init_from_env, is_main_process, rank_and_world
 from ..models import load_checkpoint
-from ..utils import atomic_write_json, resolve_device, set_determinism
+from ..utils import atomic_write_json, set_determinism
 
 
 
@@ -76,7 +77,9 @@ def augment(
     options = attack_options(name, eps=eps, seed=seed, steps=steps, switches=switches,
                              extra=parse_options(option))
     set_determinism(seed)
-    model, ckpt = load_checkpoint(checkpoint, map_location=resolve_device(device))
+    # under torchrun each rank crafts its own shards; rank 0 merges and writes the metrics
+    model, ckpt = load_checkpoint(checkpoint, map_location=init_from_env(device))
+    rank, world = rank_and_world()
     sp = ckpt.get("split") or {"seed": 0, "test_size": 0.15}
     dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
                           seed=sp.get("seed", 0))
@@ -86,7 +89,11 @@ def augment(
     atk = make_attack(name, model, **options)
     info = {"checkpoint": str(checkpoint), "data": data, "split": split, "options": options}
     craft_shards(atk, dataset, out, shard_size=shard_size, seed=seed, batch_size=batch_size,
-                 info=info, desc=f"{name} {split}")
+                 info=info, desc=f"{name} {split}", rank=rank, world_size=world,
+                 progress=is_main_process())
+    barrier()
+    if not is_main_process():
+        return
     adv = load_shards(out)
     metrics = attack_metrics(model, dataset.images, adv.images, dataset.labels)
     atomic_write_json({**info, "n": len(adv), "metrics": metrics}, out / "metrics.json")

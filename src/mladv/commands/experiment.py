@@ -17,7 +17,7 @@ def experiment(
     test_data: Optional[str] = typer.Option(None, help="Train on all of --data, test on this "
                                             "folder (same classes)."),
     seeds: Optional[int] = typer.Option(None, min=1, help="Number of seeds (0..N-1)."),
-    out: Path = typer.Option(None, help="Run folder (default runs/exp-<name>)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/exp-<name>)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Train every arm of CONFIG over the seeds; write results.json/.csv and report.md/.html

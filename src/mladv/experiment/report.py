@@ -200,7 +200,7 @@ def accuracy_figure(results: dict[str, Any], path: Path) -> None:
 
     arms = results["arms"]
     keys = ["accuracy"] + [k for k in metric_names(results) if k.startswith("acc_")]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(arms) * max(1, len(keys)) / 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(arms) + 1.5), 3.8))
     width = 0.8 / len(keys)
     for j, key in enumerate(keys):
         means = [results["summary"][a][key]["mean"] or 0.0 for a in arms]
@@ -209,7 +209,8 @@ def accuracy_figure(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(np.arange(len(arms)) + width * (len(keys) - 1) / 2, arms, rotation=30,
                   ha="right", fontsize=8)
     ax.set(ylabel="accuracy", ylim=(0, 1))
-    ax.legend(fontsize=7, ncol=len(keys))
+    ax.legend(fontsize=7, ncol=len(keys), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)
     _savefig(fig, path)
 
 
