@@ -66,7 +66,8 @@ def test_realism_off_with_other_defaults_is_pifgsm_when_boosters_off(tiny):
 def test_literal_balance_is_eq2_exactly(tiny):
     model, x, y = tiny
     x, y = x[:4], y[:4]
-    atk = MLAdv(model, steps=1, projection=False, balance="literal", style="self", seed=0)
+    atk = MLAdv(model, steps=1, projection=False, balance="literal", style="self", seed=0,
+                realism="always", keep="last", kappa=0.0)
     adv = atk(x, y)
     xg = x.clone().requires_grad_(True)
     from mladv.features import FeatureTap

@@ -186,12 +186,12 @@ class MLAdv(Attack):
                  origin_layer: str | Sequence[str] | None = None,
                  style: StylePolicy | Tensor = "same-class", mask: Tensor | None = None,
                  projection: bool = True, balance: Balance = "grad-norm",
-                 adv_loss: AdvLoss = "log-p", kappa: float = 0.0, realism: Realism = "always",
+                 adv_loss: AdvLoss = "log-p", kappa: float = 5.0, realism: Realism = "after-success",
                  detail_on: DetailOn = "image", momentum: float = 0.0, diversity: float = 0.0,
                  diversity_scale: float = 0.9, smoothing: int = 0,
                  schedule: Schedule = "constant", gamma_schedule: Schedule | None = None,
                  flip: float = 0.0, refine: int = 0, pre_steps: int = 0,
-                 pre_lr: float | None = None, keep: Keep = "last", targeted: bool = False,
+                 pre_lr: float | None = None, keep: Keep = "last-adversarial", targeted: bool = False,
                  seed: int | None = None) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed)
         self._check_options(steps, tau, style_weight, origin_weight, detail_weight, balance,
