@@ -203,7 +203,8 @@ def test_rotation_by_zero_is_identity_and_by_90_moves_pixels():
 def test_mladv_arms_switch_terms_and_keep_class_defaults():
     ls = mladv_arm_options(ARMS["ls"], {"steps": 3})
     assert ls["origin_weight"] == 0 and ls["detail_weight"] == 0 and ls["projection"] is False
-    assert ls["style_weight"] == mladv_default("style_weight") and ls["steps"] == 3
+    assert ls["style_weight"] == (mladv_default("style_weight") or 1.0) and ls["steps"] == 3
+    assert ls["style_weight"] > 0  # a term the arm switches on is on, whatever the class default
     full = mladv_arm_options(ARMS[FULL_METHOD], {"origin_weight": 0.25})
     assert full["origin_weight"] == 0.25 and full["projection"] is True
     assert full["detail_weight"] == mladv_default("detail_weight")

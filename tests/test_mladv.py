@@ -98,7 +98,8 @@ def test_style_and_origin_features_come_from_the_same_forward_pass(trained_model
     calls = []
     handle = trained_model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        MLAdv(trained_model, steps=3, style="self", seed=0)(x, y)
+        MLAdv(trained_model, steps=3, style="self", style_weight=1.0, origin_weight=1.0,
+              refine=0, seed=0)(x, y)
     finally:
         handle.remove()
     assert len(calls) == 1 + 3  # one reference pass, then one per step

@@ -17,6 +17,9 @@ from mladv.models import build_model
 from mladv.training import train_classifier
 
 EPS = 8 / 255
+# the first reading (SPEC "Measured"): every term of eq. 2 on, detail on the image, no fallback
+FULL = dict(style_weight=1.0, origin_weight=1.0, detail_weight=1.0, detail_on="image", tau=0.5,
+            kernel_size=3, refine=0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,7 @@ def test_realism_off_with_other_defaults_is_pifgsm_when_boosters_off(tiny):
     model, x, y = tiny
     atk = MLAdv(model, seed=0, style_weight=0, origin_weight=0, detail_weight=0, momentum=0,
                 diversity=0, smoothing=0, adv_loss="log-p", schedule="constant",
-                keep="last", pre_steps=0)
+                keep="last", pre_steps=0, kernel_size=3, refine=0)
     assert torch.equal(atk(x, y), pifgsm(model, eps=EPS, seed=0)(x, y))
 
 
@@ -67,7 +70,7 @@ def test_literal_balance_is_eq2_exactly(tiny):
     model, x, y = tiny
     x, y = x[:4], y[:4]
     atk = MLAdv(model, steps=1, projection=False, balance="literal", style="self", seed=0,
-                realism="always", keep="last", kappa=0.0)
+                realism="always", keep="last", kappa=0.0, **FULL)
     adv = atk(x, y)
     xg = x.clone().requires_grad_(True)
     from mladv.features import FeatureTap
@@ -85,12 +88,12 @@ def test_literal_balance_is_eq2_exactly(tiny):
 def test_calibrated_needs_one_backward_per_step_after_calibration(tiny):
     model, x, y = tiny
     steps = 6
-    cal = MLAdv(model, steps=steps, balance="calibrated", seed=0)
+    cal = MLAdv(model, steps=steps, balance="calibrated", seed=0, **FULL)
     cal(x, y)
     # step 1: adversarial term only; step 2: one pass per model term (adv, style, origin);
     # then one pass per step
     assert cal.backward_passes == 1 + 3 + (steps - 2)
-    gn = MLAdv(model, steps=steps, balance="grad-norm", seed=0)
+    gn = MLAdv(model, steps=steps, balance="grad-norm", seed=0, **FULL)
     gn(x, y)
     assert gn.backward_passes == 3 * steps
 
@@ -99,8 +102,8 @@ def test_calibrated_factors_reproduce_grad_norm_mix(tiny):
     """With the factors measured at a point, the one-pass gradient there equals the per-term
     normalised mix (eq.: g_adv + tau * sum_k |g_adv|/|g_k| g_k, divided by |g_adv|)."""
     model, x, y = tiny
-    atk = MLAdv(model, balance="calibrated", style="self", seed=0)
-    grams, origin, _ = atk._references(x, x)
+    atk = MLAdv(model, balance="calibrated", style="self", seed=0, **FULL)
+    grams, origin = atk._references(x, x)
     xt = (x + EPS * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
     _, l_adv, terms = atk._terms(xt, x, y, None, grams, origin, True, None)
     g_mix, factors = atk._combine(xt, l_adv, terms, None, None)
@@ -125,8 +128,8 @@ def test_margin_loss_is_flat_once_fooled_by_kappa():
 
 def test_after_success_gates_terms_per_sample(tiny):
     model, x, y = tiny
-    atk = MLAdv(model, realism="after-success", style="self", seed=0)
-    grams, origin, _ = atk._references(x, x)
+    atk = MLAdv(model, realism="after-success", style="self", seed=0, **FULL)
+    grams, origin = atk._references(x, x)
     xt = (x + EPS * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
     gate = torch.zeros(len(x))
     gate[0] = 1.0
@@ -184,7 +187,8 @@ def test_smoothing_gives_smoother_noise(tiny):
     k = gaussian_kernel(5)
     assert torch.isclose(k.sum(), torch.tensor(1.0)) and torch.equal(k, k.flip(0).flip(1))
     assert depthwise(x, gaussian_kernel(1)).allclose(x)
-    opts = dict(style_weight=0, origin_weight=0, detail_weight=0, projection=False, seed=0)
+    opts = dict(style_weight=0, origin_weight=0, detail_weight=0, projection=False, refine=0,
+                seed=0)
     rough = MLAdv(model, **opts)(x, y)
     smooth = MLAdv(model, smoothing=7, **opts)(x, y)
     assert total_variation(smooth - x) < total_variation(rough - x)
@@ -202,7 +206,7 @@ def test_schedules_decay_from_one():
 
 def test_two_phase_counts_passes_and_uses_only_cross_entropy_after(tiny):
     model, x, y = tiny
-    atk = MLAdv(model, pre_steps=3, steps=4, seed=0)
+    atk = MLAdv(model, pre_steps=3, steps=4, seed=0, **FULL)
     adv = atk(x, y)
     assert atk.backward_passes == 3 * 3 + 4  # phase 1: adv, style, origin; phase 2: CE only
     assert (adv - x).abs().max() <= EPS + 1e-6
@@ -210,7 +214,7 @@ def test_two_phase_counts_passes_and_uses_only_cross_entropy_after(tiny):
 
 def test_keep_last_adversarial_never_loses_a_fooled_sample(tiny):
     model, x, y = tiny
-    opts = dict(realism="after-success", kappa=0.0, tau=5.0, seed=0)
+    opts = dict(realism="after-success", kappa=0.0, seed=0, **dict(FULL, tau=5.0))
     last = MLAdv(model, keep="last", **opts)(x, y)
     kept = MLAdv(model, keep="last-adversarial", **opts)(x, y)
     assert fooled(model, kept, y) >= fooled(model, last, y)
@@ -219,9 +223,10 @@ def test_keep_last_adversarial_never_loses_a_fooled_sample(tiny):
 
 def test_refine_finishes_what_the_steps_missed_and_is_free_otherwise(tiny):
     model, x, y = tiny
-    weak = dict(style_weight=0, origin_weight=0, detail_weight=0, steps=1, beta=0.5, seed=0)
+    weak = dict(style_weight=0, origin_weight=0, detail_weight=0, steps=1, beta=0.5, refine=0,
+                seed=0)
     base = MLAdv(model, **weak)
-    refined = MLAdv(model, refine=20, **weak)
+    refined = MLAdv(model, **dict(weak, refine=20))
     a, b = base(x, y), refined(x, y)
     assert fooled(model, b, y) > fooled(model, a, y)
     assert (b - x).abs().max() <= EPS + 1e-6
@@ -248,8 +253,10 @@ def test_gamma_schedule_decays_only_the_projection(tiny):
 def test_layer_choices(tiny):
     model, _, _ = tiny
     convs = conv_layers(model)
-    assert MLAdv(model, style_layers="early-conv").style_layers == convs[:max(1, len(convs) // 3)]
-    assert MLAdv(model, origin_layer=convs).origin_layers == convs
+    early = MLAdv(model, style_weight=1, style_layers="early-conv").style_layers
+    assert early == convs[:max(1, len(convs) // 3)]
+    assert MLAdv(model, origin_weight=1, origin_layer=convs).origin_layers == convs
+    assert MLAdv(model, style_weight=0).style_layers == []
     assert MLAdv(model, origin_weight=0).origin_layers == []
 
 
@@ -266,7 +273,7 @@ def test_bad_options_raise_one_clear_error(tiny, bad):
 def test_style_term_unchanged_by_options(tiny):
     """The realism terms are still eqs. 4-6: style against the reference's Grams."""
     model, x, y = tiny
-    atk = MLAdv(model, style="self", origin_weight=0, detail_weight=0, seed=0)
-    grams, origin, _ = atk._references(x, x)
+    atk = MLAdv(model, style="self", style_weight=1, origin_weight=0, detail_weight=0, seed=0)
+    grams, origin = atk._references(x, x)
     _, _, terms = atk._terms(x.clone().requires_grad_(True), x, y, None, grams, origin, True, None)
     assert terms[0][0] == "style" and torch.allclose(terms[0][1], torch.zeros(len(x)), atol=1e-10)

@@ -119,10 +119,18 @@ class MLAdv(Attack):
     ``|g_adv|/|g_k|`` are measured once (step 2, the first where the origin term has a gradient)
     and then scale the losses, detached. Step 1 is then the adversarial term alone.
 
-    The defaults are the variant chosen by measurement on real chest X-rays
-    (``benchmarks/mladv_quality.py``, ``docs/method.md``). With every realism weight at 0 and
-    ``momentum=0, diversity=0, smoothing=0, adv_loss="log-p", schedule="constant", keep="last"``
-    the loop is PI-FGSM (torchattacks ``PIFGSM``; :func:`mladv.attacks.pifgsm` passes these).
+    The defaults are the variant chosen by measurement on real chest X-rays, on a validation
+    split (``benchmarks/mladv_quality.py``, ``docs/method.md``): the patch-wise update with a
+    5 x 5 projection kernel, the detail term on the perturbation (TV of delta, as Sharif et al.
+    smooth theirs) at ``tau = 0.1`` relative to the adversarial gradient, style and origin off
+    (measured: they cost a backward pass each and lowered transfer), and up to 10 PGD steps for
+    the few samples the big patch-wise steps leave unfooled (``refine``). That is one backward
+    pass through the model per step. Switch the style / origin terms on with ``style_weight`` /
+    ``origin_weight`` (``balance="calibrated"`` keeps them at about one pass per step).
+
+    With every realism weight at 0, ``kernel_size=3, refine=0`` and ``momentum=0, diversity=0,
+    flip=0, smoothing=0, adv_loss="log-p", schedule="constant", keep="last"`` the loop is
+    PI-FGSM (torchattacks ``PIFGSM``); :func:`mladv.attacks.pifgsm` passes these.
 
     Args:
         model: classifier taking ``N x C x H x W`` images in [0, 1], returning logits.
@@ -167,7 +175,8 @@ class MLAdv(Attack):
         seed: seeds the style-partner, DI and random-target draws.
 
     Attributes:
-        backward_passes: backward passes through the model in the last call (for speed checks).
+        backward_passes: backward passes through the model in the last call, in whole-batch
+            equivalents (a ``refine`` pass over 2 of 32 samples counts 1/16); for speed checks.
 
     Shape:
         images ``N x C x H x W`` in [0, 1] (C = 1 for chest X-rays; the perturbation keeps C),
@@ -180,76 +189,66 @@ class MLAdv(Attack):
     """
 
     def __init__(self, model: nn.Module, *, eps: float = 8 / 255, steps: int = 10,
-                 beta: float = 10.0, gamma: float | None = None, kernel_size: int = 3,
-                 tau: float = 0.5, style_weight: float = 1.0, origin_weight: float = 1.0,
+                 beta: float = 10.0, gamma: float | None = None, kernel_size: int = 5,
+                 tau: float = 0.1, style_weight: float = 0.0, origin_weight: float = 0.0,
                  detail_weight: float = 1.0, style_layers: str | Sequence[str] = "all-conv",
                  origin_layer: str | Sequence[str] | None = None,
                  style: StylePolicy | Tensor = "same-class", mask: Tensor | None = None,
                  projection: bool = True, balance: Balance = "grad-norm",
-                 adv_loss: AdvLoss = "log-p", kappa: float = 5.0, realism: Realism = "after-success",
-                 detail_on: DetailOn = "image", momentum: float = 0.0, diversity: float = 0.0,
+                 adv_loss: AdvLoss = "log-p", kappa: float = 0.0, realism: Realism = "always",
+                 detail_on: DetailOn = "delta", momentum: float = 0.0, diversity: float = 0.0,
                  diversity_scale: float = 0.9, smoothing: int = 0,
                  schedule: Schedule = "constant", gamma_schedule: Schedule | None = None,
-                 flip: float = 0.0, refine: int = 0, pre_steps: int = 0,
-                 pre_lr: float | None = None, keep: Keep = "last-adversarial", targeted: bool = False,
+                 flip: float = 0.0, refine: int = 10, pre_steps: int = 0,
+                 pre_lr: float | None = None, keep: Keep = "last", targeted: bool = False,
                  seed: int | None = None) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed)
-        self._check_options(steps, tau, style_weight, origin_weight, detail_weight, balance,
-                            style, adv_loss, kappa, realism, detail_on, momentum, diversity,
-                            diversity_scale, schedule, gamma_schedule or schedule, flip,
-                            refine, pre_steps, keep)
-        self.steps = steps
-        self.beta = beta
+        self.steps, self.beta, self.tau, self.kappa, self.refine = steps, beta, tau, kappa, refine
         self.alpha = beta * self.eps / steps
         self.gamma = self.alpha if gamma is None else float(gamma)
         self.kernel = projection_kernel(kernel_size)
-        self.tau = tau
         self.weights = {"style": style_weight, "origin": origin_weight, "detail": detail_weight}
-        self.style_layers = self._style_layer_names(model, style_layers) if style_weight > 0 else []
-        self.origin_layers = ([] if origin_weight <= 0 else
-                              [origin_layer or default_origin_layer(model)]
-                              if origin_layer is None or isinstance(origin_layer, str)
-                              else list(origin_layer))
-        self.style = style
-        self.mask = mask
-        self.projection = projection
-        self.balance = balance
-        self.adv_loss, self.kappa, self.realism, self.detail_on = adv_loss, kappa, realism, detail_on
+        layers = self._style_layer_names(model, style_layers)
+        self.style_layers = layers if style_weight > 0 else []
+        self.origin_layers = self._origin_layer_names(model, origin_layer) if origin_weight > 0 else []
+        self.style, self.mask, self.projection = style, mask, projection
+        self.balance, self.adv_loss, self.realism, self.detail_on = balance, adv_loss, realism, detail_on
         self.momentum, self.diversity, self.diversity_scale = momentum, diversity, diversity_scale
+        self.flip = flip
         self.smoothing = gaussian_kernel(smoothing) if smoothing else None
         self.schedule, self.gamma_schedule = schedule, gamma_schedule or schedule
-        self.flip, self.pre_steps, self.keep = flip, pre_steps, keep
-        self.refine = refine
+        self.pre_steps, self.keep = pre_steps, keep
         self.pre_lr = self.eps / 4 if pre_lr is None else float(pre_lr)
-        self.backward_passes = 0
+        self.backward_passes = 0.0
+        self._check_options()
 
-    @staticmethod
-    def _check_options(steps: int, tau: float, ws: float, wo: float, wd: float, balance: str,
-                       style: object, adv_loss: str, kappa: float, realism: str, detail_on: str,
-                       momentum: float, diversity: float, diversity_scale: float, schedule: str,
-                       gamma_schedule: str, flip: float, refine: int, pre_steps: int,
-                       keep: str) -> None:
+    def _check_options(self) -> None:
         """One clear ``ValueError`` per bad option."""
-        choices = {"balance": (balance, ("grad-norm", "literal", "calibrated")),
-                   "adv_loss": (adv_loss, ("log-p", "margin")),
-                   "realism": (realism, ("always", "after-success")),
-                   "detail_on": (detail_on, ("image", "delta")),
-                   "schedule": (schedule, ("constant", "linear", "cosine")),
-                   "gamma_schedule": (gamma_schedule, ("constant", "linear", "cosine")),
-                   "keep": (keep, ("last", "last-adversarial"))}
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        if min(ws, wo, wd, tau, kappa, momentum, pre_steps, refine) < 0:
+        choices = {"balance": ("grad-norm", "literal", "calibrated"), "adv_loss": ("log-p", "margin"),
+                   "realism": ("always", "after-success"), "detail_on": ("image", "delta"),
+                   "schedule": ("constant", "linear", "cosine"),
+                   "gamma_schedule": ("constant", "linear", "cosine"),
+                   "keep": ("last", "last-adversarial")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if min(*self.weights.values(), self.tau, self.kappa, self.momentum, self.pre_steps,
+               self.refine) < 0:
             raise ValueError("tau, kappa, momentum, pre_steps, refine and the loss weights must "
                              "be >= 0")
-        if not 0.0 <= diversity <= 1.0 or not 0.0 <= flip <= 1.0 or not 0.0 < diversity_scale <= 1.0:
+        if not (0 <= self.diversity <= 1 and 0 <= self.flip <= 1 and 0 < self.diversity_scale <= 1):
             raise ValueError(f"diversity and flip must be in [0, 1] and diversity_scale in (0, 1], "
-                             f"got {diversity}, {flip}, {diversity_scale}")
-        if isinstance(style, str) and style not in ("same-class", "self"):
-            raise ValueError(f"style must be 'same-class', 'self' or a tensor, got {style!r}")
+                             f"got {self.diversity}, {self.flip}, {self.diversity_scale}")
+        if isinstance(self.style, str) and self.style not in ("same-class", "self"):
+            raise ValueError(f"style must be 'same-class', 'self' or a tensor, got {self.style!r}")
+
+    @staticmethod
+    def _origin_layer_names(model: nn.Module, layer: str | Sequence[str] | None) -> list[str]:
+        if layer is None:
+            return [default_origin_layer(model)]
+        return [layer] if isinstance(layer, str) else list(layer)
 
     @staticmethod
     def _style_layer_names(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
@@ -279,10 +278,12 @@ class MLAdv(Attack):
         return images[same_class_partners(labels, gen)]
 
     @torch.no_grad()
-    def _references(self, images: Tensor, style_ref: Tensor) -> tuple[list[Tensor], list[Tensor], int]:
-        """Style Grams of x_s, origin features of x, and the number of classes."""
+    def _references(self, images: Tensor, style_ref: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Style Grams of x_s and origin features of x (no forward pass when neither is used)."""
+        if not self.style_layers and not self.origin_layers:
+            return [], []
         with FeatureTap(self.model, self.style_layers + self.origin_layers) as tap:
-            logits = self.model(images)
+            self.model(images)
             origin = [f.detach() for f in tap.outputs(self.origin_layers)]
             if style_ref is images:
                 style_feats = tap.outputs(self.style_layers)
@@ -291,7 +292,7 @@ class MLAdv(Attack):
                 self.model(style_ref)
                 style_feats = tap.outputs(self.style_layers)
             grams = [gram_matrix(f).detach() for f in style_feats]
-        return grams, origin, logits.shape[1]
+        return grams, origin
 
     @torch.no_grad()
     def _origin_features(self, images: Tensor) -> list[Tensor]:
@@ -329,8 +330,8 @@ class MLAdv(Attack):
     def _terms(self, x_t: Tensor, images: Tensor, labels: Tensor, targets: Tensor | None,
                grams: list[Tensor], origin: list[Tensor], realism: bool,
                di: Diversity | None) -> tuple[Tensor, Tensor, list[tuple[str, Tensor]]]:
-        """One forward pass: logits, the per-sample L_adv and the weighted realism terms
-        (``[(name, w_k * L_k)]``, each ``N``). The hooks give style / origin features of this pass."""
+        """One forward pass: logits, the per-sample L_adv and the realism terms ``[(name, L_k)]``
+        (each ``N``, unweighted). The hooks give the style / origin features of this pass."""
         style_layers = self.style_layers if realism else []
         origin_layers = self.origin_layers if realism else []
         if origin_layers and di is not None:  # the origin reference sees the same DI transform
@@ -339,22 +340,22 @@ class MLAdv(Attack):
             logits = self.model(self._transform(x_t, di))
             terms: list[tuple[str, Tensor]] = []
             if style_layers:
-                terms.append(("style", self.weights["style"]
-                              * style_loss(grams, tap.outputs(style_layers))))
+                terms.append(("style", style_loss(grams, tap.outputs(style_layers))))
             if origin_layers:
-                terms.append(("origin", self.weights["origin"]
-                              * origin_loss(origin, tap.outputs(origin_layers))))
+                terms.append(("origin", origin_loss(origin, tap.outputs(origin_layers))))
         if realism and self.weights["detail"] > 0:
             base = x_t - images if self.detail_on == "delta" else x_t
-            terms.append(("detail", self.weights["detail"] * detail_loss(base)))
+            terms.append(("detail", detail_loss(base)))
         tgt = targets if self.targeted else None
         l_adv = (margin_loss(logits, labels, tgt, self.kappa) if self.adv_loss == "margin"
                  else adversarial_loss(logits, labels, tgt))
         return logits, l_adv, terms
 
-    def _grad(self, loss: Tensor, x_t: Tensor, retain: bool, through_model: bool = True) -> Tensor:
-        """``d loss / d x_t``; counts the backward passes that go through the model."""
-        self.backward_passes += int(through_model)
+    def _grad(self, loss: Tensor, x_t: Tensor, retain: bool, through_model: bool = True,
+              share: float = 1.0) -> Tensor:
+        """``d loss / d x_t``; counts the backward passes through the model (``share``: the
+        fraction of the batch this pass covers)."""
+        self.backward_passes += share if through_model else 0.0
         return torch.autograd.grad(loss, x_t, retain_graph=retain)[0]
 
     def _combine(self, x_t: Tensor, l_adv: Tensor, terms: list[tuple[str, Tensor]],
@@ -370,11 +371,12 @@ class MLAdv(Attack):
         adv_w = torch.ones_like(l_adv) if gate is None else 1.0 - gate
         real_w = torch.ones_like(l_adv) if gate is None else gate
         if self.balance == "literal":
-            total = (self.tau * adv_w * l_adv).sum() + sum((real_w * t).sum() for _, t in terms)
+            total = (self.tau * adv_w * l_adv).sum() + sum(
+                (self.weights[name] * real_w * t).sum() for name, t in terms)
             return self._grad(total, x_t, False), factors
         if factors is not None:  # calibrated: one backward pass
             total = (adv_w * l_adv).sum() + self.tau * sum(
-                (real_w * factors[name] * t).sum() for name, t in terms)
+                (self.weights[name] * real_w * factors[name] * t).sum() for name, t in terms)
             return self._grad(total, x_t, False), factors
         # per-term gradients: grad-norm, and the calibration step of "calibrated"
         g_adv = self._grad(l_adv.sum(), x_t, retain=bool(terms))
@@ -384,7 +386,7 @@ class MLAdv(Attack):
         for i, (name, t) in enumerate(terms):
             g_k = self._grad(t.sum(), x_t, retain=i < len(terms) - 1, through_model=name != "detail")
             scale_k = _per_sample_mean_abs(g_k)
-            g = g + self.tau * real_w.view(-1, 1, 1, 1) * g_k / scale_k
+            g = g + self.tau * self.weights[name] * real_w.view(-1, 1, 1, 1) * g_k / scale_k
             measured[name] = (scale_adv / scale_k).flatten()
         if self.balance == "calibrated" and terms:
             factors = measured
@@ -417,14 +419,17 @@ class MLAdv(Attack):
     # -- the loop (eq. 9) -------------------------------------------------------------------
     def forward(self, images: Tensor, labels: Tensor, style_images: Tensor | None = None,
                 target_labels: Tensor | None = None) -> Tensor:
-        self.backward_passes = 0
+        self.backward_passes = 0.0
         gen = self.generator()
         style_ref = self._style_reference(images, labels, style_images, gen)
-        grams, origin, num_classes = self._references(images, style_ref)
+        grams, origin = self._references(images, style_ref)
         targets = None
-        if self.targeted:
-            targets = (target_labels if target_labels is not None
-                       else self.random_targets(labels, num_classes, gen))
+        if self.targeted and target_labels is not None:
+            targets = target_labels
+        elif self.targeted:
+            with torch.no_grad():
+                num_classes = self.model(images[:1]).shape[1]
+            targets = self.random_targets(labels, num_classes, gen)
         mask = None if self.mask is None else self.mask.to(images)
 
         x_t = self._pre_phase(images, labels, targets, grams, origin) if self.pre_steps else images
@@ -485,7 +490,8 @@ class MLAdv(Attack):
             x_in = x_adv[todo].requires_grad_(True)
             tgt = targets[todo] if self.targeted and targets is not None else None
             loss = adversarial_loss(self.model(x_in), labels[todo], tgt).sum()
-            step = self.eps / 4 * self._grad(loss, x_in, False).sign()
+            share = todo.numel() / images.shape[0]
+            step = self.eps / 4 * self._grad(loss, x_in, False, share=share).sign()
             delta = (x_in.detach() - step - images[todo]).clamp(-self.eps, self.eps)
             if mask_n is not None:
                 delta = delta * mask_n[todo]

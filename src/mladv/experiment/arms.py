@@ -7,7 +7,9 @@ labels, trained on ``x_train ∪ x'_train`` (``pgd-adv`` and the MLAdv ablation 
 
 MLAdv arms switch the terms of eq. 2 on and off (SPEC, "the ablation rows of Table 2"); a term
 that is on gets the weight from the config's ``mladv`` options, or else :class:`MLAdv`'s own
-default, read from its signature, so the arms follow the class whatever its defaults are:
+default, read from its signature, so the arms follow the class whatever its defaults are; where
+that default is 0 (the class default switches style and origin off, ``docs/method.md``), an arm
+that switches the term on uses the paper's unit weight (eq. 2):
 
 =========================  =====  =====  =====  ==========
 arm                        L_s    L_o    L_d    projection
@@ -94,7 +96,8 @@ def mladv_arm_options(arm: Arm, options: dict[str, Any]) -> dict[str, Any]:
     out = dict(options)
     for term in ("style", "origin", "detail"):
         key = f"{term}_weight"
-        out[key] = (options.get(key, mladv_default(key)) if arm.terms[term] else 0.0)
+        weight = options.get(key, mladv_default(key)) or 1.0  # "on" means a weight above 0
+        out[key] = weight if arm.terms[term] else 0.0
     out["projection"] = arm.terms["projection"]
     return out
 
