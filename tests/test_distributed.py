@@ -2,6 +2,7 @@
 rank / shard helpers of :mod:`mladv.distributed`."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -201,3 +202,29 @@ def test_torchrun_two_processes_train_from_the_cli(tmp_path):
     assert (tmp_path / "run" / "model.pt").is_file()
     assert (tmp_path / "run" / "metrics.json").is_file()
     assert proc.stdout.count("test accuracy") == 1  # only rank 0 reports and writes
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_run_the_experiment_from_the_cli(tmp_path):
+    """``torchrun --nproc_per_node 2 -m mladv experiment``: DDP training, x'_train crafted in
+    shards by both ranks, one set of results written by rank 0."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("name: tiny\ndata: 'phantoms:10'\nimage_size: 16\narch: tiny_cnn\nseeds: 1\n"
+                   "arms: [none, ls]\ntrain: {epochs: 1, batch_size: 8}\nmladv: {steps: 2}\n"
+                   "augment: {shard_size: 6, batch_size: 6}\n"
+                   "robustness: {attacks: [pgd], noise_sigmas: [0.05], max_images: 8}\n")
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src, "MPLBACKEND": "Agg"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mladv", "experiment", str(cfg), "--device", "cpu", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert {r["arm"] for r in results["runs"]} == {"none", "ls"}
+    shards = sorted((run / "seed-0" / "adv" / "ls").glob("shard-*.pt"))
+    assert len(shards) >= 2  # both ranks wrote shards
+    n_adv = sum(len(torch.load(p, weights_only=True)["labels"]) for p in shards)
+    ls = next(r for r in results["runs"] if r["arm"] == "ls")
+    assert n_adv == ls["n_train"] // 2  # x'_train covers x_train exactly once
+    assert proc.stdout.count("wrote ") == 1  # only rank 0 reports

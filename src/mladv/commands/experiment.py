@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..distributed import is_main_process
 from ..experiment.config import load_config
 from ..experiment.runner import run_experiment
 
@@ -21,11 +22,15 @@ def experiment(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Train every arm of CONFIG over the seeds; write results.json/.csv and report.md/.html
-    into OUT. Rerun the same command to resume an interrupted run."""
+    into OUT. Rerun the same command to resume an interrupted run. Under
+    ``torchrun --nproc_per_node N -m mladv experiment ...`` training is DDP, each rank crafts its
+    own shards of x'_train, and rank 0 writes every file."""
     cfg = load_config(config, {"data": data, "test_data": test_data, "seeds": seeds,
                                "device": device})
     out = out or Path("runs") / f"exp-{cfg.name}"
     results = run_experiment(cfg, out)
+    if not is_main_process():
+        return
     for c in results["comparisons"]:
         typer.echo(c["sentence"])
     typer.echo(f"wrote {out / 'report.html'}, {out / 'report.md'}, {out / 'results.json'}")

@@ -17,6 +17,13 @@ Run folder::
 
 A rerun of the same command skips every finished (seed, arm), reuses checkpoints and shards, and
 gives the same numbers as an uninterrupted run.
+
+Under ``torchrun --nproc_per_node N -m mladv experiment ...`` every rank walks the same loop:
+training is data-parallel (DDP, :func:`mladv.training.train_classifier`), each rank crafts its own
+shards of ``x'_train`` (:func:`mladv.augment.craft_shards`), and rank 0 alone writes checkpoints,
+results and the report, with a barrier after each write so that every rank sees the same files
+(the run folder must be on a file system all ranks share). After training, every rank loads rank
+0's checkpoint, so all ranks craft and score with the same weights and buffers.
 """
 from __future__ import annotations
 
@@ -33,10 +40,11 @@ import torch
 from ..attacks import MLAdv, pgd
 from ..augment import attack_settings, craft_shard, craft_shards, derive_seed, load_shards, tensor_sha1, union
 from ..crafting import attack_metrics
+from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..data import ImageSet, load_source, split_imageset
 from ..models import ImageClassifier, build_model, load_checkpoint, save_checkpoint
 from ..training import accuracy, predict_logits, train_classifier
-from ..utils import atomic_write_json, atomic_write_text, resolve_device, set_determinism
+from ..utils import atomic_write_json, atomic_write_text, set_determinism
 from .arms import ARMS, batch_transform, make_adversary
 from .config import ExperimentConfig, dump_config
 from .metrics import classification_metrics
@@ -130,8 +138,11 @@ def robust_subset(test: ImageSet, cfg: ExperimentConfig) -> list[int]:
 def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = _stderr) -> Run:
     """Load the data, check the run folder against a previous run, save the resolved config."""
     out = Path(out)
+    device = init_from_env(cfg.device)  # also joins the torchrun process group, if any
+    if not is_main_process():
+        log = _quiet
     train, test, info = load_data(cfg)
-    run = Run(cfg, out, resolve_device(cfg.device), train, test, info, robust_subset(test, cfg), log)
+    run = Run(cfg, out, device, train, test, info, robust_subset(test, cfg), log)
     key = {"config": cfg.resume_key(), "classes": train.classes,
            "train_sha1": tensor_sha1(train.images, train.labels),
            "test_sha1": tensor_sha1(test.images, test.labels)}
@@ -142,10 +153,16 @@ def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = _stderr) -> Run:
         if diff:
             raise ValueError(f"{out} holds a run with different settings ({'; '.join(diff[:4])}); "
                              f"rerun with those settings, or choose another --out")
-    else:
+    elif is_main_process():
         atomic_write_json(key, marker)
-    atomic_write_text(dump_config(cfg), out / "config.yaml")
+    if is_main_process():
+        atomic_write_text(dump_config(cfg), out / "config.yaml")
+    barrier()
     return run
+
+
+def _quiet(msg: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _differences(old: Any, new: Any, path: str = "") -> list[str]:
@@ -188,11 +205,17 @@ def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path) -> tu
                                    batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                                    weight_decay=cfg.train.weight_decay, seed=seed,
                                    transform=batch_transform(arm, cfg.arm_options, len(run.classes)),
-                                   progress=cfg.progress, desc=f"seed {seed} {arm}: train")
+                                   progress=cfg.progress and is_main_process(),
+                                   desc=f"seed {seed} {arm}: train")
     meta = {"history": history, "n_train": len(data), **timer.as_dict("train")}
-    save_checkpoint(path, model, classes=run.classes, image_size=cfg.image_size,
-                    epoch=cfg.train.epochs, metrics=meta, arm=arm, seed=seed,
-                    split=run.split_info if run.split_info["mode"] == "split" else None)
+    if is_main_process():
+        save_checkpoint(path, model, classes=run.classes, image_size=cfg.image_size,
+                        epoch=cfg.train.epochs, metrics=meta, arm=arm, seed=seed,
+                        split=run.split_info if run.split_info["mode"] == "split" else None)
+    if is_distributed():  # every rank goes on with rank 0's weights and buffers
+        barrier()
+        model, ckpt = load_model(run, path)
+        return model, dict(ckpt["metrics"])
     return model.eval(), meta
 
 
@@ -215,11 +238,14 @@ def adversarial_copies(run: Run, seed: int, arm: str) -> tuple[ImageSet, dict[st
     attack = make_adversary(arm, base, eps=cfg.eps_unit(), seed=seed, pgd_options=cfg.pgd,
                             mladv_options=cfg.mladv)
     folder = run.seed_dir(seed) / "adv" / arm
+    rank, world = rank_and_world()
     timer = Timer()
     with timer():
         craft_shards(attack, run.train, folder, shard_size=cfg.augment.shard_size, seed=seed,
-                     batch_size=cfg.augment.batch_size, progress=cfg.progress,
-                     info={"arm": arm, "seed": seed}, desc=f"seed {seed} {arm}: craft x'_train")
+                     batch_size=cfg.augment.batch_size, progress=cfg.progress and rank == 0,
+                     info={"arm": arm, "seed": seed}, desc=f"seed {seed} {arm}: craft x'_train",
+                     rank=rank, world_size=world)
+        barrier()  # every rank's shards are on disk
         adv = load_shards(folder)
     quality = attack_metrics(base, run.train.images, adv.images, run.train.labels)
     keep = ("success", "ssim", "psnr", "l1", "linf_max")
@@ -299,9 +325,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, log: Log = _stderr
             if finished_result(run, seed, arm) is not None:
                 continue
             result = run_arm(run, seed, arm)
-            atomic_write_json(result, run.seed_dir(seed) / "results" / f"{arm}.json")
+            if is_main_process():
+                atomic_write_json(result, run.seed_dir(seed) / "results" / f"{arm}.json")
+            barrier()
         run.bases.clear()  # free this seed's base model
     results, probs = collect_results(run)
     results["this_invocation_wall_s"] = round(time.perf_counter() - start, 1)
-    write_report(run, results, probs)
+    if is_main_process():
+        write_report(run, results, probs)
+    barrier()
     return results
