@@ -17,17 +17,17 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import platform
 import statistics
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from mladv.attacks import make_attack
 from mladv.models import build_model
 from mladv.utils import resolve_device
+
+from _common import environment, timed
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -42,20 +42,6 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = value
     return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one call."""
-    _sync(device)
-    start, cpu = time.perf_counter(), time.process_time()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -96,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in range(args.repeats):
         order = list(runs) if r % 2 == 0 else list(runs)[::-1]
         for name in order:
-            wall, cpu = _timed(runs[name], device)
+            wall, cpu = timed(runs[name], device)
             times[name].append(wall)
             cpu_times[name].append(cpu)
 
@@ -124,9 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mladv_backward_passes": getattr(mladv, "backward_passes", None),
         "mladv_call_s": [round(t, 4) for t in times["mladv"]],
         "pgd_call_s": [round(t, 4) for t in times["pgd"]],
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "date": time.strftime("%Y-%m-%d"),
+        **environment(device),
     }
     print(json.dumps(result))
     return result

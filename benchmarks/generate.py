@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -86,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     import torch
+    from _common import environment
 
     from mladv.data import load_source
     from mladv.models import build_model, save_checkpoint
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "attack_s": [round(x["seconds"], 2) for x in runs["attack"]],
         "augment_process_s": round(med("augment", "process_s"), 2),
         "attack_process_s": round(med("attack", "process_s"), 2),
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d"),
+        **environment(),
     }
     print(json.dumps(result))
     return result

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
-import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +23,8 @@ from mladv.data import ImageSet
 from mladv.models import build_model
 from mladv.training import amp_context, train_classifier
 from mladv.utils import resolve_device
+
+from _common import environment, timed
 
 
 def plain_loop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
@@ -47,16 +47,6 @@ def plain_loop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
         loss.backward()
         opt.step()
         sched.step()
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start, cpu = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -99,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.repeats):
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            w, c = _timed(runs[name], device)
+            w, c = timed(runs[name], device)
             wall[name].append(w)
             cpu[name].append(c)
 
@@ -117,9 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_cpu": round(cpu_rate["mladv"] / cpu_rate["plain"], 3),
         "mladv_epoch_s": [round(t, 3) for t in wall["mladv"]],
         "plain_epoch_s": [round(t, 3) for t in wall["plain"]],
-        "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "date": time.strftime("%Y-%m-%d"),
+        **environment(device),
     }
     print(json.dumps(result))
     return result

@@ -4,29 +4,10 @@ import torch
 from torch import nn
 
 from mladv.attacks import RayS, make_attack
-from mladv.data import make_phantoms
 from mladv.models import build_model
-from mladv.training import predict_logits, train_classifier
+from mladv.training import predict_logits
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: several times faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_trained():
-    """A small CNN trained in seconds on 120 phantoms of 24 px (about 80 % train accuracy),
-    with those images: this module's own, so its thresholds do not move with conftest's."""
-    data = make_phantoms(40, 24, seed=1)
-    torch.manual_seed(0)
-    model = build_model("small_cnn", 3)
-    train_classifier(model, data, epochs=8, batch_size=16, lr=3e-3, seed=0, progress=False)
-    return model.eval(), data.images, data.labels
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

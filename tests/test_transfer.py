@@ -16,14 +16,7 @@ ATTACKS = [{"name": "fgsm"}, {"name": "pgd", "options": {"steps": 2}},
            {"name": "gama", "options": {"steps": 4}}, {"name": "rays", "options": {"budget": 30}},
            {"name": "mladv", "options": {"steps": 2}}]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: several times faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mini_config(**changes):

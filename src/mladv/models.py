@@ -51,6 +51,13 @@ ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
+def check_arch(arch: str) -> str:
+    """``arch`` if it names a known architecture, else one ``ValueError`` listing them."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    return arch
+
+
 class ImageClassifier(nn.Module):
     """``logits = net(normalise(repeat_to_3(x)))`` for ``x`` in [0, 1].
 
@@ -59,8 +66,7 @@ class ImageClassifier(nn.Module):
 
     def __init__(self, arch: str, num_classes: int) -> None:
         super().__init__()
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+        check_arch(arch)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.arch = arch

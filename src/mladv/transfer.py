@@ -31,7 +31,7 @@ from .cam import aggregation, grad_cam
 from .data import ImageSet, load_source, split_imageset
 from .denoise import bm3d_denoise, energy_removed, select_for_bm3d
 from .metrics import perturbation_norms, psnr, ssim, success_rate
-from .models import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
+from .models import build_model, check_arch, load_checkpoint, save_checkpoint
 from .training import predict_logits, train_classifier
 from .utils import (atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text,
                     progress_bar, resolve_device, set_determinism)
@@ -65,9 +65,7 @@ class ModelSpec(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        if value not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {value!r}; valid: {', '.join(ARCHITECTURES)}")
-        return value
+        return check_arch(value)
 
     @property
     def label(self) -> str:

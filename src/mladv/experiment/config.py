@@ -15,7 +15,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, 
                       field_validator)
 
 from ..attacks import MLAdv, pgd
-from ..models import ARCHITECTURES
+from ..models import check_arch
 from .arms import ARMS, check_arm
 
 RUN_CONTROLLED = ("model", "eps", "seed")  # set by the experiment, not by the options dicts
@@ -126,9 +126,7 @@ class ExperimentConfig(Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        if value not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {value!r}; valid: {', '.join(ARCHITECTURES)}")
-        return value
+        return check_arch(value)
 
     @field_validator("eps")
     @classmethod
