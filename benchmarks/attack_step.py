@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 
+from _common import environment, timed
 from mladv.attacks import make_attack
 from mladv.models import build_model
 from mladv.utils import resolve_device
-
-from _common import environment, timed
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:

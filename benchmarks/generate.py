@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     import torch
-    from _common import environment
 
+    from _common import environment
     from mladv.data import load_source
     from mladv.models import build_model, save_checkpoint
 

@@ -29,14 +29,14 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 import mladv.attacks
-
 from mladv.attacks import MLAdv, mifgsm, pgd, pifgsm
 from mladv.attacks.base import Attack
 from mladv.data import ImageSet, load_folder, split_imageset
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "backward_per_step")
     out = {"methods": {k: {f: round(v[f], 4) for f in keys} for k, v in test_res.items()},
            "default": default, "mladv_defaults_are_default": is_default(default, source),
-           
+
            "val": {k: {f: round(v[f], 4) for f in keys} for k, v in val_res.items()},
            "setup": {"size": args.size, "eps": "8/255", "source": SOURCE,
                      "targets": sorted(targets), "fit/val/test": [len(fit), len(val), len(test)]}}

@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from _common import environment, timed
 from mladv.data import ImageSet
 from mladv.models import build_model
 from mladv.training import amp_context, train_classifier
 from mladv.utils import resolve_device
-
-from _common import environment, timed
 
 
 def plain_loop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,

@@ -8,8 +8,16 @@ import torch
 
 import mladv.augment as augment_mod
 from mladv.attacks import MLAdv, pgd
-from mladv.augment import (craft_shards, derive_seed, load_shards, read_manifest, shard_name,
-                           shard_ranges, shards_for_rank, union)
+from mladv.augment import (
+    craft_shards,
+    derive_seed,
+    load_shards,
+    read_manifest,
+    shard_name,
+    shard_ranges,
+    shards_for_rank,
+    union,
+)
 from mladv.cli import main
 from mladv.data import make_phantoms
 from mladv.models import build_model, save_checkpoint

@@ -8,8 +8,13 @@ import torch
 
 from mladv.attacks import make_attack
 from mladv.data import make_phantoms
-from mladv.losses import (gram_distance, gram_matrix, origin_loss, style_loss,
-                          style_loss_from_features)
+from mladv.losses import (
+    gram_distance,
+    gram_matrix,
+    origin_loss,
+    style_loss,
+    style_loss_from_features,
+)
 from mladv.models import build_model
 from mladv.training import amp_context, predict_logits, to_device, train_classifier
 

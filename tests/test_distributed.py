@@ -15,8 +15,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mladv.data import make_phantoms
-from mladv.distributed import (DistEnv, barrier, cleanup, env_from_environment, init_from_env,
-                               rank_and_world, rank_batch, shard_indices)
+from mladv.distributed import (
+    DistEnv,
+    barrier,
+    cleanup,
+    env_from_environment,
+    init_from_env,
+    rank_and_world,
+    rank_batch,
+    shard_indices,
+)
 from mladv.models import build_model
 from mladv.training import random_hflip, train_classifier
 

@@ -15,8 +15,13 @@ import mladv.experiment.runner as runner_mod
 from mladv.cli import main
 from mladv.data import write_phantoms
 from mladv.experiment import ARMS, FULL_METHOD, classification_metrics, load_config, run_experiment
-from mladv.experiment.arms import (batch_transform, make_adversary, mladv_arm_options,
-                                   mladv_default, rotate_batch)
+from mladv.experiment.arms import (
+    batch_transform,
+    make_adversary,
+    mladv_arm_options,
+    mladv_default,
+    rotate_batch,
+)
 from mladv.experiment.config import ArmOptions, validate_config
 from mladv.experiment.metrics import mean_std
 from mladv.experiment.report import compare

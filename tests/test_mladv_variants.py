@@ -8,10 +8,10 @@ import torchattacks
 from torch import nn
 
 from mladv.attacks import MLAdv, pifgsm
-from mladv.attacks.mladv import (_schedule, depthwise, gaussian_kernel, logit_margin, margin_loss)
+from mladv.attacks.mladv import _schedule, depthwise, gaussian_kernel, logit_margin, margin_loss
 from mladv.data import make_phantoms
 from mladv.features import conv_layers
-from mladv.losses import adversarial_loss, detail_loss, origin_loss, style_loss
+from mladv.losses import adversarial_loss, detail_loss, origin_loss
 from mladv.metrics import total_variation
 from mladv.models import build_model
 from mladv.training import train_classifier

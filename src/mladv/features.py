@@ -1,7 +1,7 @@
 """Forward hooks that read layer activations in the same forward pass that gives the logits."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -48,7 +48,7 @@ class FeatureTap:
         self._handles: list = []
         self._store: dict[str, Tensor] = {}
 
-    def __enter__(self) -> "FeatureTap":
+    def __enter__(self) -> FeatureTap:
         for name, module in zip(self.names, self._modules):
             self._handles.append(module.register_forward_hook(self._hook(name)))
         return self

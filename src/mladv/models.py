@@ -6,8 +6,9 @@ normalises inside ``forward``, so attacks always see [0, 1] images.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torchvision

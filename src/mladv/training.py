@@ -7,8 +7,9 @@ initialised with more than one process (e.g. under ``torchrun``; see :mod:`mladv
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -18,12 +18,11 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor, nn
 
 from .attacks import ATTACKS, Attack, make_attack
@@ -33,8 +32,15 @@ from .denoise import bm3d_denoise, energy_removed, select_for_bm3d
 from .metrics import perturbation_norms, psnr, ssim, success_rate
 from .models import build_model, check_arch, load_checkpoint, save_checkpoint
 from .training import predict_logits, train_classifier
-from .utils import (atomic_path, atomic_torch_save, atomic_write_json, atomic_write_text,
-                    progress_bar, resolve_device, set_determinism)
+from .utils import (
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    progress_bar,
+    resolve_device,
+    set_determinism,
+)
 
 DISPLAY = {"fgsm": "FGSM", "pgd": "PGD", "mifgsm": "MI-FGSM", "pifgsm": "PI-FGSM",
            "gama": "GAMA", "rays": "RayS", "mladv": "MLAdv"}
@@ -56,11 +62,11 @@ class ModelSpec(Strict):
     from ``checkpoint`` (a ``model.pt`` of ``mladv train``)."""
 
     arch: str
-    name: Optional[str] = None
+    name: str | None = None
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
-    checkpoint: Optional[str] = None
+    checkpoint: str | None = None
 
     @field_validator("arch")
     @classmethod
@@ -77,7 +83,7 @@ class AttackSpec(Strict):
     run's). ``label`` names its row (default: the usual name, e.g. ``MI-FGSM``)."""
 
     name: str
-    label: Optional[str] = None
+    label: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -96,7 +102,7 @@ class AttackSpec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _constructible(self) -> "AttackSpec":
+    def _constructible(self) -> AttackSpec:
         """Build the attack once on a throw-away model, so bad options (a RayS budget of 0, an
         unknown keyword) are refused when the config is read, not after hours of training."""
         make_attack(self.name, build_model("tiny_cnn", 2), eps=8 / 255, **self.options)
@@ -112,9 +118,9 @@ class BM3DSpec(Strict):
     in 1/255 units (default: the run's eps), ``workers`` processes (default: all cores)."""
 
     max_images: int = Field(60, ge=1)
-    sigma: Optional[float] = Field(None, gt=0, le=255)
+    sigma: float | None = Field(None, gt=0, le=255)
     profile: str = "np"
-    workers: Optional[int] = Field(None, ge=1)
+    workers: int | None = Field(None, ge=1)
 
 
 class CAMSpec(Strict):
@@ -122,7 +128,7 @@ class CAMSpec(Strict):
     ``layer`` a module name (default: the last spatial stage, see ``mladv.cam``)."""
 
     top: float = Field(0.2, gt=0, le=1)
-    layer: Optional[str] = None
+    layer: str | None = None
 
 
 def _default_attacks() -> list[AttackSpec]:
@@ -134,10 +140,10 @@ class TransferConfig(Strict):
 
     name: str = "transfer"
     data: str = "phantoms"
-    test_data: Optional[str] = None
+    test_data: str | None = None
     image_size: int = Field(128, ge=16)
     test_size: float = Field(0.15, gt=0, lt=1)
-    max_test_images: Optional[int] = Field(None, ge=1)
+    max_test_images: int | None = Field(None, ge=1)
     seed: int = 0
     eps: float = Field(8.0, gt=0, le=255)
     source: ModelSpec
@@ -147,7 +153,7 @@ class TransferConfig(Strict):
     bm3d: BM3DSpec = Field(default_factory=BM3DSpec)
     cam: CAMSpec = Field(default_factory=CAMSpec)
     device: str = "auto"
-    threads: Optional[int] = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)
     progress: bool = True
 
     @field_validator("attacks")
@@ -308,7 +314,7 @@ def check_classes(infos: dict[str, dict[str, Any]], labels: dict[str, str],
 # attacks
 # ---------------------------------------------------------------------------------------------
 def craft_with_queries(attack: Attack, images: Tensor, labels: Tensor, batch_size: int,
-                       progress: bool, desc: str) -> tuple[Tensor, Optional[Tensor]]:
+                       progress: bool, desc: str) -> tuple[Tensor, Tensor | None]:
     """Run ``attack`` in batches; also collect ``last_queries`` when the attack records it
     (RayS). Shape: ``N x C x H x W`` -> same (CPU), queries ``N`` or None."""
     bar = progress_bar(images.shape[0], desc, "img", enabled=progress)
@@ -570,7 +576,7 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"Paper: MLAdv fools the source model on 100% of images. Ours: {_pct(white)}, "
                 f"{'held' if white >= 0.99 else 'not held'} ({100 - 100 * white:.1f} points short)."
                 if white < 1 else
-                f"Paper: MLAdv fools the source model on 100% of images. Ours: 100.0%, held."})
+                "Paper: MLAdv fools the source model on 100% of images. Ours: 100.0%, held."})
     out += (_bm3d_claim(rows, bm) + _cam_claim(rows, results['cam']['top'], results['eps'])
             + _realism_claim(rows))
     return out

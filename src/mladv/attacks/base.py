@@ -1,8 +1,9 @@
 """The base class every attack shares: input checks, model mode, device, targeted mode, seeds."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -1,7 +1,8 @@
 """Attacks by name, for the CLI and the configs."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -14,7 +14,6 @@ from ..data import load_source, split_imageset
 from ..distributed import barrier, init_from_env, is_main_process, rank_and_world
 from ..models import load_checkpoint
 from ..utils import atomic_write_json, set_determinism
-
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -48,18 +47,18 @@ def augment(
     data: str = typer.Argument(..., help="ImageFolder root, or 'phantoms'."),
     name: str = typer.Option("mladv", "--attack", help="mladv, pgd, fgsm, mifgsm, pifgsm, ..."),
     eps: float = typer.Option(8.0, help="L-inf budget in 1/255 units."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Iterations (default: the attack's)."),
+    steps: int | None = typer.Option(None, min=1, help="Iterations (default: the attack's)."),
     split: str = typer.Option("train", help="train, test (the checkpoint's split) or all."),
     shard_size: int = typer.Option(256, min=1, help="Images per shard file."),
     batch_size: int = typer.Option(32, min=1),
-    style_weight: Optional[float] = typer.Option(None, help="MLAdv w_s (0 = off)."),
-    origin_weight: Optional[float] = typer.Option(None, help="MLAdv w_o (0 = off)."),
-    detail_weight: Optional[float] = typer.Option(None, help="MLAdv w_d (0 = off)."),
-    tau: Optional[float] = typer.Option(None, help="MLAdv realism weight."),
-    beta: Optional[float] = typer.Option(None, help="MLAdv amplification factor."),
-    projection: Optional[bool] = typer.Option(None, "--projection/--no-projection",
+    style_weight: float | None = typer.Option(None, help="MLAdv w_s (0 = off)."),
+    origin_weight: float | None = typer.Option(None, help="MLAdv w_o (0 = off)."),
+    detail_weight: float | None = typer.Option(None, help="MLAdv w_d (0 = off)."),
+    tau: float | None = typer.Option(None, help="MLAdv realism weight."),
+    beta: float | None = typer.Option(None, help="MLAdv amplification factor."),
+    projection: bool | None = typer.Option(None, "--projection/--no-projection",
                                               help="MLAdv heuristic projection (eq. 9)."),
-    option: List[str] = typer.Option([], "--option", help="Any other attack option, KEY=VALUE "
+    option: list[str] = typer.Option([], "--option", help="Any other attack option, KEY=VALUE "
                                      "(repeatable), e.g. --option balance=literal."),
     seed: int = typer.Option(0, help="Every shard is seeded from (seed, shard index)."),
     out: Path = typer.Option(Path("runs/augment")),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,13 +12,13 @@ from ..experiment.runner import run_experiment
 
 def experiment(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/)."),
-    data: Optional[str] = typer.Option(None, help="ImageFolder root or 'phantoms[:N]' "
+    data: str | None = typer.Option(None, help="ImageFolder root or 'phantoms[:N]' "
                                        "(overrides the YAML's data)."),
-    test_data: Optional[str] = typer.Option(None, help="Train on all of --data, test on this "
+    test_data: str | None = typer.Option(None, help="Train on all of --data, test on this "
                                             "folder (same classes)."),
-    seeds: Optional[int] = typer.Option(None, min=1, help="Number of seeds (0..N-1)."),
-    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/exp-<name>)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    seeds: int | None = typer.Option(None, min=1, help="Number of seeds (0..N-1)."),
+    out: Path | None = typer.Option(None, help="Run folder (default runs/exp-<name>)."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Train every arm of CONFIG over the seeds; write results.json/.csv and report.md/.html
     into OUT. Rerun the same command to resume an interrupted run. Under

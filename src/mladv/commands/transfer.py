@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,13 +10,13 @@ from ..transfer import load_config, main_table, run_transfer
 
 def transfer(
     config: Path = typer.Argument(..., help="Transfer YAML (see configs/transfer-*.yaml)."),
-    data: Optional[str] = typer.Option(None, help="ImageFolder root or 'phantoms[:N]' "
+    data: str | None = typer.Option(None, help="ImageFolder root or 'phantoms[:N]' "
                                        "(overrides the YAML's data)."),
-    test_data: Optional[str] = typer.Option(None, help="Train on all of --data, test on this "
+    test_data: str | None = typer.Option(None, help="Train on all of --data, test on this "
                                             "folder (same classes)."),
-    out: Optional[Path] = typer.Option(None, help="Run folder (default runs/<name>)."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch CPU threads (default: the "
+    out: Path | None = typer.Option(None, help="Run folder (default runs/<name>)."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: the "
                                           "YAML's, else torch's)."),
 ) -> None:
     """Train (or load) the source and target models of CONFIG, craft every attack on the source

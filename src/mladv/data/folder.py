@@ -4,9 +4,9 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ class ImageSet:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def subset(self, index: Iterable[int] | Tensor) -> "ImageSet":
+    def subset(self, index: Iterable[int] | Tensor) -> ImageSet:
         idx = torch.as_tensor(list(index) if not isinstance(index, Tensor) else index,
                               dtype=torch.long)
         return ImageSet(self.images[idx], self.labels[idx], list(self.classes),

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
-                      field_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from ..attacks import MLAdv, pgd
 from ..models import check_arch
@@ -55,7 +62,7 @@ class RobustnessConfig(Strict):
 
     attacks: list[str] = Field(default_factory=lambda: ["mladv", "pgd"])
     noise_sigmas: list[float] = Field(default_factory=lambda: [0.02, 0.05])
-    max_images: Optional[PositiveInt] = None  # attack a fixed stratified subset of the test set
+    max_images: PositiveInt | None = None  # attack a fixed stratified subset of the test set
     batch_size: PositiveInt = 32
 
     @field_validator("attacks")
@@ -106,8 +113,8 @@ class ExperimentConfig(Strict):
     """Everything an experiment run depends on. ``eps`` is in 1/255 units, like ``--eps``."""
 
     name: str = "experiment"
-    data: Optional[str] = None
-    test_data: Optional[str] = None
+    data: str | None = None
+    test_data: str | None = None
     image_size: int = Field(64, ge=16)
     arch: str = "resnet18"
     seeds: PositiveInt | list[int] = 3

@@ -11,8 +11,9 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def _sentence(baseline: str, metric: str, full: float, base: float, diff: float,
             f"({spread:.4f}); the difference is within noise.")
 
 
-def collect_results(run: "Run") -> tuple[dict[str, Any], dict[tuple[str, int], np.ndarray]]:
+def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.ndarray]]:
     """Read every finished (seed, arm) of the run; returns the ``results.json`` content and the
     test-set probabilities per ``(arm, seed)`` (for the ROC figure)."""
     cfg = run.cfg
@@ -214,7 +215,7 @@ def accuracy_figure(results: dict[str, Any], path: Path) -> None:
     _savefig(fig, path)
 
 
-def ablation_figure(run: "Run", path: Path) -> bool:
+def ablation_figure(run: Run, path: Path) -> bool:
     """Fig. 4: the same training images (one per class) under each MLAdv ablation arm that was
     run, crafted on the first seed's base model, with their amplified noise."""
     seed = run.cfg.seed_list()[0]
@@ -299,7 +300,7 @@ def _intro(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def write_report(run: "Run", results: dict[str, Any],
+def write_report(run: Run, results: dict[str, Any],
                  probs: dict[tuple[str, int], np.ndarray]) -> None:
     """Write results.json, results.csv, the figures, report.md and report.html into the run."""
     out = run.out

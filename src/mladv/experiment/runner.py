@@ -30,18 +30,27 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from ..attacks import MLAdv, pgd
-from ..augment import attack_settings, craft_shard, craft_shards, derive_seed, load_shards, tensor_sha1, union
+from ..augment import (
+    attack_settings,
+    craft_shard,
+    craft_shards,
+    derive_seed,
+    load_shards,
+    tensor_sha1,
+    union,
+)
 from ..crafting import attack_metrics
-from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..data import ImageSet, load_source, split_imageset
+from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..models import ImageClassifier, build_model, load_checkpoint, save_checkpoint
 from ..training import accuracy, predict_logits, train_classifier
 from ..utils import atomic_write_json, atomic_write_text, set_determinism
@@ -65,7 +74,7 @@ class Timer:
     cpu: float = 0.0
 
     @contextmanager
-    def __call__(self) -> Iterator["Timer"]:
+    def __call__(self) -> Iterator[Timer]:
         w0, c0 = time.perf_counter(), time.process_time()
         try:
             yield self
