@@ -1,4 +1,4 @@
-# Two commands for a fresh machine: `make demo` and `make test`.
+# Two commands for a fresh machine: `make demo` and `make test` (ruff, mypy --strict, pytest).
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -20,6 +20,8 @@ demo: setup
 	$(BIN)/mladv demo
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:
