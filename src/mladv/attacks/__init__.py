@@ -5,8 +5,17 @@ from .gama import GAMA
 from .mladv import MLAdv
 from .projection import cut_noise, heuristic_projection, projection_kernel
 from .rays import RayS
-from .registry import ATTACKS, make_attack, register_attack
+from .registry import (
+    ATTACKS,
+    accepted_options,
+    attack_options,
+    check_attack_options,
+    make_attack,
+    parse_options,
+    register_attack,
+)
 
-__all__ = ["ATTACKS", "Attack", "MLAdv", "TorchAttack", "check_images", "cut_noise", "eval_mode",
+__all__ = ["ATTACKS", "Attack", "accepted_options", "attack_options", "check_attack_options",
+           "parse_options", "MLAdv", "TorchAttack", "check_images", "cut_noise", "eval_mode",
            "fgsm", "heuristic_projection", "make_attack", "mifgsm", "pgd", "pifgsm",
            "projection_kernel", "register_attack", "GAMA", "RayS"]

@@ -51,30 +51,43 @@ class TorchAttack(Attack):
             return self.inner(images, labels)
 
 
-def fgsm(model: nn.Module, *, eps: float = 8 / 255, **kw: Any) -> Attack:
+def _check_steps(steps: int) -> None:
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+def fgsm(model: nn.Module, *, eps: float = 8 / 255, targeted: bool = False,
+         seed: int | None = None) -> Attack:
     """FGSM (Goodfellow et al., 2015), torchattacks."""
-    return TorchAttack(model, torchattacks.FGSM, eps=eps, **kw)
+    return TorchAttack(model, torchattacks.FGSM, eps=eps, targeted=targeted, seed=seed)
 
 
 def pgd(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, alpha: float | None = None,
-        random_start: bool = True, **kw: Any) -> Attack:
+        random_start: bool = True, targeted: bool = False, seed: int | None = None) -> Attack:
     """PGD (Madry et al., 2018), torchattacks; step ``alpha = eps / 4`` by default."""
+    _check_steps(steps)
+    if alpha is not None and alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
     return TorchAttack(model, torchattacks.PGD, eps=eps, alpha=alpha or eps / 4, steps=steps,
-                       random_start=random_start, **kw)
+                       random_start=random_start, targeted=targeted, seed=seed)
 
 
 def mifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, decay: float = 1.0,
-           **kw: Any) -> Attack:
+           targeted: bool = False, seed: int | None = None) -> Attack:
     """MI-FGSM (Dong et al., 2018), torchattacks; step ``eps / steps``."""
+    _check_steps(steps)
+    if decay < 0:
+        raise ValueError(f"decay must be >= 0, got {decay}")
     return TorchAttack(model, torchattacks.MIFGSM, eps=eps, alpha=eps / steps, steps=steps,
-                       decay=decay, **kw)
+                       decay=decay, targeted=targeted, seed=seed)
 
 
 def pifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, beta: float = 10.0,
-           kernel_size: int = 3, **kw: Any) -> Attack:
+           kernel_size: int = 3, targeted: bool = False, seed: int | None = None) -> Attack:
     """PI-FGSM (Gao et al., ECCV 2020) for any channel count: MLAdv with the realism terms off."""
     options = {"style_weight": 0.0, "origin_weight": 0.0, "detail_weight": 0.0, "momentum": 0.0,
                "diversity": 0.0, "smoothing": 0, "adv_loss": "log-p", "schedule": "constant",
                "pre_steps": 0, "keep": "last", "projection": True, "refine": 0, "flip": 0.0,
-               "realism": "always", "gamma": None, "gamma_schedule": None, **kw}
-    return MLAdv(model, eps=eps, steps=steps, beta=beta, kernel_size=kernel_size, **options)
+               "realism": "always", "gamma": None, "gamma_schedule": None}
+    return MLAdv(model, eps=eps, steps=steps, beta=beta, kernel_size=kernel_size,
+                 targeted=targeted, seed=seed, **options)  # type: ignore[arg-type]

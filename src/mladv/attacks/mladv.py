@@ -204,6 +204,8 @@ class MLAdv(Attack):
                  pre_lr: float | None = None, keep: Keep = "last", targeted: bool = False,
                  seed: int | None = None) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps, self.beta, self.tau, self.kappa, self.refine = steps, beta, tau, kappa, refine
         self.alpha = beta * self.eps / steps
         self.gamma = self.alpha if gamma is None else float(gamma)
