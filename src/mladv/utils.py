@@ -1,9 +1,11 @@
-"""Small shared chores: seeding, devices, atomic writes."""
+"""Small shared chores: seeding, devices, output folders, atomic writes, image fingerprints."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 
 def set_determinism(seed: int) -> None:
@@ -32,16 +35,66 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+# -- output folders and atomic writes ---------------------------------------------------------
+# mkstemp's names in atomic_path: "." + final name + "." + 8 random characters + ".tmp"
+_STALE_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def _os_error(exc: OSError, path: Path) -> OSError:
+    """``exc`` re-raised as the same kind of ``OSError`` naming ``path`` (the file the user
+    asked for, not the temporary file beside it)."""
+    try:
+        return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
+    except TypeError:  # an OSError subclass with another constructor
+        return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def clean_stale_tmp(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_path` left under ``folder``
+    (recursively); returns them. Call it once, before a run writes into ``folder`` (under
+    torchrun: on rank 0, before the ranks start writing)."""
+    folder = Path(folder)
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file() and _STALE_TMP.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def prepare_output_dir(out: str | os.PathLike[str], *, option: str = "--out",
+                       clean: bool = True) -> Path:
+    """Check that ``out`` can take a run's outputs before any work starts: create the folder,
+    write and delete a probe file, and (``clean``) delete stale temporary files of an earlier,
+    interrupted run. Any problem is one ``ValueError`` naming the option and the path."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{option} {out}: cannot write there ({exc.strerror or exc})") from None
+    if clean:
+        clean_stale_tmp(out)
+    return out
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    A crash never leaves a half-written file under the final name.
+    A crash never leaves a half-written file under the final name; an ``OSError`` (disk full,
+    permissions) names ``path``. A hard kill can leave the temporary file: :func:`clean_stale_tmp`
+    (run by :func:`prepare_output_dir`) removes it on the next run.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _os_error(exc, path) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -49,36 +102,54 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give normal permissions
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise _os_error(exc, path) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` through :func:`atomic_path`."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` through :func:`atomic_path` (through a Python file, so a failed write is
+    an ``OSError`` naming ``path`` rather than torch's ``RuntimeError``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def atomic_write_text(text: str, path: str | os.PathLike[str]) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``obj`` as indented JSON through :func:`atomic_path`."""
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
 
 
+# -- models and images ----------------------------------------------------------------------------
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (or buffer); CPU for a parameter-free model."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 
-def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True):
+def image_hashes(images: Tensor) -> list[str]:
+    """One short fingerprint per image of an ``N x C x H x W`` batch in [0, 1]: SHA-1 (first 16
+    hex digits) of the image quantised to 16 bits, so the same file loaded at the same size gives
+    the same fingerprint wherever it lies. Checkpoints record their training images this way."""
+    out: list[str] = []
+    for chunk in torch.split(images.detach(), 256):
+        q = (chunk.float().cpu().clamp(0, 1) * 65535).round().to(torch.int32).numpy()
+        arr = q.astype(np.uint16)
+        out.extend(hashlib.sha1(a.tobytes()).hexdigest()[:16] for a in arr)
+    return out
+
+
+def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True) -> Any:
     """A tqdm bar that shows images/s and the ETA; silent when stderr is not a terminal."""
     from tqdm.auto import tqdm
 
