@@ -46,7 +46,8 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_checkpoint_of_other_architecture_is_refused(tmp_path):
-    save_checkpoint(tmp_path / "m.pt", build_model("tiny_cnn", 3), classes=list("abc"), image_size=32)
+    save_checkpoint(tmp_path / "m.pt", build_model("tiny_cnn", 3), classes=list("abc"),
+                    image_size=32)
     with pytest.raises(ValueError, match="holds a tiny_cnn, expected resnet18"):
         load_checkpoint(tmp_path / "m.pt", arch="resnet18")
     with pytest.raises(ValueError, match="3 classes"):
@@ -61,8 +62,43 @@ def test_checkpoint_with_mismatched_weights_names_shapes(tmp_path):
 
 
 def test_missing_or_garbage_checkpoint_is_named(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="none.pt: checkpoint does not exist"):
         load_checkpoint(tmp_path / "none.pt")
-    (tmp_path / "bad.pt").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match=r"bad\.pt cannot be read"):
+    (tmp_path / "bad.pt").write_bytes(b"garbage \x00\x01 bytes")
+    with pytest.raises(ValueError, match=r"bad\.pt: not a mladv checkpoint \(") as exc:
         load_checkpoint(tmp_path / "bad.pt")
+    assert "weights_only" not in str(exc.value)  # torch's advice to unpickle anything: unsafe
+
+
+class _Pickled:  # a Python object, as in torch.save(model) rather than a state dict
+    pass
+
+
+def test_checkpoint_with_python_objects_is_refused_without_unpickling_them(tmp_path):
+    torch.save({"state_dict": {}, "arch": "tiny_cnn", "classes": ["a", "b"], "x": _Pickled()},
+               tmp_path / "obj.pt")
+    with pytest.raises(ValueError, match=r"obj\.pt: not a mladv checkpoint \(.*for safety") as exc:
+        load_checkpoint(tmp_path / "obj.pt")
+    assert "weights_only" not in str(exc.value)
+
+
+def test_unknown_architecture_inside_a_checkpoint_names_the_file(tmp_path):
+    torch.save({"state_dict": {}, "arch": "resnet19", "classes": ["a", "b"]}, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"m\.pt: unknown architecture 'resnet19'"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_image_size_has_one_range_and_per_architecture_minimums():
+    from mladv.models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_image_size
+
+    assert check_image_size(IMAGE_SIZE_MIN) == IMAGE_SIZE_MIN
+    for bad in (0, -5, 2, IMAGE_SIZE_MAX + 1, 2.5, True):
+        with pytest.raises(ValueError, match=f"must be an integer in 16..{IMAGE_SIZE_MAX}, got"):
+            check_image_size(bad)
+    with pytest.raises(ValueError, match="in 32..1024 for vgg16"):
+        check_image_size(16, "vgg16")
+    model = build_model("vgg11_bn", 2).eval()  # the minimum is what the architecture needs
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 32, 32)).shape == (1, 2)
+        with pytest.raises(RuntimeError):
+            model(torch.rand(1, 1, 31, 31))
