@@ -4,6 +4,9 @@ Speed and scale options (all off by default, so results are unchanged unless ask
 ``precision="bf16"`` (autocast), ``channels_last``, pinned memory with non-blocking copies (on
 by default on CUDA), and data-parallel training (DDP) whenever ``torch.distributed`` is
 initialised with more than one process (e.g. under ``torchrun``; see :mod:`mladv.distributed`).
+
+Adversarial training per batch (``online`` / ``advprop``, :mod:`mladv.adversarial_training`):
+pass ``adversarial=AdversarialBatch(...)`` to :func:`train_classifier`.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .adversarial_training import MODES, AdversarialBatch, adversarial_from_options
 from .data import ImageSet
 from .distributed import all_reduce_sum, is_distributed, rank_and_world, rank_batch
 from .utils import model_device, progress_bar
@@ -22,6 +26,9 @@ from .utils import model_device, progress_bar
 BatchTransform = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
 Precision = Literal["fp32", "bf16"]
 PRECISIONS = ("fp32", "bf16")
+__all__ = ["MODES", "AdversarialBatch", "BatchTransform", "Precision", "accuracy",
+           "adversarial_from_options", "amp_context", "predict_logits", "random_hflip",
+           "to_device", "train_classifier"]
 
 
 def random_hflip(images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -32,7 +39,8 @@ def random_hflip(images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[
     return images, labels
 
 
-def amp_context(device: torch.device | str, precision: str = "fp32") -> AbstractContextManager:
+def amp_context(device: torch.device | str,
+                precision: str = "fp32") -> AbstractContextManager[object]:
     """The autocast context for ``precision``: ``"fp32"`` -> nothing, ``"bf16"`` ->
     ``torch.autocast(device.type, torch.bfloat16)`` (CPU and CUDA; no gradient scaler needed).
 
@@ -65,7 +73,8 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
                      transform: BatchTransform | None = random_hflip, progress: bool = True,
                      desc: str = "train", precision: Precision = "fp32",
                      channels_last: bool = False, pin_memory: bool | None = None,
-                     distributed: bool | None = None) -> list[dict[str, float]]:
+                     distributed: bool | None = None,
+                     adversarial: AdversarialBatch | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place with AdamW and a one-cycle schedule; returns one dict per epoch
     (``epoch``, ``loss``, ``train_acc``). Labels may be soft (``N x K``) when a transform mixes
     images (mixup / CutMix).
@@ -76,6 +85,12 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
         pin_memory: pinned host memory + non-blocking copies; default on for CUDA models.
         distributed: data-parallel training across the processes of the initialised default
             process group; default: on when one with more than one process exists.
+        adversarial: per-batch adversarial training (``online`` / ``advprop``): after the
+            transform, each batch's adversarial rows are crafted against the current weights
+            (eval mode) and trained on with the clean ones; ``advprop`` trains ``model`` and the
+            twin BatchNorm layers held by ``adversarial`` (save them with
+            ``adversarial.checkpoint_extra()``). ``loss`` / ``train_acc`` then cover every row
+            trained on, clean and adversarial. Under DDP each rank crafts its own rows.
 
     Distributed semantics (DDP, ``DistributedSampler``-style dealing): ``batch_size`` stays the
     *global* batch. Every rank draws the same epoch permutation and batch transforms from
@@ -98,19 +113,21 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
     rank, world = rank_and_world() if use_ddp else (0, 1)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    net: nn.Module = model
+    trained = model if adversarial is None else adversarial.bind(model)  # checks attack options
+    net: nn.Module = trained
     if use_ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(model, device_ids=[device] if device.type == "cuda" else None)
+        net = DDP(trained, device_ids=[device] if device.type == "cuda" else None,
+                  find_unused_parameters=adversarial is not None and adversarial.mode == "advprop")
 
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(data) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, pct_start=0.2,
+                                                total_steps=epochs * steps_per_epoch)
     history = []
     bar = progress_bar(epochs * steps_per_epoch, desc, "batch", enabled=progress and rank == 0)
-    model.train()
+    trained.train()
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=gen)
         # loss sum, correct, seen: accumulated on the device, read once per epoch (no sync per step)
@@ -127,22 +144,27 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
                 weight = weight.to(device, non_blocking=True)
             x = to_device(x, device, pin_memory=pin, channels_last=channels_last)
             y = to_device(y, device, pin_memory=pin)
+            copies = 1
+            if adversarial is not None:
+                n_local = x.shape[0]
+                x, y, adv_mask, weight = adversarial(x, y, weight)
+                copies = x.shape[0] // n_local
             with amp_context(device, precision):
-                logits = net(x)
+                logits = net(x) if adversarial is None else adversarial.forward(net, x, adv_mask)
                 if weight is None:
                     loss = F.cross_entropy(logits, y)
                 else:
                     per_sample = F.cross_entropy(logits, y, reduction="none")
-                    loss = (per_sample * weight).sum() * (world / len(idx))
+                    loss = (per_sample * weight).sum() * (world / (len(idx) * copies))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             opt.step()
             sched.step()
             hard = y if y.dim() == 1 else y.argmax(1)
             hits = logits.detach().argmax(1) == hard
             if weight is None:
-                totals += torch.stack([loss.detach().double() * len(idx),
-                                       hits.sum().double(), totals.new_tensor(len(idx))])
+                totals += torch.stack([loss.detach().double() * len(y),
+                                       hits.sum().double(), totals.new_tensor(len(y))])
             else:
                 totals += torch.stack([(per_sample.detach().double() * weight).sum(),
                                        (hits.double() * weight).sum(), weight.sum().double()])
@@ -154,7 +176,7 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
     bar.close()
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
-    model.eval()
+    trained.eval()
     return history
 
 

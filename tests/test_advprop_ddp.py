@@ -1,0 +1,72 @@
+"""AdvProp under DDP: 2 CPU processes (gloo), each crafting its own rows through the twins."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mladv.adversarial_training import AdversarialBatch
+from mladv.data import make_phantoms
+from mladv.distributed import cleanup, init_from_env
+from mladv.models import build_model
+from mladv.training import train_classifier
+
+RUNS = {"both": None, "replace-all": 1.0}  # adv_fraction; 1.0 leaves the main BN unused
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    init_from_env("cpu")
+    try:
+        data = make_phantoms(5, 16, seed=4)  # 15 images: batches of 8 and a ragged 7
+        for name, fraction in RUNS.items():
+            torch.manual_seed(100 + rank)  # different inits: DDP syncs them from rank 0
+            model = build_model("small_cnn", 3)
+            adv = AdversarialBatch("pgd", mode="advprop", eps=2 / 255, fraction=fraction,
+                                   seed=rank)
+            history = train_classifier(model, data, epochs=2, batch_size=8, lr=3e-3, seed=1,
+                                       progress=False, adversarial=adv)
+            params = {k: v.detach().clone() for k, v in adv.split.named_parameters()}
+            torch.save({"params": params, "history": history, "calls": adv.calls},
+                       os.path.join(out_dir, f"{name}-rank{rank}.pt"))
+    finally:
+        cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("advprop-ddp")
+    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    return {name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(2)]
+            for name in RUNS}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_advprop_ddp_keeps_every_parameter_identical_on_both_ranks(runs, name):
+    a, b = runs[name]
+    assert set(a["params"]) == set(b["params"]) and any(k.startswith("twins.") for k in a["params"])
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
+    assert a["history"] == b["history"]
+    assert a["calls"] == b["calls"] == 4  # 2 epochs x 2 batches, each rank crafted its rows
+
+
+def test_advprop_ddp_trains_the_twins_apart_from_the_main_bn(runs):
+    params = runs["both"][0]["params"]
+    main, twin = params["model.net.0.1.weight"], params["twins.0.weight"]
+    assert not torch.equal(twin, torch.ones_like(twin))  # the twin was trained
+    assert not torch.allclose(main, twin)
+    only_adv = runs["replace-all"][0]["params"]  # every row adversarial: main BN never used
+    assert torch.equal(only_adv["model.net.0.1.weight"], torch.ones_like(main))
+    assert not torch.equal(only_adv["twins.0.weight"], torch.ones_like(main))
