@@ -1,4 +1,4 @@
-"""The augmentation experiment: config validation, arms, metrics, runner (resume), report, CLI."""
+"""The augmentation experiment: config validation, arms, metrics, run (resume), report, CLI."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import torch
 import yaml
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-import mladv.experiment.runner as runner_mod
+import mladv.experiment.run as run_mod
 from mladv.cli import main
 from mladv.data import write_phantoms
 from mladv.experiment import ARMS, FULL_METHOD, classification_metrics, load_config, run_experiment
@@ -92,7 +92,7 @@ def test_report_files_exist_and_embed_the_figures(mini_run):
 
 def test_resume_after_interruption_gives_identical_results(mini_run, tmp_path, monkeypatch):
     _, uninterrupted = mini_run
-    real, calls = runner_mod.run_arm, []
+    real, calls = run_mod.run_arm, []
 
     def crash_on_second_arm(*args, **kwargs):
         calls.append(1)
@@ -100,12 +100,12 @@ def test_resume_after_interruption_gives_identical_results(mini_run, tmp_path, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner_mod, "run_arm", crash_on_second_arm)
+    monkeypatch.setattr(run_mod, "run_arm", crash_on_second_arm)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(validate_config(MINI), tmp_path / "run", log=_quiet)
     assert (tmp_path / "run" / "seed-0" / "results" / "none.json").is_file()
     assert not (tmp_path / "run" / "results.json").exists()
-    monkeypatch.setattr(runner_mod, "run_arm", real)
+    monkeypatch.setattr(run_mod, "run_arm", real)
     resumed = run_experiment(validate_config(MINI), tmp_path / "run", log=_quiet)
     assert len(calls) == 2  # the finished arm was not run again
     assert _without_timings(resumed) == _without_timings(uninterrupted)
@@ -114,19 +114,45 @@ def test_resume_after_interruption_gives_identical_results(mini_run, tmp_path, m
 def test_rerun_with_other_settings_is_refused(mini_run, tmp_path):
     out, _ = mini_run
     shutil.copytree(out, tmp_path / "copy")
-    with pytest.raises(ValueError, match=r"different settings.*train\.epochs: 2 there, 3 now"):
+    with pytest.raises(ValueError, match=r"finished piece\(s\).*other settings "
+                                         r"\(config\.train\.epochs: 2 there, 3 now\).*delete"):
         run_experiment(validate_config({**MINI, "train": {**MINI["train"], "epochs": 3}}),
                        tmp_path / "copy", log=_quiet)
 
 
+def test_rerun_after_a_config_fix_keeps_the_trained_base_model(mini_run, tmp_path):
+    """The folder as a failed first run leaves it (base model trained, nothing else finished):
+    a rerun with changed attack options goes on and reuses the base model; a changed training
+    schedule is refused, because the base model depends on it."""
+    out, _ = mini_run
+    shutil.copytree(out, tmp_path / "copy")
+    for extra in ("results", "adv"):
+        shutil.rmtree(tmp_path / "copy" / "seed-0" / extra)
+    (tmp_path / "copy" / "seed-0" / "models" / f"{FULL_METHOD}.pt").unlink()
+    base = tmp_path / "copy" / "seed-0" / "models" / "base.pt"
+    before = base.stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"1 finished piece\(s\) \(e\.g\. seed-0/models/base"):
+        run_mod.prepare(validate_config({**MINI, "train": {**MINI["train"], "epochs": 3}}),
+                        tmp_path / "copy", _quiet)
+    lines: list[str] = []
+    fixed = validate_config({**MINI, "mladv": {"steps": 3}})
+    run = run_mod.prepare(fixed, tmp_path / "copy", lines.append)
+    assert any("mladv.steps: 2 there, 3 now" in line and "base models are kept" in line
+               for line in lines)
+    model, _ = run_mod.base_model(run, 0)
+    assert base.stat().st_mtime_ns == before  # reused, not retrained
+    again = run_mod.prepare(fixed, tmp_path / "copy", lines.append)  # run.json now says steps 3
+    assert again.cfg.mladv == {"steps": 3} and len(lines) == 1
+
+
 def test_checkpoint_of_another_shape_is_refused(mini_run, tmp_path):
     out, _ = mini_run
-    run = runner_mod.prepare(validate_config(MINI), tmp_path / "run", _quiet)
+    run = run_mod.prepare(validate_config(MINI), tmp_path / "run", _quiet)
     wrong = tmp_path / "wrong.pt"
     save_checkpoint(wrong, build_model("small_cnn", 2), classes=["a", "b"], image_size=16)
     with pytest.raises(ValueError, match=r"holds a small_cnn with 2 classes.*needs a tiny_cnn "
                                          r"with 3 classes"):
-        runner_mod.load_model(run, wrong)
+        run_mod.load_model(run, wrong)
 
 
 def test_test_data_with_other_classes_is_refused(tmp_path):
@@ -138,7 +164,7 @@ def test_test_data_with_other_classes_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"classes \['covid_like', 'healthy', 'pneumonia_like'\] "
                                          r"differ from the training classes \['covid_like', "
                                          r"'normal', 'pneumonia_like'\]"):
-        runner_mod.load_data(cfg)
+        run_mod.load_data(cfg)
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -188,6 +214,7 @@ def test_mean_std_and_the_verdict_rule():
 def test_transforms_keep_shape_range_and_are_seeded(arm):
     x = torch.rand(6, 1, 16, 16)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
+    x_before, y_before = x.clone(), y.clone()
     tf = batch_transform(arm, ArmOptions(), 3)
     a = tf(x, y, torch.Generator().manual_seed(1))
     b = tf(x, y, torch.Generator().manual_seed(1))
@@ -195,7 +222,10 @@ def test_transforms_keep_shape_range_and_are_seeded(arm):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     if arm in ("mixup", "cutmix"):
         assert a[1].shape == (6, 3) and torch.allclose(a[1].sum(1), torch.ones(6))
-    assert torch.equal(x, x.clone())  # input untouched
+    assert torch.equal(x, x_before) and torch.equal(y, y_before), "input changed in place"
+    if arm != "none":  # the arm does more than flips: some image differs from both flips
+        flips = torch.stack([x, x.flip(-1)])
+        assert not all((flips == img).flatten(2).all(2).any() for img in a[0])
 
 
 def test_rotation_by_zero_is_identity_and_by_90_moves_pixels():
@@ -228,12 +258,16 @@ def _write(tmp_path, text):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("trian: {epochs: 2}\n", r"c\.yaml: trian: unknown key"),
-    ("train: {epochs: two}\n", r"c\.yaml: train\.epochs: Input should be a valid integer"),
-    ("train: {epoch: 2}\n", r"c\.yaml: train\.epoch: unknown key"),
+    ("trian: {epochs: 2}\n", r"c\.yaml:1: trian: unknown key"),
+    ("train: {epochs: two}\n", r"c\.yaml:1: train\.epochs: Input should be a valid integer"),
+    ("train: {epoch: 2}\n", r"c\.yaml:1: train\.epoch: unknown key"),
     ("arms: [none, flips]\n", r"arms: unknown arm 'flips'; valid arms: none, rotation, mixup"),
     ("mladv: {stpes: 3}\n", r"mladv: 'stpes' is not a MLAdv option; valid: steps"),
     ("mladv: {eps: 3}\n", r"mladv: 'eps' is set by the experiment"),
+    ("mladv: {steps: two}\n", r"c\.yaml:1: mladv: attack 'mladv': steps must be int, got 'two'"),
+    ("mladv: {steps: 0}\n", r"mladv: attack 'mladv': .*steps"),
+    ("pgd: {steps: 2.5}\n", r"pgd: attack 'pgd': steps must be int"),
+    ("seeds: 2\ntrain:\n  epochs: two\n", r"c\.yaml:3: train\.epochs: Input should be"),
     ("eps: 0.03\n", r"eps: eps is in 1/255 units"),
     ("arch: resnet9000\n", r"arch: unknown architecture 'resnet9000'"),
     ("robustness: {attacks: [fgsm]}\n", r"robustness\.attacks: unknown robustness attack"),
@@ -250,7 +284,7 @@ def test_flags_override_the_yaml_and_are_validated(tmp_path):
     path = _write(tmp_path, "data: somewhere\nseeds: 3\n")
     cfg = load_config(path, {"data": "phantoms", "seeds": 2, "device": None})
     assert cfg.data == "phantoms" and cfg.seed_list() == [0, 1] and cfg.device == "auto"
-    with pytest.raises(ValueError, match="seeds"):
+    with pytest.raises(ValueError, match=r"c\.yaml: seeds\.constrained-int: Input should be"):
         load_config(path, {"seeds": "many"})
 
 

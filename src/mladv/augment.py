@@ -12,20 +12,22 @@ rank can call :func:`craft_shards` with its own rank and write its own shards.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .attacks import Attack
+from .crafting import craft
 from .data import ImageSet
+from .fingerprint import data_sha1, model_sha1
 from .utils import atomic_torch_save, atomic_write_json, progress_bar
 
 MANIFEST = "manifest.json"
+SCALAR = (bool, int, float, str)
 FORMAT_VERSION = 1
 
 
@@ -54,24 +56,6 @@ def shards_for_rank(num_shards: int, rank: int = 0, world_size: int = 1) -> list
     return list(range(rank, num_shards, world_size))
 
 
-def tensor_sha1(*tensors: Tensor) -> str:
-    """SHA-1 of the tensors' bytes (CPU, contiguous): identifies a data set or a model state."""
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def model_sha1(model: nn.Module) -> str:
-    """SHA-1 of a model's state dict (names and values), so stale shards of another model are
-    never reused."""
-    h = hashlib.sha1()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def attack_settings(attack: Attack) -> dict[str, Any]:
     """The attack's JSON-able hyper-parameters (its ``vars`` without the model, seed and tensors),
     recorded in the manifest: shards crafted with other settings are refused, not mixed."""
@@ -81,9 +65,9 @@ def attack_settings(attack: Attack) -> dict[str, Any]:
             continue
         if isinstance(value, (bool, int, float, str)) or value is None:
             out[key] = value
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, SCALAR) for v in value):
             out[key] = list(value)
-        elif isinstance(value, dict) and all(isinstance(v, (bool, int, float, str)) for v in value.values()):
+        elif isinstance(value, dict) and all(isinstance(v, SCALAR) for v in value.values()):
             out[key] = dict(value)
         elif isinstance(value, Tensor) and value.numel() <= 64:
             out[key] = value.flatten().tolist()
@@ -96,7 +80,7 @@ def _manifest(data: ImageSet, attack: Attack, *, shard_size: int, seed: int, bat
     return {"format": FORMAT_VERSION, "n": n, "shard_size": shard_size,
             "num_shards": len(shard_ranges(n, shard_size)), "seed": seed,
             "batch_size": batch_size, "classes": list(data.classes),
-            "data_sha1": tensor_sha1(data.images, data.labels),
+            "data_sha1": data_sha1(data),
             "model_sha1": model_sha1(attack.model), "attack": attack_settings(attack),
             "info": info or {}}
 
@@ -131,18 +115,8 @@ def craft_shard(attack: Attack, images: Tensor, labels: Tensor, *, seed: int, sh
 
     Shape: images ``n x C x H x W`` in [0, 1], labels ``n`` -> ``n x C x H x W`` on the CPU.
     """
-    saved = attack.seed
-    out = []
-    try:
-        for b, start in enumerate(range(0, images.shape[0], batch_size)):
-            attack.seed = derive_seed(seed, shard, b)
-            sl = slice(start, start + batch_size)
-            out.append(attack(images[sl], labels[sl]).cpu())
-            if bar is not None:
-                bar.update(out[-1].shape[0])
-    finally:
-        attack.seed = saved
-    return torch.cat(out)
+    return craft(attack, images, labels, batch_size=batch_size, progress=False,
+                 batch_seed=lambda b: derive_seed(seed, shard, b), bar=bar)
 
 
 def craft_shards(attack: Attack, data: ImageSet, out: str | Path, *, shard_size: int = 256,
@@ -188,7 +162,8 @@ def read_manifest(out: str | Path) -> dict[str, Any]:
     path = Path(out) / MANIFEST
     if not path.is_file():
         raise ValueError(f"{out}: no {MANIFEST} (not a folder written by 'mladv augment')")
-    return json.loads(path.read_text())
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
 
 
 def load_shards(out: str | Path) -> ImageSet:
@@ -212,7 +187,8 @@ def load_shards(out: str | Path) -> ImageSet:
                              f"({exc.__class__.__name__})") from None
     images = torch.cat([p["images"] for p in parts])
     if images.shape[0] != manifest["n"]:
-        raise ValueError(f"{out}: shards hold {images.shape[0]} images, manifest says {manifest['n']}")
+        raise ValueError(f"{out}: shards hold {images.shape[0]} images, "
+                         f"manifest says {manifest['n']}")
     return ImageSet(images, torch.cat([p["labels"] for p in parts]), list(manifest["classes"]),
                     [s for p in parts for s in p["paths"]], [s for p in parts for s in p["groups"]])
 

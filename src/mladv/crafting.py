@@ -1,8 +1,10 @@
-"""Crafting adversarial images in batches, measuring them and saving them losslessly."""
+"""Crafting adversarial images in batches (the one loop: per-batch seeds and query counts are
+options), measuring them and saving them losslessly."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -13,24 +15,63 @@ from .training import predict_logits
 from .utils import atomic_torch_save, progress_bar
 
 
-def craft(attack: Attack, images: Tensor, labels: Tensor, *, batch_size: int = 64,
-          progress: bool = True, desc: str = "attack", **call_kwargs: Tensor) -> Tensor:
-    """Run ``attack`` over ``images`` in batches; returns ``N x C x H x W`` on the CPU.
+@overload
+def craft(attack: Attack, images: Tensor, labels: Tensor, *, batch_size: int = ...,
+          progress: bool = ..., desc: str = ..., batch_seed: Callable[[int], int] | None = ...,
+          bar: Any = ..., record_queries: Literal[False] = ..., **call_kwargs: Tensor) -> Tensor:
+    ...
 
-    Tensor keyword arguments with a leading ``N`` dimension (``target_labels``, per-image
+
+@overload
+def craft(attack: Attack, images: Tensor, labels: Tensor, *, batch_size: int = ...,
+          progress: bool = ..., desc: str = ..., batch_seed: Callable[[int], int] | None = ...,
+          bar: Any = ..., record_queries: Literal[True], **call_kwargs: Tensor
+          ) -> tuple[Tensor, Tensor | None]:
+    ...
+
+
+def craft(attack: Attack, images: Tensor, labels: Tensor, *, batch_size: int = 64,
+          progress: bool = True, desc: str = "attack",
+          batch_seed: Callable[[int], int] | None = None, bar: Any = None,
+          record_queries: bool = False,
+          **call_kwargs: Tensor) -> Tensor | tuple[Tensor, Tensor | None]:
+    """Run ``attack`` over ``images`` in batches: the one crafting loop of the package.
+
+    Options: ``batch_seed(b)`` sets ``attack.seed`` for batch ``b`` (restored afterwards), so a
+    batch's result does not depend on what ran before it; ``bar`` is an open progress bar to
+    advance (else one is made when ``progress``); ``record_queries`` also returns the
+    ``last_queries`` of every batch when the attack keeps them (RayS), else ``None``. Tensor
+    keyword arguments with a leading ``N`` dimension (``target_labels``, per-image
     ``style_images``) are sliced with the batch.
+
+    Shape: images ``N x C x H x W`` in [0, 1], labels ``N`` -> ``N x C x H x W`` on the CPU
+    (and queries ``N``).
     """
     n = images.shape[0]
-    bar = progress_bar(n, desc, "img", enabled=progress)
-    out = []
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        kw = {k: (v[sl] if isinstance(v, Tensor) and v.shape[0] == n else v)
-              for k, v in call_kwargs.items()}
-        out.append(attack(images[sl], labels[sl], **kw).cpu())
-        bar.update(min(batch_size, n - start))
-    bar.close()
-    return torch.cat(out) if out else images.new_empty((0, *images.shape[1:]))
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(n, desc, "img", enabled=progress)
+    saved = attack.seed
+    out, queries = [], []
+    try:
+        for b, start in enumerate(range(0, n, batch_size)):
+            if batch_seed is not None:
+                attack.seed = batch_seed(b)
+            sl = slice(start, start + batch_size)
+            kw = {k: (v[sl] if isinstance(v, Tensor) and v.shape[0] == n else v)
+                  for k, v in call_kwargs.items()}
+            out.append(attack(images[sl], labels[sl], **kw).cpu())
+            if record_queries and hasattr(attack, "last_queries"):
+                queries.append(attack.last_queries.cpu())
+            bar.update(out[-1].shape[0])
+    finally:
+        attack.seed = saved
+        if own_bar:
+            bar.close()
+    adv = torch.cat(out) if out else images.new_empty((0, *images.shape[1:])).cpu()
+    if record_queries:
+        return adv, (torch.cat(queries) if queries else None)
+    return adv
 
 
 def attack_metrics(model: nn.Module, clean: Tensor, adv: Tensor, labels: Tensor,
@@ -67,7 +108,8 @@ def load_adversarial(path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise ValueError(f"{path}: no such adversarial file") from None
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read adversarial file ({exc.__class__.__name__})") from None
+        raise ValueError(f"{path}: cannot read adversarial file "
+                         f"({exc.__class__.__name__})") from None
     if not isinstance(obj, dict) or "images" not in obj or "labels" not in obj:
         raise ValueError(f"{path}: not an mladv adversarial file (needs images, labels)")
     return obj

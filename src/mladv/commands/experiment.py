@@ -7,7 +7,7 @@ import typer
 
 from ..distributed import is_main_process
 from ..experiment.config import load_config
-from ..experiment.runner import run_experiment
+from ..experiment.run import run_experiment
 
 
 def experiment(

@@ -33,36 +33,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from ..attacks import MLAdv, pgd
+from ..attacks import MLAdv, make_attack
 from ..attacks.base import Attack
 from ..training import BatchTransform, random_hflip
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One row of the experiment: its name, what it does, and the paper's Table 2 row (if any)."""
+    """One row of the experiment, as data: its name, what it does, the paper's Table 2 row (if
+    any), its batch transform (a key of :data:`TRANSFORMS`), and for an adversarial arm the
+    registry name of the attack that crafts ``x'_train`` (MLAdv arms: which terms are on)."""
 
     name: str
     description: str
     paper_row: str | None = None
-    adversarial: bool = False
-    terms: dict[str, bool] = field(default_factory=dict)  # MLAdv arms: style/origin/detail/projection
+    transform: str = "flips"
+    attack: str | None = None
+    terms: dict[str, bool] = field(default_factory=dict)  # style / origin / detail / projection
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the arm trains on ``x_train ∪ x'_train``."""
+        return self.attack is not None
 
 
 def _mladv_arm(name: str, paper_row: str, style: bool, origin: bool, detail: bool,
                projection: bool, description: str) -> Arm:
-    return Arm(name, description, paper_row, True,
-               {"style": style, "origin": origin, "detail": detail, "projection": projection})
+    return Arm(name, description, paper_row, attack="mladv",
+               terms={"style": style, "origin": origin, "detail": detail,
+                      "projection": projection})
 
 
 ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("none", "flips only (the base recipe)", "original"),
     Arm("rotation", "flips + random rotation + central symmetry (the paper's geometric arm)",
-        "+ rotation/symmetry"),
-    Arm("mixup", "flips + MixUp (torchvision.transforms.v2)", "+ mixup"),
-    Arm("cutmix", "flips + CutMix (torchvision.transforms.v2)"),
-    Arm("trivialaugment", "flips + TrivialAugmentWide (torchvision.transforms.v2)"),
-    Arm("pgd-adv", "x_train ∪ PGD(x_train), same eps, crafted on the base model", None, True),
+        "+ rotation/symmetry", transform="rotation"),
+    Arm("mixup", "flips + MixUp (torchvision.transforms.v2)", "+ mixup", transform="mixup"),
+    Arm("cutmix", "flips + CutMix (torchvision.transforms.v2)", transform="cutmix"),
+    Arm("trivialaugment", "flips + TrivialAugmentWide (torchvision.transforms.v2)",
+        transform="trivialaugment"),
+    Arm("pgd-adv", "x_train ∪ PGD(x_train), same eps, crafted on the base model", attack="pgd"),
     _mladv_arm("ls", "+ L_s only", True, False, False, False,
                "x_train ∪ MLAdv(x_train) with L_s + L_adv, no projection"),
     _mladv_arm("ls+lo", "+ L_s + L_o", True, True, False, False,
@@ -75,6 +85,14 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
 FULL_METHOD = "multi-loss+projection"
 BASELINES = ("none", "rotation", "mixup", "cutmix", "trivialaugment", "pgd-adv")
 ABLATIONS = ("ls", "ls+lo", "multi-loss", FULL_METHOD)
+
+
+def register_arm(arm: Arm) -> None:
+    """Add ``arm`` to :data:`ARMS` (its transform must be a key of :data:`TRANSFORMS`)."""
+    if arm.transform not in TRANSFORMS:
+        raise ValueError(f"arm {arm.name!r}: unknown transform {arm.transform!r}; "
+                         f"valid: {', '.join(TRANSFORMS)}")
+    ARMS[arm.name] = arm
 
 
 def check_arm(name: str) -> Arm:
@@ -105,13 +123,17 @@ def mladv_arm_options(arm: Arm, options: dict[str, Any]) -> dict[str, Any]:
 
 def make_adversary(arm: str, model: nn.Module, *, eps: float, seed: int,
                    pgd_options: dict[str, Any], mladv_options: dict[str, Any]) -> Attack:
-    """The attack that crafts ``x'_train`` for an adversarial arm (``eps`` in [0, 1] units)."""
+    """The attack that crafts ``x'_train`` for an adversarial arm (``eps`` in [0, 1] units):
+    the arm's registry attack with the config's options for it (MLAdv arms: with their terms
+    switched, :func:`mladv_arm_options`)."""
     spec = check_arm(arm)
-    if not spec.adversarial:
+    if spec.attack is None:
         raise ValueError(f"arm {arm!r} does not craft adversarial copies")
-    if arm == "pgd-adv":
-        return pgd(model, eps=eps, seed=seed, **pgd_options)
-    return MLAdv(model, eps=eps, seed=seed, **mladv_arm_options(spec, mladv_options))
+    if spec.attack == "mladv":
+        options = mladv_arm_options(spec, mladv_options) if spec.terms else dict(mladv_options)
+    else:
+        options = dict(pgd_options) if spec.attack == "pgd" else {}
+    return make_attack(spec.attack, model, eps=eps, seed=seed, **options)
 
 
 # -- batch transforms ---------------------------------------------------------------------------
@@ -173,14 +195,16 @@ def trivialaugment_transform(num_magnitude_bins: int = 31) -> BatchTransform:
     return transform
 
 
+TRANSFORMS: dict[str, Callable[[Any, int], BatchTransform]] = {
+    "flips": lambda options, k: random_hflip,
+    "rotation": lambda options, k: rotation_transform(options.rotation_degrees,
+                                                      options.central_symmetry_p),
+    "mixup": lambda options, k: mix_transform("mixup", options.mixup_alpha, k),
+    "cutmix": lambda options, k: mix_transform("cutmix", options.cutmix_alpha, k),
+    "trivialaugment": lambda options, k: trivialaugment_transform(options.trivialaugment_bins),
+}
+
+
 def batch_transform(arm: str, options: Any, num_classes: int) -> BatchTransform:
     """The training-time transform of ``arm`` (``options``: the config's ``arm_options``)."""
-    check_arm(arm)
-    if arm == "rotation":
-        return rotation_transform(options.rotation_degrees, options.central_symmetry_p)
-    if arm in ("mixup", "cutmix"):
-        alpha = options.mixup_alpha if arm == "mixup" else options.cutmix_alpha
-        return mix_transform(arm, alpha, num_classes)
-    if arm == "trivialaugment":
-        return trivialaugment_transform(options.trivialaugment_bins)
-    return random_hflip
+    return TRANSFORMS[check_arm(arm).transform](options, num_classes)

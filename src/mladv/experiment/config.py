@@ -1,8 +1,10 @@
 """The experiment's YAML config, validated with pydantic (unknown keys and wrong types refused).
 
-Every problem is reported as ONE ``ValueError`` line naming the file and the key, e.g.
-``configs/x.yaml: train.epochs: Input should be a valid integer``. Command-line flags are merged
-into the YAML before validation, so they are checked the same way.
+Every problem is reported as ONE ``ValueError`` line naming the file, line and key, e.g.
+``configs/x.yaml:3: train.epochs: Input should be a valid integer`` (see
+:mod:`mladv.configbase`). The attack options under ``mladv:`` / ``pgd:`` are checked by name and
+value when the file is read (``steps: two`` is refused then, not after the base model trained).
+Command-line flags are merged into the YAML before validation, so they are checked the same way.
 """
 from __future__ import annotations
 
@@ -10,26 +12,15 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-)
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from ..attacks import MLAdv, pgd
+from ..attacks.registry import check_attack_options
+from ..configbase import Strict, dump_yaml, load_yaml_config, validate
 from ..models import check_arch
 from .arms import ARMS, check_arm
 
 RUN_CONTROLLED = ("model", "eps", "seed")  # set by the experiment, not by the options dicts
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class TrainConfig(Strict):
@@ -38,14 +29,14 @@ class TrainConfig(Strict):
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-3
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
 
 
 class SplitConfig(Strict):
     """Patient-aware stratified split (ignored when ``test_data`` is given). Fixed across seeds
     (SPEC section 2.1), so every arm and seed is scored on the same test images."""
 
-    test_size: float = Field(0.15, gt=0, lt=1)
+    test_size: float = Field(default=0.15, gt=0, lt=1)
     seed: int = 0
 
 
@@ -84,11 +75,11 @@ class RobustnessConfig(Strict):
 class ArmOptions(Strict):
     """Settings of the transform arms."""
 
-    rotation_degrees: float = Field(15.0, ge=0, le=180)
-    central_symmetry_p: float = Field(0.5, ge=0, le=1)
+    rotation_degrees: float = Field(default=15.0, ge=0, le=180)
+    central_symmetry_p: float = Field(default=0.5, ge=0, le=1)
     mixup_alpha: PositiveFloat = 0.2
     cutmix_alpha: PositiveFloat = 1.0
-    trivialaugment_bins: int = Field(31, ge=2)
+    trivialaugment_bins: int = Field(default=31, ge=2)
 
 
 def _signature_options(fn: Any) -> list[str]:
@@ -97,7 +88,9 @@ def _signature_options(fn: Any) -> list[str]:
             and params[p].kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def _check_options(value: dict[str, Any], fn: Any, what: str) -> dict[str, Any]:
+def _check_options(value: dict[str, Any], fn: Any, what: str, name: str) -> dict[str, Any]:
+    """Names first (a typo lists the valid ones), then values (the attack is built on a
+    throwaway model: ``steps: two`` or ``steps: 0`` is refused here)."""
     valid = _signature_options(fn)
     bad = [k for k in value if k not in valid]
     if bad:
@@ -106,6 +99,7 @@ def _check_options(value: dict[str, Any], fn: Any, what: str) -> dict[str, Any]:
             raise ValueError(f"{controlled[0]!r} is set by the experiment (top-level eps, seeds), "
                              f"not in the {what} options")
         raise ValueError(f"{bad[0]!r} is not a {what} option; valid: {', '.join(valid)}")
+    check_attack_options(name, value)
     return value
 
 
@@ -115,16 +109,16 @@ class ExperimentConfig(Strict):
     name: str = "experiment"
     data: str | None = None
     test_data: str | None = None
-    image_size: int = Field(64, ge=16)
+    image_size: int = Field(default=64, ge=16)
     arch: str = "resnet18"
     seeds: PositiveInt | list[int] = 3
-    eps: float = Field(8.0, gt=0, le=255)
+    eps: float = Field(default=8.0, gt=0, le=255)
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
-    arm_options: ArmOptions = Field(default_factory=ArmOptions)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig())
+    split: SplitConfig = Field(default_factory=lambda: SplitConfig())
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
+    robustness: RobustnessConfig = Field(default_factory=lambda: RobustnessConfig())
+    arm_options: ArmOptions = Field(default_factory=lambda: ArmOptions())
     pgd: dict[str, Any] = Field(default_factory=dict)
     mladv: dict[str, Any] = Field(default_factory=dict)
     device: str = "auto"
@@ -151,25 +145,27 @@ class ExperimentConfig(Strict):
         for name in value:
             check_arm(name)
         if len(set(value)) != len(value):
-            raise ValueError(f"arms listed twice: {sorted({a for a in value if value.count(a) > 1})}")
+            twice = sorted({a for a in value if value.count(a) > 1})
+            raise ValueError(f"arms listed twice: {twice}")
         return value
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: int | list[int]) -> int | list[int]:
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
-            raise ValueError(f"seeds must be a count or a non-empty list of distinct ints, got {value}")
+            raise ValueError(f"seeds must be a count or a non-empty list of distinct ints, "
+                             f"got {value}")
         return value
 
     @field_validator("mladv")
     @classmethod
     def _mladv_options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_options(value, MLAdv.__init__, "MLAdv")
+        return _check_options(value, MLAdv.__init__, "MLAdv", "mladv")
 
     @field_validator("pgd")
     @classmethod
     def _pgd_options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_options(value, pgd, "pgd")
+        return _check_options(value, pgd, "pgd", "pgd")
 
     def seed_list(self) -> list[int]:
         """``seeds: 3`` -> ``[0, 1, 2]``; a list is used as given."""
@@ -187,53 +183,17 @@ class ExperimentConfig(Strict):
                                                      "data", "test_data"})
 
 
-def _error_line(exc: ValidationError, source: str) -> str:
-    """The first pydantic error as one line ``source: key.path: message``."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in first["loc"])
-    loc = loc.replace(".[", "[") or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (not a setting of this section)"
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; ``ValueError`` naming the file (and line) otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings at the top level, "
-                         f"got {type(raw).__name__}")
-    return raw
-
-
 def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
     """Validate a settings mapping; ``ValueError`` with one line naming the key otherwise."""
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ValueError(_error_line(exc, source)) from None
+    return validate(ExperimentConfig, raw, source)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read ``path`` and apply ``overrides`` (flags; ``None`` values are ignored), then validate."""
-    raw = read_yaml(path)
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate_config(raw, str(path))
+    """Read ``path`` and apply ``overrides`` (flags; ``None`` values are ignored), then validate;
+    one ``ValueError`` line naming the file, line and key otherwise."""
+    return load_yaml_config(ExperimentConfig, path, overrides)
 
 
 def dump_config(config: ExperimentConfig) -> str:
     """The resolved config as YAML (what ``config.yaml`` in the run folder holds)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(config)

@@ -56,7 +56,8 @@ def classification_metrics(labels: Sequence[int] | np.ndarray, probs: np.ndarray
     if k == 2:
         macro = _auc(y, p[:, 1])
     elif present == k:
-        macro = float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(k))))
+        macro = float(roc_auc_score(y, p, multi_class="ovr", average="macro",
+                                    labels=list(range(k))))
     else:  # a class missing from the test labels: average over the defined per-class AUCs
         vals = [v for v in per_class.values() if not math.isnan(v)]
         macro = float(np.mean(vals)) if vals else float("nan")

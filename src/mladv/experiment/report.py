@@ -5,26 +5,22 @@ Writes ``results.json``, ``results.csv`` (one row per arm x seed), ``figures/*.p
 """
 from __future__ import annotations
 
-import base64
-import csv
-import html
-import io
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..augment import load_shards
 from ..figures import adversarial_grid
+from ..reporting import Block, csv_text
+from ..reporting import write_report as write_blocks
 from ..utils import atomic_path, atomic_write_json, atomic_write_text
 from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
 from .metrics import TABLE2_METRICS, mean_std, roc_per_class
-
-if TYPE_CHECKING:
-    from .runner import Run
+from .state import Run
 
 # SPEC "Reference figures from the paper", Table 2 (ResNet50, COVID-19 Radiography Database).
 PAPER_TABLE2: dict[str, tuple[float, float, float, float]] = {
@@ -81,7 +77,8 @@ def _sentence(baseline: str, metric: str, full: float, base: float, diff: float,
     if verdict == "one seed":
         return f"{head}; with one seed there is no seed-to-seed spread, so no conclusion."
     if verdict == "beat":
-        return f"{head}: MLAdv beat `{baseline}` by more than the seed-to-seed spread ({spread:.4f})."
+        return (f"{head}: MLAdv beat `{baseline}` by more than the seed-to-seed spread "
+                f"({spread:.4f}).")
     if verdict == "lost":
         return (f"{head}: MLAdv did NOT beat `{baseline}`; `{baseline}` was better by more than "
                 f"the seed-to-seed spread ({spread:.4f}).")
@@ -93,7 +90,9 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
     """Read every finished (seed, arm) of the run; returns the ``results.json`` content and the
     test-set probabilities per ``(arm, seed)`` (for the ROC figure)."""
     cfg = run.cfg
-    runs, probs, per_arm = [], {}, {}
+    runs: list[dict[str, Any]] = []
+    probs: dict[tuple[str, int], np.ndarray] = {}
+    per_arm: dict[str, list[dict[str, Any]]] = {}
     for arm in cfg.arms:
         for seed in cfg.seed_list():
             path = run.seed_dir(seed) / "results" / f"{arm}.json"
@@ -132,14 +131,9 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
 def write_csv(results: dict[str, Any], path: Path) -> None:
     names = metric_names(results)
     timing = sorted({k for r in results["runs"] for k in r["timings"]})
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["arm", "seed", "n_train", *names, *timing])
-    for r in results["runs"]:
-        writer.writerow([r["arm"], r["seed"], r["n_train"],
-                         *[_num(r["metrics"][m]) for m in names],
-                         *[r["timings"].get(k, "") for k in timing]])
-    atomic_write_text(buf.getvalue(), path)
+    rows = [[r["arm"], r["seed"], r["n_train"], *[_num(r["metrics"][m]) for m in names],
+             *[r["timings"].get(k, "") for k in timing]] for r in results["runs"]]
+    atomic_write_text(csv_text(["arm", "seed", "n_train", *names, *timing], rows), path)
 
 
 def _num(v: float | None) -> str:
@@ -228,15 +222,6 @@ def ablation_figure(run: Run, path: Path) -> bool:
 
 
 # -- report text --------------------------------------------------------------------------------
-def _table(header: list[str], rows: list[list[str]]) -> tuple[str, str]:
-    """The same table as Markdown and as HTML."""
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return "\n".join(md), f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
-
-
 def table2(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Table 2 layout: our mean ± std beside the paper's reference row."""
     header = ["training data (paper row)", "arm", *[f"{m} (ours)" for m in TABLE2_METRICS],
@@ -300,6 +285,27 @@ def _intro(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def report_blocks(results: dict[str, Any], figures: list[tuple[str, Path]]) -> list[Block]:
+    """The report as blocks for :mod:`mladv.reporting` (figures: ``(caption, path)``)."""
+    blocks: list[Block] = [("h", f"MLAdv augmentation experiment: {results['name']}"),
+                           ("ul", _intro(results)),
+                           ("h2", "Table 2: clean test metrics by training set"),
+                           ("table", *table2(results)),
+                           ("h2", "Verdicts: MLAdv (full method) against each baseline"),
+                           ("ul", [c["sentence"] for c in results["comparisons"]] or [
+                               f"`{FULL_METHOD}` was not among the arms: no verdict."]),
+                           ("h2", "AUC and robustness (mean ± std over seeds)"),
+                           ("table", *extra_table(results))]
+    aug = augment_table(results)
+    if aug[1]:
+        blocks += [("h2", "x'_train against the base model"), ("table", *aug)]
+    blocks.append(("h2", "Figures"))
+    blocks += [("figure", f"figures/{path.name}", caption) for caption, path in figures]
+    blocks.append(("p", "Per arm x seed numbers: `results.csv`; everything: `results.json`; the "
+                        "resolved config: `config.yaml`."))
+    return blocks
+
+
 def write_report(run: Run, results: dict[str, Any],
                  probs: dict[tuple[str, int], np.ndarray]) -> None:
     """Write results.json, results.csv, the figures, report.md and report.html into the run."""
@@ -312,51 +318,10 @@ def write_report(run: Run, results: dict[str, Any],
     figures.append(("Clean and robust accuracy per arm (mean, error bar = std over seeds)",
                     figs / "accuracy.png"))
     if roc_figure(results, probs, figs / "roc.png"):
-        figures.append((f"Fig. 5: ROC curves per class, `none` vs `{FULL_METHOD}`", figs / "roc.png"))
+        figures.append((f"Fig. 5: ROC curves per class, `none` vs `{FULL_METHOD}`",
+                        figs / "roc.png"))
     if ablation_figure(run, figs / "ablation.png"):
         figures.append(("Fig. 4: the same training images under each MLAdv ablation arm "
                         "(image, then its noise amplified)", figs / "ablation.png"))
-
-    sections: list[tuple[str, list[str], list[tuple[list[str], list[list[str]]]]]] = [
-        ("Table 2: clean test metrics by training set", [], [table2(results)]),
-        ("Verdicts: MLAdv (full method) against each baseline", [
-            c["sentence"] for c in results["comparisons"]] or [
-            f"`{FULL_METHOD}` was not among the arms: no verdict."], []),
-        ("AUC and robustness (mean ± std over seeds)", [], [extra_table(results)]),
-    ]
-    aug = augment_table(results)
-    if aug[1]:
-        sections.append(("x'_train against the base model", [], [aug]))
-    title = f"MLAdv augmentation experiment: {results['name']}"
-    md = [f"# {title}", "", *[f"- {line}" for line in _intro(results)], ""]
-    body = [f"<h1>{html.escape(title)}</h1><ul>"
-            + "".join(f"<li>{html.escape(line)}</li>" for line in _intro(results)) + "</ul>"]
-    for heading, lines, tables in sections:
-        md += [f"## {heading}", ""]
-        body.append(f"<h2>{html.escape(heading)}</h2>")
-        for line in lines:
-            md.append(f"- {line}")
-            body.append(f"<p>{html.escape(line)}</p>")
-        for header, rows in tables:
-            t_md, t_html = _table(header, rows)
-            md += [t_md, ""]
-            body.append(t_html)
-        md.append("")
-    md += ["## Figures", ""]
-    body.append("<h2>Figures</h2>")
-    for caption, path in figures:
-        md += [f"![{caption}](figures/{path.name})", f"*{caption}*", ""]
-        data = base64.b64encode(path.read_bytes()).decode()
-        body.append(f"<figure><img alt=\"{html.escape(caption)}\" src=\"data:image/png;base64,"
-                    f"{data}\"><figcaption>{html.escape(caption)}</figcaption></figure>")
-    md += ["Per arm x seed numbers: `results.csv`; everything: `results.json`; the resolved "
-           "config: `config.yaml`.", ""]
-    atomic_write_text("\n".join(md), out / "report.md")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-             "figcaption{font-size:13px;color:#444}")
-    atomic_write_text(f"<!doctype html><html><head><meta charset=\"utf-8\"><title>"
-                      f"{html.escape(title)}</title><style>{style}</style></head><body>"
-                      + "\n".join(body) + "</body></html>\n", out / "report.html")
+    write_blocks(report_blocks(results, figures), f"MLAdv augmentation experiment: "
+                 f"{results['name']}", out / "report.md", out / "report.html")

@@ -28,11 +28,7 @@ results and the report, with a barrier after each write so that every rank sees 
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,67 +41,21 @@ from ..augment import (
     craft_shards,
     derive_seed,
     load_shards,
-    tensor_sha1,
     union,
 )
 from ..crafting import attack_metrics
 from ..data import ImageSet, load_source, split_imageset
 from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
-from ..models import ImageClassifier, build_model, load_checkpoint, save_checkpoint
-from ..training import accuracy, predict_logits, train_classifier
-from ..utils import atomic_write_json, atomic_write_text, set_determinism
+from ..fingerprint import data_sha1
+from ..models import ImageClassifier, load_checkpoint
+from ..reuse import train_or_reuse
+from ..training import accuracy, predict_logits
+from ..utils import atomic_write_json, atomic_write_text
 from .arms import ARMS, batch_transform, make_adversary
 from .config import ExperimentConfig, dump_config
 from .metrics import classification_metrics
-
-Log = Callable[[str], None]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-@dataclass
-class Timer:
-    """Wall-clock and process CPU seconds of a block (CPU time sums all threads, so
-    ``cpu / threads`` estimates the wall time on an unshared machine)."""
-
-    wall: float = 0.0
-    cpu: float = 0.0
-
-    @contextmanager
-    def __call__(self) -> Iterator[Timer]:
-        w0, c0 = time.perf_counter(), time.process_time()
-        try:
-            yield self
-        finally:
-            self.wall += time.perf_counter() - w0
-            self.cpu += time.process_time() - c0
-
-    def as_dict(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_wall_s": round(self.wall, 3), f"{prefix}_cpu_s": round(self.cpu, 3)}
-
-
-@dataclass
-class Run:
-    """One experiment run: its config, folder, device and data."""
-
-    cfg: ExperimentConfig
-    out: Path
-    device: torch.device
-    train: ImageSet
-    test: ImageSet
-    split_info: dict[str, Any]
-    robust_index: list[int]
-    log: Log = _stderr
-    bases: dict[int, tuple[ImageClassifier, dict[str, Any]]] = field(default_factory=dict)
-
-    @property
-    def classes(self) -> list[str]:
-        return self.train.classes
-
-    def seed_dir(self, seed: int) -> Path:
-        return self.out / f"seed-{seed}"
+from .report import collect_results, write_report
+from .state import Log, Run, Timer, quiet_log, stderr_log
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -144,25 +94,24 @@ def robust_subset(test: ImageSet, cfg: ExperimentConfig) -> list[int]:
     return sorted(dealt[:cap])
 
 
-def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = _stderr) -> Run:
+def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = stderr_log) -> Run:
     """Load the data, check the run folder against a previous run, save the resolved config."""
     out = Path(out)
     device = init_from_env(cfg.device)  # also joins the torchrun process group, if any
     if not is_main_process():
-        log = _quiet
+        log = quiet_log
     train, test, info = load_data(cfg)
     run = Run(cfg, out, device, train, test, info, robust_subset(test, cfg), log)
     key = {"config": cfg.resume_key(), "classes": train.classes,
-           "train_sha1": tensor_sha1(train.images, train.labels),
-           "test_sha1": tensor_sha1(test.images, test.labels)}
-    marker = out / "run.json"
+           "train_sha1": data_sha1(train), "test_sha1": data_sha1(test)}
+    marker, diff = out / "run.json", []
     if marker.is_file():
-        old = json.loads(marker.read_text())
-        diff = _differences(old, key)
+        diff = _differences(json.loads(marker.read_text()), key)
         if diff:
-            raise ValueError(f"{out} holds a run with different settings ({'; '.join(diff[:4])}); "
-                             f"rerun with those settings, or choose another --out")
-    elif is_main_process():
+            check_rerun(out, diff)
+            log(f"{out}: settings changed since the last run ({'; '.join(diff[:4])}); nothing "
+                f"finished depends on them, so the finished base models are kept")
+    if is_main_process() and (not marker.is_file() or diff):
         atomic_write_json(key, marker)
     if is_main_process():
         atomic_write_text(dump_config(cfg), out / "config.yaml")
@@ -170,8 +119,32 @@ def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = _stderr) -> Run:
     return run
 
 
-def _quiet(msg: str) -> None:
-    """The log of ranks other than 0."""
+# what the base model (flips only) depends on; the other settings only affect later stages
+BASE_KEYS = ("config.arch:", "config.image_size:", "config.train.", "config.split.", "classes:",
+             "train_sha1:", "test_sha1:")
+
+
+def finished_pieces(out: Path, diff: list[str]) -> list[Path]:
+    """What a run folder holds that was made with the old settings in ``diff``: every result,
+    arm model and x'_train folder, and the base models too when a setting in ``diff`` is one of
+    :data:`BASE_KEYS`."""
+    base_changed = any(d.startswith(BASE_KEYS) for d in diff)
+    pieces = sorted(out.glob("seed-*/results/*.json")) + sorted(out.glob("seed-*/adv/*"))
+    pieces += [p for p in sorted(out.glob("seed-*/models/*.pt"))
+               if base_changed or p.name != "base.pt"]
+    return pieces
+
+
+def check_rerun(out: Path, diff: list[str]) -> None:
+    """A rerun with changed settings goes on when nothing finished depends on the change (a
+    config fixed after a failure keeps its trained base models); otherwise one ``ValueError``
+    line says what differs and what to do."""
+    pieces = finished_pieces(out, diff)
+    if pieces:
+        raise ValueError(f"{out} holds {len(pieces)} finished piece(s) (e.g. "
+                         f"{pieces[0].relative_to(out)}) made with other settings "
+                         f"({'; '.join(diff[:4])}); rerun with those settings, choose another "
+                         f"--out, or delete those pieces to redo them with the new settings")
 
 
 def _differences(old: Any, new: Any, path: str = "") -> list[str]:
@@ -200,35 +173,27 @@ def load_model(run: Run, path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
     return model.eval(), ckpt
 
 
-def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path) -> tuple[ImageClassifier, dict]:
+def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path
+                ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Train (or reuse) the model of ``arm``: fresh init from ``seed``, the config's schedule."""
-    if path.is_file():
-        model, ckpt = load_model(run, path)
-        return model, dict(ckpt["metrics"])
     cfg = run.cfg
-    timer = Timer()
-    with timer():
-        set_determinism(seed)
-        model = build_model(cfg.arch, len(run.classes)).to(run.device)
-        history = train_classifier(model, data, epochs=cfg.train.epochs,
-                                   batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-                                   weight_decay=cfg.train.weight_decay, seed=seed,
-                                   transform=batch_transform(arm, cfg.arm_options, len(run.classes)),
-                                   progress=cfg.progress and is_main_process(),
-                                   desc=f"seed {seed} {arm}: train")
-    meta = {"history": history, "n_train": len(data), **timer.as_dict("train")}
-    if is_main_process():
-        save_checkpoint(path, model, classes=run.classes, image_size=cfg.image_size,
-                        epoch=cfg.train.epochs, metrics=meta, arm=arm, seed=seed,
-                        split=run.split_info if run.split_info["mode"] == "split" else None)
-    if is_distributed():  # every rank goes on with rank 0's weights and buffers
+    model, meta, reused = train_or_reuse(
+        path, arch=cfg.arch, data=data, image_size=cfg.image_size, seed=seed, device=run.device,
+        write=is_main_process(), load=lambda p: load_model(run, p),
+        extra={"arm": arm, "seed": seed,
+               "split": run.split_info if run.split_info["mode"] == "split" else None},
+        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        transform=batch_transform(arm, cfg.arm_options, len(run.classes)),
+        progress=cfg.progress and is_main_process(), desc=f"seed {seed} {arm}: train")
+    if not reused and is_distributed():  # every rank goes on with rank 0's weights and buffers
         barrier()
         model, ckpt = load_model(run, path)
         return model, dict(ckpt["metrics"])
-    return model.eval(), meta
+    return model, meta
 
 
-def base_model(run: Run, seed: int) -> tuple[ImageClassifier, dict]:
+def base_model(run: Run, seed: int) -> tuple[ImageClassifier, dict[str, Any]]:
     """The model trained on ``x_train`` with flips only (cached per seed)."""
     path = run.seed_dir(seed) / "models" / "base.pt"
     if seed not in run.bases:
@@ -276,7 +241,8 @@ def robustness(run: Run, model: ImageClassifier, seed: int) -> dict[str, float]:
         out[f"acc_{name}"] = accuracy(model, adv, sub.labels)
     for i, sigma in enumerate(cfg.robustness.noise_sigmas):
         gen = torch.Generator().manual_seed(derive_seed(seed, 1000 + i))
-        noisy = (run.test.images + sigma * torch.randn(run.test.images.shape, generator=gen)).clamp(0, 1)
+        noise = sigma * torch.randn(run.test.images.shape, generator=gen)
+        noisy = (run.test.images + noise).clamp(0, 1)
         out[f"acc_noise_{sigma:g}"] = accuracy(model, noisy, run.test.labels)
     return out
 
@@ -318,13 +284,12 @@ def finished_result(run: Run, seed: int, arm: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path, *, log: Log = _stderr) -> dict[str, Any]:
+def run_experiment(cfg: ExperimentConfig, out: str | Path, *,
+                   log: Log = stderr_log) -> dict[str, Any]:
     """Run (or resume) every (seed, arm) of ``cfg`` into ``out``; write results and the report.
 
     Returns the content of ``results.json``.
     """
-    from .report import collect_results, write_report
-
     run = prepare(cfg, out, log)
     log(f"{cfg.name}: {len(run.train)} train / {len(run.test)} test images, classes "
         f"{run.classes}; arms {cfg.arms}; seeds {cfg.seed_list()}; out {run.out}")

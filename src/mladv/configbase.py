@@ -1,0 +1,117 @@
+"""The strict config base both studies share, and reading YAML with one-line errors.
+
+Every problem with a config file is ONE ``ValueError`` line naming the file, the line (when the
+key is in the file) and the key, e.g. ``configs/x.yaml:3: train.epochs: Input should be a valid
+integer``. Command-line flags are merged into the YAML mapping before validation, so they are
+checked the same way (a flag's key has no line).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Unknown keys are refused and defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    """``("train", "epochs")`` -> ``train.epochs``; ``("attacks", 0, "name")`` ->
+    ``attacks[0].name``."""
+    text = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
+    return text.replace(".[", "[") or "(top level)"
+
+
+def key_line(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` in ``text`` (the deepest one found), or None
+    when not even the first key is in the text (it came from a flag)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == str(part)), None)
+            key = next((k for k, _ in node.value if k.value == str(part)), None)
+            if key is not None:
+                line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def error_line(exc: ValidationError, source: str, text: str | None = None,
+               flags: frozenset[str] = frozenset()) -> str:
+    """The first pydantic error as one line ``source[:line]: key.path: message`` (no line for
+    a key set by a flag, one of ``flags``)."""
+    errors = exc.errors()
+    first = errors[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (not a setting of this section)"
+    loc = tuple(first["loc"])
+    from_flag = bool(loc) and loc[0] in flags
+    line = key_line(text, loc) if text is not None and not from_flag else None
+    where = f"{source}:{line}" if line is not None else source
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{where}: {_loc_text(loc)}: {msg}{more}"
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The YAML mapping at ``path`` (``yaml.safe_load``) and its text; ``ValueError`` naming the
+    file (and the line) otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config {path} does not exist")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", exc)
+        raise ValueError(f"{path}:{where} not valid YAML ({problem})") from None
+    if raw is None:
+        return {}, text
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top level, "
+                         f"got {type(raw).__name__}")
+    return raw, text
+
+
+def validate(model: type[M], raw: dict[str, Any], source: str = "config",
+             text: str | None = None, flags: frozenset[str] = frozenset()) -> M:
+    """``model`` validated from ``raw``; ``ValueError`` with one line naming the key otherwise
+    (and its line in ``text``, the YAML it was read from, unless a flag in ``flags`` set it)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(error_line(exc, source, text, flags)) from None
+
+
+def load_yaml_config(model: type[M], path: str | Path,
+                     overrides: dict[str, Any] | None = None) -> M:
+    """Read ``path``, apply ``overrides`` (flags; ``None`` values are ignored), validate."""
+    raw, text = read_yaml(path)
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    raw.update(flags)
+    return validate(model, raw, str(path), text, frozenset(flags))
+
+
+def dump_yaml(config: BaseModel) -> str:
+    """The resolved config as YAML (what ``config.yaml`` in a run folder holds)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

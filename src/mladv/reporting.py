@@ -1,0 +1,117 @@
+"""One report writer for both studies: a list of blocks rendered as Markdown and as a
+self-contained HTML page (figures embedded as base64), CSV text, and strict-JSON values.
+
+Blocks are tuples:
+
+=============================  ====================================================
+``("h", text)``                the title (``#`` / ``<h1>``)
+``("h2", text)``               a section heading
+``("p", text)``                a paragraph
+``("ul", [text, ...])``        a bullet list
+``("table", head, rows)``      a table; ``head`` a list of str, ``rows`` lists of str
+``("figure", path, caption)``  a PNG (``path`` relative to the report) with its caption
+=============================  ====================================================
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import math
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from .utils import atomic_write_text
+
+Block = tuple[Any, ...]
+
+STYLE = ("body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;"
+         "line-height:1.4}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+         "td,th{border:1px solid #bbb;padding:3px 7px;text-align:right}"
+         "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+         "figcaption{font-size:13px;color:#444}")
+
+
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table as lines."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    """The blocks as Markdown (figures linked by their relative path)."""
+    lines: list[str] = []
+    for kind, *args in blocks:
+        if kind == "h":
+            lines += [f"# {args[0]}", ""]
+        elif kind == "h2":
+            lines += [f"## {args[0]}", ""]
+        elif kind == "p":
+            lines += [args[0], ""]
+        elif kind == "ul":
+            lines += [f"- {item}" for item in args[0]] + [""]
+        elif kind == "table":
+            lines += markdown_table(args[0], args[1]) + [""]
+        elif kind == "figure":
+            lines += [f"![{args[1]}]({args[0]})", f"*{args[1]}*", ""]
+        else:
+            raise ValueError(f"unknown report block {kind!r}")
+    return "\n".join(lines)
+
+
+def to_html(blocks: Sequence[Block], title: str, root: Path) -> str:
+    """The blocks as one HTML page; figures are read from ``root / path`` and embedded."""
+    parts = [f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+             f"<style>{STYLE}</style></head><body>"]
+    for kind, *args in blocks:
+        if kind in ("h", "h2"):
+            tag = "h1" if kind == "h" else "h2"
+            parts.append(f"<{tag}>{escape(args[0])}</{tag}>")
+        elif kind == "p":
+            parts.append(f"<p>{escape(args[0])}</p>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in args[0]) + "</ul>")
+        elif kind == "table":
+            parts.append(html_table(args[0], args[1]))
+        elif kind == "figure":
+            data = base64.b64encode((root / args[0]).read_bytes()).decode()
+            parts.append(f"<figure><img alt=\"{escape(args[1])}\" src=\"data:image/png;base64,"
+                         f"{data}\"><figcaption>{escape(args[1])}</figcaption></figure>")
+        else:
+            raise ValueError(f"unknown report block {kind!r}")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(blocks: Sequence[Block], title: str, md_path: Path, html_path: Path) -> None:
+    """``md_path`` and a self-contained ``html_path`` (figure paths relative to ``md_path``)."""
+    atomic_write_text(to_markdown(blocks), md_path)
+    atomic_write_text(to_html(blocks, title, md_path.parent), html_path)
+
+
+def csv_text(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """CSV with a header row."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(head)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN / inf -> None, recursively, so the JSON written is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
