@@ -1,9 +1,10 @@
 """Forward hooks that read layer activations in the same forward pass that gives the logits."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 
 def conv_layers(model: nn.Module) -> list[str]:
@@ -20,7 +21,7 @@ def default_origin_layer(model: nn.Module) -> str:
     names = [name for name, _ in model.named_modules()]
     for name in names:
         if name == "layer3" or name.endswith(".layer3"):
-            return name
+            return str(name)
     convs = conv_layers(model)
     if not convs:
         raise ValueError("the model has no Conv2d layer to take origin features from; "
@@ -45,7 +46,7 @@ class FeatureTap:
                              f"{conv_layers(model)[:4]}")
         self.names = list(dict.fromkeys(names))
         self._modules = [modules[n] for n in self.names]
-        self._handles: list = []
+        self._handles: list[RemovableHandle] = []
         self._store: dict[str, Tensor] = {}
 
     def __enter__(self) -> FeatureTap:
@@ -53,7 +54,7 @@ class FeatureTap:
             self._handles.append(module.register_forward_hook(self._hook(name)))
         return self
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, object, Tensor], None]:
         def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:
             self._store[name] = output
         return hook

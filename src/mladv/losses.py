@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ class _GramDistance(torch.autograd.Function):
         return torch.bmm(row, row.transpose(1, 2)).view(n), diff
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd's signature
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
         flat, _ref, scale = inputs
         _loss, diff = output
         ctx.mark_non_differentiable(diff)
@@ -75,7 +76,8 @@ class _GramDistance(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss: Tensor | None, _grad_diff: None):  # noqa: ANN001, ANN205
+    def backward(ctx: Any, grad_loss: Tensor | None, _grad_diff: None
+                 ) -> tuple[Tensor | None, None, None]:
         if grad_loss is None:
             return None, None, None
         flat, diff = ctx.saved_tensors
@@ -100,7 +102,8 @@ def gram_distance(style_gram: Tensor, features: Tensor) -> Tensor:
     with _float32(features) as features:
         flat = features.reshape(n, c, -1)
         ref = style_gram.detach().to(flat.dtype)
-        return _GramDistance.apply(flat, ref, 1.0 / flat[0].numel())[0]
+        loss: Tensor = _GramDistance.apply(flat, ref, 1.0 / flat[0].numel())[0]
+        return loss
 
 
 def style_loss(style_grams: Sequence[Tensor], adv_features: Sequence[Tensor]) -> Tensor:
@@ -123,75 +126,32 @@ def style_loss(style_grams: Sequence[Tensor], adv_features: Sequence[Tensor]) ->
     return total
 
 
-def feature_gram_distance(style_features: Tensor, features: Tensor) -> Tensor:
-    """``|| G(features) - G(style_features) ||_2^2`` per sample from the style *features*, in the
-    cheaper of two exact forms (``F``: ``C x L`` features of x_a, ``S``: of x_s, ``n = C*L``):
+def origin_loss(origin_features: Sequence[Tensor], adv_features: Sequence[Tensor],
+                reduction: Literal["mean", "sum"] = "mean") -> Tensor:
+    """Eq. 5 (content): ``L_o = sum_{l in O} || D_l(x) - D_l(x_a) ||_2^2``.
 
-    - ``C <= 2L``: the ``C x C`` Gram form of :func:`gram_distance`;
-    - ``C > 2L`` (deep layers: e.g. ``layer4`` of a ResNet at 128 px has C = 512, L = 16):
-      ``(||F^T F||^2 - 2 ||S^T F||^2 + ||S^T S||^2) / n^2`` with ``L x L`` matrices only, the
-      trace identity ``tr((FF^T - SS^T)^2)``; ``N C L^2`` instead of ``N C^2 L`` work.
-
-    The gradient is that of eq. 4 up to float rounding (both forms round ``G - G_s``'s scale
-    alike); the *value* of the ``L x L`` form carries an absolute rounding error of about
-    ``1e-7 ||G||^2`` (it can be a tiny negative number when ``F = S``), so use
-    :func:`gram_distance` where the loss value itself is reported.
-
-    Shape: style_features ``N x C x H x W`` or ``1 x C x H x W``, features ``N x C x H x W``
-    -> ``N``.
-    """
-    n, c = features.shape[:2]
-    with _float32(features) as features:
-        flat = features.reshape(n, c, -1)
-        length = flat.shape[-1]
-        ref = style_features.detach().to(flat.dtype).reshape(style_features.shape[0], c, -1)
-        if ref.shape[-1] != length:
-            raise ValueError(f"style features have {ref.shape[-1]} positions per channel, the "
-                             f"features {length}: style and attacked images must be the same size")
-        if c <= 2 * length:
-            return gram_distance(gram_matrix(ref), flat)
-        ref = ref.expand(n, -1, -1)
-        own = torch.bmm(flat.transpose(1, 2), flat)           # N x L x L
-        cross = torch.bmm(ref.transpose(1, 2), flat)          # N x L x L
-        const = torch.bmm(ref.transpose(1, 2), ref)           # N x L x L, no gradient
-        sq = [m.square().sum(dim=(1, 2)) for m in (own, cross, const)]
-        return (sq[0] - 2.0 * sq[1] + sq[2]) / float(c * length) ** 2
-
-
-def style_loss_from_features(style_features: Sequence[Tensor],
-                             adv_features: Sequence[Tensor]) -> Tensor:
-    """Eq. 4 from the style reference's features instead of its Grams (see
-    :func:`feature_gram_distance`): the same loss, cheaper on deep layers where ``C > 2 H W``.
-
-    Shape: per layer, style ``N|1 x C_l x H_l x W_l``, adv ``N x C_l x H_l x W_l`` -> ``N``.
-    """
-    if len(style_features) != len(adv_features) or not adv_features:
-        raise ValueError(f"style_loss_from_features needs one style feature map per layer (at "
-                         f"least one), got {len(style_features)} for {len(adv_features)} layers")
-    total = feature_gram_distance(style_features[0], adv_features[0])
-    for ref, feat in zip(style_features[1:], adv_features[1:]):
-        total = total + feature_gram_distance(ref, feat)
-    return total
-
-
-def origin_loss(origin_features: Sequence[Tensor], adv_features: Sequence[Tensor]) -> Tensor:
-    """Eq. 5 (content): ``L_o = sum_{l in O} || D_l(x) - D_l(x_a) ||_2^2``, averaged over elements.
-
-    The mean over each layer's ``C*H*W`` elements keeps the term's scale independent of the
-    image size (the paper does not say; the sign-gradient update is unaffected by a constant).
+    ``reduction="sum"`` is eq. 5 as written (squared L2 norm, summed over each layer's
+    ``C*H*W`` elements); ``"mean"`` divides each layer's sum by its ``C*H*W``, which keeps the
+    term's scale independent of the image size (the paper does not say; the per-sample
+    normalised readings of eq. 2 are unaffected by a constant factor). MLAdv's
+    ``balance="literal"`` uses the sum.
 
     Shape: each ``N x C_l x H_l x W_l`` -> ``N``.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     total = adv_features[0].new_zeros(adv_features[0].shape[0])
     for ref, feat in zip(origin_features, adv_features, strict=True):
-        # mean over the non-batch dims directly: no copy for channels_last features
-        total = total + (feat - ref).square().mean(dim=tuple(range(1, feat.dim())))
+        # reduce over the non-batch dims directly: no copy for channels_last features
+        sq = (feat - ref).square()
+        dims = tuple(range(1, feat.dim()))
+        total = total + (sq.mean(dim=dims) if reduction == "mean" else sq.sum(dim=dims))
     return total
 
 
 def detail_loss(x_adv: Tensor) -> Tensor:
-    """Eq. 6, total variation of ``x_a`` with its own neighbours:
-    ``L_d = sum_{i,j} (x_a[i,j] - x_a[i+1,j])^2 + (x_a[i,j] - x_a[i,j+1])^2`` (summed over channels).
+    """Eq. 6, total variation of ``x_a`` with its own neighbours (summed over channels):
+    ``L_d = sum_{i,j} (x_a[i,j] - x_a[i+1,j])^2 + (x_a[i,j] - x_a[i,j+1])^2``.
 
     Shape: ``N x C x H x W`` -> ``N``.
     """

@@ -14,8 +14,9 @@ from .registry import (
     parse_options,
     register_attack,
 )
+from .variants import MLAdvVariant
 
 __all__ = ["ATTACKS", "Attack", "accepted_options", "attack_options", "check_attack_options",
-           "parse_options", "MLAdv", "TorchAttack", "check_images", "cut_noise", "eval_mode",
-           "fgsm", "heuristic_projection", "make_attack", "mifgsm", "pgd", "pifgsm",
+           "parse_options", "MLAdv", "MLAdvVariant", "TorchAttack", "check_images", "cut_noise",
+           "eval_mode", "fgsm", "heuristic_projection", "make_attack", "mifgsm", "pgd", "pifgsm",
            "projection_kernel", "register_attack", "GAMA", "RayS"]

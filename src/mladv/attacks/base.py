@@ -40,7 +40,8 @@ def check_images(images: Tensor, labels: Tensor | None = None) -> None:
                 f"got min={lo:.4g}, max={hi:.4g}")
     if labels is not None:
         if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+            raise ValueError(f"labels must have shape ({images.shape[0]},), "
+                             f"got {tuple(labels.shape)}")
         if labels.is_floating_point():
             raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
 
@@ -63,7 +64,8 @@ class Attack:
     def __init__(self, model: nn.Module, *, eps: float = 8 / 255, targeted: bool = False,
                  seed: int | None = None) -> None:
         if not 0.0 < eps <= 1.0:
-            raise ValueError(f"eps must be in (0, 1] (in [0, 1] image units, e.g. 8/255), got {eps}")
+            raise ValueError(f"eps must be in (0, 1] (in [0, 1] image units, e.g. 8/255), "
+                             f"got {eps}")
         self.model = model
         self.eps = float(eps)
         self.targeted = targeted
@@ -74,13 +76,23 @@ class Attack:
         return model_device(self.model)
 
     def generator(self) -> torch.Generator:
-        """A CPU generator seeded with ``seed`` (fresh per call, so equal calls give equal output)."""
+        """A CPU generator seeded with ``seed`` (fresh per call: equal calls, equal output)."""
         g = torch.Generator()
         if self.seed is None:
             g.seed()
         else:
             g.manual_seed(self.seed)
         return g
+
+    def _float_dtype(self) -> torch.dtype:
+        """float32 (float64 for a double model); a half-precision model is one clear error:
+        8/255 steps and the sign of small gradients are not reliable in 16 bits."""
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()),
+                     torch.float32)
+        if dtype in (torch.float16, torch.bfloat16):
+            raise ValueError(f"the model's parameters are {dtype}; attacks need a float32 model: "
+                             f"call model.float() first (autocast may still run it in half)")
+        return torch.float64 if dtype == torch.float64 else torch.float32
 
     def random_targets(self, labels: Tensor, num_classes: int, gen: torch.Generator) -> Tensor:
         """A uniformly drawn class different from each label (shape ``N``)."""
@@ -92,17 +104,19 @@ class Attack:
     def __call__(self, images: Tensor, labels: Tensor, **kwargs: Any) -> Tensor:
         check_images(images, labels)
         device = self.device
-        images = images.detach().to(device, torch.float32)
+        images = images.detach().to(device, self._float_dtype())
         labels = labels.detach().to(device, torch.long)
         if kwargs.get("target_labels") is not None:
             kwargs["target_labels"] = kwargs["target_labels"].detach().to(device, torch.long)
             if not self.targeted:
-                raise ValueError("target_labels given but the attack is untargeted: pass targeted=True")
+                raise ValueError("target_labels given but the attack is untargeted: "
+                                 "pass targeted=True")
         with eval_mode(self.model):
             adv = self.forward(images, labels, **kwargs)
         return adv.detach()
 
-    def forward(self, images: Tensor, labels: Tensor, **kwargs: Any) -> Tensor:  # pragma: no cover
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:  # pragma: no cover
+        """The attack's update rule: ``forward(images, labels, ...)`` -> adversarial images."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

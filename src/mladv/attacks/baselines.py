@@ -33,7 +33,8 @@ class TorchAttack(Attack):
         self.inner = attack_cls(model, eps=eps, **kwargs)
         self.name = attack_cls.__name__
 
-    def forward(self, images: Tensor, labels: Tensor, target_labels: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, labels: Tensor, target_labels: Tensor | None = None
+                ) -> Tensor:
         devices = [images.device] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if self.seed is not None:
@@ -48,7 +49,8 @@ class TorchAttack(Attack):
                     self.inner.set_mode_targeted_by_function(lambda _x, _y: fixed)
                 elif self.inner.targeted:
                     self.inner.set_mode_default()
-            return self.inner(images, labels)
+            adv: Tensor = self.inner(images, labels)
+            return adv
 
 
 def _check_steps(steps: int) -> None:
@@ -85,9 +87,6 @@ def mifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, decay: fl
 def pifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, beta: float = 10.0,
            kernel_size: int = 3, targeted: bool = False, seed: int | None = None) -> Attack:
     """PI-FGSM (Gao et al., ECCV 2020) for any channel count: MLAdv with the realism terms off."""
-    options = {"style_weight": 0.0, "origin_weight": 0.0, "detail_weight": 0.0, "momentum": 0.0,
-               "diversity": 0.0, "smoothing": 0, "adv_loss": "log-p", "schedule": "constant",
-               "pre_steps": 0, "keep": "last", "projection": True, "refine": 0, "flip": 0.0,
-               "realism": "always", "gamma": None, "gamma_schedule": None}
     return MLAdv(model, eps=eps, steps=steps, beta=beta, kernel_size=kernel_size,
-                 targeted=targeted, seed=seed, **options)  # type: ignore[arg-type]
+                 style_weight=0.0, origin_weight=0.0, detail_weight=0.0, projection=True,
+                 refine=0, gamma=None, targeted=targeted, seed=seed)

@@ -69,7 +69,8 @@ class GAMA(Attack):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if lam < 0 or not 0 < relax_fraction <= 1:
-            raise ValueError(f"need lam >= 0 and relax_fraction in (0, 1], got {lam}, {relax_fraction}")
+            raise ValueError(f"need lam >= 0 and relax_fraction in (0, 1], "
+                             f"got {lam}, {relax_fraction}")
         if drop <= 0 or step_scale <= 0:
             raise ValueError(f"need drop > 0 and step_scale > 0, got {drop}, {step_scale}")
         self.steps = steps

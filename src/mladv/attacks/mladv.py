@@ -1,12 +1,15 @@
-"""MLAdv: multi-loss hybrid adversarial function + heuristic projection (SPEC eqs. 1-10)."""
+"""MLAdv: multi-loss hybrid adversarial function + heuristic projection (SPEC eqs. 1-10).
+
+The exploratory options measured in ``docs/method.md`` (input diversity, flips, TI smoothing,
+momentum, schedules, the two-phase pipeline, margin / after-success gates, ``keep``) live in
+:mod:`mladv.attacks.variants`; this class holds what the paper and the measured default need.
+"""
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..features import FeatureTap, conv_layers, default_origin_layer
@@ -16,11 +19,8 @@ from .projection import heuristic_projection, projection_kernel
 
 Balance = Literal["grad-norm", "literal", "calibrated"]
 StylePolicy = Literal["same-class", "self"]
-AdvLoss = Literal["log-p", "margin"]
-Realism = Literal["always", "after-success"]
-Schedule = Literal["constant", "linear", "cosine"]
-Keep = Literal["last", "last-adversarial"]
 DetailOn = Literal["image", "delta"]
+Terms = list[tuple[str, Tensor]]
 
 
 def _per_sample_mean_abs(g: Tensor) -> Tensor:
@@ -33,21 +33,42 @@ def _per_sample_unit(g: Tensor) -> Tensor:
     return g / _per_sample_mean_abs(g)
 
 
-def gaussian_kernel(size: int) -> Tensor:
-    """A ``size x size`` Gaussian (3 sigma at the border, as torchattacks' TI-FGSM), summing to 1."""
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"smoothing must be 0 or an odd kernel size >= 1, got {size}")
-    x = torch.linspace(-3.0, 3.0, size) if size > 1 else torch.zeros(1)
-    k1 = torch.exp(-x.pow(2) / 2)
-    k2 = torch.outer(k1, k1)
-    return k2 / k2.sum()
+# -- the three readings of eq. 2 (``balance``) -------------------------------------------------
+def combine_eq2_literal(l_adv: Tensor, terms: Terms, tau: float, weights: dict[str, float],
+                        adv_w: Tensor, real_w: Tensor) -> Tensor:
+    """Eq. 2 as written: ``L_hybrid = sum_n (w_s L_s + w_o L_o + w_d L_d + tau L_adv)``.
+
+    ``adv_w`` / ``real_w`` (``N``, ones unless a variant gates the terms per sample) weight the
+    adversarial and the realism terms. Shape: ``l_adv`` and each term ``N`` -> scalar.
+    """
+    return (tau * adv_w * l_adv).sum() + sum(
+        (weights[name] * real_w * t).sum() for name, t in terms)
 
 
-def depthwise(x: Tensor, kernel: Tensor) -> Tensor:
-    """Convolve each channel of ``x`` (``N x C x H x W``) with ``kernel`` (``k x k``), zero padding."""
-    c = x.shape[1]
-    return F.conv2d(x, kernel.to(x).expand(c, 1, *kernel.shape), padding=kernel.shape[-1] // 2,
-                    groups=c)
+def combine_grad_norm(g_adv: Tensor, grads: Terms, tau: float, weights: dict[str, float],
+                      adv_w: Tensor, real_w: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-term normalised gradients: ``g = g_adv/|g_adv| + tau * sum_k w_k g_k/|g_k|`` with
+    ``|.|`` the per-sample mean absolute value.
+
+    Returns the direction (``N x C x H x W``) and the per-sample factors ``|g_adv|/|g_k|``
+    (``N`` per term; :func:`combine_calibrated` reuses them). ``grads``: ``[(name, g_k)]``.
+    """
+    scale_adv = _per_sample_mean_abs(g_adv)
+    g = _per_sample_unit(g_adv) * adv_w.view(-1, 1, 1, 1)
+    factors: dict[str, Tensor] = {}
+    for name, g_k in grads:
+        scale_k = _per_sample_mean_abs(g_k)
+        g = g + tau * weights[name] * real_w.view(-1, 1, 1, 1) * g_k / scale_k
+        factors[name] = (scale_adv / scale_k).flatten()
+    return g, factors
+
+
+def combine_calibrated(l_adv: Tensor, terms: Terms, tau: float, weights: dict[str, float],
+                       factors: dict[str, Tensor], adv_w: Tensor, real_w: Tensor) -> Tensor:
+    """The grad-norm mix in ONE backward pass: the factors ``|g_adv|/|g_k|`` measured once scale
+    the losses, ``L = sum_n L_adv + tau * sum_k w_k f_k L_k``. Shape: ``N`` each -> scalar."""
+    return (adv_w * l_adv).sum() + tau * sum(
+        (weights[name] * real_w * factors[name] * t).sum() for name, t in terms)
 
 
 def logit_margin(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -59,22 +80,13 @@ def logit_margin(logits: Tensor, labels: Tensor, targets: Tensor | None = None) 
     return own - other if targets is None else other - own
 
 
-def margin_loss(logits: Tensor, labels: Tensor, targets: Tensor | None, kappa: float) -> Tensor:
-    """Hinged logit margin (Carlini & Wagner) ``max(logit_margin, -kappa)``: minimising it fools
-    the model, and it is flat (zero gradient) once the sample fools the model by ``kappa``.
-
-    Shape: logits ``N x K``, labels ``N`` -> ``N``.
-    """
-    return logit_margin(logits, labels, targets).clamp_min(-kappa)
-
-
 def same_class_partners(labels: Tensor, gen: torch.Generator) -> Tensor:
     """For each sample, the index of another sample of the same class in the batch (itself when
     it is alone in its class), drawn with ``gen``. Shape: ``N`` -> ``N``."""
     idx = torch.arange(labels.shape[0])
     labels_cpu = labels.cpu()
     partner = idx.clone()
-    for c in labels_cpu.unique():
+    for c in torch.unique(labels_cpu):
         members = idx[labels_cpu == c]
         if len(members) < 2:
             continue
@@ -82,23 +94,6 @@ def same_class_partners(labels: Tensor, gen: torch.Generator) -> Tensor:
         shift = torch.randint(1, len(members), (len(members),), generator=gen)
         partner[members] = members[(torch.arange(len(members)) + shift) % len(members)]
     return partner.to(labels.device)
-
-
-class Diversity(NamedTuple):
-    """One step's input transform: an optional DI resize ``(side, top, left)`` and a flip."""
-
-    resize: tuple[int, int, int] | None
-    flip: bool
-
-
-def _schedule(kind: Schedule, t: int, steps: int) -> float:
-    """Multiplier of the step size and the projection factor at step ``t`` of ``steps``:
-    1 (constant), ``1 - t/T`` (linear) or ``(1 + cos(pi t/T))/2`` (cosine), never below 1/T."""
-    if kind == "constant":
-        return 1.0
-    frac = t / steps
-    value = 1.0 - frac if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
-    return max(value, 1.0 / steps)
 
 
 class MLAdv(Attack):
@@ -109,75 +104,65 @@ class MLAdv(Attack):
     and heuristic projection of eqs. 8-10 (step ``alpha = beta * eps / steps``, projection factor
     ``gamma``, kernel ``W_o`` of size ``kernel_size``), under the L-infinity budget ``eps``:
 
-        g      = ∇_{x_t} L_hybrid            (balanced, see ``balance``; optional DI, TI, momentum)
-        A     <- A - alpha_t sign(g);  proj = gamma_t sign(W_o * P(A));  A <- A + proj
-        x_t+1  = clip_[0,1](x + clip_[-eps,eps](x_t - alpha_t sign(g) + proj - x))
+        g      = ∇_{x_t} L_hybrid            (combined as ``balance`` says)
+        A     <- A - alpha sign(g);  proj = gamma sign(W_o * P(A));  A <- A + proj
+        x_t+1  = clip_[0,1](x + clip_[-eps,eps](x_t - alpha sign(g) + proj - x))
 
-    ``balance="literal"`` combines the terms exactly as eq. 2 writes them; measured on real chest
-    X-rays it does not attack (SPEC "Measured"). ``"grad-norm"`` normalises each term's gradient
-    per sample, ``g = g_adv/|g_adv| + tau * sum_k w_k g_k/|g_k|`` (one backward pass per term);
-    ``"calibrated"`` gives the same mix with ONE backward pass per step: the per-sample factors
-    ``|g_adv|/|g_k|`` are measured once (step 2, the first where the origin term has a gradient)
-    and then scale the losses, detached. Step 1 is then the adversarial term alone.
+    ``balance="literal"`` is eq. 2 exactly as written (:func:`combine_eq2_literal`; eq. 5's
+    origin term summed over elements, as SPEC writes it); measured on real chest X-rays it does
+    not attack (SPEC "Measured"). ``"grad-norm"`` normalises each term's gradient per sample,
+    ``g = g_adv/|g_adv| + tau * sum_k w_k g_k/|g_k|`` (one backward pass per term;
+    :func:`combine_grad_norm`); ``"calibrated"`` gives the same mix with ONE backward pass per
+    step: the factors ``|g_adv|/|g_k|`` are measured once (step 2, the first where the origin
+    term has a gradient) and then scale the losses (:func:`combine_calibrated`); step 1 is the
+    adversarial term alone. Outside ``literal`` the origin term is averaged over each layer's
+    elements (its scale then does not depend on the image size; the per-sample normalisation
+    removes a constant factor anyway).
 
     The defaults are the variant chosen by measurement on real chest X-rays, on a validation
     split (``benchmarks/mladv_quality.py``, ``docs/method.md``): the patch-wise update with a
-    5 x 5 projection kernel, the detail term on the perturbation (TV of delta, as Sharif et al.
-    smooth theirs) at ``tau = 0.1`` relative to the adversarial gradient, style and origin off
-    (measured: they cost a backward pass each and lowered transfer), and up to 10 PGD steps for
-    the few samples the big patch-wise steps leave unfooled (``refine``). That is one backward
-    pass through the model per step. Switch the style / origin terms on with ``style_weight`` /
-    ``origin_weight`` (``balance="calibrated"`` keeps them at about one pass per step).
+    5 x 5 projection kernel, the detail term on the perturbation (TV of delta) at ``tau = 0.1``
+    relative to the adversarial gradient, style and origin off (they cost a backward pass each
+    and lowered transfer), and up to 10 PGD steps for the few samples the big patch-wise steps
+    leave unfooled (``refine``). That is one backward pass through the model per step.
 
-    With every realism weight at 0, ``kernel_size=3, refine=0`` and ``momentum=0, diversity=0,
-    flip=0, smoothing=0, adv_loss="log-p", schedule="constant", keep="last"`` the loop is
-    PI-FGSM (torchattacks ``PIFGSM``); :func:`mladv.attacks.pifgsm` passes these.
+    The style reference ``"same-class"`` is another image of the same class **in the same
+    batch**: results depend on the batch size and its composition, and a sample that is alone in
+    its class in the batch styles itself (its style term is then zero at the start). Pass
+    ``style_images`` (or a tensor as ``style``) for a reference that does not depend on the batch.
+
+    With every realism weight at 0, ``kernel_size=3, refine=0`` the loop is PI-FGSM (torchattacks
+    ``PIFGSM``); :func:`mladv.attacks.pifgsm` passes these.
 
     Args:
-        model: classifier taking ``N x C x H x W`` images in [0, 1], returning logits.
+        model: classifier taking ``N x C x H x W`` float32 images in [0, 1], returning logits.
         eps: L-infinity budget in [0, 1] units.
-        steps: number of iterations T.
-        beta: amplification factor; step ``alpha = beta * eps / steps``.
+        steps: number of iterations T (>= 1).
+        beta: amplification factor (> 0); step ``alpha = beta * eps / steps``.
         gamma: projection factor (default ``alpha``).
         kernel_size: side of the projection kernel ``W_o`` (odd, >= 3).
         tau: eq. 2's weight of L_adv (``literal``); otherwise the weight of the realism terms
             relative to the adversarial one.
-        style_weight, origin_weight, detail_weight: ``w_s, w_o, w_d``; 0 switches a term off.
+        style_weight, origin_weight, detail_weight: ``w_s, w_o, w_d`` (>= 0); 0 switches a term
+            off. The style and origin terms need Conv2d layers (or explicit layer names).
         style_layers: ``"all-conv"``, ``"early-conv"`` (the first third), or module names (S).
         origin_layer: module name(s) of the origin layer(s) O (default: ``layer3`` of a ResNet,
             else a conv layer three quarters of the way down).
-        style: the style reference x_s: ``"same-class"`` (another image of the same class in the
-            batch, drawn with ``seed``), ``"self"``, or a tensor ``1 x C x H x W`` / ``N x C x H x W``.
+        style: the style reference x_s: ``"same-class"`` (see above), ``"self"``, or a tensor
+            ``1 x C x H x W`` / ``N x C x H x W``.
         mask: optional region mask broadcastable to ``N x C x H x W``; delta is zero where it is 0.
         projection: apply the heuristic projection (eq. 9); False gives plain clipping.
         balance: ``"grad-norm"``, ``"calibrated"`` or ``"literal"`` (see above).
-        adv_loss: ``"log-p"`` (eq. 7: ``log p_y``, i.e. minus the cross-entropy) or ``"margin"``
-            (hinged logit margin, flat once misclassified by ``kappa``: realism then takes over).
-        kappa: the margin of ``adv_loss="margin"`` (logit units).
-        realism: ``"always"``, or ``"after-success"``: per sample, the realism terms replace the
-            adversarial one once the sample is misclassified by ``kappa``.
         detail_on: ``"image"`` (eq. 6, TV of x_a) or ``"delta"`` (TV of the perturbation).
-        momentum: MI-FGSM decay mu (0 = none): ``m <- mu m + g / mean|g|``, the step uses ``m``.
-        diversity: probability of the DI-FGSM input transform at each step (0 = none).
-        diversity_scale: DI shrinks the image to a random side in ``[scale H, H)`` and pads it back.
-        smoothing: TI-FGSM: odd size of a Gaussian that smooths the gradient (0 = none).
-        schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay of the step ``alpha``.
-        gamma_schedule: the same for the projection factor ``gamma`` (default: ``schedule``).
-        flip: probability of flipping the input left-right at a step (input diversity by the
-            augmentation the models were trained with).
         refine: up to this many extra PGD steps (``eps/4``, no projection, no realism) for the
             samples that do not fool the model after the T steps; 0 = none.
-        pre_steps: the two-phase pipeline of Fig. 2: first ``pre_steps`` Adam steps (rate
-            ``pre_lr``) on L_hybrid, then the eq. 9 loop with the cross-entropy gradient alone.
-        pre_lr: Adam's step in [0, 1] units (default ``eps / 4``).
-        keep: ``"last"`` iterate, or per sample the ``"last-adversarial"`` one (the last iterate
-            that fooled the model; the last iterate when none did).
         targeted: reach ``target_labels`` instead of leaving ``labels``.
-        seed: seeds the style-partner, DI and random-target draws.
+        seed: seeds the style-partner and random-target draws.
 
     Attributes:
         backward_passes: backward passes through the model in the last call, in whole-batch
             equivalents (a ``refine`` pass over 2 of 32 samples counts 1/16); for speed checks.
+        last_targets: the target classes of the last targeted call (``N``), else None.
 
     Shape:
         images ``N x C x H x W`` in [0, 1] (C = 1 for chest X-rays; the perturbation keeps C),
@@ -196,54 +181,42 @@ class MLAdv(Attack):
                  origin_layer: str | Sequence[str] | None = None,
                  style: StylePolicy | Tensor = "same-class", mask: Tensor | None = None,
                  projection: bool = True, balance: Balance = "grad-norm",
-                 adv_loss: AdvLoss = "log-p", kappa: float = 0.0, realism: Realism = "always",
-                 detail_on: DetailOn = "delta", momentum: float = 0.0, diversity: float = 0.0,
-                 diversity_scale: float = 0.9, smoothing: int = 0,
-                 schedule: Schedule = "constant", gamma_schedule: Schedule | None = None,
-                 flip: float = 0.0, refine: int = 10, pre_steps: int = 0,
-                 pre_lr: float | None = None, keep: Keep = "last", targeted: bool = False,
+                 detail_on: DetailOn = "delta", refine: int = 10, targeted: bool = False,
                  seed: int | None = None) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps, self.beta, self.tau, self.kappa, self.refine = steps, beta, tau, kappa, refine
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.steps, self.beta, self.tau, self.refine = steps, beta, tau, refine
         self.alpha = beta * self.eps / steps
         self.gamma = self.alpha if gamma is None else float(gamma)
         self.kernel = projection_kernel(kernel_size)
         self.weights = {"style": style_weight, "origin": origin_weight, "detail": detail_weight}
-        layers = self._style_layer_names(model, style_layers)
-        self.style_layers = layers if style_weight > 0 else []
-        self.origin_layers = self._origin_layer_names(model, origin_layer) if origin_weight > 0 else []
         self.style, self.mask, self.projection = style, mask, projection
-        self.balance, self.adv_loss, self.realism, self.detail_on = balance, adv_loss, realism, detail_on
-        self.momentum, self.diversity, self.diversity_scale = momentum, diversity, diversity_scale
-        self.flip = flip
-        self.smoothing = gaussian_kernel(smoothing) if smoothing else None
-        self.schedule, self.gamma_schedule = schedule, gamma_schedule or schedule
-        self.pre_steps, self.keep = pre_steps, keep
-        self.pre_lr = self.eps / 4 if pre_lr is None else float(pre_lr)
-        self.backward_passes = 0.0
+        self.balance, self.detail_on = balance, detail_on
         self._check_options()
+        layers = self._style_layer_names(model, style_layers)
+        if style_weight > 0 and not layers:  # never drop the style term silently
+            raise ValueError("style_weight > 0 but the model has no Conv2d layer to take style "
+                             "features from; pass style_layers=<module names> or style_weight=0")
+        self.style_layers = layers if style_weight > 0 else []
+        self.origin_layers = (self._origin_layer_names(model, origin_layer) if origin_weight > 0
+                              else [])
+        self.backward_passes = 0.0
+        self.last_targets: Tensor | None = None
 
     def _check_options(self) -> None:
         """One clear ``ValueError`` per bad option."""
-        choices = {"balance": ("grad-norm", "literal", "calibrated"), "adv_loss": ("log-p", "margin"),
-                   "realism": ("always", "after-success"), "detail_on": ("image", "delta"),
-                   "schedule": ("constant", "linear", "cosine"),
-                   "gamma_schedule": ("constant", "linear", "cosine"),
-                   "keep": ("last", "last-adversarial")}
+        choices = {"balance": ("grad-norm", "literal", "calibrated"),
+                   "detail_on": ("image", "delta")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if min(*self.weights.values(), self.tau, self.kappa, self.momentum, self.pre_steps,
-               self.refine) < 0:
-            raise ValueError("tau, kappa, momentum, pre_steps, refine and the loss weights must "
-                             "be >= 0")
-        if not (0 <= self.diversity <= 1 and 0 <= self.flip <= 1 and 0 < self.diversity_scale <= 1):
-            raise ValueError(f"diversity and flip must be in [0, 1] and diversity_scale in (0, 1], "
-                             f"got {self.diversity}, {self.flip}, {self.diversity_scale}")
+        for name, value in {**{f"{k}_weight": v for k, v in self.weights.items()},
+                            "tau": self.tau, "refine": self.refine, "gamma": self.gamma}.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if isinstance(self.style, str) and self.style not in ("same-class", "self"):
             raise ValueError(f"style must be 'same-class', 'self' or a tensor, got {self.style!r}")
 
@@ -255,11 +228,9 @@ class MLAdv(Attack):
 
     @staticmethod
     def _style_layer_names(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
-        if layers == "all-conv":
-            return conv_layers(model)
-        if layers == "early-conv":
+        if layers in ("all-conv", "early-conv"):
             convs = conv_layers(model)
-            return convs[:max(1, len(convs) // 3)]
+            return convs if layers == "all-conv" else convs[:max(1, len(convs) // 3)]
         if isinstance(layers, str):
             raise ValueError(f"style_layers must be 'all-conv', 'early-conv' or a list of module "
                              f"names, got {layers!r}")
@@ -303,56 +274,47 @@ class MLAdv(Attack):
             self.model(images)
             return [f.detach() for f in tap.outputs(self.origin_layers)]
 
-    # -- input diversity (DI-FGSM) ----------------------------------------------------------
-    def _diverse(self, gen: torch.Generator, height: int) -> Diversity | None:
-        """Draw this step's input transform: with probability ``diversity`` a DI resize (new
-        side, top, left), with probability ``flip`` a left-right flip; None when neither."""
-        resize = None
-        if self.diversity > 0 and torch.rand(1, generator=gen).item() < self.diversity:
-            low = max(1, int(height * self.diversity_scale))
-            side = int(torch.randint(low, height, (1,), generator=gen)) if low < height else height
-            top = int(torch.randint(0, height - side + 1, (1,), generator=gen))
-            left = int(torch.randint(0, height - side + 1, (1,), generator=gen))
-            resize = (side, top, left)
-        flip = self.flip > 0 and torch.rand(1, generator=gen).item() < self.flip
-        return None if resize is None and not flip else Diversity(resize, flip)
-
-    @staticmethod
-    def _transform(x: Tensor, params: Diversity | None) -> Tensor:
-        """Resize ``x`` to ``side`` and zero-pad it back to its size at (top, left); flip it."""
-        if params is None:
-            return x
-        if params.resize is not None:
-            side, top, left = params.resize
-            h, w = x.shape[-2:]
-            small = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-            x = F.pad(small, (left, w - side - left, top, h - side - top))
-        return x.flip(-1) if params.flip else x
+    def _targets(self, images: Tensor, labels: Tensor, target_labels: Tensor | None,
+                 gen: torch.Generator) -> Tensor | None:
+        """The classes to reach: ``target_labels``, or a random other class per sample."""
+        if not self.targeted:
+            return None
+        if target_labels is not None:
+            return target_labels
+        with torch.no_grad():
+            num_classes = self.model(images[:1]).shape[1]
+        return self.random_targets(labels, num_classes, gen)
 
     # -- one gradient -----------------------------------------------------------------------
+    def _adv_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+        """Eq. 7 per sample (``N``)."""
+        return adversarial_loss(logits, labels, targets if self.targeted else None)
+
     def _terms(self, x_t: Tensor, images: Tensor, labels: Tensor, targets: Tensor | None,
                grams: list[Tensor], origin: list[Tensor], realism: bool,
-               di: Diversity | None) -> tuple[Tensor, Tensor, list[tuple[str, Tensor]]]:
+               transform: Callable[[Tensor], Tensor] | None = None
+               ) -> tuple[Tensor, Tensor, Terms]:
         """One forward pass: logits, the per-sample L_adv and the realism terms ``[(name, L_k)]``
-        (each ``N``, unweighted). The hooks give the style / origin features of this pass."""
+        (each ``N``, unweighted). The hooks give the style / origin features of this pass.
+        ``transform`` (variants: input diversity) is applied to the model's input and to the
+        origin reference alike."""
         style_layers = self.style_layers if realism else []
         origin_layers = self.origin_layers if realism else []
-        if origin_layers and di is not None:  # the origin reference sees the same DI transform
-            origin = self._origin_features(self._transform(images, di))
+        if origin_layers and transform is not None:
+            origin = self._origin_features(transform(images))
+        reduction: Literal["mean", "sum"] = "sum" if self.balance == "literal" else "mean"
         with FeatureTap(self.model, style_layers + origin_layers) as tap:
-            logits = self.model(self._transform(x_t, di))
-            terms: list[tuple[str, Tensor]] = []
+            logits = self.model(x_t if transform is None else transform(x_t))
+            terms: Terms = []
             if style_layers:
                 terms.append(("style", style_loss(grams, tap.outputs(style_layers))))
             if origin_layers:
-                terms.append(("origin", origin_loss(origin, tap.outputs(origin_layers))))
+                terms.append(("origin", origin_loss(origin, tap.outputs(origin_layers),
+                                                    reduction=reduction)))
         if realism and self.weights["detail"] > 0:
             base = x_t - images if self.detail_on == "delta" else x_t
             terms.append(("detail", detail_loss(base)))
-        tgt = targets if self.targeted else None
-        l_adv = (margin_loss(logits, labels, tgt, self.kappa) if self.adv_loss == "margin"
-                 else adversarial_loss(logits, labels, tgt))
-        return logits, l_adv, terms
+        return logits, self._adv_loss(logits, labels, targets), terms
 
     def _grad(self, loss: Tensor, x_t: Tensor, retain: bool, through_model: bool = True,
               share: float = 1.0) -> Tensor:
@@ -361,63 +323,36 @@ class MLAdv(Attack):
         self.backward_passes += share if through_model else 0.0
         return torch.autograd.grad(loss, x_t, retain_graph=retain)[0]
 
-    def _combine(self, x_t: Tensor, l_adv: Tensor, terms: list[tuple[str, Tensor]],
-                 gate: Tensor | None, factors: dict[str, Tensor] | None
+    def _combine(self, x_t: Tensor, l_adv: Tensor, terms: Terms, gate: Tensor | None,
+                 factors: dict[str, Tensor] | None
                  ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """The descent direction from the terms of one forward pass (see ``balance``).
+        """The descent direction from the terms of one forward pass, by ``balance``.
 
-        ``gate`` (``N``, 1 where the sample already fools the model by kappa) implements
-        ``realism="after-success"``: the adversarial term for the others, the realism terms for
-        these. ``factors``: the calibrated per-sample term scales (``"calibrated"``; None until
-        measured). Returns the direction ``N x C x H x W`` and the factors.
+        ``gate`` (``N``, variants only: 1 where realism replaces the adversarial term).
+        ``factors``: the calibrated per-sample term scales (None until measured). Returns the
+        direction ``N x C x H x W`` and the factors.
         """
         adv_w = torch.ones_like(l_adv) if gate is None else 1.0 - gate
         real_w = torch.ones_like(l_adv) if gate is None else gate
         if self.balance == "literal":
-            total = (self.tau * adv_w * l_adv).sum() + sum(
-                (self.weights[name] * real_w * t).sum() for name, t in terms)
+            total = combine_eq2_literal(l_adv, terms, self.tau, self.weights, adv_w, real_w)
             return self._grad(total, x_t, False), factors
-        if factors is not None:  # calibrated: one backward pass
-            total = (adv_w * l_adv).sum() + self.tau * sum(
-                (self.weights[name] * real_w * factors[name] * t).sum() for name, t in terms)
+        if factors is not None:  # calibrated, after the calibration step: one backward pass
+            total = combine_calibrated(l_adv, terms, self.tau, self.weights, factors, adv_w,
+                                       real_w)
             return self._grad(total, x_t, False), factors
         # per-term gradients: grad-norm, and the calibration step of "calibrated"
         g_adv = self._grad(l_adv.sum(), x_t, retain=bool(terms))
-        scale_adv = _per_sample_mean_abs(g_adv)
-        g = _per_sample_unit(g_adv) * adv_w.view(-1, 1, 1, 1)
-        measured: dict[str, Tensor] = {}
-        for i, (name, t) in enumerate(terms):
-            g_k = self._grad(t.sum(), x_t, retain=i < len(terms) - 1, through_model=name != "detail")
-            scale_k = _per_sample_mean_abs(g_k)
-            g = g + self.tau * self.weights[name] * real_w.view(-1, 1, 1, 1) * g_k / scale_k
-            measured[name] = (scale_adv / scale_k).flatten()
-        if self.balance == "calibrated" and terms:
-            factors = measured
-        return g, factors
+        grads = [(name, self._grad(t.sum(), x_t, retain=i < len(terms) - 1,
+                                   through_model=name != "detail"))
+                 for i, (name, t) in enumerate(terms)]
+        g, measured = combine_grad_norm(g_adv, grads, self.tau, self.weights, adv_w, real_w)
+        return g, (measured if self.balance == "calibrated" and terms else factors)
 
     def _fools(self, logits: Tensor, labels: Tensor, targets: Tensor | None,
                kappa: float = 0.0) -> Tensor:
         """``N`` bool: the sample fools the model by more than ``kappa`` (logit margin)."""
         return logit_margin(logits, labels, targets if self.targeted else None) < -kappa
-
-    # -- phase 1 of the two-phase pipeline (Fig. 2) -----------------------------------------
-    def _pre_phase(self, images: Tensor, labels: Tensor, targets: Tensor | None,
-                   grams: list[Tensor], origin: list[Tensor]) -> Tensor:
-        """Adam on L_hybrid (every term, combined by ``balance``) inside the eps box."""
-        delta = torch.zeros_like(images, requires_grad=True)
-        opt = torch.optim.Adam([delta], lr=self.pre_lr)
-        factors: dict[str, Tensor] | None = None
-        for t in range(self.pre_steps):
-            x_t = (images + delta).clamp(0.0, 1.0)
-            # the origin term has no gradient at x itself: calibrate from the second step on
-            realism = self.balance != "calibrated" or t > 0
-            _, l_adv, terms = self._terms(x_t, images, labels, targets, grams, origin, realism, None)
-            g, factors = self._combine(x_t, l_adv, terms, None, factors)
-            delta.grad = g.detach()
-            opt.step()
-            with torch.no_grad():
-                delta.clamp_(-self.eps, self.eps)
-        return (images + delta.detach()).clamp(0.0, 1.0)
 
     # -- the loop (eq. 9) -------------------------------------------------------------------
     def forward(self, images: Tensor, labels: Tensor, style_images: Tensor | None = None,
@@ -426,54 +361,32 @@ class MLAdv(Attack):
         gen = self.generator()
         style_ref = self._style_reference(images, labels, style_images, gen)
         grams, origin = self._references(images, style_ref)
-        targets = None
-        if self.targeted and target_labels is not None:
-            targets = target_labels
-        elif self.targeted:
-            with torch.no_grad():
-                num_classes = self.model(images[:1]).shape[1]
-            targets = self.random_targets(labels, num_classes, gen)
+        targets = self.last_targets = self._targets(images, labels, target_labels, gen)
         mask = None if self.mask is None else self.mask.to(images)
-
-        x_t = self._pre_phase(images, labels, targets, grams, origin) if self.pre_steps else images
-        x_adv = self._loop(images, labels, targets, grams, origin, x_t, gen, mask)
+        x_0 = self._start(images, labels, targets, grams, origin)
+        x_adv = self._loop(images, labels, targets, grams, origin, x_0, gen, mask)
         return self._refine(images, labels, targets, x_adv, mask) if self.refine else x_adv
+
+    def _start(self, images: Tensor, labels: Tensor, targets: Tensor | None,
+               grams: list[Tensor], origin: list[Tensor]) -> Tensor:
+        """The first iterate ``x_0`` (the clean images; variants may start elsewhere)."""
+        return images
 
     def _loop(self, images: Tensor, labels: Tensor, targets: Tensor | None, grams: list[Tensor],
               origin: list[Tensor], x_t: Tensor, gen: torch.Generator, mask: Tensor | None
               ) -> Tensor:
-        """The T iterations of eq. 9 from ``x_t``; returns the kept iterate (see ``keep``)."""
+        """The T iterations of eq. 9 from ``x_t``; returns the last iterate."""
         kernel = self.kernel.to(images)
         amplified = x_t - images
-        velocity = torch.zeros_like(images)
-        best = x_t.clone()
-        found = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         factors: dict[str, Tensor] | None = None
         for t in range(self.steps):
-            di = self._diverse(gen, images.shape[-2])
-            # phase 2 of the two-phase pipeline is eq. 9 with the cross-entropy gradient alone;
             # "calibrated" measures its factors at step 2 (no origin gradient at x itself)
-            realism = not self.pre_steps and (self.balance != "calibrated" or t > 0)
+            realism = self.balance != "calibrated" or t > 0
             x_in = x_t.detach().requires_grad_(True)
-            logits, l_adv, terms = self._terms(x_in, images, labels, targets, grams, origin,
-                                               realism, di)
-            plain = None
-            if self.realism == "after-success" or self.keep == "last-adversarial":
-                with torch.no_grad():
-                    plain = logits.detach() if di is None else self.model(x_t)
-            gate = (self._fools(plain, labels, targets, self.kappa).float()
-                    if plain is not None and self.realism == "after-success" else None)
-            g, factors = self._combine(x_in, l_adv, terms, gate, factors)
-            if self.keep == "last-adversarial" and plain is not None:
-                fooled = self._fools(plain, labels, targets)
-                best[fooled], found = x_t[fooled], found | fooled
-            x_t, amplified, velocity = self._update(x_t, images, g, amplified, velocity, t,
-                                                    kernel, mask)
-        if self.keep == "last-adversarial":
-            with torch.no_grad():
-                final = self._fools(self.model(x_t), labels, targets) | ~found
-            best[final] = x_t[final]
-            return best
+            _, l_adv, terms = self._terms(x_in, images, labels, targets, grams, origin, realism)
+            g, factors = self._combine(x_in, l_adv, terms, None, factors)
+            x_t, amplified = self._update(x_t, images, g, amplified, kernel, mask, self.alpha,
+                                          self.gamma)
         return x_t
 
     def _refine(self, images: Tensor, labels: Tensor, targets: Tensor | None, x_adv: Tensor,
@@ -501,17 +414,11 @@ class MLAdv(Attack):
             x_adv[todo] = (images[todo] + delta).clamp(0.0, 1.0)
         return x_adv
 
-    def _update(self, x_t: Tensor, images: Tensor, g: Tensor, amplified: Tensor,
-                velocity: Tensor, t: int, kernel: Tensor, mask: Tensor | None
-                ) -> tuple[Tensor, Tensor, Tensor]:
-        """Eq. 9 with optional TI smoothing, momentum and a step schedule."""
-        if self.smoothing is not None:
-            g = depthwise(g, self.smoothing)
-        if self.momentum > 0:
-            velocity = self.momentum * velocity + _per_sample_unit(g)
-            g = velocity
-        step = self.alpha * _schedule(self.schedule, t, self.steps) * g.sign()
-        gamma = self.gamma * _schedule(self.gamma_schedule, t, self.steps)
+    def _update(self, x_t: Tensor, images: Tensor, g: Tensor, amplified: Tensor, kernel: Tensor,
+                mask: Tensor | None, alpha: float, gamma: float) -> tuple[Tensor, Tensor]:
+        """Eq. 9: one signed step ``alpha`` down ``g`` plus the projection ``gamma``; returns the
+        next iterate and the amplified perturbation A (both ``N x C x H x W``)."""
+        step = alpha * g.sign()
         amplified = amplified - step  # we descend L_hybrid
         proj = (heuristic_projection(amplified, self.eps, gamma, kernel)
                 if self.projection else torch.zeros_like(amplified))
@@ -520,4 +427,4 @@ class MLAdv(Attack):
         if mask is not None:
             delta = delta * mask
             amplified = amplified * mask
-        return (images + delta).clamp(0.0, 1.0).detach(), amplified, velocity
+        return (images + delta).clamp(0.0, 1.0).detach(), amplified

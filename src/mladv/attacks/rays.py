@@ -66,7 +66,8 @@ class RayS(Attack):
         """One query for each sample in ``idx``: is ``x`` (``len(idx) x C x H x W``) adversarial?"""
         queries[idx] += 1
         pred = self.model(x).argmax(1)
-        return pred == goal[idx] if self.targeted else pred != goal[idx]
+        hit: Tensor = pred == goal[idx] if self.targeted else pred != goal[idx]
+        return hit
 
     @staticmethod
     def _point(images: Tensor, signs: Tensor, radius: Tensor) -> Tensor:

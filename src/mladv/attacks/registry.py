@@ -178,7 +178,8 @@ class _Throwaway(nn.Module):
         self.head = nn.Linear(2, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.conv2(self.conv1(x).relu()).mean((2, 3)))
+        out: Tensor = self.head(self.conv2(self.conv1(x).relu()).mean((2, 3)))
+        return out
 
 
 _MODEL_SPECIFIC = ("style_layers", "origin_layer")  # module names of the real model
