@@ -3,7 +3,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mladv.data import DataError, load_folder, load_source, make_phantoms, read_image
+from mladv.data import (
+    DataError,
+    load_folder,
+    load_source,
+    make_phantoms,
+    read_image,
+    read_image_tensor,
+)
 
 
 def _png(path, size=(40, 40), mode="L", value=128):
@@ -76,7 +83,7 @@ def test_rgb_image_is_converted_to_one_channel(folder):
     assert data.images.shape[1] == 1 and len(data) == 7
 
 
-def test_sixteen_bit_image_is_scaled_to_unit_range(tmp_path):
+def test_full_range_sixteen_bit_image_spans_the_unit_range(tmp_path):
     p = _png(tmp_path / "x.png", size=(40, 40), mode="I;16")
     arr = read_image(p)
     assert arr.dtype == np.float32 and arr.min() == 0.0 and arr.max() == 1.0
@@ -84,7 +91,7 @@ def test_sixteen_bit_image_is_scaled_to_unit_range(tmp_path):
 
 def test_image_smaller_than_target_is_named(folder):
     _png(folder / "a" / "small.png", size=(16, 16))
-    with pytest.raises(DataError, match=r"small\.png: image is 16x16, smaller than the target size 32"):
+    with pytest.raises(DataError, match=r"small\.png: image is 16x16, smaller than the target "):
         load_folder(folder, 32)
 
 
@@ -101,7 +108,8 @@ def test_class_left_empty_by_skipping_is_named(tmp_path):
     _png(tmp_path / "a" / "0.png")
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "bad.png").write_bytes(b"x")
-    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"no readable image left.*\['b'\]"):
+    with pytest.warns(UserWarning), \
+            pytest.raises(DataError, match=r"no readable image left.*\['b'\]"):
         load_folder(tmp_path, 32, skip_bad=True)
 
 
@@ -121,8 +129,8 @@ def test_non_square_images_are_centre_cropped(tmp_path):
     assert data.images.mean() > 0.9
 
 
-def test_dicom_is_read(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+def _dicom(path, arr, bits_stored=16, signed=False, **attrs):
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -130,16 +138,99 @@ def test_dicom_is_read(tmp_path):
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.MediaStorageSOPClassUID = generate_uid()
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = FileDataset(str(tmp_path / "x.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-    arr = np.arange(36 * 36, dtype=np.uint16).reshape(36, 36)
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.Rows, ds.Columns = arr.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, int(signed)
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = arr.tobytes()
-    ds.save_as(tmp_path / "x.dcm", enforce_file_format=True)
-    out = read_image(tmp_path / "x.dcm")
-    assert out.shape == (36, 36) and out.min() == 0 and out.max() == 1
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = arr.astype(np.int16 if signed else np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_without_window_is_scaled_by_its_stored_range(tmp_path):
+    arr = (np.arange(36 * 36).reshape(36, 36) % 3000 + 500).astype(np.uint16)  # 12-bit values
+    out = read_image(_dicom(tmp_path / "x.dcm", arr, bits_stored=12))
+    assert out.shape == (36, 36)
+    np.testing.assert_allclose(out, arr / 4095, rtol=0, atol=1e-7)  # not stretched to [0, 1]
+    assert out.min() > 0.1 and out.max() < 0.86
+
+
+def test_signed_dicom_is_offset_by_half_its_range(tmp_path):
+    arr = np.array([[-2048, 0], [2047, 100]]).repeat(18, 0).repeat(18, 1)
+    out = read_image(_dicom(tmp_path / "s.dcm", arr, bits_stored=12, signed=True))
+    np.testing.assert_allclose(out, (arr + 2048) / 4095, atol=1e-7)
+
+
+def test_dicom_window_is_applied_after_the_rescale(tmp_path):
+    arr = np.arange(36 * 36).reshape(36, 36).astype(np.uint16)
+    path = _dicom(tmp_path / "w.dcm", arr, bits_stored=12, RescaleSlope=2, RescaleIntercept=-100,
+                  WindowCenter=1000, WindowWidth=801)
+    hu = arr * 2.0 - 100
+    expected = np.clip((hu - 999.5) / 800 + 0.5, 0, 1)  # PS3.3 C.11.2.1.2.1, linear
+    np.testing.assert_allclose(read_image(path), expected, atol=1e-6)
+    assert (read_image(path) == 0).any() and (read_image(path) == 1).any()
+
+
+def test_monochrome1_dicom_is_inverted(tmp_path):
+    arr = np.full((36, 36), 1000, dtype=np.uint16)
+    path = _dicom(tmp_path / "m.dcm", arr, bits_stored=12, PhotometricInterpretation="MONOCHROME1")
+    np.testing.assert_allclose(read_image(path), 1 - 1000 / 4095, atol=1e-7)
+
+
+def test_eight_bit_image_and_its_sixteen_bit_copy_load_equal(tmp_path):
+    arr8 = np.random.default_rng(0).integers(20, 200, (40, 48), dtype=np.uint8)  # not full range
+    for c in ("a", "b"):
+        (tmp_path / "8" / c).mkdir(parents=True)
+        (tmp_path / "16" / c).mkdir(parents=True)
+        Image.fromarray(arr8).save(tmp_path / "8" / c / "x.png")
+        Image.fromarray(arr8.astype(np.uint16) * 257).save(tmp_path / "16" / c / "x.png")
+    assert Image.open(tmp_path / "16" / "a" / "x.png").mode == "I;16"
+    sixteen = read_image(tmp_path / "16" / "a" / "x.png")
+    np.testing.assert_array_equal(sixteen, arr8 / np.float32(255))
+    assert torch.equal(load_folder(tmp_path / "8", 32).images,
+                       load_folder(tmp_path / "16", 32).images)
+
+
+def test_sixteen_bit_image_is_scaled_by_bit_depth_not_stretched(tmp_path):
+    p = tmp_path / "x.png"
+    Image.fromarray(np.linspace(1000, 2000, 1600).astype(np.uint16).reshape(40, 40)).save(p)
+    arr = read_image(p)
+    assert arr.min() == np.float32(1000 / 65535) and arr.max() == np.float32(2000 / 65535)
+
+
+def test_float_image_outside_unit_range_is_refused(tmp_path):
+    p = tmp_path / "f.tif"
+    Image.fromarray(np.linspace(0, 5, 1600, dtype=np.float32).reshape(40, 40)).save(p)
+    with pytest.raises(DataError, match=r"f\.tif: float image, values in \[0, 5\]"):
+        read_image(p)
+
+
+def test_read_image_tensor_is_a_torchvision_loader(tmp_path):
+    p = _png(tmp_path / "x.png", size=(40, 30), mode="I;16")
+    t = read_image_tensor(p)
+    assert t.shape == (1, 40, 30) and t.dtype == torch.float32 and t.max() == 1
+
+
+def test_one_class_folder_is_named(tmp_path):
+    _png(tmp_path / "only" / "0.png")
+    with pytest.raises(DataError, match=rf"{tmp_path}: only the class 'only'; .*at least two"):
+        load_folder(tmp_path, 32)
+    with pytest.raises(DataError, match="only the class 'only'"):
+        load_source(str(tmp_path), 32)
+
+
+@pytest.mark.parametrize("source", ["phantoms:abc", "phantoms:0", "phantoms:-3", "phantoms:"])
+def test_bad_phantom_count_is_one_line(source):
+    with pytest.raises(DataError, match=rf"^{source}: expected phantoms:N with N a positive whole"):
+        load_source(source, 24)
+
+
+def test_unknown_source_prefix_lists_the_valid_ones(tmp_path):
+    with pytest.raises(DataError, match=r"unknown data source 'kermeny'; valid: phantoms.*kermany"):
+        load_source(f"kermeny:{tmp_path}", 24)
 
 
 def test_phantoms_are_reproducible_and_labelled():

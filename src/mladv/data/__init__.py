@@ -1,9 +1,24 @@
-"""Data: ImageFolder loading, the patient-aware split and the synthetic phantoms."""
-from .folder import DataError, ImageSet, load_folder, read_image, resize_square
+"""Data: image reading, the ImageFolder loader and the public data sets' layouts (one
+``load_source`` string for all), the patient-aware split, the synthetic phantoms, and adversarial
+outputs as a ``Dataset`` or exported 16-bit PNGs."""
+from .adversarial import AdversarialDataset, read_adversarial_parts
+from .export import export_pngs
+from .folder import DataError, ImageSet, load_folder, read_image, read_image_tensor, resize_square
 from .phantoms import CLASSES as PHANTOM_CLASSES
 from .phantoms import make_phantoms, write_phantoms
-from .source import PHANTOMS, load_source
+from .presets import (
+    COVID_CLASSES,
+    PAPER_CLASSES,
+    kermany_split,
+    load_covid_radiography,
+    load_csv,
+    load_kermany,
+)
+from .source import PHANTOMS, load_source, parse_source
 from .split import split_imageset, stratified_split
 
-__all__ = ["DataError", "ImageSet", "PHANTOMS", "load_source", "PHANTOM_CLASSES", "load_folder", "make_phantoms",
-           "read_image", "resize_square", "split_imageset", "stratified_split", "write_phantoms"]
+__all__ = ["AdversarialDataset", "COVID_CLASSES", "DataError", "ImageSet", "PAPER_CLASSES",
+           "PHANTOMS", "PHANTOM_CLASSES", "export_pngs", "kermany_split", "load_covid_radiography",
+           "load_csv", "load_folder", "load_kermany", "load_source", "make_phantoms",
+           "parse_source", "read_adversarial_parts", "read_image", "read_image_tensor",
+           "resize_square", "split_imageset", "stratified_split", "write_phantoms"]

@@ -1,12 +1,27 @@
-"""Loading ImageFolder layouts (PNG, JPEG, DICOM) as grayscale [0, 1] tensors, with clear errors."""
+"""Reading images (PNG, JPEG, TIFF, DICOM) as grayscale [0, 1] arrays, and ImageFolder layouts.
+
+Intensities are scaled by the file's **bit depth**, never stretched per image, so the same picture
+stored at 8 or 16 bits loads to the same values (an 8-bit value ``v`` and its 16-bit copy
+``257 v`` both give ``v / 255``):
+
+- 8-bit images (and palette, RGB, RGBA, ...): ``v / 255`` (colour averaged to luminance, alpha
+  composited on black);
+- 16-bit images (PNG / TIFF mode ``I;16``): ``v / 65535``. A 12-bit image stored in a 16-bit
+  PNG therefore loads dark (at most 4095/65535); that is what the file says;
+- DICOM: the first VOI window of the file (Window Center / Width, DICOM PS3.3 C.11.2.1.2, after
+  the modality rescale) when present, otherwise the stored range, ``v / (2**BitsStored - 1)``;
+  MONOCHROME1 is inverted;
+- float images must already lie in [0, 1]; 32-bit integer images are refused.
+"""
 from __future__ import annotations
 
 import csv
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +32,7 @@ from torch import Tensor
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 class DataError(ValueError):
@@ -44,71 +60,120 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return int(self.images.shape[0])
 
     def subset(self, index: Iterable[int] | Tensor) -> ImageSet:
+        """The images at ``index``, in that order."""
         idx = torch.as_tensor(list(index) if not isinstance(index, Tensor) else index,
                               dtype=torch.long)
         return ImageSet(self.images[idx], self.labels[idx], list(self.classes),
                         [self.paths[i] for i in idx.tolist()],
                         [self.groups[i] for i in idx.tolist()])
 
-    def class_counts(self) -> dict[str, int]:
-        counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
-        return dict(zip(self.classes, counts))
 
-
-def _to_float_array(img: Image.Image) -> np.ndarray:
-    """Any PIL mode -> 2-D float32 array in [0, 1] (RGB averaged to luminance, 16-bit scaled)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+def _to_float_array(img: Image.Image, path: Path | str = "") -> np.ndarray:
+    """Any PIL mode -> 2-D float32 array in [0, 1], scaled by bit depth (see the module doc)."""
+    if img.mode in SIXTEEN_BIT_MODES:
+        return np.asarray(img, dtype=np.float32) / np.float32(65535)
+    if img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
-        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        if img.mode == "F" and 0.0 <= lo and hi <= 1.0:
+            return arr
+        if img.mode == "I" and 0 <= lo and hi <= 65535 and img.format == "PNG":
+            return arr / np.float32(65535)  # 16-bit PNG read as 32-bit by some Pillow versions
+        raise DataError(f"{path}: {'float' if img.mode == 'F' else '32-bit integer'} image, values "
+                        f"in [{lo:g}, {hi:g}]; mladv reads 8-bit, 16-bit and [0, 1] float images")
     if img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         black = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(black, img)
     if img.mode != "L":
         img = img.convert("L")
-    return np.asarray(img, dtype=np.float32) / 255.0
+    return np.asarray(img, dtype=np.float32) / np.float32(255)
+
+
+def _first(value: Any) -> float:
+    """A DICOM attribute that may be multi-valued -> its first value as float."""
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def dicom_window(arr: np.ndarray, center: float, width: float, function: str = "LINEAR"
+                 ) -> np.ndarray:
+    """DICOM VOI windowing (PS3.3 C.11.2.1.2) to [0, 1].
+
+    ``LINEAR``: ``(x - (c - 0.5)) / (w - 1) + 0.5``; ``LINEAR_EXACT``: ``(x - c) / w + 0.5``;
+    ``SIGMOID``: ``1 / (1 + exp(-4 (x - c) / w))``; clipped to [0, 1]. Shape preserved.
+    """
+    x = arr.astype(np.float64)
+    if function == "SIGMOID":
+        out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    elif function == "LINEAR_EXACT":
+        out = (x - center) / width + 0.5
+    else:
+        out = (x - (center - 0.5)) / (width - 1.0) + 0.5
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def _read_dicom(path: Path) -> np.ndarray:
+    """One DICOM frame in [0, 1]: its first VOI window if present, else its stored range."""
     try:
         import pydicom
+        from pydicom.pixels.processing import apply_modality_lut
     except ImportError as exc:  # pragma: no cover - pydicom is a declared dependency
         raise DataError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from exc
     ds = pydicom.dcmread(path)
-    arr = ds.pixel_array.astype(np.float32)
-    if arr.ndim == 3:  # multi-frame or colour: take the first frame / average channels
-        arr = arr[0] if arr.shape[0] < arr.shape[-1] else arr.mean(-1)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = arr.max() - arr
-    lo, hi = float(arr.min()), float(arr.max())
-    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    arr = np.asarray(ds.pixel_array)
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]
+    if int(getattr(ds, "SamplesPerPixel", 1)) > 1 and arr.ndim == 3:
+        arr = arr.mean(-1)
+    width = _first(ds.WindowWidth) if "WindowWidth" in ds and "WindowCenter" in ds else 0.0
+    if width >= 1.0:
+        out = dicom_window(np.asarray(apply_modality_lut(arr, ds)), _first(ds.WindowCenter),
+                           width, str(getattr(ds, "VOILUTFunction", "LINEAR")).upper())
+    else:
+        bits = int(getattr(ds, "BitsStored", 8 * arr.dtype.itemsize))
+        offset = 2.0 ** (bits - 1) if int(getattr(ds, "PixelRepresentation", 0)) == 1 else 0.0
+        out = np.clip((arr.astype(np.float64) + offset) / (2.0**bits - 1), 0, 1).astype(np.float32)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        out = 1.0 - out
+    return out
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read one image file as a 2-D float32 array in [0, 1]; ``DataError`` naming the file if not."""
+    """Read one image file as a 2-D float32 array in [0, 1], scaled by bit depth (module doc);
+    ``DataError`` naming the file if it cannot be read."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
         if suffix in DICOM_EXTENSIONS:
             return _read_dicom(path)
         if suffix not in IMAGE_EXTENSIONS:
-            raise DataError(f"{path}: not an image file (extension {suffix or 'none'}; expected one "
-                            f"of {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)})")
+            raise DataError(f"{path}: not an image file (extension {suffix or 'none'}; expected "
+                            f"one of {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)})")
         with Image.open(path) as img:
             img.load()
-            return _to_float_array(img)
+            return _to_float_array(img, path)
     except DataError:
         raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (corrupt or not an image)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
+
+
+def read_image_tensor(path: str | os.PathLike[str]) -> Tensor:
+    """:func:`read_image` as a ``1 x H x W`` float32 tensor: a 16-bit-aware ``loader`` for
+    ``torchvision.datasets.ImageFolder`` (whose default PIL loader drops 16-bit PNGs to 8 bits)."""
+    return torch.from_numpy(np.ascontiguousarray(read_image(path)))[None]
 
 
 def resize_square(arr: np.ndarray, size: int, path: str = "") -> Tensor:
@@ -130,18 +195,76 @@ def resize_square(arr: np.ndarray, size: int, path: str = "") -> Tensor:
     return t[0, :, top:top + size, left:left + size].clamp(0, 1).contiguous()
 
 
-def _class_files(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
+def check_classes(where: str | os.PathLike[str], classes: Sequence[str]) -> None:
+    """A classifier needs two classes: ``DataError`` naming ``where`` otherwise."""
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no class"
+        raise DataError(f"{where}: {found}; a classifier needs at least two classes")
+
+
+def load_files(items: Sequence[tuple[Path, int, str]], classes: list[str], image_size: int, *,
+               where: str | os.PathLike[str], skip_bad: bool = False, progress: bool = False
+               ) -> ImageSet:
+    """Read ``(path, label, group)`` items into an :class:`ImageSet` of ``image_size`` squares
+    (the loop every loader shares). With ``skip_bad`` unreadable files are listed in
+    ``ImageSet.skipped`` and one warning instead of raising. ``where`` names the source in errors.
+    """
+    check_classes(where, classes)
+    seq: Iterable[tuple[Path, int, str]] = items
+    if progress:
+        from tqdm.auto import tqdm
+        seq = tqdm(items, desc=f"loading {Path(where).name}", unit="img")
+    images, labels, paths, groups, skipped = [], [], [], [], []
+    for path, label, group in seq:
+        try:
+            images.append(resize_square(read_image(path), image_size, str(path)))
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((str(path), str(exc)))
+            continue
+        labels.append(label)
+        paths.append(str(path))
+        groups.append(group)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable file(s) under {where}: "
+                      + "; ".join(p for p, _ in skipped[:10])
+                      + (" ..." if len(skipped) > 10 else ""), stacklevel=3)
+    label_t = torch.tensor(labels, dtype=torch.long)
+    empty = [c for i, c in enumerate(classes) if not (label_t == i).any()]
+    if empty:
+        raise DataError(f"{where}: no readable image left in class(es) {empty}")
+    return ImageSet(torch.stack(images), label_t, list(classes), paths, groups, skipped)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every visible file under ``folder`` (recursively, sorted), system files left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.name.lower() not in IGNORED_NAMES)
+
+
+def check_folder(root: Path, layout: str) -> None:
+    """``DataError`` naming ``root`` unless it is an existing folder."""
     if not root.exists():
         raise DataError(f"{root}: data folder does not exist")
     if not root.is_dir():
-        raise DataError(f"{root}: not a folder (expected an ImageFolder layout root/<class>/<image>)")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        raise DataError(f"{root}: not a folder (expected {layout})")
+
+
+def class_folders(root: Path) -> list[str]:
+    """The visible sub-folder names of ``root``, sorted."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _class_files(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    check_folder(root, "an ImageFolder layout root/<class>/<image>")
+    classes = class_folders(root)
     if not classes:
         raise DataError(f"{root}: no class subfolders (expected root/<class>/<image files>)")
+    check_classes(root, classes)
     files: dict[str, list[Path]] = {}
     for c in classes:
-        found = sorted(p for p in (root / c).rglob("*") if p.is_file()
-                       and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES)
+        found = list_images(root / c)
         if not found:
             raise DataError(f"{root / c}: class folder is empty")
         files[c] = found
@@ -165,8 +288,9 @@ def load_folder(root: str | os.PathLike[str], image_size: int = 128, *, skip_bad
     """Load ``root/<class>/<image>`` as an :class:`ImageSet` of ``image_size`` squares.
 
     Args:
-        root: ImageFolder root (a ``manifest.csv`` with ``file`` and ``patient_id`` columns, if
-            present, gives the patient groups used by :func:`stratified_split`).
+        root: ImageFolder root with at least two class folders (a ``manifest.csv`` with ``file``
+            and ``patient_id`` columns, if present, gives the patient groups used by
+            :func:`stratified_split`).
         image_size: output side in pixels.
         skip_bad: leave out unreadable / too small / non-image files, listing them in
             ``ImageSet.skipped`` and in one warning, instead of raising.
@@ -181,29 +305,10 @@ def load_folder(root: str | os.PathLike[str], image_size: int = 128, *, skip_bad
     if classes is not None and list(classes) != found_classes:
         raise DataError(f"{root}: classes {found_classes} differ from the expected {list(classes)}")
     groups_by_file = _manifest_groups(root)
-    items = [(c, i, p) for i, c in enumerate(found_classes) for p in files[c]]
-    if progress:
-        from tqdm.auto import tqdm
-        items = tqdm(items, desc=f"loading {root.name}", unit="img")
-    images, labels, paths, groups, skipped = [], [], [], [], []
-    for _cls, label, path in items:
-        try:
-            images.append(resize_square(read_image(path), image_size, str(path)))
-        except DataError as exc:
-            if not skip_bad:
-                raise
-            skipped.append((str(path), str(exc)))
-            continue
-        labels.append(label)
-        rel = path.relative_to(root).as_posix()
-        paths.append(str(path))
-        groups.append(groups_by_file.get(rel, rel))
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable file(s) under {root}: "
-                      + "; ".join(p for p, _ in skipped[:10])
-                      + (" ..." if len(skipped) > 10 else ""), stacklevel=2)
-    label_t = torch.tensor(labels, dtype=torch.long)
-    empty = [c for i, c in enumerate(found_classes) if not (label_t == i).any()]
-    if empty:
-        raise DataError(f"{root}: no readable image left in class(es) {empty}")
-    return ImageSet(torch.stack(images), label_t, found_classes, paths, groups, skipped)
+    items = []
+    for label, c in enumerate(found_classes):
+        for path in files[c]:
+            rel = path.relative_to(root).as_posix()
+            items.append((path, label, groups_by_file.get(rel, rel)))
+    return load_files(items, found_classes, image_size, where=root, skip_bad=skip_bad,
+                      progress=progress)

@@ -29,7 +29,7 @@ def _ellipse(u: np.ndarray, v: np.ndarray, cx: float, cy: float, rx: float, ry: 
              soft: float = 0.04) -> np.ndarray:
     """Soft-edged ellipse indicator in [0, 1]."""
     r = np.sqrt(((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2)
-    return expit((1.0 - r) / soft)
+    return np.asarray(expit((1.0 - r) / soft))
 
 
 def _phantom(label: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -63,8 +63,9 @@ def _phantom(label: str, size: int, rng: np.random.Generator) -> np.ndarray:
                 cx = side * (sep + rng.uniform(-0.9, 0.9) * lrx)
                 cy = lung_y + rng.uniform(-0.9, 0.9) * lry
             s = rng.uniform(*sigma)
-            out += amp * rng.uniform(0.6, 1.0) * np.exp(-((u - cx) ** 2 + (v - cy) ** 2) / (2 * s * s))
-        return out * lung
+            out += amp * rng.uniform(0.6, 1.0) * np.exp(-((u - cx) ** 2 + (v - cy) ** 2)
+                                                        / (2 * s * s))
+        return np.asarray(out * lung)
 
     strength = rng.uniform(0.25, 1.0)
     if label == "covid_like":
@@ -82,7 +83,7 @@ def _phantom(label: str, size: int, rng: np.random.Generator) -> np.ndarray:
     img += 0.03 * texture * lung
     img = gaussian_filter(img, 0.6) + rng.normal(0, 0.015, u.shape)
     img = np.clip(img, 0, 1) ** rng.uniform(0.85, 1.15)
-    return img.astype(np.float32)
+    return np.asarray(img, dtype=np.float32)
 
 
 def make_phantoms(n_per_class: int = 200, size: int = 64, seed: int = 0) -> ImageSet:
