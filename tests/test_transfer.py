@@ -104,12 +104,12 @@ def test_target_with_other_classes_is_refused_naming_both(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"eps": 0}, "eps"),
-    ({"eps": 300}, "eps"),
+    ({"eps": 0}, "eps: Input should be greater than 0"),
+    ({"eps": 300}, "eps: Input should be less than or equal to 255"),
     ({"colour": "red"}, "colour: unknown key"),
     ({"attacks": [{"name": "deepfool"}]}, "unknown attack"),
     ({"attacks": [{"name": "fgsm", "options": {"eps": 0.1}}]}, "set by the run"),
-    ({"targets": []}, "targets"),
+    ({"targets": []}, "targets: List should have at least 1 item"),
     ({"source": {"arch": "resnet9000"}}, "unknown architecture"),
 ])
 def test_bad_configs_are_refused_in_one_line(tmp_path, change, message):
@@ -119,11 +119,18 @@ def test_bad_configs_are_refused_in_one_line(tmp_path, change, message):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
-def test_bad_attack_options_are_refused_when_the_config_is_read(tmp_path):
-    for options, message in (({"budget": 0}, "budget"), ({"budget": 10, "speed": 3}, "speed")):
-        cfg = mini_config(attacks=[{"name": "rays", "options": options}])
-        with pytest.raises(ValueError, match=message):
-            load_config(write_yaml(tmp_path / "c.yaml", cfg))
+@pytest.mark.parametrize("name, options, message", [
+    ("rays", {"budget": 0}, r"attacks\[0\]: .*budget"),
+    ("rays", {"budget": 10, "speed": 3}, r"attack 'rays' has no option 'speed'"),
+    ("mladv", {"steps": "two"}, r"attack 'mladv': steps must be int, got 'two'"),
+    ("pgd", {"steps": 0}, r"attack 'pgd': .*steps"),
+])
+def test_bad_attack_options_are_refused_when_the_config_is_read(tmp_path, name, options,
+                                                                 message):
+    cfg = mini_config(attacks=[{"name": name, "options": options}])
+    with pytest.raises(ValueError, match=message) as info:
+        load_config(write_yaml(tmp_path / "c.yaml", cfg))
+    assert "\n" not in str(info.value)
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):

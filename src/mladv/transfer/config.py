@@ -1,0 +1,148 @@
+"""The transfer experiment's YAML config: models, attacks, BM3D and CAM settings.
+
+Read with :func:`load_config` (strict: unknown keys, wrong types and bad attack options are one
+``ValueError`` line naming the file, line and key, before anything is trained).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from ..attacks import ATTACKS
+from ..attacks.registry import check_attack_options
+from ..configbase import Strict, dump_yaml, load_yaml_config
+from ..models import check_arch
+
+DISPLAY = {"fgsm": "FGSM", "pgd": "PGD", "mifgsm": "MI-FGSM", "pifgsm": "PI-FGSM",
+           "gama": "GAMA", "rays": "RayS", "mladv": "MLAdv"}
+
+
+class ModelSpec(Strict):
+    """A model of the experiment: trained here (``epochs``, ``lr``, ``batch_size``) or loaded
+    from ``checkpoint`` (a ``model.pt`` of ``mladv train``)."""
+
+    arch: str
+    name: str | None = None
+    epochs: int = Field(default=10, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    checkpoint: str | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        return check_arch(value)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.arch
+
+
+class AttackSpec(Strict):
+    """An attack from the registry; ``options`` go to its constructor (eps and seed are the
+    run's). ``label`` names its row (default: the usual name, e.g. ``MI-FGSM``)."""
+
+    name: str
+    label: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_attack(cls, value: str) -> str:
+        if value.lower() not in ATTACKS:
+            raise ValueError(f"unknown attack {value!r}; valid: {', '.join(sorted(ATTACKS))}")
+        return value.lower()
+
+    @field_validator("options")
+    @classmethod
+    def _run_controlled(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("eps", "seed", "model"):
+            if key in value:
+                raise ValueError(f"{key!r} is set by the run (top-level eps / seed), "
+                                 f"not per attack")
+        return value
+
+    @model_validator(mode="after")
+    def _valid_options(self) -> AttackSpec:
+        """Option names and values are checked when the config is read (a RayS budget of 0, an
+        unknown keyword, ``steps: two``), not after hours of training."""
+        check_attack_options(self.name, self.options)
+        return self
+
+    @property
+    def title(self) -> str:
+        return self.label or DISPLAY.get(self.name, self.name)
+
+
+class BM3DSpec(Strict):
+    """BM3D: at most ``max_images`` test images (a seeded sample beyond), noise level ``sigma``
+    in 1/255 units (default: the run's eps), ``workers`` processes (default: all cores)."""
+
+    max_images: int = Field(default=60, ge=1)
+    sigma: float | None = Field(default=None, gt=0, le=255)
+    profile: str = "np"
+    workers: int | None = Field(default=None, ge=1)
+
+
+class CAMSpec(Strict):
+    """Grad-CAM of the source model: the ``top`` share of pixels is the attended region;
+    ``layer`` a module name (default: the last spatial stage, see ``mladv.cam``)."""
+
+    top: float = Field(default=0.2, gt=0, le=1)
+    layer: str | None = None
+
+
+def _default_attacks() -> list[AttackSpec]:
+    names = ("fgsm", "pgd", "mifgsm", "pifgsm", "gama", "rays", "mladv")
+    return [AttackSpec(name=n) for n in names]
+
+
+class TransferConfig(Strict):
+    """Everything a transfer run depends on. ``eps`` is in 1/255 units, like ``--eps``."""
+
+    name: str = "transfer"
+    data: str = "phantoms"
+    test_data: str | None = None
+    image_size: int = Field(default=128, ge=16)
+    test_size: float = Field(default=0.15, gt=0, lt=1)
+    max_test_images: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    eps: float = Field(default=8.0, gt=0, le=255)
+    source: ModelSpec
+    targets: list[ModelSpec] = Field(min_length=1)
+    attacks: list[AttackSpec] = Field(default_factory=_default_attacks, min_length=1)
+    batch_size: int = Field(default=32, ge=1)
+    bm3d: BM3DSpec = Field(default_factory=lambda: BM3DSpec())
+    cam: CAMSpec = Field(default_factory=lambda: CAMSpec())
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    progress: bool = True
+
+    @field_validator("attacks")
+    @classmethod
+    def _unique_labels(cls, value: list[AttackSpec]) -> list[AttackSpec]:
+        titles = [a.title for a in value]
+        twice = sorted({t for t in titles if titles.count(t) > 1})
+        if twice:
+            raise ValueError(f"attack rows named twice: {twice}; give them distinct labels")
+        return value
+
+    def model_specs(self) -> list[tuple[str, ModelSpec]]:
+        """``(key, spec)`` for the source and every target, keys unique (``source``, ``t1``...)."""
+        return [("source", self.source)] + [(f"t{i + 1}", t) for i, t in enumerate(self.targets)]
+
+    def eps_unit(self) -> float:
+        return self.eps / 255.0
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TransferConfig:
+    """Read the YAML at ``path`` (``yaml.safe_load``), apply ``overrides`` (flags; ``None``
+    values ignored) and validate; ``ValueError`` with one line naming the file and key."""
+    return load_yaml_config(TransferConfig, path, overrides)
+
+
+def dump_config(cfg: TransferConfig) -> str:
+    """The resolved config as YAML (``config.yaml`` of the run folder)."""
+    return dump_yaml(cfg)

@@ -1,0 +1,108 @@
+"""The transfer experiment's measurements: success per model, size and realism of delta, what
+BM3D denoising leaves of each attack (with its outputs reused across runs) and how much of
+|delta| lies in the source model's Grad-CAM region."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..cam import aggregation
+from ..data import ImageSet
+from ..denoise import bm3d_denoise, energy_removed
+from ..fingerprint import data_sha1, key_digest
+from ..metrics import perturbation_norms, psnr, ssim, success_rate
+from ..training import predict_logits
+from ..utils import atomic_torch_save
+from .config import TransferConfig
+
+
+def file_name(name: str) -> str:
+    """A row title as a file name (``MI-FGSM`` -> ``MI-FGSM``, ``a b/c`` -> ``a_b_c``)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def predictions(models: dict[str, nn.Module], images: Tensor) -> dict[str, Tensor]:
+    """Each model's predicted class. Shape: ``N x C x H x W`` -> ``{key: N}``."""
+    return {k: predict_logits(m, images).argmax(1) for k, m in models.items()}
+
+
+def success_table(clean_pred: dict[str, Tensor], adv_pred: dict[str, Tensor],
+                  labels: Tensor) -> dict[str, float]:
+    """Success on each model (over its clean-correct images), and the black-box average."""
+    out = {k: success_rate(clean_pred[k], adv_pred[k], labels) for k in clean_pred}
+    targets = [v for k, v in out.items() if k != "source" and not math.isnan(v)]
+    out["blackbox_avg"] = sum(targets) / len(targets) if targets else float("nan")
+    return out
+
+
+def measure_attack(adv: Tensor, test: ImageSet, models: dict[str, nn.Module],
+                   clean_pred: dict[str, Tensor], cam: Tensor, top: float) -> dict[str, Any]:
+    """Success per model, norms of delta (L1 = mean |delta| per pixel), SSIM, PSNR and the
+    CAM aggregation for one attack's ``N x C x H x W`` adversarial images."""
+    adv_pred = predictions(models, adv)
+    agg = aggregation(adv - test.images, cam, top)
+    return {"success": success_table(clean_pred, adv_pred, test.labels),
+            **perturbation_norms(test.images, adv), "ssim": ssim(test.images, adv),
+            "psnr": psnr_changed(test.images, adv), "cam_aggregation": nanmean(agg)}
+
+
+def psnr_changed(clean: Tensor, adv: Tensor) -> float:
+    """Mean PSNR over the images the attack changed (an unchanged image has infinite PSNR:
+    RayS leaves the images the model already gets wrong as they are)."""
+    changed = (adv != clean).flatten(1).any(1)
+    return psnr(clean[changed], adv[changed]) if changed.any() else float("inf")
+
+
+def denoise_all(cfg: TransferConfig, test: ImageSet, advs: dict[str, Tensor], index: Tensor,
+                keys: dict[str, str], folder: Path) -> dict[str, Tensor]:
+    """BM3D of the sampled clean images and of every attack's (``"clean"`` + attack titles),
+    reusing saved results; all missing images go through one process pool."""
+    sigma = (cfg.bm3d.sigma or cfg.eps) / 255.0
+    sources = {"clean": test.images[index], **{t: a[index] for t, a in advs.items()}}
+    common = {"sigma": sigma, "profile": cfg.bm3d.profile, "index": index.tolist(),
+              "test": data_sha1(test)}
+    out, todo = {}, []
+    for name, images in sources.items():
+        path = folder / f"{file_name(name)}.pt"
+        key = key_digest({**common, "of": keys.get(name, "clean")})
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("key") == key:
+                out[name] = saved["images"]
+                continue
+        todo.append((name, images, path, key))
+    if todo:
+        stacked = torch.cat([images for _, images, _, _ in todo])
+        denoised = bm3d_denoise(stacked, sigma, workers=cfg.bm3d.workers,
+                                profile=cfg.bm3d.profile, progress=cfg.progress)
+        for (name, _, path, key), chunk in zip(todo, torch.split(denoised, len(index))):
+            atomic_torch_save({"images": chunk, "key": key}, path)
+            out[name] = chunk
+    return out
+
+
+def measure_bm3d(denoised: dict[str, Tensor], advs: dict[str, Tensor], test: ImageSet,
+                 index: Tensor, models: dict[str, nn.Module]) -> dict[str, Any]:
+    """Per attack: success after BM3D (over images each model gets right on the denoised clean
+    image) and the share of the perturbation's energy BM3D removed; plus clean accuracies."""
+    labels = test.labels[index]
+    clean_pred = predictions(models, denoised["clean"])
+    out: dict[str, Any] = {"n": int(index.numel()),
+                           "clean_acc": {k: (p == labels).float().mean().item()
+                                         for k, p in clean_pred.items()}}
+    for title, adv in advs.items():
+        adv_pred = predictions(models, denoised[title])
+        removed = energy_removed(test.images[index], adv[index], denoised["clean"], denoised[title])
+        out[title] = {"success": success_table(clean_pred, adv_pred, labels),
+                      "energy_removed": nanmean(removed)}
+    return out
+
+
+def nanmean(t: Tensor) -> float:
+    """The mean of the non-NaN entries (NaN when there are none)."""
+    t = t[~torch.isnan(t)]
+    return t.mean().item() if t.numel() else float("nan")

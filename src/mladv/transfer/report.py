@@ -1,0 +1,194 @@
+"""The transfer experiment's outputs: the Fig. 3 grid, the tables, ``transfer.json`` /
+``.csv`` and the Markdown / HTML report (written by :mod:`mladv.reporting`)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..cam import grad_cam
+from ..data import ImageSet
+from ..reporting import Block, csv_text, json_safe, write_report
+from ..training import predict_logits
+from ..utils import atomic_path, atomic_write_json, atomic_write_text
+from .claims import PAPER_TABLE1, PAPER_TARGETS, by_name
+from .config import DISPLAY, TransferConfig
+
+
+def pick_figure_image(source_pred: Tensor, labels: Tensor, index: Tensor) -> int:
+    """The first BM3D-sampled test image the source classifies correctly (else the first)."""
+    for i in index.tolist():
+        if source_pred[i] == labels[i]:
+            return int(i)
+    return int(index[0])
+
+
+def fig3_grid(path: Path, source: nn.Module, test: ImageSet, advs: dict[str, Tensor],
+              denoised: dict[str, Tensor], index: Tensor, i: int, cfg: TransferConfig) -> None:
+    """Fig. 3: one column per attack (and the clean image first); rows: the image, its noise
+    amplified so that eps fills the grey range, its BM3D-denoised version, and the source
+    model's Grad-CAM of it overlaid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pos = int((index == i).nonzero()[0]) if (index == i).any() else None
+    clean = test.images[i:i + 1]
+    names = ["clean", *advs]
+    imgs = [clean] + [advs[t][i:i + 1] for t in advs]
+    cams = grad_cam(source, torch.cat(imgs), layer=cfg.cam.layer)
+    preds = predict_logits(source, torch.cat(imgs)).argmax(1)
+    gain = 0.5 / cfg.eps_unit()
+    fig, axes = plt.subplots(4, len(names), figsize=(1.9 * len(names), 8.2), squeeze=False)
+    for c, (name, img) in enumerate(zip(names, imgs)):
+        noise = (0.5 + gain * (img - clean)).clamp(0, 1)
+        dn = denoised[name][pos:pos + 1] if pos is not None else None
+        panels = [img, noise, dn, None]
+        for r, panel in enumerate(panels):
+            ax = axes[r][c]
+            ax.axis("off")
+            if r == 3:
+                ax.imshow(img[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(cams[c].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            elif panel is not None:
+                ax.imshow(panel[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0][c].set_title(f"{name}\n-> {test.classes[int(preds[c])]}", fontsize=8)
+    for r, row in enumerate(["image", f"noise x{gain:.0f}", "BM3D", "Grad-CAM"]):
+        axes[r][0].text(-0.08, 0.5, row, transform=axes[r][0].transAxes, rotation=90,
+                        va="center", ha="right", fontsize=8)
+    fig.suptitle(f"true class: {test.classes[int(test.labels[i])]}  (eps = {cfg.eps:g}/255)",
+                 fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _f(v: Any, scale: float = 1.0, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v * scale:.{digits}f}"
+
+
+def main_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Ours, as Table 1 plus cost and size columns (success in %, norms in 1/255 units)."""
+    models = results["models"]
+    targets = [k for k in models if k != "source"]
+    head = (["attack", f"white-box ({models['source']['label']})"]
+            + [models[k]["label"] for k in targets]
+            + ["black-box avg", "s / image", "queries (mean)", "L1: mean abs δ ×255", "L2",
+               "L∞ ×255", "SSIM", "PSNR dB"])
+    rows = []
+    for title, a in results["attacks"].items():
+        s = a["success"]
+        rows.append([title, _f(s["source"], 100)] + [_f(s[k], 100) for k in targets]
+                    + [_f(s["blackbox_avg"], 100), _f(a["seconds_per_image"], 1, 3),
+                       _f(a["queries"]["mean"], 1, 0) if "queries" in a else "—",
+                       _f(a["l1"], 255, 2), _f(a["l2"], 1, 2), _f(a["linf_max"], 255, 2),
+                       _f(a["ssim"], 1, 3), _f(a["psnr"], 1, 1)])
+    return head, rows
+
+
+def bm3d_cam_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["attack", "white-box after BM3D", "black-box avg after BM3D",
+            "energy removed by BM3D",
+            f"share of abs δ in top-{100 * results['cam']['top']:.0f}% CAM"]
+    rows = []
+    for title, a in results["attacks"].items():
+        b = results["bm3d"]["attacks"][title]
+        rows.append([title, _f(b["success"]["source"], 100), _f(b["success"]["blackbox_avg"], 100),
+                     _f(b["energy_removed"], 100), _f(a["cam_aggregation"], 100)])
+    return head, rows
+
+
+def paper_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows_by = by_name(results)
+    head = ["attack", "paper: white-box (ResNet50)"] + [f"paper: {t}" for t in PAPER_TARGETS] + [
+        "paper: black-box avg", "ours: white-box", "ours: black-box avg", "ours − paper (avg)"]
+    rows = []
+    for name, vals in PAPER_TABLE1.items():
+        ours = rows_by.get(name)
+        w = ours["success"]["source"] if ours else float("nan")
+        bb = ours["success"]["blackbox_avg"] if ours else float("nan")
+        rows.append([DISPLAY[name]] + [f"{v:.1f}" for v in vals]
+                    + [_f(w, 100), _f(bb, 100), _f(100 * bb - vals[4], 1) if ours else "n/a"])
+    return head, rows
+
+
+def models_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["role", "model", "clean test accuracy", "clean accuracy after BM3D", "train s"]
+    rows = [["source" if k == "source" else "target", m["label"], _f(m["clean_acc"], 100),
+             _f(m["clean_acc_bm3d"], 100), _f(m.get("train_seconds"), 1, 0)]
+            for k, m in results["models"].items()]
+    return head, rows
+
+
+def report_blocks(results: dict[str, Any]) -> list[Block]:
+    """The report as blocks (``h``, ``p``, ``table``, ``img``) rendered to Markdown and HTML."""
+    d = results["data"]
+    b = results["bm3d"]
+    return [
+        ("h", "Transfer of adversarial noise (Table 1), BM3D and class-activation maps"),
+        ("p", f"Data: {d['source']} ({d['n_train']} training / {d['n_test']} test images, "
+              f"{d['image_size']} px, classes {', '.join(d['classes'])}); test images from "
+              f"{d['test_source']}. eps = {results['eps_255']:g}/255 for every attack, crafted on "
+              f"the source model. Success = share of the images a model classifies correctly "
+              f"when clean that it misclassifies after the attack (%). Wall time "
+              f"{results['wall_seconds']:.0f} s."),
+        ("table", *models_table(results)),
+        ("h2", "Attack success (%), cost and size"),
+        ("table", *main_table(results)),
+        ("h2", "The paper's Table 1 beside ours"),
+        ("p", "Paper: COVID-19 radiography set, 224 px, ResNet50 → ResNet101 / VGG16 / ResNet152. "
+              "Ours: the models and data above, so only the ranking and the gaps compare."),
+        ("table", *paper_table(results)),
+        ("h2", "BM3D denoising and Grad-CAM aggregation"),
+        ("p", f"BM3D (sigma = {255 * b['sigma']:.1f}/255, profile '{b['profile']}') on {b['n']} "
+              f"test images; success after BM3D is counted over the images each model gets "
+              f"right on the denoised clean image. Energy removed = 1 − ‖D(x_a) − D(x)‖² / "
+              f"‖x_a − x‖². CAM column: share of |δ| inside the "
+              f"top-{100 * results['cam']['top']:.0f}% "
+              f"Grad-CAM region of the clean image on the source model "
+              f"({100 * results['cam']['top']:.0f}% = uniform noise)."),
+        ("table", *bm3d_cam_table(results)),
+        ("h2", "The paper's claims"),
+        ("ul", [c["sentence"] for c in results["claims"]]),
+        ("h2", "Fig. 3"),
+        ("figure", results["figure"]["path"],
+         "Per attack: adversarial image, amplified noise, BM3D-denoised image, Grad-CAM overlay"),
+    ]
+
+
+def csv_rows(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per attack, every number of the report (success as fractions, norms in [0, 1])."""
+    models = results["models"]
+    rows = []
+    for title, a in results["attacks"].items():
+        b = results["bm3d"]["attacks"][title]
+        row = {"attack": title, "name": a["name"], "white_box": a["success"]["source"]}
+        row.update({f"success_{models[k]['label']}": a["success"][k]
+                    for k in models if k != "source"})
+        row.update({"black_box_avg": a["success"]["blackbox_avg"],
+                    "seconds_per_image": a["seconds_per_image"],
+                    "queries_mean": a.get("queries", {}).get("mean", ""),
+                    "l1": a["l1"], "l2": a["l2"], "linf": a["linf_max"], "ssim": a["ssim"],
+                    "psnr": a["psnr"], "bm3d_white_box": b["success"]["source"],
+                    "bm3d_black_box_avg": b["success"]["blackbox_avg"],
+                    "bm3d_energy_removed": b["energy_removed"],
+                    "cam_aggregation": a["cam_aggregation"]})
+        rows.append(row)
+    return list(rows[0]) if rows else [], rows
+
+
+def write_reports(results: dict[str, Any], out: Path) -> None:
+    """``transfer.json``, ``transfer.csv``, ``transfer.md`` and self-contained ``transfer.html``
+    (the Fig. 3 grid, already in ``out``, embedded)."""
+    atomic_write_json(json_safe(results), out / "transfer.json")
+    head, rows = csv_rows(results)
+    atomic_write_text(csv_text(head, [[row[h] for h in head] for row in rows]),
+                      out / "transfer.csv")
+    write_report(report_blocks(results), "mladv transfer", out / "transfer.md",
+                 out / "transfer.html")

@@ -1,0 +1,222 @@
+"""The transfer run, resumable: data, train-or-reuse the source and target models, craft every
+attack on the source (or reuse it), measure, BM3D, the claims and the report.
+
+Finished pieces (checkpoints, adversarial images, BM3D outputs) are saved under the run folder
+with a reuse key (:mod:`mladv.fingerprint`: settings plus the content of the data and models)
+and reused when the same command is run again; a piece whose key differs is made again.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attacks import make_attack
+from ..attacks.registry import attack_options
+from ..cam import grad_cam
+from ..crafting import craft
+from ..data import ImageSet, load_source, split_imageset
+from ..denoise import select_for_bm3d
+from ..fingerprint import data_sha1, key_digest, model_sha1
+from ..models import load_checkpoint
+from ..reuse import train_or_reuse
+from ..utils import atomic_torch_save, atomic_write_text, resolve_device
+from .claims import claims
+from .config import AttackSpec, ModelSpec, TransferConfig, dump_config
+from .measure import denoise_all, file_name, measure_attack, measure_bm3d, predictions
+from .report import fig3_grid, pick_figure_image, write_reports
+
+Log = Callable[[str], None]
+
+
+def prepare_data(cfg: TransferConfig) -> tuple[ImageSet, ImageSet]:
+    """``(train, test)``: the patient-aware split of ``data``, or all of ``data`` and
+    ``test_data``; the test set capped at ``max_test_images`` (a seeded sample)."""
+    data = load_source(cfg.data, cfg.image_size, seed=cfg.seed, progress=cfg.progress)
+    if cfg.test_data:
+        train = data
+        test = load_source(cfg.test_data, cfg.image_size, classes=data.classes, seed=cfg.seed + 1)
+    else:
+        train, test = split_imageset(data, test_size=cfg.test_size, seed=cfg.seed)
+    if cfg.max_test_images and len(test) > cfg.max_test_images:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        pick = torch.randperm(len(test), generator=gen)[:cfg.max_test_images].sort().values
+        test = test.subset(pick)
+    return train, test
+
+
+def train_key(cfg: TransferConfig, spec: ModelSpec, train: ImageSet, seed: int
+              ) -> dict[str, Any]:
+    """What a model trained here depends on (its reuse key)."""
+    return {"arch": spec.arch, "epochs": spec.epochs, "lr": spec.lr, "batch_size": spec.batch_size,
+            "seed": seed, "image_size": cfg.image_size, "classes": train.classes,
+            "train": data_sha1(train), "n_train": len(train)}
+
+
+def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, train: ImageSet,
+                 folder: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """Load ``spec.checkpoint``, or reuse ``folder/<key>-<arch>.pt`` when it was trained with the
+    same settings, or train and save it. Returns the model (eval mode) and its info."""
+    if spec.checkpoint:
+        model, ckpt = load_checkpoint(spec.checkpoint, map_location=device, arch=spec.arch)
+        if ckpt.get("image_size", cfg.image_size) != cfg.image_size:
+            raise ValueError(f"checkpoint {spec.checkpoint} was trained at "
+                             f"{ckpt['image_size']} px, "
+                             f"the run uses image_size {cfg.image_size}")
+        return model.eval(), {"classes": ckpt["classes"], "checkpoint": spec.checkpoint,
+                              "fingerprint": model_sha1(model), "trained_here": False}
+    want = train_key(cfg, spec, train, seed)
+    path = folder / f"{key}-{spec.arch}.pt"
+    model, metrics, reused = train_or_reuse(
+        path, arch=spec.arch, data=train, image_size=cfg.image_size, seed=seed, device=device,
+        key=want, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+        progress=cfg.progress, desc=f"train {spec.label}")
+    return model, {"classes": list(train.classes), "checkpoint": str(path),
+                   "fingerprint": key_digest(want), "trained_here": True,
+                   "train_seconds": metrics.get("train_wall_s"), "resumed": reused}
+
+
+def obtain_models(cfg: TransferConfig, train: ImageSet, folder: Path, device: torch.device,
+                  log: Log = print
+                  ) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]], dict[str, str]]:
+    """The source and target models, keyed ``source``, ``t1``, ...; checkpoints are loaded (and
+    their classes checked) before anything is trained."""
+    specs = cfg.model_specs()
+    labels = {k: s.label for k, s in specs}
+    order = sorted(range(len(specs)), key=lambda i: specs[i][1].checkpoint is None)
+    models, infos = {}, {}
+    for i in order:
+        key, spec = specs[i]
+        log(f"{key} {spec.label}: " + ("loading " + spec.checkpoint if spec.checkpoint else
+                                       f"{spec.epochs} epochs (or a finished checkpoint)"))
+        models[key], infos[key] = obtain_model(cfg, key, spec, cfg.seed + i, train, folder, device)
+        check_classes(infos, labels, train.classes)
+    keys = [k for k, _ in specs]
+    return ({k: models[k] for k in keys}, {k: infos[k] for k in keys}, labels)
+
+
+def check_classes(infos: dict[str, dict[str, Any]], labels: dict[str, str],
+                  data_classes: list[str]) -> None:
+    """Refuse models whose classes differ from the source's, naming both (a source trained
+    here has the data's classes)."""
+    src = infos["source"]["classes"] if "source" in infos else data_classes
+    if list(src) != list(data_classes):
+        raise ValueError(f"source model {labels['source']} has classes {list(src)}, the data has "
+                         f"{list(data_classes)}")
+    for key, info in infos.items():
+        if key != "source" and list(info["classes"]) != list(src):
+            raise ValueError(f"target model {labels[key]} has classes {list(info['classes'])} but "
+                             f"the source model {labels['source']} has {list(src)}")
+
+
+def obtain_attack(cfg: TransferConfig, spec: AttackSpec, source: nn.Module, source_fp: str,
+                  test: ImageSet, folder: Path) -> dict[str, Any]:
+    """Craft ``spec`` on the source (or reuse ``folder/<label>.pt`` made the same way).
+    Returns ``adv`` (``N x C x H x W``), ``seconds`` and ``queries`` (``N`` or None)."""
+    options = attack_options(spec.name, eps=cfg.eps, seed=cfg.seed, options=spec.options)
+    attack = make_attack(spec.name, source, **options)
+    key = key_digest({"attack": repr(attack), "source": source_fp, "test": data_sha1(test),
+                      "batch_size": cfg.batch_size})
+    path = folder / f"{file_name(spec.title)}.pt"
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("key") == key:
+            return {**saved, "resumed": True}
+    start = time.perf_counter()
+    adv, queries = craft(attack, test.images, test.labels, batch_size=cfg.batch_size,
+                         progress=cfg.progress, desc=spec.title, record_queries=True)
+    result = {"adv": adv, "seconds": time.perf_counter() - start, "queries": queries,
+              "key": key, "repr": repr(attack)}
+    atomic_torch_save(result, path)
+    return {**result, "resumed": False}
+
+
+def attack_row(spec: AttackSpec, res: dict[str, Any], measured: dict[str, Any],
+               n_test: int) -> dict[str, Any]:
+    """One attack's entry of ``transfer.json``."""
+    row = {"name": spec.name, "options": spec.options, "repr": res["repr"], "key": res["key"],
+           "seconds": res["seconds"], "seconds_per_image": res["seconds"] / max(1, n_test),
+           "resumed": res["resumed"], **measured}
+    if res["queries"] is not None:
+        q = res["queries"].float()
+        row["queries"] = {"mean": q.mean().item(), "median": q.median().item(),
+                          "max": int(q.max().item())}
+    return row
+
+
+def run_transfer(cfg: TransferConfig, out: str | Path, *, log: Log = print) -> dict[str, Any]:
+    """Run (or resume) the transfer experiment into ``out``; returns the results dict also
+    written as ``transfer.json`` (and ``transfer.csv``, ``transfer.md``, ``transfer.html``)."""
+    out = Path(out)
+    wall = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    atomic_write_text(dump_config(cfg), out / "config.yaml")
+    train, test = prepare_data(cfg)
+    log(f"data {cfg.data}: {len(train)} train / {len(test)} test images, classes {train.classes}")
+
+    models, infos, labels = obtain_models(cfg, train, out / "models", device, log)
+    clean_pred = predictions(models, test.images)
+    for key in models:
+        infos[key]["clean_acc"] = (clean_pred[key] == test.labels).float().mean().item()
+        log(f"{key} {labels[key]}: clean test accuracy {infos[key]['clean_acc']:.3f}")
+
+    cam = grad_cam(models["source"], test.images, layer=cfg.cam.layer)
+    advs, attacks = {}, {}
+    for spec in cfg.attacks:
+        log(f"{spec.title}: crafting on {len(test)} images (or reusing a finished run)")
+        res = obtain_attack(cfg, spec, models["source"], infos["source"]["fingerprint"], test,
+                            out / "attacks")
+        advs[spec.title] = res["adv"]
+        measured = measure_attack(res["adv"], test, models, clean_pred, cam, cfg.cam.top)
+        row = attacks[spec.title] = attack_row(spec, res, measured, len(test))
+        log(f"{spec.title}: white-box {row['success']['source']:.3f}, black-box avg "
+            f"{row['success']['blackbox_avg']:.3f}, {row['seconds_per_image']:.3f} s/img")
+
+    index = select_for_bm3d(len(test), cfg.bm3d.max_images, cfg.seed)
+    log(f"BM3D on {len(index)} images x {1 + len(advs)} versions")
+    t0 = time.perf_counter()
+    denoised = denoise_all(cfg, test, advs, index,
+                           {t: a["key"] for t, a in attacks.items()}, out / "bm3d")
+    bm3d = measure_bm3d(denoised, advs, test, index, models)
+    bm3d["seconds"] = time.perf_counter() - t0
+
+    results = assemble(cfg, train, test, infos, labels, attacks, bm3d)
+    fig = out / "transfer_fig3.png"
+    figure_image = pick_figure_image(clean_pred["source"], test.labels, index)
+    fig3_grid(fig, models["source"], test, advs, denoised, index, figure_image, cfg)
+    results["figure"] = {"path": fig.name, "test_index": figure_image,
+                         "image": test.paths[figure_image]}
+    results["wall_seconds"] = time.perf_counter() - wall
+    write_reports(results, out)
+    return results
+
+
+def assemble(cfg: TransferConfig, train: ImageSet, test: ImageSet, infos: dict[str, Any],
+             labels: dict[str, str], attacks: dict[str, Any], bm3d: dict[str, Any]
+             ) -> dict[str, Any]:
+    """The results dict of ``transfer.json`` (tensors dropped), with the claims."""
+    results = {
+        "config": cfg.model_dump(mode="json"),
+        "data": {"source": cfg.data, "test_source": cfg.test_data or "split",
+                 "n_train": len(train), "n_test": len(test), "classes": train.classes,
+                 "image_size": cfg.image_size},
+        "eps": cfg.eps_unit(), "eps_255": cfg.eps,
+        "models": {k: {"label": labels[k], "arch": (cfg.source if k == "source" else
+                                                     cfg.targets[int(k[1:]) - 1]).arch,
+                       **{f: infos[k].get(f) for f in ("clean_acc", "checkpoint", "trained_here",
+                                                       "train_seconds", "resumed")},
+                       "clean_acc_bm3d": bm3d["clean_acc"][k]} for k in infos},
+        "attacks": attacks,
+        "bm3d": {"n": bm3d["n"], "sigma": (cfg.bm3d.sigma or cfg.eps) / 255.0,
+                 "profile": cfg.bm3d.profile, "seconds": bm3d["seconds"],
+                 "attacks": {t: bm3d[t] for t in attacks}},
+        "cam": {"top": cfg.cam.top, "layer": cfg.cam.layer or "default (last spatial stage)"},
+    }
+    results["claims"] = claims(results)
+    return results
