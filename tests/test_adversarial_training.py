@@ -97,9 +97,10 @@ def test_adversarial_rows_leave_the_main_bn_statistics_alone_only_in_advprop(dat
     if mode == "online":
         torch.testing.assert_close(main.running_mean, mixed, atol=1e-6, rtol=1e-5)
         return
-    torch.testing.assert_close(main.running_mean, _first_bn_mean(clean, model), atol=1e-6, rtol=1e-5)
+    tol = {"atol": 1e-6, "rtol": 1e-5}
+    torch.testing.assert_close(main.running_mean, _first_bn_mean(clean, model), **tol)
     twin = adv.split.twins[0]
-    torch.testing.assert_close(twin.running_mean, _first_bn_mean(x_adv, model), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(twin.running_mean, _first_bn_mean(x_adv, model), **tol)
     assert int(main.num_batches_tracked) == int(twin.num_batches_tracked) == 1
 
 

@@ -1,0 +1,66 @@
+"""Calibration and own-model robustness numbers (ECE by hand, PGD / MLAdv / AutoAttack)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mladv.robustness import (
+    adversarial_accuracy,
+    autoattack_accuracy,
+    expected_calibration_error,
+    fixed_subset,
+    robustness_report,
+)
+from mladv.training import accuracy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_ece_by_hand():
+    """Confidences 0.9 (right), 0.62 (wrong), 0.7 (right), 0.95 (right), 0.91 (wrong): with 15
+    bins of width 1/15, 0.9 and 0.91 share (0.867, 0.933] (accuracy 1/2, confidence 0.905),
+    the others are alone: ECE = (2 * 0.405 + 0.62 + 0.3 + 0.05) / 5 = 0.356."""
+    conf = torch.tensor([0.9, 0.62, 0.7, 0.95, 0.91])
+    probs = torch.stack([conf, 1 - conf], 1)
+    labels = torch.tensor([0, 1, 0, 0, 1])
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.356, abs=1e-6)
+    # one bin: |mean accuracy - mean confidence| = |3/5 - 0.816|
+    assert expected_calibration_error(probs, labels, n_bins=1) == pytest.approx(0.216, abs=1e-6)
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy():
+    probs = torch.tensor([[0.75, 0.25]] * 4)
+    assert expected_calibration_error(probs, torch.tensor([0, 0, 0, 1])) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="probs must be N x K and labels N"):
+        expected_calibration_error(probs, torch.tensor([0, 1]))
+
+
+def test_fixed_subset_is_seeded_sorted_and_bounded():
+    a, b = fixed_subset(50, 10, seed=3), fixed_subset(50, 10, seed=3)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 10 and torch.equal(a, a.sort().values)
+    assert not torch.equal(a, fixed_subset(50, 10, seed=4))
+    assert torch.equal(fixed_subset(5, 10), torch.arange(5))
+
+
+def test_attacks_lower_accuracy_and_autoattack_is_at_least_as_strong_as_pgd(tiny_trained):
+    model, images, labels = tiny_trained
+    x, y = images[:24], labels[:24]
+    clean = accuracy(model, x, y)
+    pgd2 = adversarial_accuracy(model, x, y, "pgd", eps=2 / 255, steps=10)
+    pgd8 = adversarial_accuracy(model, x, y, "pgd", eps=8 / 255, steps=10)
+    assert pgd8 <= pgd2 <= clean and pgd8 < clean - 0.3
+    aa = autoattack_accuracy(model, x[:12], y[:12], eps=2 / 255, square_queries=50)
+    pgd2_12 = adversarial_accuracy(model, x[:12], y[:12], "pgd", eps=2 / 255, steps=10)
+    assert aa <= pgd2_12
+    assert not model.training
+
+
+def test_robustness_report_has_every_number(tiny_trained):
+    model, images, labels = tiny_trained
+    r = robustness_report(model, images[:20], labels[:20], n_images=8, n_autoattack=4,
+                          pgd_steps=3, mladv_options={"steps": 2}, square_queries=20)
+    assert r["n"] == 20 and r["n_robust"] == 8 and r["n_autoattack"] == 4
+    assert r["acc"] == pytest.approx(accuracy(model, images[:20], labels[:20]))
+    for key in ("ece", "pgd2", "pgd8", "mladv", "autoattack2"):
+        assert 0.0 <= r[key] <= 1.0, key
+    assert r["pgd8"] <= r["pgd2"]
