@@ -1,5 +1,6 @@
-"""Behaviour of MLAdv's options (balance, hinge, gating, DI, TI, momentum, schedules, two-phase,
-keep) and of its defaults on a tiny model trained inside the test."""
+"""Behaviour of MLAdv's options (balance, layers, refine), of the exploratory variants of
+``docs/method.md`` (MLAdvVariant: hinge, gating, DI, TI, momentum, schedules, two-phase, keep) and
+of MLAdv's defaults on a tiny model trained inside the test."""
 from __future__ import annotations
 
 import pytest
@@ -7,14 +8,23 @@ import torch
 import torchattacks
 from torch import nn
 
-from mladv.attacks import MLAdv, pifgsm
-from mladv.attacks.mladv import _schedule, depthwise, gaussian_kernel, logit_margin, margin_loss
+from mladv.attacks import MLAdv, MLAdvVariant, pifgsm
+from mladv.attacks.mladv import logit_margin
+from mladv.attacks.variants import (
+    depthwise,
+    gaussian_kernel,
+    margin_loss,
+    schedule_factor,
+    transform,
+)
 from mladv.data import make_phantoms
 from mladv.features import conv_layers
-from mladv.losses import adversarial_loss, detail_loss, origin_loss
+from mladv.losses import detail_loss
 from mladv.metrics import total_variation
 from mladv.models import build_model
 from mladv.training import train_classifier
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPS = 8 / 255
 # the first reading (SPEC "Measured"): every term of eq. 2 on, detail on the image, no fallback
@@ -23,7 +33,7 @@ FULL = dict(style_weight=1.0, origin_weight=1.0, detail_weight=1.0, detail_on="i
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(one_thread):
     """A small CNN trained inside the tests (a few seconds) on 16 px phantoms, and up to 8
     images per class that it classifies correctly."""
     data = make_phantoms(30, 16, seed=3)
@@ -36,6 +46,30 @@ def tiny():
     keep = torch.cat([torch.nonzero(ok & (data.labels == c)).flatten()[:8] for c in range(3)])
     assert len(keep) >= 16, "the small model must classify some images correctly"
     return model, data.images[keep], data.labels[keep]
+
+
+class PassCounter:
+    """Counts backward passes through ``model`` independently of the attack: a tensor hook on
+    the output of its first convolution (every gradient through the model to the input passes
+    it) adds the share of the batch each pass covers."""
+
+    def __init__(self, model: nn.Module, batch: int) -> None:
+        self.first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        self.batch, self.passes = batch, 0.0
+
+    def _hook(self, _module: nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        if out.requires_grad:
+            out.register_hook(self._count)
+
+    def _count(self, grad: torch.Tensor) -> None:
+        self.passes += grad.shape[0] / self.batch
+
+    def __enter__(self) -> PassCounter:
+        self.handle = self.first.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
 
 
 def fooled(model: nn.Module, adv: torch.Tensor, labels: torch.Tensor) -> float:
@@ -58,44 +92,56 @@ def test_pifgsm_still_matches_torchattacks(tiny):
     assert torch.allclose(ours, ref, atol=1e-6)
 
 
-def test_realism_off_with_other_defaults_is_pifgsm_when_boosters_off(tiny):
+def test_realism_off_with_other_defaults_is_pifgsm(tiny):
     model, x, y = tiny
-    atk = MLAdv(model, seed=0, style_weight=0, origin_weight=0, detail_weight=0, momentum=0,
-                diversity=0, smoothing=0, adv_loss="log-p", schedule="constant",
-                keep="last", pre_steps=0, kernel_size=3, refine=0)
+    atk = MLAdv(model, seed=0, style_weight=0, origin_weight=0, detail_weight=0, kernel_size=3,
+                refine=0)
     assert torch.equal(atk(x, y), pifgsm(model, eps=EPS, seed=0)(x, y))
 
 
-def test_literal_balance_is_eq2_exactly(tiny):
+@pytest.mark.parametrize("opts", [{}, FULL, dict(FULL, balance="calibrated"),
+                                  dict(FULL, balance="literal")])
+def test_variant_with_neutral_knobs_is_mladv_bit_for_bit(tiny, opts):
     model, x, y = tiny
-    x, y = x[:4], y[:4]
-    atk = MLAdv(model, steps=1, projection=False, balance="literal", style="self", seed=0,
-                realism="always", keep="last", kappa=0.0, **FULL)
-    adv = atk(x, y)
-    xg = x.clone().requires_grad_(True)
-    from mladv.features import FeatureTap
-    origin_layer = atk.origin_layers
-    with FeatureTap(model, origin_layer) as tap:
-        logits = model(xg)
-        l_o = origin_loss([f.detach() for f in tap.outputs()], tap.outputs())
-    # at x_t = x with style = self, L_s = L_o = 0 and their gradients vanish
-    total = 0.5 * adversarial_loss(logits, y).sum() + l_o.sum() + detail_loss(xg).sum()
-    g = torch.autograd.grad(total, xg)[0]
-    expected = (x + (-EPS * g.sign()).clamp(-EPS, EPS)).clamp(0, 1)
-    assert torch.allclose(adv, expected, atol=1e-6)
+    ours = MLAdvVariant(model, seed=0, **opts)(x, y)
+    assert torch.equal(ours, MLAdv(model, seed=0, **opts)(x, y))
+
+
+def test_default_noise_is_smoother_than_pifgsm_on_the_same_model(tiny):
+    """What sets the default apart from PI-FGSM + the PGD fallback: the detail term on delta
+    (and the 5 x 5 kernel) give noise of clearly lower total variation."""
+    model, x, y = tiny
+    ours = MLAdv(model, seed=0)(x, y)
+    pi = pifgsm(model, eps=EPS, seed=0)(x, y)
+    assert total_variation(ours - x) < 0.9 * total_variation(pi - x)
+    no_detail = MLAdv(model, seed=0, detail_weight=0)(x, y)
+    assert total_variation(ours - x) < total_variation(no_detail - x)
 
 
 def test_calibrated_needs_one_backward_per_step_after_calibration(tiny):
     model, x, y = tiny
     steps = 6
     cal = MLAdv(model, steps=steps, balance="calibrated", seed=0, **FULL)
-    cal(x, y)
+    with PassCounter(model, len(x)) as counted:
+        cal(x, y)
     # step 1: adversarial term only; step 2: one pass per model term (adv, style, origin);
     # then one pass per step
-    assert cal.backward_passes == 1 + 3 + (steps - 2)
+    assert counted.passes == 1 + 3 + (steps - 2) == cal.backward_passes
     gn = MLAdv(model, steps=steps, balance="grad-norm", seed=0, **FULL)
-    gn(x, y)
-    assert gn.backward_passes == 3 * steps
+    with PassCounter(model, len(x)) as counted:
+        gn(x, y)
+    assert counted.passes == 3 * steps == gn.backward_passes
+
+
+def test_default_needs_one_backward_pass_per_step_counted_by_a_hook(tiny):
+    """The README's "one backward pass per step": counted on the model, not by the attack."""
+    model, x, y = tiny
+    for refine in (0, 10):
+        atk = MLAdv(model, seed=0, refine=refine)
+        with PassCounter(model, len(x)) as counted:
+            atk(x, y)
+        assert counted.passes == pytest.approx(atk.backward_passes)
+        assert atk.steps <= counted.passes <= atk.steps + (refine > 0)
 
 
 def test_calibrated_factors_reproduce_grad_norm_mix(tiny):
@@ -128,7 +174,7 @@ def test_margin_loss_is_flat_once_fooled_by_kappa():
 
 def test_after_success_gates_terms_per_sample(tiny):
     model, x, y = tiny
-    atk = MLAdv(model, realism="after-success", style="self", seed=0, **FULL)
+    atk = MLAdvVariant(model, realism="after-success", style="self", seed=0, **FULL)
     grams, origin = atk._references(x, x)
     xt = (x + EPS * torch.randn_like(x).sign()).clamp(0, 1).requires_grad_(True)
     gate = torch.zeros(len(x))
@@ -155,29 +201,29 @@ def test_detail_on_delta_is_zero_at_the_clean_image(tiny):
 
 def test_momentum_accumulates_normalised_gradients(tiny):
     model, x, _ = tiny
-    atk = MLAdv(model, momentum=0.5, projection=False, seed=0)
-    kernel = atk.kernel
+    atk = MLAdvVariant(model, momentum=0.5, projection=False, seed=0)
     g1, g2 = torch.randn_like(x), torch.randn_like(x)
-    _, _, v1 = atk._update(x, x, g1, torch.zeros_like(x), torch.zeros_like(x), 0, kernel, None)
-    x2, _, v2 = atk._update(x, x, g2, torch.zeros_like(x), v1, 1, kernel, None)
+    _, v1 = atk._boost(g1, torch.zeros_like(x))
+    step, v2 = atk._boost(g2, v1)
     unit = lambda g: g / g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)  # noqa: E731
-    assert torch.allclose(v2, 0.5 * unit(g1) + unit(g2))
+    assert torch.allclose(v2, 0.5 * unit(g1) + unit(g2)) and torch.equal(step, v2)
+    x2, _ = atk._update(x, x, step, torch.zeros_like(x), atk.kernel, None, atk.alpha, atk.gamma)
     assert torch.equal(x2, (x - (atk.alpha * v2.sign())).clamp(x - EPS, x + EPS).clamp(0, 1))
 
 
 def test_input_diversity_transform_keeps_size_and_is_seeded(tiny):
     model, x, y = tiny
-    atk = MLAdv(model, diversity=1.0, diversity_scale=0.75, seed=0)
+    atk = MLAdvVariant(model, diversity=1.0, diversity_scale=0.75, seed=0)
     gen = torch.Generator().manual_seed(0)
     params = [atk._diverse(gen, 16) for _ in range(20)]
     assert all(p is not None and p.resize is not None and 12 <= p.resize[0] < 16 and not p.flip
                for p in params)
-    out = atk._transform(x, params[0])
+    out = transform(x, params[0])
     assert out.shape == x.shape and out.sum() < x.sum()  # shrunk, zero-padded
-    assert MLAdv(model, diversity=0.0)._diverse(gen, 16) is None
-    flip = MLAdv(model, flip=1.0)._diverse(gen, 16)
+    assert MLAdvVariant(model, diversity=0.0)._diverse(gen, 16) is None
+    flip = MLAdvVariant(model, flip=1.0)._diverse(gen, 16)
     assert flip is not None and flip.resize is None and flip.flip
-    assert torch.equal(atk._transform(x, flip), x.flip(-1))
+    assert torch.equal(transform(x, flip), x.flip(-1))
     a, b = atk(x, y), atk(x, y)
     assert torch.equal(a, b) and (a - x).abs().max() <= EPS + 1e-6
 
@@ -189,34 +235,36 @@ def test_smoothing_gives_smoother_noise(tiny):
     assert depthwise(x, gaussian_kernel(1)).allclose(x)
     opts = dict(style_weight=0, origin_weight=0, detail_weight=0, projection=False, refine=0,
                 seed=0)
-    rough = MLAdv(model, **opts)(x, y)
-    smooth = MLAdv(model, smoothing=7, **opts)(x, y)
+    rough = MLAdvVariant(model, **opts)(x, y)
+    smooth = MLAdvVariant(model, smoothing=7, **opts)(x, y)
     assert total_variation(smooth - x) < total_variation(rough - x)
 
 
 def test_schedules_decay_from_one():
-    assert [_schedule("constant", t, 4) for t in range(4)] == [1.0] * 4
-    atk = MLAdv(torch.nn.Conv2d(1, 1, 1), schedule="linear")
+    assert [schedule_factor("constant", t, 4) for t in range(4)] == [1.0] * 4
+    atk = MLAdvVariant(torch.nn.Conv2d(1, 1, 1), schedule="linear")
     assert atk.gamma_schedule == "linear"
-    assert MLAdv(torch.nn.Conv2d(1, 1, 1), gamma_schedule="cosine").schedule == "constant"
-    assert [_schedule("linear", t, 4) for t in range(4)] == [1.0, 0.75, 0.5, 0.25]
-    cos = [_schedule("cosine", t, 10) for t in range(10)]
+    assert MLAdvVariant(torch.nn.Conv2d(1, 1, 1), gamma_schedule="cosine").schedule == "constant"
+    assert [schedule_factor("linear", t, 4) for t in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    cos = [schedule_factor("cosine", t, 10) for t in range(10)]
     assert cos[0] == 1.0 and all(a >= b for a, b in zip(cos, cos[1:])) and min(cos) >= 0.1
 
 
 def test_two_phase_counts_passes_and_uses_only_cross_entropy_after(tiny):
     model, x, y = tiny
-    atk = MLAdv(model, pre_steps=3, steps=4, seed=0, **FULL)
-    adv = atk(x, y)
-    assert atk.backward_passes == 3 * 3 + 4  # phase 1: adv, style, origin; phase 2: CE only
+    atk = MLAdvVariant(model, pre_steps=3, steps=4, seed=0, **FULL)
+    with PassCounter(model, len(x)) as counted:
+        adv = atk(x, y)
+    assert counted.passes == 3 * 3 + 4  # phase 1: adv, style, origin; phase 2: CE only
+    assert atk.backward_passes == counted.passes
     assert (adv - x).abs().max() <= EPS + 1e-6
 
 
 def test_keep_last_adversarial_never_loses_a_fooled_sample(tiny):
     model, x, y = tiny
     opts = dict(realism="after-success", kappa=0.0, seed=0, **dict(FULL, tau=5.0))
-    last = MLAdv(model, keep="last", **opts)(x, y)
-    kept = MLAdv(model, keep="last-adversarial", **opts)(x, y)
+    last = MLAdvVariant(model, keep="last", **opts)(x, y)
+    kept = MLAdvVariant(model, keep="last-adversarial", **opts)(x, y)
     assert fooled(model, kept, y) >= fooled(model, last, y)
     assert (kept - x).abs().max() <= EPS + 1e-6
 
@@ -241,13 +289,14 @@ def test_refine_finishes_what_the_steps_missed_and_is_free_otherwise(tiny):
 def test_gamma_schedule_decays_only_the_projection(tiny):
     model, x, y = tiny
     opts = dict(style_weight=0, origin_weight=0, detail_weight=0, seed=0)
-    const = MLAdv(model, **opts)(x, y)
-    gamma_lin = MLAdv(model, gamma_schedule="linear", **opts)(x, y)
-    both_lin = MLAdv(model, schedule="linear", **opts)(x, y)
+    const = MLAdvVariant(model, **opts)(x, y)
+    gamma_lin = MLAdvVariant(model, gamma_schedule="linear", **opts)(x, y)
+    both_lin = MLAdvVariant(model, schedule="linear", **opts)(x, y)
     assert not torch.equal(const, gamma_lin) and not torch.equal(gamma_lin, both_lin)
     # no projection: the gamma schedule has nothing to act on
     off = dict(opts, projection=False)
-    assert torch.equal(MLAdv(model, **off)(x, y), MLAdv(model, gamma_schedule="linear", **off)(x, y))
+    assert torch.equal(MLAdvVariant(model, **off)(x, y),
+                       MLAdvVariant(model, gamma_schedule="linear", **off)(x, y))
 
 
 def test_layer_choices(tiny):
@@ -260,14 +309,25 @@ def test_layer_choices(tiny):
     assert MLAdv(model, origin_weight=0).origin_layers == []
 
 
-@pytest.mark.parametrize("bad", [dict(balance="magic"), dict(adv_loss="hinge"),
-                                 dict(realism="never"), dict(schedule="step"), dict(keep="best"),
-                                 dict(detail_on="noise"), dict(momentum=-1), dict(diversity=2.0),
-                                 dict(smoothing=4), dict(style_layers="late-conv"),
-                                 dict(refine=-1), dict(flip=1.5), dict(gamma_schedule="step")])
-def test_bad_options_raise_one_clear_error(tiny, bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad", [dict(balance="magic"), dict(detail_on="noise"),
+                                 dict(style_layers="late-conv"), dict(refine=-1), dict(steps=0),
+                                 dict(tau=-0.1), dict(style_weight=-1), dict(beta=0),
+                                 dict(kernel_size=4), dict(style="other-class")])
+def test_bad_options_raise_one_clear_error_naming_them(tiny, bad):
+    name = "style_weight" if "style_weight" in bad else next(iter(bad))
+    with pytest.raises(ValueError, match=name):
         MLAdv(tiny[0], **bad)
+
+
+@pytest.mark.parametrize("bad", [dict(adv_loss="hinge"), dict(realism="never"),
+                                 dict(schedule="step"), dict(keep="best"), dict(momentum=-1),
+                                 dict(diversity=2.0), dict(smoothing=4), dict(flip=1.5),
+                                 dict(gamma_schedule="step"), dict(kappa=-1),
+                                 dict(diversity_scale=0.0), dict(balance="magic")])
+def test_bad_variant_options_raise_one_clear_error_naming_them(tiny, bad):
+    name = "smoothing" if "smoothing" in bad else next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        MLAdvVariant(tiny[0], **bad)
 
 
 def test_style_term_unchanged_by_options(tiny):
