@@ -1,10 +1,15 @@
 import json
+import os
+import stat
+import sys
 
 import pytest
 import torch
 
-from mladv.cli import main
+from mladv.cli import INTERRUPTED, main
 from mladv.crafting import load_adversarial
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(args):
@@ -13,46 +18,258 @@ def run(args):
     return exc.value.code
 
 
-def test_train_then_attack_writes_lossless_tensors_and_metrics(tmp_path, capsys):
-    ckpt_dir, atk_dir = tmp_path / "train", tmp_path / "atk"
-    assert run(["train", "phantoms:12", "--arch", "tiny_cnn", "--image-size", "24", "--epochs", "1",
-                "--out", str(ckpt_dir)]) == 0
-    assert (ckpt_dir / "model.pt").is_file()
-    assert "test_acc" in json.loads((ckpt_dir / "metrics.json").read_text())
-    assert run(["attack", str(ckpt_dir / "model.pt"), "phantoms:12", "--steps", "2",
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, one_thread):
+    """A tiny_cnn trained by the CLI for one epoch on 36 phantoms of 24 px."""
+    out = tmp_path_factory.mktemp("train")
+    assert run(["train", "phantoms:12", "--arch", "tiny_cnn", "--image-size", "24",
+                "--epochs", "1", "--out", str(out)]) == 0
+    return out / "model.pt"
+
+
+@pytest.fixture()
+def no_data(monkeypatch):
+    """Fails the test if a command reads its data (errors must come before that)."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the data was read before the error")
+    for command in ("train", "attack", "augment"):
+        monkeypatch.setattr(f"mladv.commands.{command}.load_source", forbidden)
+
+
+def test_train_then_attack_writes_lossless_tensors_and_metrics(ckpt, tmp_path, capsys):
+    assert "test_acc" in json.loads((ckpt.parent / "metrics.json").read_text())
+    atk_dir = tmp_path / "atk"
+    assert run(["attack", str(ckpt), "phantoms:12", "--steps", "2",
                 "--out", str(atk_dir), "--png-previews", "2"]) == 0
     saved = load_adversarial(atk_dir / "adversarial.pt")
     assert saved["images"].dtype == torch.float32 and saved["images"].shape[1:] == (1, 24, 24)
     assert len(saved["paths"]) == saved["labels"].shape[0] == saved["images"].shape[0]
-    metrics = json.loads((atk_dir / "metrics.json").read_text())["metrics"]
-    assert metrics["linf_max"] <= 8 / 255 + 1e-6
+    metrics = json.loads((atk_dir / "metrics.json").read_text())
+    assert metrics["metrics"]["linf_max"] <= 8 / 255 + 1e-6
+    assert metrics["options"] == {"eps": 8 / 255, "seed": 0, "steps": 2}  # only what was given
+    assert metrics["n_seen_in_training"] == 0  # the checkpoint's own test split: all unseen
     assert len(list((atk_dir / "previews").glob("*.png"))) == 2
+
+
+def test_attack_command_runs_the_class_default(ckpt, tmp_path):
+    """`mladv attack --attack mladv` and `MLAdv(model)` give the same tensor (issue 9 item 1)."""
+    from mladv.attacks import MLAdv
+    from mladv.data import load_source, split_imageset
+    from mladv.models import load_checkpoint
+
+    assert run(["attack", str(ckpt), "phantoms:12", "--out", str(tmp_path / "a")]) == 0
+    cli_adv = load_adversarial(tmp_path / "a" / "adversarial.pt")["images"]
+    model, _ = load_checkpoint(ckpt)
+    _, test = split_imageset(load_source("phantoms:12", 24), seed=0)
+    api_adv = MLAdv(model, eps=8 / 255, seed=0)(test.images, test.labels)
+    assert torch.equal(cli_adv, api_adv)
+    # what the command ran before the fix is a different attack
+    old = MLAdv(model, eps=8 / 255, seed=0, tau=0.5, style_weight=1, origin_weight=1,
+                detail_weight=1, balance="grad-norm")(test.images, test.labels)
+    assert not torch.equal(cli_adv, old)
+
+
+def test_attack_and_augment_share_the_option_flags(ckpt, tmp_path, capsys, no_data):
+    for command in ("attack", "augment"):
+        assert run([command, str(ckpt), "phantoms:12", "--option", "steps=two",
+                    "--out", str(tmp_path / command)]) == 2
+        one_line_error(capsys, "attack 'mladv': steps must be int, got 'two'")
+        assert run([command, str(ckpt), "phantoms:12", "--attack", "pgd", "--tau", "0.3",
+                    "--out", str(tmp_path / command)]) == 2
+        one_line_error(capsys, "attack 'pgd' has no option 'tau'")
+        assert run([command, str(ckpt), "phantoms:12", "--steps", "3", "--option", "steps=2",
+                    "--out", str(tmp_path / command)]) == 2
+        one_line_error(capsys, "give it once, as --steps")
+        assert run([command, str(ckpt), "phantoms:12", "--option", "balance=foo",
+                    "--out", str(tmp_path / command)]) == 2
+        one_line_error(capsys, "balance")
+
+
+def test_option_errors_come_before_the_checkpoint_is_read(tmp_path, capsys):
+    (tmp_path / "x.pt").write_text("nope")
+    assert run(["attack", str(tmp_path / "x.pt"), "phantoms:3", "--eps", "0"]) == 2
+    one_line_error(capsys, "--eps")
+    assert run(["attack", str(tmp_path / "x.pt"), "phantoms:3", "--option", "steps=0"]) == 2
+    one_line_error(capsys, "steps must be >= 1")
 
 
 def test_missing_data_folder_is_one_line_error(tmp_path, capsys):
     assert run(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "error:" in err and "missing" in err and "Traceback" not in err
+    one_line_error(capsys, "missing")
 
 
-def test_bad_checkpoint_is_one_line_error(tmp_path, capsys):
-    (tmp_path / "x.pt").write_text("nope")
+def test_garbage_checkpoint_is_one_line_without_unsafe_advice(tmp_path, capsys):
+    (tmp_path / "x.pt").write_bytes(os.urandom(64))
     assert run(["attack", str(tmp_path / "x.pt"), "phantoms:3", "--out", str(tmp_path / "o")]) == 2
-    assert "x.pt cannot be read" in capsys.readouterr().err
+    err = one_line_error(capsys, "x.pt: not a mladv checkpoint (")
+    assert "weights_only" not in err
 
 
-def test_unknown_attack_lists_valid_ones(tmp_path, capsys):
-    run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16", "--epochs", "1",
-         "--out", str(tmp_path / "t")])
-    assert run(["attack", str(tmp_path / "t" / "model.pt"), "phantoms:6", "--attack", "nope",
+def test_unknown_architecture_inside_a_checkpoint_names_the_file(tmp_path, capsys):
+    torch.save({"state_dict": {}, "arch": "resnet19", "classes": ["a", "b"]}, tmp_path / "m.pt")
+    assert run(["attack", str(tmp_path / "m.pt"), "phantoms:3", "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, "m.pt: unknown architecture 'resnet19'")
+
+
+def test_unknown_attack_lists_valid_ones(ckpt, tmp_path, capsys):
+    assert run(["attack", str(ckpt), "phantoms:6", "--attack", "nope",
                 "--out", str(tmp_path / "o")]) == 2
-    assert "choose one of" in capsys.readouterr().err
+    one_line_error(capsys, "choose one of")
 
 
-def test_eps_out_of_range_is_refused(tmp_path, capsys):
-    (tmp_path / "x.pt").write_text("nope")
-    assert run(["attack", str(tmp_path / "x.pt"), "phantoms:3", "--eps", "0"]) == 2
-    assert "--eps" in capsys.readouterr().err
+def test_unknown_arch_is_reported_before_the_data_loads(tmp_path, capsys, no_data):
+    assert run(["train", "phantoms:6", "--arch", "resnet19", "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, "unknown architecture 'resnet19'")
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "2", "2048"])
+def test_image_size_outside_the_range_is_refused_at_parse_time(size, tmp_path, capsys, no_data):
+    assert run(["train", "phantoms:6", "--image-size", size, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--image-size" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_image_size_too_small_for_the_architecture(tmp_path, capsys, no_data):
+    assert run(["train", "phantoms:6", "--arch", "vgg16", "--image-size", "16",
+                "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, "--image-size must be an integer in 32..1024 for vgg16")
+
+
+@pytest.mark.parametrize("command", ["train", "attack"])
+def test_out_that_is_a_file_is_refused_before_any_work(command, ckpt, tmp_path, capsys, no_data):
+    (tmp_path / "taken").write_text("a file")
+    args = (["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16"]
+            if command == "train" else ["attack", str(ckpt), "phantoms:6"])
+    assert run([*args, "--out", str(tmp_path / "taken")]) == 2
+    one_line_error(capsys, f"--out {tmp_path / 'taken'}: is a file, not a folder")
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0,
+                    reason="root writes into read-only folders (see the simulated test below)")
+def test_read_only_out_is_refused_before_any_work(tmp_path, capsys, no_data):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        assert run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16",
+                    "--out", str(ro)]) == 2
+    finally:
+        ro.chmod(stat.S_IRWXU)
+    one_line_error(capsys, f"--out {ro}: cannot write there")
+
+
+def test_unwritable_out_is_refused_before_any_work(ckpt, tmp_path, capsys, monkeypatch, no_data):
+    """Simulated: the probe write fails as in a read-only folder (the tests may run as root)."""
+    import tempfile
+
+    def denied(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", str(dir))
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    assert run(["attack", str(ckpt), "phantoms:6", "--out", str(tmp_path / "ro")]) == 2
+    one_line_error(capsys, f"--out {tmp_path / 'ro'}: cannot write there (Permission denied)")
+
+
+def test_write_error_after_the_work_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    def disk_full(obj, f, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    assert run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16", "--epochs", "1",
+                "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, f"{tmp_path / 'o' / 'model.pt'}: No space left on device")
+    assert not list((tmp_path / "o").glob(".*.tmp"))
+
+
+def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path, capsys, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("mladv.commands.train.train_classifier", interrupt)
+    assert run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16",
+                "--out", str(tmp_path / "o")]) == 130
+    assert INTERRUPTED in capsys.readouterr().err
+
+
+def test_stale_tmp_files_of_an_interrupted_run_are_cleaned(ckpt, tmp_path):
+    out = tmp_path / "atk"
+    (out / "previews").mkdir(parents=True)
+    stale = [out / ".adversarial.pt.k2j4_x9q.tmp", out / "previews" / ".00000.png.abcdefgh.tmp"]
+    keep = [out / ".notes.tmp", out / "notes.tmp"]  # not ours: left alone
+    for p in stale + keep:
+        p.write_text("x")
+    assert run(["attack", str(ckpt), "phantoms:12", "--steps", "1", "--out", str(out)]) == 0
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+
+
+def test_split_test_on_other_data_leaves_out_the_training_images(ckpt, tmp_path, capsys):
+    from mladv.data import load_source
+    from mladv.models import read_checkpoint
+    from mladv.utils import image_hashes
+
+    out = tmp_path / "other"
+    # phantoms:20 holds phantoms:12's images and more; its test split mixes in training images
+    assert run(["attack", str(ckpt), "phantoms:20", "--steps", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["n_seen_in_training"] > 0 and f"left out {meta['n_seen_in_training']} of" in err
+    saved = load_adversarial(out / "adversarial.pt")
+    trained_on = set(read_checkpoint(ckpt)["trained_on"])
+    clean = load_source("phantoms:20", 24)
+    by_hash = dict(zip(image_hashes(clean.images), range(len(clean))))
+    assert len(trained_on) == 30 and len(saved["labels"]) == meta["metrics"]["n"] > 0
+    # every attacked image is within eps of an unseen clean image, and none of a seen one
+    unseen = clean.images[[i for h, i in by_hash.items() if h not in trained_on]]
+    seen = clean.images[[i for h, i in by_hash.items() if h in trained_on]]
+    dist = lambda a, b: (a[:, None] - b[None]).abs().flatten(2).amax(2).amin(1)  # noqa: E731
+    assert (dist(saved["images"], unseen) <= 8 / 255 + 1e-6).all()
+    assert (dist(saved["images"], seen) > 8 / 255).all()
+
+
+def test_split_test_with_nothing_unseen_is_refused(tmp_path):
+    from mladv.commands._common import choose_split
+    from mladv.data import make_phantoms
+    from mladv.utils import image_hashes
+
+    data = make_phantoms(8, 16, seed=0)
+    ckpt = {"split": {"seed": 0, "test_size": 0.15}, "trained_on": image_hashes(data.images)}
+    with pytest.raises(ValueError, match="all 3 images of DATA's test split were used to train"):
+        choose_split(data, ckpt, "test", checkpoint=tmp_path / "m.pt", data="DATA")
+    chosen, record = choose_split(data, {"split": {"seed": 0, "test_size": 0.15}}, "test",
+                                  checkpoint=tmp_path / "m.pt", data="DATA")
+    assert len(chosen) == 3 and "does not record its training images" in record["note"]
+
+
+def test_train_with_local_weights_and_frozen_backbone(tmp_path, capsys):
+    from mladv.models import build_model, head_name, load_checkpoint
+
+    torch.manual_seed(7)
+    net = build_model("tiny_cnn", 5).net  # a "pretrained" tiny_cnn with another head size
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    assert run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16", "--epochs", "1",
+                "--weights", str(tmp_path / "w.pth"), "--freeze-backbone", "--lr", "0.05",
+                "--out", str(tmp_path / "o")]) == 0
+    model, meta = load_checkpoint(tmp_path / "o" / "model.pt")
+    assert meta["weights"] == str(tmp_path / "w.pth") and meta["freeze_backbone"] is True
+    head = head_name(model.net)
+    for k, v in net.state_dict().items():
+        same = torch.equal(model.net.state_dict()[k], v) if not k.startswith(head) else None
+        assert same in (True, None), k
+    assert model.net.state_dict()[f"{head}.weight"].shape[0] == 3
+
+
+def test_weights_errors_come_before_the_data_loads(tmp_path, capsys, no_data):
+    assert run(["train", "phantoms:6", "--freeze-backbone", "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, "--freeze-backbone needs --weights")
+    assert run(["train", "phantoms:6", "--weights", "IMAGENET_V9", "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, "torchvision has IMAGENET1K_V1")
 
 
 def test_small_demo_writes_summary_and_grid(tmp_path):
@@ -66,8 +283,6 @@ def test_small_demo_writes_summary_and_grid(tmp_path):
 
 
 def test_atomic_outputs_have_normal_permissions(tmp_path):
-    import os
-
     from mladv.utils import atomic_write_json
 
     atomic_write_json({"a": 1}, tmp_path / "x.json")
@@ -80,7 +295,7 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
 
     target = tmp_path / "keep.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="crash"):
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash")

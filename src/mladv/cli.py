@@ -1,31 +1,64 @@
-"""The ``mladv`` command line. Sub-commands live in :mod:`mladv.commands` (one file each)."""
+"""The ``mladv`` command line. Sub-commands live in :mod:`mladv.commands` (one file each; modules
+whose name starts with ``_`` hold shared pieces and are not commands)."""
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
 from . import commands
 
+INTERRUPTED = "interrupted: finished outputs are kept; rerun the same command to resume"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Realistic adversarial augmentation of medical images (MLAdv).")
 
+
+class Interrupted(Exception):
+    """Ctrl-C inside a command. Typer would turn ``KeyboardInterrupt`` into a silent exit 130;
+    this passes it through typer to :func:`main`, which says what was kept."""
+
+
+def _interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)  # typer reads the signature and help through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted from None
+    return run
+
+
 for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-    importlib.import_module(f"{commands.__name__}.{_info.name}").register(app)
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{commands.__name__}.{_info.name}").register(app)
+for _command in app.registered_commands:
+    if _command.callback is not None:
+        _command.callback = _interruptible(_command.callback)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user error prints: an ``OSError`` as ``PATH: reason``, else its message."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc).strip() or exc.__class__.__name__
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors (``ValueError``, missing files) print one line and exit 2."""
+    """Entry point: user errors (``ValueError``, ``OSError`` such as a missing file or a full
+    disk) print one line and exit 2; Ctrl-C says what was kept and exits 130."""
     try:
         app(args=argv, standalone_mode=True)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    except (ValueError, OSError) as exc:
+        typer.secho(f"error: {error_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.secho("interrupted: finished outputs are kept; rerun the same command to resume",
-                    err=True)
+    except (Interrupted, KeyboardInterrupt):
+        typer.secho(INTERRUPTED, err=True)
         sys.exit(130)
 
 

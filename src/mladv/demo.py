@@ -14,7 +14,7 @@ from .data import make_phantoms, split_imageset
 from .figures import adversarial_grid
 from .models import build_model, save_checkpoint
 from .training import accuracy, train_classifier
-from .utils import atomic_write_json, set_determinism
+from .utils import atomic_write_json, prepare_output_dir, set_determinism
 
 
 def run_demo(out: str | Path = "runs/demo", *, n_per_class: int = 250, image_size: int = 64,
@@ -22,7 +22,7 @@ def run_demo(out: str | Path = "runs/demo", *, n_per_class: int = 250, image_siz
              seed: int = 0, console: Console | None = None) -> dict[str, Any]:
     """Run the demo and write ``out/summary.json``, ``out/grid.png`` and ``out/model.pt``."""
     console = console or Console()
-    out = Path(out)
+    out = prepare_output_dir(out)
     start = time.perf_counter()
     set_determinism(seed)
     console.print(f"[bold]1/4[/] generating {3 * n_per_class} synthetic phantoms "
@@ -35,7 +35,7 @@ def run_demo(out: str | Path = "runs/demo", *, n_per_class: int = 250, image_siz
     clean_acc = accuracy(model, test_set.images, test_set.labels)
     save_checkpoint(out / "model.pt", model, classes=data.classes, image_size=image_size,
                     epoch=epochs, metrics={"test_acc": clean_acc}, data="phantoms",
-                    split={"seed": seed, "test_size": 0.15})
+                    train_images=train_set.images, split={"seed": seed, "test_size": 0.15})
     console.print(f"[bold]3/4[/] crafting MLAdv and PGD-{steps} on {len(test_set)} test images "
                   f"(eps = {eps * 255:.0f}/255)")
     attacks = {"MLAdv": MLAdv(model, eps=eps, steps=steps, seed=seed),

@@ -34,7 +34,8 @@ def ssim(clean: Tensor, adv: Tensor) -> float:
 
     a, b = clean.detach().cpu().numpy(), adv.detach().cpu().numpy()
     win = min(7, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
-    vals = [structural_similarity(a[i, c], b[i, c], data_range=1.0, win_size=win)
+    vals = [structural_similarity(a[i, c], b[i, c], data_range=1.0,  # type: ignore[no-untyped-call]
+                                  win_size=win)
             for i in range(a.shape[0]) for c in range(a.shape[1])]
     return float(np.mean(vals)) if vals else float("nan")
 

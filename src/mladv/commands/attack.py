@@ -8,57 +8,79 @@ import typer
 
 from ..attacks import make_attack
 from ..crafting import attack_metrics, craft, save_adversarial
-from ..data import load_source, split_imageset
+from ..data import load_source
 from ..figures import to_uint8
 from ..models import load_checkpoint
-from ..utils import atomic_path, atomic_write_json, resolve_device, set_determinism
+from ..utils import (
+    atomic_path,
+    atomic_write_json,
+    prepare_output_dir,
+    resolve_device,
+    set_determinism,
+)
+from ._common import (
+    AttackName,
+    Beta,
+    DetailWeight,
+    Eps,
+    Options,
+    OriginWeight,
+    Projection,
+    Steps,
+    StyleWeight,
+    Tau,
+    choose_split,
+    collect_attack_options,
+)
 
 
 def attack(
     checkpoint: Path = typer.Argument(..., help="A model.pt written by 'mladv train'."),
     data: str = typer.Argument(..., help="ImageFolder root, or 'phantoms'."),
-    name: str = typer.Option("mladv", "--attack", help="mladv, pgd, fgsm, mifgsm, pifgsm, ..."),
-    eps: float = typer.Option(8.0, help="L-inf budget in 1/255 units."),
-    steps: int = typer.Option(10, min=1),
-    split: str = typer.Option("test", help="'test' (the checkpoint's held-out split) or 'all'."),
-    beta: float = typer.Option(10.0, help="MLAdv amplification factor."),
-    tau: float = typer.Option(0.5, help="MLAdv realism weight (grad-norm) / eq. 2's tau (literal)."),
-    style_weight: float = typer.Option(1.0), origin_weight: float = typer.Option(1.0),
-    detail_weight: float = typer.Option(1.0),
-    projection: bool = typer.Option(True, help="MLAdv heuristic projection (eq. 9)."),
-    balance: str = typer.Option("grad-norm", help="MLAdv: grad-norm or literal."),
+    name: AttackName = "mladv",
+    eps: Eps = 8.0,
+    steps: Steps = None,
+    style_weight: StyleWeight = None,
+    origin_weight: OriginWeight = None,
+    detail_weight: DetailWeight = None,
+    tau: Tau = None,
+    beta: Beta = None,
+    projection: Projection = None,
+    option: Options = None,
     targeted: bool = typer.Option(False, help="Random other class as the target (seeded)."),
+    split: str = typer.Option("test", help="'test' (the checkpoint's held-out split, minus any "
+                              "image it was trained on) or 'all'."),
     batch_size: int = typer.Option(32, min=1),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("runs/attack")),
-    png_previews: int = typer.Option(0, help="Also write this many 8-bit PNG previews (lossy)."),
+    png_previews: int = typer.Option(0, min=0,
+                                     help="Also write this many 8-bit PNG previews (lossy)."),
     device: str = typer.Option("auto"),
     skip_bad: bool = typer.Option(False),
 ) -> None:
-    """Attack CHECKPOINT's model on DATA; write OUT/adversarial.pt (float32) and OUT/metrics.json."""
-    if not 0 < eps <= 255:
-        raise ValueError(f"--eps must be in (0, 255] (1/255 units), got {eps}")
+    """Attack CHECKPOINT's model on DATA; write OUT/adversarial.pt (float32) and OUT/metrics.json.
+    Attack options not given keep the attack's defaults (for mladv: the measured default)."""
     if split not in ("test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
+    switches = {"style_weight": style_weight, "origin_weight": origin_weight,
+                "detail_weight": detail_weight, "tau": tau, "beta": beta,
+                "projection": projection, "targeted": targeted or None}
+    options = collect_attack_options(name, eps=eps, seed=seed, steps=steps, switches=switches,
+                                     option=option)
+    prepare_output_dir(out)
     set_determinism(seed)
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(checkpoint, map_location=dev)
     dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
-                          seed=ckpt.get("split", {}).get("seed", 0))
-    if split == "test":
-        sp = ckpt.get("split", {"seed": 0, "test_size": 0.15})
-        _, dataset = split_imageset(dataset, test_size=sp["test_size"], seed=sp["seed"])
-    options = {"eps": eps / 255, "seed": seed, "targeted": targeted}
-    if name.lower() in ("mladv", "pgd", "mifgsm", "pifgsm"):
-        options["steps"] = steps
-    if name.lower() == "mladv":
-        options.update(beta=beta, tau=tau, style_weight=style_weight, origin_weight=origin_weight,
-                       detail_weight=detail_weight, projection=projection, balance=balance)
+                          seed=(ckpt.get("split") or {}).get("seed", 0))
+    dataset, record = choose_split(dataset, ckpt, split, checkpoint=checkpoint, data=data)
+    if record["note"]:
+        typer.echo(record["note"], err=True)
     atk = make_attack(name, model, **options)
     adv = craft(atk, dataset.images, dataset.labels, batch_size=batch_size, desc=name)
     metrics = attack_metrics(model, dataset.images, adv, dataset.labels)
-    meta = {"attack": name, "options": {k: v for k, v in options.items()},
-            "checkpoint": str(checkpoint), "data": data, "split": split}
+    meta = {"attack": name, "options": options, "checkpoint": str(checkpoint), "data": data,
+            **record}
     save_adversarial(out / "adversarial.pt", adv, dataset.labels, paths=dataset.paths,
                      classes=dataset.classes, meta=meta)
     atomic_write_json({**meta, "metrics": metrics}, out / "metrics.json")

@@ -2,64 +2,49 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
-import yaml
 
 from ..attacks import make_attack
 from ..augment import craft_shards, load_shards
 from ..crafting import attack_metrics
-from ..data import load_source, split_imageset
+from ..data import load_source
 from ..distributed import barrier, init_from_env, is_main_process, rank_and_world
 from ..models import load_checkpoint
-from ..utils import atomic_write_json, set_determinism
-
-
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["steps=5", "balance=literal"]`` -> ``{"steps": 5, "balance": "literal"}`` (values read
-    as YAML scalars)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option {pair!r}: expected KEY=VALUE, e.g. --option steps=5")
-        options[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return options
-
-
-def attack_options(name: str, *, eps: float, seed: int, steps: int | None,
-                   switches: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments for :func:`~mladv.attacks.make_attack`: only what was given, so the
-    attack's own defaults apply to everything else. MLAdv switches on another attack are refused."""
-    given = {k: v for k, v in switches.items() if v is not None}
-    if given and name.lower() != "mladv":
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise ValueError(f"{flags} only apply to --attack mladv, not {name!r}")
-    options: dict[str, Any] = {"eps": eps / 255, "seed": seed, **given, **extra}
-    if steps is not None:
-        options["steps"] = steps
-    return options
+from ..utils import atomic_write_json, prepare_output_dir, set_determinism
+from ._common import (
+    AttackName,
+    Beta,
+    DetailWeight,
+    Eps,
+    Options,
+    OriginWeight,
+    Projection,
+    Steps,
+    StyleWeight,
+    Tau,
+    choose_split,
+    collect_attack_options,
+)
 
 
 def augment(
     checkpoint: Path = typer.Argument(..., help="The crafting model (a model.pt)."),
     data: str = typer.Argument(..., help="ImageFolder root, or 'phantoms'."),
-    name: str = typer.Option("mladv", "--attack", help="mladv, pgd, fgsm, mifgsm, pifgsm, ..."),
-    eps: float = typer.Option(8.0, help="L-inf budget in 1/255 units."),
-    steps: int | None = typer.Option(None, min=1, help="Iterations (default: the attack's)."),
-    split: str = typer.Option("train", help="train, test (the checkpoint's split) or all."),
+    name: AttackName = "mladv",
+    eps: Eps = 8.0,
+    steps: Steps = None,
+    style_weight: StyleWeight = None,
+    origin_weight: OriginWeight = None,
+    detail_weight: DetailWeight = None,
+    tau: Tau = None,
+    beta: Beta = None,
+    projection: Projection = None,
+    option: Options = None,
+    split: str = typer.Option("train", help="train, test (the checkpoint's split, minus any "
+                              "image it was trained on) or all."),
     shard_size: int = typer.Option(256, min=1, help="Images per shard file."),
     batch_size: int = typer.Option(32, min=1),
-    style_weight: float | None = typer.Option(None, help="MLAdv w_s (0 = off)."),
-    origin_weight: float | None = typer.Option(None, help="MLAdv w_o (0 = off)."),
-    detail_weight: float | None = typer.Option(None, help="MLAdv w_d (0 = off)."),
-    tau: float | None = typer.Option(None, help="MLAdv realism weight."),
-    beta: float | None = typer.Option(None, help="MLAdv amplification factor."),
-    projection: bool | None = typer.Option(None, "--projection/--no-projection",
-                                              help="MLAdv heuristic projection (eq. 9)."),
-    option: list[str] = typer.Option([], "--option", help="Any other attack option, KEY=VALUE "
-                                     "(repeatable), e.g. --option balance=literal."),
     seed: int = typer.Option(0, help="Every shard is seeded from (seed, shard index)."),
     out: Path = typer.Option(Path("runs/augment")),
     device: str = typer.Option("auto"),
@@ -67,24 +52,25 @@ def augment(
 ) -> None:
     """Craft adversarial copies of DATA's SPLIT on CHECKPOINT's model, true labels kept, into
     OUT/shard-*.pt (float32). Rerun the same command to resume an interrupted run."""
-    if not 0 < eps <= 255:
-        raise ValueError(f"--eps must be in (0, 255] (1/255 units), got {eps}")
     if split not in ("train", "test", "all"):
         raise ValueError(f"--split must be 'train', 'test' or 'all', got {split!r}")
     switches = {"style_weight": style_weight, "origin_weight": origin_weight,
                 "detail_weight": detail_weight, "tau": tau, "beta": beta, "projection": projection}
-    options = attack_options(name, eps=eps, seed=seed, steps=steps, switches=switches,
-                             extra=parse_options(option))
+    options = collect_attack_options(name, eps=eps, seed=seed, steps=steps, switches=switches,
+                                     option=option)
     set_determinism(seed)
     # under torchrun each rank crafts its own shards; rank 0 merges and writes the metrics
-    model, ckpt = load_checkpoint(checkpoint, map_location=init_from_env(device))
+    model_device = init_from_env(device)
+    if is_main_process():  # before any rank writes: rank 0 checks OUT and cleans stale .tmp
+        prepare_output_dir(out)
+    barrier()
+    model, ckpt = load_checkpoint(checkpoint, map_location=model_device)
     rank, world = rank_and_world()
-    sp = ckpt.get("split") or {"seed": 0, "test_size": 0.15}
     dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
-                          seed=sp.get("seed", 0))
-    if split != "all":
-        train_set, test_set = split_imageset(dataset, test_size=sp["test_size"], seed=sp["seed"])
-        dataset = train_set if split == "train" else test_set
+                          seed=(ckpt.get("split") or {}).get("seed", 0))
+    dataset, record = choose_split(dataset, ckpt, split, checkpoint=checkpoint, data=data)
+    if record["note"] and is_main_process():
+        typer.echo(record["note"], err=True)
     atk = make_attack(name, model, **options)
     info = {"checkpoint": str(checkpoint), "data": data, "split": split, "options": options}
     craft_shards(atk, dataset, out, shard_size=shard_size, seed=seed, batch_size=batch_size,
@@ -95,7 +81,8 @@ def augment(
         return
     adv = load_shards(out)
     metrics = attack_metrics(model, dataset.images, adv.images, dataset.labels)
-    atomic_write_json({**info, "n": len(adv), "metrics": metrics}, out / "metrics.json")
+    atomic_write_json({**info, "n": len(adv), "n_seen_in_training": record["n_seen_in_training"],
+                       "metrics": metrics}, out / "metrics.json")
     typer.echo(f"{name}: {len(adv)} adversarial copies of the {split} split in {out}; success on "
                f"the crafting model {metrics['success']:.3f}, SSIM {metrics['ssim']:.3f}, "
                f"Linf {metrics['linf_max'] * 255:.2f}/255")

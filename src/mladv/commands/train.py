@@ -8,15 +8,29 @@ import typer
 
 from ..data import load_source, split_imageset
 from ..distributed import init_from_env, is_main_process
-from ..models import build_model, save_checkpoint
+from ..models import (
+    IMAGE_SIZE_MAX,
+    IMAGE_SIZE_MIN,
+    build_model,
+    check_arch,
+    check_image_size,
+    pretrained_state_dict,
+    save_checkpoint,
+)
 from ..training import accuracy, train_classifier
-from ..utils import atomic_write_json, set_determinism
+from ..utils import atomic_write_json, prepare_output_dir, set_determinism
 
 
 def train(
     data: str = typer.Argument(..., help="ImageFolder root, or 'phantoms' for the synthetic set."),
     arch: str = typer.Option("resnet18", help="Architecture (see mladv.models.ARCHITECTURES)."),
-    image_size: int = typer.Option(128, help="Images are resized/cropped to this square size."),
+    image_size: int = typer.Option(128, min=IMAGE_SIZE_MIN, max=IMAGE_SIZE_MAX,
+                                   help="Images are resized/cropped to this square size."),
+    weights: str | None = typer.Option(
+        None, help="Pretrained backbone: a torchvision weights name (IMAGENET1K_V1, DEFAULT; "
+        "from torch hub's cache, downloaded with internet) or a local state-dict file. The "
+        "classifier head is new."),
+    freeze_backbone: bool = typer.Option(False, help="Train the head only (needs --weights)."),
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(32, min=1),
     lr: float = typer.Option(1e-3),
@@ -24,16 +38,30 @@ def train(
     test_size: float = typer.Option(0.15, help="Held-out share (patient-aware, stratified)."),
     out: Path = typer.Option(Path("runs/train"), help="Output folder."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    skip_bad: bool = typer.Option(False, help="Skip unreadable images (listed) instead of failing."),
+    skip_bad: bool = typer.Option(False,
+                                  help="Skip unreadable images (listed) instead of failing."),
 ) -> None:
-    """Train ARCH on DATA's train split; write OUT/model.pt and OUT/metrics.json."""
+    """Train ARCH on DATA's train split; write OUT/model.pt and OUT/metrics.json. The checkpoint
+    records the training images (fingerprints), so 'mladv attack --split test' can leave them
+    out on any data."""
+    check_arch(arch)
+    check_image_size(image_size, arch, option="--image-size")
+    if not 0 < test_size < 1:
+        raise ValueError(f"--test-size must be in (0, 1), got {test_size}")
+    if freeze_backbone and weights is None:
+        raise ValueError("--freeze-backbone needs --weights: a frozen random backbone stays random")
+    if weights is not None:
+        pretrained_state_dict(arch, weights)  # a bad name, file or offline download: now, not later
     set_determinism(seed)
     dev = init_from_env(device)  # under torchrun: DDP process group, cuda:LOCAL_RANK
+    if is_main_process():  # rank 0 writes
+        prepare_output_dir(out)
     dataset = load_source(data, image_size, skip_bad=skip_bad, seed=seed, progress=True)
     train_set, test_set = split_imageset(dataset, test_size=test_size, seed=seed)
     typer.echo(f"{data}: {len(train_set)} train / {len(test_set)} test images, "
                f"classes {dataset.classes}")
-    model = build_model(arch, len(dataset.classes)).to(dev)
+    model = build_model(arch, len(dataset.classes), weights=weights,
+                        freeze_backbone=freeze_backbone).to(dev)
     start = time.perf_counter()
     history = train_classifier(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr,
                                seed=seed)
@@ -44,10 +72,11 @@ def train(
                "n_train": len(train_set), "n_test": len(test_set),
                "skipped": [p for p, _ in dataset.skipped]}
     save_checkpoint(out / "model.pt", model, classes=dataset.classes, image_size=image_size,
-                    epoch=epochs, metrics=metrics, data=data,
+                    epoch=epochs, metrics=metrics, data=data, train_images=train_set.images,
                     split={"seed": seed, "test_size": test_size})
-    atomic_write_json({"data": data, "arch": arch, "image_size": image_size, "seed": seed,
-                       "history": history, **metrics}, out / "metrics.json")
+    atomic_write_json({"data": data, "arch": arch, "image_size": image_size, "weights": weights,
+                       "freeze_backbone": freeze_backbone, "seed": seed, "history": history,
+                       **metrics}, out / "metrics.json")
     typer.echo(f"test accuracy {metrics['test_acc']:.4f}; wrote {out / 'model.pt'}")
 
 

@@ -1,0 +1,91 @@
+"""Pieces ``mladv attack`` and ``mladv augment`` share: the attack option flags (one set, only
+the given ones forwarded, through :mod:`mladv.attacks.registry`'s translator) and the choice of a
+checkpoint's split that leaves out the images the checkpoint was trained on."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..attacks import attack_options, check_attack_options, parse_options
+from ..data import ImageSet, split_imageset
+from ..utils import image_hashes
+
+# -- the attack flags (unset = the attack's own default) ---------------------------------------
+AttackName = Annotated[str, typer.Option("--attack", help="mladv, pgd, fgsm, mifgsm, pifgsm, "
+                                         "gama, rays.")]
+Eps = Annotated[float, typer.Option(help="L-inf budget in 1/255 units.")]
+Steps = Annotated[int | None, typer.Option(min=1, help="Iterations (default: the attack's).")]
+StyleWeight = Annotated[float | None, typer.Option(help="MLAdv w_s (0 = off).")]
+OriginWeight = Annotated[float | None, typer.Option(help="MLAdv w_o (0 = off).")]
+DetailWeight = Annotated[float | None, typer.Option(help="MLAdv w_d (0 = off).")]
+Tau = Annotated[float | None, typer.Option(help="MLAdv realism weight.")]
+Beta = Annotated[float | None, typer.Option(help="MLAdv amplification factor.")]
+Projection = Annotated[bool | None, typer.Option("--projection/--no-projection",
+                                                 help="MLAdv heuristic projection (eq. 9).")]
+Options = Annotated[list[str] | None, typer.Option(
+    "--option", help="Any other attack option, KEY=VALUE (repeatable), e.g. "
+    "--option balance=literal.")]
+
+
+def collect_attack_options(name: str, *, eps: float, seed: int, steps: int | None,
+                           switches: dict[str, Any], option: list[str] | None) -> dict[str, Any]:
+    """The keyword arguments for :func:`mladv.attacks.make_attack`: only the flags given, so the
+    attack's own defaults (MLAdv: the measured default) apply to the rest. Names and values are
+    checked here, on a throwaway model, before any data or checkpoint is read."""
+    if not 0 < eps <= 255:
+        raise ValueError(f"--eps must be in (0, 255] (1/255 units), got {eps}")
+    extra = parse_options(option or [])
+    given = {k: v for k, v in switches.items() if v is not None}
+    flags = set(given) | {"eps", "seed"} | ({"steps"} if steps is not None else set())
+    twice = sorted(flags & set(extra))
+    if twice:
+        flag = "--" + twice[0].replace("_", "-")
+        raise ValueError(f"--option {twice[0]}=...: give it once, as {flag}")
+    options = attack_options(name, eps=eps, seed=seed, steps=steps, options={**given, **extra})
+    check_attack_options(name, options)
+    return options
+
+
+# -- which images ---------------------------------------------------------------------------
+def choose_split(dataset: ImageSet, ckpt: dict[str, Any], split: str, *, checkpoint: Path,
+                 data: str) -> tuple[ImageSet, dict[str, Any]]:
+    """``split`` (``train``, ``test`` or ``all``) of ``dataset`` as the checkpoint's own split
+    (seed, test share) cuts it, and a record of what was done.
+
+    ``test`` leaves out every image the checkpoint records having trained on (``trained_on``):
+    on the training data that changes nothing, on other data (a copy, an overlapping folder) it
+    keeps the evaluation honest; a note names how many were left out, and a test split with
+    nothing unseen is refused. ``all`` keeps them and the note counts them.
+    """
+    sp = ckpt.get("split") or {"seed": 0, "test_size": 0.15}
+    if split == "all":
+        chosen = dataset
+    else:
+        train, test = split_imageset(dataset, test_size=sp["test_size"], seed=sp["seed"])
+        chosen = train if split == "train" else test
+    record: dict[str, Any] = {"split": split, "n_seen_in_training": None, "note": None}
+    seen = ckpt.get("trained_on")
+    if split == "train":
+        return chosen, record
+    if seen is None:
+        record["note"] = (f"{checkpoint} does not record its training images (written before "
+                          "mladv recorded them): cannot check that they are left out")
+        return chosen, record
+    seen_set = set(seen)
+    keep = [i for i, h in enumerate(image_hashes(chosen.images)) if h not in seen_set]
+    n_seen = len(chosen) - len(keep)
+    record["n_seen_in_training"] = n_seen
+    if n_seen and split == "test":
+        if not keep:
+            raise ValueError(f"--split test: all {len(chosen)} images of {data}'s test split "
+                             f"were used to train {checkpoint}; nothing unseen to attack")
+        record["note"] = (f"--split test: left out {n_seen} of {len(chosen)} images that "
+                          f"{checkpoint} was trained on ({data} is not the data it was "
+                          "trained on)")
+        chosen = chosen.subset(keep)
+    elif n_seen:
+        record["note"] = (f"--split all: {n_seen} of {len(chosen)} images were used to train "
+                          f"{checkpoint}; --split test leaves them out")
+    return chosen, record
