@@ -215,3 +215,17 @@ def test_cxr3_manifest_as_csv_equals_the_folder(cxr3_root):
     idx = [order[p] for p in via_csv.paths]
     assert torch.equal(via_csv.images, folder.images[idx])
     assert via_csv.groups == [folder.groups[i] for i in idx]
+
+
+def test_plain_folders_are_not_mistaken_for_a_preset(cxr3_root):
+    from mladv.data.source import _detect
+
+    assert _detect(str(cxr3_root)) == "folder"
+    assert _detect(str(cxr3_root / "manifest.csv")) == "csv"
+
+
+def test_an_existing_path_with_a_colon_is_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for c, v in (("a", 30), ("b", 200)):
+        _img(tmp_path / "csv:scans" / c / "x.png", v)
+    assert load_source("csv:scans", 16).classes == ["a", "b"]  # a folder, not csv:FILE
