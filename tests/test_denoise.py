@@ -13,7 +13,8 @@ def smooth_images():
 
 def test_bm3d_removes_gaussian_noise(smooth_images):
     x = smooth_images[:2]
-    noisy = (x + 0.06 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    gen = torch.Generator().manual_seed(0)
+    noisy = (x + 0.06 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
     out = bm3d_denoise(noisy, 0.06, workers=1)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1

@@ -23,7 +23,6 @@ from mladv.distributed import (
     init_from_env,
     rank_and_world,
     rank_batch,
-    shard_indices,
 )
 from mladv.models import build_model
 from mladv.training import random_hflip, train_classifier
@@ -161,18 +160,6 @@ def test_rank_batch_pads_to_equal_shapes_with_zero_weight():
     assert [p[1].tolist() for p in parts] == [[1.0, 1.0], [1.0, 0.0]]
     one = [rank_batch(torch.tensor([9]), r, 4) for r in range(4)]
     assert all(len(i) == 1 for i, _ in one) and sum(w.sum().item() for _, w in one) == 1
-
-
-@pytest.mark.parametrize("n,world", [(0, 3), (7, 1), (7, 3), (10, 4), (2, 5)])
-def test_shards_partition_the_range_in_order(n, world):
-    shards = [shard_indices(n, r, world) for r in range(world)]
-    assert [i for s in shards for i in s] == list(range(n))
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1
-
-
-def test_shard_indices_rejects_bad_rank():
-    with pytest.raises(ValueError, match="rank 3 / world_size 3"):
-        shard_indices(5, 3, 3)
 
 
 def test_environment_is_read_like_torchrun_sets_it(monkeypatch):

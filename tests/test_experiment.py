@@ -43,7 +43,8 @@ def _without_timings(results: dict) -> dict:
     out.pop("compute"), out.pop("this_invocation_wall_s")
     for r in out["runs"]:
         r.pop("timings")
-        r.get("augment", {}).pop("craft_wall_s", None), r.get("augment", {}).pop("craft_cpu_s", None)
+        for key in ("craft_wall_s", "craft_cpu_s"):
+            r.get("augment", {}).pop(key, None)
     return out
 
 
@@ -231,8 +232,9 @@ def test_transforms_keep_shape_range_and_are_seeded(arm):
 def test_rotation_by_zero_is_identity_and_by_90_moves_pixels():
     x = torch.rand(2, 1, 8, 8)
     assert torch.allclose(rotate_batch(x, torch.zeros(2)), x, atol=1e-5)
-    assert torch.allclose(rotate_batch(x, torch.full((2,), 90.0)), x.rot90(1, (-2, -1)), atol=1e-4) \
-        or torch.allclose(rotate_batch(x, torch.full((2,), 90.0)), x.rot90(-1, (-2, -1)), atol=1e-4)
+    turned = rotate_batch(x, torch.full((2,), 90.0))
+    assert torch.allclose(turned, x.rot90(1, (-2, -1)), atol=1e-4) \
+        or torch.allclose(turned, x.rot90(-1, (-2, -1)), atol=1e-4)
 
 
 def test_mladv_arms_switch_terms_and_keep_class_defaults():

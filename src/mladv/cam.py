@@ -17,10 +17,12 @@ def default_cam_layer(model: nn.Module) -> nn.Module:
     SqueezeNet, ``conv5`` of ShuffleNet, the block before the global pooling of a
     ``nn.Sequential`` (the project's small CNNs), else the last ``nn.Conv2d``.
     """
-    net = getattr(model, "net", model)
+    inner = getattr(model, "net", model)
+    net: nn.Module = inner if isinstance(inner, nn.Module) else model
     for attr in ("layer4", "features", "conv5"):
-        if isinstance(getattr(net, attr, None), nn.Module):
-            return getattr(net, attr)
+        found = getattr(net, attr, None)
+        if isinstance(found, nn.Module):
+            return found
     if isinstance(net, nn.Sequential):
         children = list(net)
         for i, child in enumerate(children):
@@ -36,7 +38,7 @@ def resolve_cam_layer(model: nn.Module, layer: str | None) -> nn.Module:
     """``layer`` by module name (e.g. ``"net.layer4"``), or :func:`default_cam_layer`."""
     if layer is None:
         return default_cam_layer(model)
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     if layer not in modules:
         raise ValueError(f"CAM layer {layer!r} not found in the model; e.g. "
                          f"{[n for n in modules if n.count('.') <= 1][1:6]}")

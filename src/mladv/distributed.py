@@ -10,24 +10,20 @@ code runs on a laptop and on a cluster.
 Examples::
     >>> dev = init_from_env("auto")          # cuda:LOCAL_RANK under torchrun on GPUs
     >>> rank, world = rank_and_world()        # (0, 1) without torchrun
-    >>> mine = shard_indices(n, rank, world)  # this rank's share of n items
+    >>> mine = shards_for_rank(num_shards, rank, world)  # mladv.augment: this rank's shards
     >>> if is_main_process(): save(...)
 """
 from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from .utils import resolve_device
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,34 +115,10 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-@contextmanager
-def distributed_from_env(device: str | torch.device = "auto") -> Iterator[torch.device]:
-    """``with distributed_from_env(args.device) as dev: ...``: :func:`init_from_env`, then
-    :func:`cleanup` on the way out (also on errors)."""
-    try:
-        yield init_from_env(device)
-    finally:
-        cleanup()
-
-
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if is_distributed():
         dist.barrier()
-
-
-def shard_indices(n: int, rank: int, world_size: int) -> range:
-    """The items of ``range(n)`` that ``rank`` of ``world_size`` owns: contiguous blocks, sizes
-    differing by at most one, in rank order, so that concatenating the shards of ranks
-    ``0..world_size-1`` gives ``range(n)`` back exactly.
-
-    Shape: -> a ``range`` of ``n // world_size`` or ``n // world_size + 1`` items.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (1 if rank < extra else 0))
 
 
 def rank_batch(chunk: torch.Tensor, rank: int,
@@ -176,14 +148,4 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         return values
     out = values.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
-
-
-def gather_objects(obj: T) -> list[T]:
-    """Every rank's ``obj`` in rank order (pickled; for small things like shard lists and
-    metrics). ``[obj]`` in a single process."""
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
     return out
