@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mladv.attacks import MLAdv, pifgsm
+from mladv.attacks.mladv import same_class_partners
 from mladv.features import FeatureTap
 from mladv.training import predict_logits
 
@@ -52,12 +53,19 @@ def test_targeted_mode_reaches_the_target_more_often_than_untargeted(trained_mod
     assert hit > hit_untargeted
 
 
-def test_targeted_mode_without_targets_draws_other_classes(trained_model, phantoms32):
-    x, y = phantoms32[1].images[:8], phantoms32[1].labels[:8]
-    atk = MLAdv(trained_model, targeted=True, seed=3, steps=2)
-    assert atk(x, y).shape == x.shape
-    targets = atk.random_targets(y, 3, atk.generator())
-    assert (targets != y).all()
+def test_targeted_mode_without_targets_attacks_towards_the_targets_it_drew(trained_model,
+                                                                           phantoms32):
+    x, y = phantoms32[1].images[:12], phantoms32[1].labels[:12]
+    atk = MLAdv(trained_model, targeted=True, seed=3, steps=3)
+    adv = atk(x, y)
+    drawn = atk.last_targets
+    assert drawn is not None and drawn.shape == y.shape and (drawn != y).all()
+    # the output is the attack towards exactly these targets, not towards other ones
+    given = MLAdv(trained_model, targeted=True, seed=3, steps=3)
+    assert torch.equal(given(x, y, target_labels=drawn), adv)
+    other = 3 - y - drawn  # the wrong class that was not drawn
+    assert not torch.equal(given(x, y, target_labels=other), adv)
+    assert MLAdv(trained_model, steps=1, refine=0).last_targets is None
 
 
 def test_same_seed_gives_same_output(trained_model, phantoms32):
@@ -83,7 +91,8 @@ def test_one_channel_input_gives_one_channel_perturbation(trained_model, phantom
     assert MLAdv(trained_model, steps=2, seed=0)(x, y).shape == x.shape
 
 
-def test_all_realism_terms_off_equals_torchattacks_pifgsm_on_three_channels(trained_model, phantoms32):
+def test_all_realism_terms_off_equals_torchattacks_pifgsm_on_three_channels(trained_model,
+                                                                          phantoms32):
     import torchattacks
 
     x = phantoms32[1].images[:8].repeat(1, 3, 1, 1)
@@ -122,7 +131,100 @@ def test_style_tensor_of_wrong_shape_is_refused(trained_model, phantoms32):
         MLAdv(trained_model, steps=1)(x, y, style_images=torch.rand(1, 1, 8, 8))
 
 
-def test_literal_reading_is_eq2_with_unit_weights(trained_model, phantoms32):
-    x, y = phantoms32[1].images[:4], phantoms32[1].labels[:4]
-    adv = MLAdv(trained_model, balance="literal", steps=2, seed=0)(x, y)
-    assert (adv - x).abs().max() <= EPS + 1e-6
+def _tiny_double_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double()
+
+
+def _eq2_by_hand(model, x, x_a, x_s, y, tau, origin_sum=True):
+    """Eq. 2 with unit weights, written out from SPEC eqs. 4-7 (not with the library's losses):
+    tau log p_y + sum_l ||G_l(x_s) - G_l(x_a)||^2 + ||D_O(x) - D_O(x_a)||^2 + TV(x_a)."""
+    convs = [model[0], model[2]]
+
+    def feats(inp):
+        out = []
+        handles = [c.register_forward_hook(lambda _m, _i, o: out.append(o)) for c in convs]
+        logits = model(inp)
+        for h in handles:
+            h.remove()
+        return logits, out
+
+    def gram(f):
+        flat = f.flatten(2)
+        return flat @ flat.transpose(1, 2) / flat[0].numel()
+
+    logits, fa = feats(x_a)
+    with torch.no_grad():
+        _, fs = feats(x_s)
+        _, fx = feats(x)
+    l_adv = torch.log_softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    l_s = sum((gram(a) - gram(s)).pow(2).flatten(1).sum(1) for a, s in zip(fa, fs))
+    sq = (fa[1] - fx[1]).pow(2).flatten(1)
+    l_o = sq.sum(1) if origin_sum else sq.mean(1)
+    l_d = ((x_a[..., :-1, :] - x_a[..., 1:, :]).pow(2).flatten(1).sum(1)
+           + (x_a[..., :, :-1] - x_a[..., :, 1:]).pow(2).flatten(1).sum(1))
+    return (tau * l_adv + l_s + l_o + l_d).sum()
+
+
+def test_literal_balance_steps_along_the_sign_of_the_gradient_of_eq2():
+    """Two steps of balance="literal" equal two hand-computed signed steps down eq. 2 (every
+    term on, unit weights, eq. 5 summed as SPEC writes it); the origin term only has a gradient
+    from step 2 on, so step 2 is where the sum matters."""
+    model = _tiny_double_model()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 1, 12, 12, generator=gen, dtype=torch.float64)
+    x_s = torch.rand(3, 1, 12, 12, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    eps, tau = 8 / 255, 0.5
+    atk = MLAdv(model, eps=eps, steps=2, beta=1.0, projection=False, refine=0, balance="literal",
+                tau=tau, style_weight=1, origin_weight=1, detail_weight=1, detail_on="image",
+                style=x_s, origin_layer="2", kernel_size=3, seed=0)
+    assert atk.style_layers == ["0", "2"]
+    adv = atk(x, y)
+
+    def by_hand(origin_sum):
+        x_t = x
+        for _ in range(2):
+            xg = x_t.clone().requires_grad_(True)
+            g = torch.autograd.grad(_eq2_by_hand(model, x, xg, x_s, y, tau, origin_sum), xg)[0]
+            x_t = (x + (x_t - atk.alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+        return x_t
+
+    expected = by_hand(origin_sum=True)
+    assert torch.allclose(adv, expected, atol=1e-12)
+    # the check can tell: averaging eq. 5 (or dropping the realism terms) gives another result
+    assert not torch.allclose(by_hand(origin_sum=False), expected, atol=1e-12)
+    plain = MLAdv(model, eps=eps, steps=2, beta=1.0, projection=False, refine=0,
+                  balance="literal", tau=tau, detail_weight=0, seed=0)(x, y)
+    assert not torch.allclose(plain, expected, atol=1e-12)
+
+
+def test_style_term_on_a_model_without_conv_layers_is_refused():
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with pytest.raises(ValueError, match="style_weight > 0 but the model has no Conv2d"):
+        MLAdv(flat, style_weight=1.0)
+    with pytest.raises(ValueError, match="no Conv2d layer to take origin"):
+        MLAdv(flat, origin_weight=1.0)
+    adv = MLAdv(flat, steps=2, seed=0)(torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
+    assert adv.shape == (2, 1, 8, 8)  # the default (style off) runs on it
+    assert MLAdv(flat, style_weight=1.0, style_layers=["1"]).style_layers == ["1"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_is_one_clear_error(dtype):
+    model = _tiny_double_model().to(dtype)
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"attacks need a float32 model: call model\.float\(\)"):
+        MLAdv(model, steps=1)(x, y)
+    with pytest.raises(ValueError, match="float32 model"):
+        pifgsm(model, steps=1)(x, y)
+
+
+def test_same_class_partner_comes_from_the_batch_and_a_lone_sample_styles_itself():
+    labels = torch.tensor([0, 0, 1, 0, 2, 1])
+    partner = same_class_partners(labels, torch.Generator().manual_seed(0))
+    assert torch.equal(labels[partner], labels)
+    assert partner[4] == 4  # alone in its class in this batch
+    others = torch.tensor([0, 1, 2, 3, 5])
+    assert (partner[others] != others).all()
