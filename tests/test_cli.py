@@ -139,6 +139,13 @@ def test_image_size_outside_the_range_is_refused_at_parse_time(size, tmp_path, c
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--lr", "0"), ("--test-size", "1.5")])
+def test_training_numbers_are_checked_before_the_data_loads(flag, value, tmp_path, capsys,
+                                                           no_data):
+    assert run(["train", "phantoms:6", flag, value, "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, f"{flag} must be")
+
+
 def test_image_size_too_small_for_the_architecture(tmp_path, capsys, no_data):
     assert run(["train", "phantoms:6", "--arch", "vgg16", "--image-size", "16",
                 "--out", str(tmp_path / "o")]) == 2

@@ -46,6 +46,8 @@ def train(
     out on any data."""
     check_arch(arch)
     check_image_size(image_size, arch, option="--image-size")
+    if not lr > 0:
+        raise ValueError(f"--lr must be > 0, got {lr}")
     if not 0 < test_size < 1:
         raise ValueError(f"--test-size must be in (0, 1), got {test_size}")
     if freeze_backbone and weights is None:
