@@ -1,10 +1,16 @@
-"""Training throughput: ``mladv.training.train_classifier`` vs a plain torchvision loop.
+"""Training cost: each adversarial training mode vs plain ``train_classifier``, and
+``train_classifier`` vs a textbook torchvision loop.
 
-Both train the same architecture from the same initial weights on the same in-memory images with
-the same optimiser and schedule (AdamW + one-cycle), no augmentation; the plain loop is the
-textbook one (``DataLoader(TensorDataset)``, shuffle, ``model(x)``, ``cross_entropy``,
-``backward``, ``step``). One run, alternating, median of ``--repeats`` epochs; one JSON line.
+Every run trains the same architecture from the same initial weights on the same in-memory images
+with the same optimiser and schedule (AdamW + one-cycle), no augmentation; the textbook loop is
+``DataLoader(TensorDataset)``, shuffle, ``model(x)``, ``cross_entropy``, ``backward``, ``step``.
+Modes ``online-A`` / ``advprop-A`` craft each batch's adversarial copies with attack ``A`` against
+the current weights (:class:`mladv.adversarial_training.AdversarialBatch`, ``--adv-eps`` in 1/255
+units, ``--adv-steps``, ``--adv-fraction``; default: clean + adversarial rows). One run,
+alternating, median of ``--repeats`` epochs; ``ratio`` = seconds per epoch of a mode / plain
+(wall), ``ratio_cpu`` the same in CPU seconds of the process; one JSON line.
 
+    python benchmarks/train.py --arch small_cnn --size 64 --n 64 --repeats 2 --threads 1  # ~1 min
     python benchmarks/train.py --arch resnet18 --size 128 --batch 32 --n 128 --repeats 3
 """
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import copy
 import json
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from _common import environment, timed
 from mladv.data import ImageSet
 from mladv.models import build_model
-from mladv.training import amp_context, train_classifier
+from mladv.training import adversarial_from_options, amp_context, train_classifier
 from mladv.utils import resolve_device
 
 
@@ -48,6 +55,9 @@ def plain_loop(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
         sched.step()
 
 
+MODES = ("textbook", "plain", "online-pgd", "advprop-pgd", "online-mladv", "advprop-mladv")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="resnet18")
@@ -59,7 +69,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated, from {MODES} (plain is always run: the reference)")
+    p.add_argument("--adv-eps", type=float, default=1.0, help="1/255 units")
+    p.add_argument("--adv-steps", type=int, default=1)
+    p.add_argument("--adv-fraction", type=float, default=None)
     args = p.parse_args(argv)
+    modes = ["plain"] + [m for m in args.modes.split(",") if m and m != "plain"]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown mode {unknown[0]!r}; choose from {MODES}")
+    for m in modes[1:]:  # every adversarial option checked before any timing
+        if m != "textbook":
+            adversarial_from_options(m.split("-")[0], m.split("-")[1], adv_eps=args.adv_eps,
+                                     adv_steps=args.adv_steps, adv_fraction=args.adv_fraction)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,15 +96,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def fresh() -> torch.nn.Module:
         return copy.deepcopy(init).to(device)
 
-    runs = {
-        "mladv": lambda: train_classifier(fresh(), data, epochs=1, batch_size=args.batch,
-                                          lr=1e-3, transform=None, progress=False,
-                                          precision=args.precision,
-                                          channels_last=args.channels_last),
-        "plain": lambda: plain_loop(fresh(), images, labels, batch_size=args.batch, lr=1e-3,
-                                    device=device, precision=args.precision,
-                                    channels_last=args.channels_last),
-    }
+    def run(mode: str) -> Callable[[], Any]:
+        if mode == "textbook":
+            return lambda: plain_loop(fresh(), images, labels, batch_size=args.batch, lr=1e-3,
+                                      device=device, precision=args.precision,
+                                      channels_last=args.channels_last)
+
+        def train() -> Any:
+            adv = None if mode == "plain" else adversarial_from_options(
+                mode.split("-")[0], mode.split("-")[1], adv_eps=args.adv_eps,
+                adv_steps=args.adv_steps, adv_fraction=args.adv_fraction)
+            return train_classifier(fresh(), data, epochs=1, batch_size=args.batch, lr=1e-3,
+                                    transform=None, progress=False, precision=args.precision,
+                                    channels_last=args.channels_last, adversarial=adv)
+        return train
+
+    runs = {m: run(m) for m in modes}
     for fn in runs.values():  # warm-up
         fn()
     wall: dict[str, list[float]] = {k: [] for k in runs}
@@ -92,21 +122,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             wall[name].append(w)
             cpu[name].append(c)
 
-    rate = {k: args.n / statistics.median(v) for k, v in wall.items()}
-    cpu_rate = {k: args.n / statistics.median(v) for k, v in cpu.items()}
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    per_mode = {k: {"img_s": round(args.n / med[k], 2), "epoch_s": [round(t, 3) for t in wall[k]],
+                    "ratio": round(med[k] / med["plain"], 3),
+                    "ratio_cpu": round(med_cpu[k] / med_cpu["plain"], 3)} for k in runs}
     result = {
         "benchmark": "train", "arch": args.arch, "size": args.size, "batch": args.batch,
         "n": args.n, "repeats": args.repeats, "device": str(device),
         "threads": torch.get_num_threads(), "precision": args.precision,
-        "channels_last": args.channels_last,
-        "mladv_img_s": round(rate["mladv"], 2), "plain_img_s": round(rate["plain"], 2),
-        "ratio": round(rate["mladv"] / rate["plain"], 3),
-        "mladv_img_per_cpu_s": round(cpu_rate["mladv"], 2),
-        "plain_img_per_cpu_s": round(cpu_rate["plain"], 2),
-        "ratio_cpu": round(cpu_rate["mladv"] / cpu_rate["plain"], 3),
-        "mladv_epoch_s": [round(t, 3) for t in wall["mladv"]],
-        "plain_epoch_s": [round(t, 3) for t in wall["plain"]],
-        **environment(device),
+        "channels_last": args.channels_last, "adv_eps": args.adv_eps,
+        "adv_steps": args.adv_steps, "adv_fraction": args.adv_fraction,
+        "ratio": {k: v["ratio"] for k, v in per_mode.items()},
+        "ratio_cpu": {k: v["ratio_cpu"] for k, v in per_mode.items()},
+        "modes": per_mode, **environment(device),
     }
     print(json.dumps(result))
     return result
