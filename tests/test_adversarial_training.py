@@ -195,3 +195,24 @@ def test_hand_written_loop_with_the_readme_example(data):
         opt.step()
     assert torch.isfinite(loss) and adv.calls == 3
     assert not torch.equal(adv.split.twins[0].weight, before)
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18", "efficientnet_b0",
+                                  "shufflenet_v2_x1_0"])
+def test_advprop_trains_every_batchnorm_architecture(arch, tmp_path):
+    """One advprop step (MLAdv, 1 step) per kind of architecture (resnet34 / 50 differ from
+    resnet18 only in depth and block: their twins are tested in test_splitbn): the twins leave
+    the main BN's statistics alone, and the checkpoint loads into a plain model."""
+    torch.manual_seed(0)
+    data = make_phantoms(2, 32, seed=3)  # 6 images: one batch
+    model = build_model(arch, 3)
+    adv = AdversarialBatch("mladv", mode="advprop", eps=8 / 255, options={"steps": 1})
+    train_classifier(model, data, epochs=1, batch_size=6, lr=1e-3, progress=False,
+                     adversarial=adv)
+    first = adv.split.bn_names[0]
+    main_mean = model.state_dict()[f"{first}.running_mean"]
+    assert not torch.allclose(main_mean, adv.twin_state_dict()[f"{first}.running_mean"])
+    save_checkpoint(tmp_path / "m.pt", model, classes=["a", "b", "c"], image_size=32,
+                    **adv.checkpoint_extra())
+    plain, _ = load_checkpoint(tmp_path / "m.pt")
+    torch.testing.assert_close(plain.state_dict()[f"{first}.running_mean"], main_mean)
