@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from ..attacks import MLAdv, pgd
+from ..attacks import make_attack
+from ..attacks.registry import attack_options
 from ..augment import (
     attack_settings,
     craft_shard,
@@ -234,8 +235,9 @@ def robustness(run: Run, model: ImageClassifier, seed: int) -> dict[str, float]:
     sub = run.test.subset(run.robust_index)
     out: dict[str, float] = {}
     for name in cfg.robustness.attacks:
-        atk = (MLAdv(model, eps=cfg.eps_unit(), seed=seed, **cfg.mladv) if name == "mladv"
-               else pgd(model, eps=cfg.eps_unit(), seed=seed, **cfg.pgd))
+        options = cfg.mladv if name == "mladv" else cfg.pgd
+        atk = make_attack(name, model, **attack_options(name, eps=cfg.eps, seed=seed,
+                                                        options=options))
         adv = craft_shard(atk, sub.images, sub.labels, seed=seed, shard=0,
                           batch_size=cfg.robustness.batch_size)
         out[f"acc_{name}"] = accuracy(model, adv, sub.labels)
