@@ -1,0 +1,104 @@
+"""The pieces both studies share: the strict config base and YAML errors with line numbers, the
+report writer, content fingerprints, the one crafting loop and train-or-reuse."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import Field
+
+from mladv.attacks import pgd
+from mladv.configbase import Strict, key_line, load_yaml_config
+from mladv.crafting import craft
+from mladv.data import make_phantoms
+from mladv.fingerprint import data_sha1, key_digest, model_sha1
+from mladv.models import build_model
+from mladv.reporting import json_safe, to_html, to_markdown
+from mladv.reuse import train_or_reuse
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Inner(Strict):
+    steps: int = Field(default=1, ge=1)
+
+
+class Outer(Strict):
+    name: str = "x"
+    inner: Inner = Field(default_factory=lambda: Inner())
+    items: list[Inner] = Field(default_factory=list)
+
+
+def test_key_line_finds_nested_keys_and_list_items():
+    text = "name: a\ninner:\n  steps: 2\nitems:\n  - steps: 1\n  - steps: 0\n"
+    assert key_line(text, ("inner", "steps")) == 3
+    assert key_line(text, ("items", 1, "steps")) == 6
+    assert key_line(text, ("missing",)) is None
+    assert key_line(text, ("inner", "nope")) == 2  # the deepest key found
+
+
+def test_errors_name_file_line_and_key_but_no_line_for_a_flag(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\nitems:\n  - steps: 1\n  - steps: 0\n")
+    with pytest.raises(ValueError, match=r"c\.yaml:4: items\[1\]\.steps: Input should be greater"):
+        load_yaml_config(Outer, path)
+    path.write_text("name: a\n")
+    with pytest.raises(ValueError, match=r"c\.yaml: inner: Input should be a valid dictionary"):
+        load_yaml_config(Outer, path, {"inner": 3})
+    assert load_yaml_config(Outer, path, {"name": "b", "inner": None}).name == "b"
+
+
+def test_report_blocks_render_to_markdown_and_self_contained_html(tmp_path):
+    (tmp_path / "f.png").write_bytes(b"\x89PNG fake")
+    blocks = [("h", "T"), ("p", "a < b"), ("ul", ["one"]), ("table", ["k", "v"], [["x", "1"]]),
+              ("figure", "f.png", "cap")]
+    md = to_markdown(blocks)
+    assert md.splitlines()[:2] == ["# T", ""] and "| k | v |\n|---|---|\n| x | 1 |" in md
+    assert "![cap](f.png)" in md and "- one" in md
+    page = to_html(blocks, "title", tmp_path)
+    assert "a &lt; b" in page and "<td>x</td>" in page
+    assert "data:image/png;base64,iVBORyBmYWtl" in page and "f.png\"" not in page
+    with pytest.raises(ValueError, match="unknown report block 'img'"):
+        to_markdown([("img", "f.png")])
+    assert json_safe({"a": [math.nan, 1.0], "b": math.inf}) == {"a": [None, 1.0], "b": None}
+
+
+def test_fingerprints_follow_content_not_identity():
+    data = make_phantoms(2, 16, seed=0)
+    copy = data.subset(torch.arange(len(data)))
+    assert data_sha1(copy) == data_sha1(data)
+    copy.images[0, 0, 0, 0] += 1 / 255
+    assert data_sha1(copy) != data_sha1(data)
+    torch.manual_seed(0)
+    a, b = build_model("tiny_cnn", 3), build_model("tiny_cnn", 3)
+    assert model_sha1(a) != model_sha1(b)
+    b.load_state_dict(a.state_dict())
+    assert model_sha1(a) == model_sha1(b)
+    assert key_digest({"x": 1, "y": [2]}) == key_digest({"y": [2], "x": 1})
+
+
+def test_craft_seeds_each_batch_and_restores_the_attack_seed():
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 3).eval()
+    x, y = torch.rand(6, 1, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    atk = pgd(model, eps=8 / 255, steps=2, seed=5)
+    whole = craft(atk, x, y, batch_size=3, progress=False, batch_seed=lambda b: 100 + b)
+    assert atk.seed == 5
+    atk.seed = 101  # batch 1 alone, with the seed the loop gave it
+    assert torch.equal(craft(atk, x[3:], y[3:], batch_size=3, progress=False), whole[3:])
+    adv, queries = craft(atk, x, y, batch_size=4, progress=False, record_queries=True)
+    assert adv.shape == x.shape and queries is None  # PGD keeps no query count
+
+
+def test_train_or_reuse_reuses_only_with_the_same_key(tmp_path):
+    data = make_phantoms(2, 16, seed=0)
+    kw = {"arch": "tiny_cnn", "data": data, "image_size": 16, "seed": 0,
+          "device": torch.device("cpu"), "epochs": 1, "batch_size": 8, "progress": False}
+    path = tmp_path / "m.pt"
+    first, meta, reused = train_or_reuse(path, key={"v": 1}, **kw)
+    assert not reused and meta["n_train"] == len(data) and len(meta["history"]) == 1
+    again, _, reused = train_or_reuse(path, key={"v": 1}, **kw)
+    assert reused and model_sha1(again) == model_sha1(first)
+    _, _, reused = train_or_reuse(path, key={"v": 2}, **kw)
+    assert not reused
