@@ -86,3 +86,47 @@ def test_registry_and_bad_arguments():
             GAMA(model, eps=bad)
     with pytest.raises(ValueError, match="steps"):
         GAMA(model, steps=0)
+
+
+def _gama_by_hand(model, x, y, eps, steps, lam, relax_steps, with_lambda=True):
+    """GAMA-PGD written out from the paper: signed ascent of
+    ``max_{j!=y} p_j - p_y + lambda_t ||p(x_0) - p(x~)||^2``, keeping the best-margin iterate.
+    (Same random start as the attack: seed 0's signs.)"""
+    gen = torch.Generator().manual_seed(0)
+    sign = torch.randint(0, 2, x.shape, generator=gen).to(x) * 2 - 1
+    x_t = (x + eps * sign).clamp(0, 1)
+    with torch.no_grad():
+        p0 = torch.softmax(model(x_t), 1)
+    best, best_m = x_t.clone(), torch.full((len(x),), float("-inf"), dtype=x.dtype)
+    for t in range(steps + 1):
+        xg = x_t.clone().requires_grad_(True)
+        p = torch.softmax(model(xg), 1)
+        own = p.gather(1, y[:, None]).squeeze(1)
+        other = p.scatter(1, y[:, None], -1.0).amax(1)
+        margin = other - own
+        better = margin.detach() > best_m
+        best[better], best_m[better] = x_t[better], margin.detach()[better]
+        if t == steps:
+            break
+        lam_t = lam * max(0.0, 1 - t / relax_steps) if with_lambda else 0.0
+        loss = (margin + lam_t * (p0 - p).pow(2).sum(1)).sum()
+        g = torch.autograd.grad(loss, xg)[0]
+        x_t = (x + (x_t + 2 * eps * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return best
+
+
+def test_the_relaxation_term_is_in_the_loss():
+    """GAMA equals a hand computation WITH the lambda term, and not the same computation
+    without it (at x_0 the term has no gradient, so steps >= 2 with lambda still > 0)."""
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 3).double().eval()
+    x = torch.rand(4, 1, 12, 12, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    eps, steps = 4 / 255, 4
+    atk = GAMA(model, eps=eps, steps=steps, relax_fraction=1.0, drop_at=(), seed=0)
+    assert atk.relax_steps == steps and atk.lambda_at(2) > 0
+    got = atk(x, y)
+    expected = _gama_by_hand(model, x, y, eps, steps, 50.0, steps)
+    assert torch.allclose(got, expected, atol=1e-12)
+    assert not torch.allclose(_gama_by_hand(model, x, y, eps, steps, 50.0, steps, False),
+                              expected, atol=1e-12)

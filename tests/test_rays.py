@@ -89,3 +89,27 @@ def test_bad_budget_and_eps_are_refused():
             RayS(model, eps=eps)
     with pytest.raises(ValueError, match="budget"):
         make_attack("rays", model, budget=0)
+
+
+def test_found_radius_is_close_to_the_boundary_along_its_direction(model, correct_images):
+    """With a budget too small for eps (no early stop), the radius RayS reports for a direction
+    is within 2 tol of the first adversarial radius a fine line search finds along it."""
+    x, y = correct_images[0][:8], correct_images[1][:8]
+    tol = 2e-3
+    atk = RayS(model, eps=1e-6, budget=150, tol=tol)
+    adv = atk(x, y)
+    signs = (adv - x).sign()  # the direction (pixels clipped at 0 or 1 move for no radius)
+    found = atk.last_radius
+    assert torch.isfinite(found).sum() >= 6 and not atk.last_success.any()
+    grid = torch.arange(0.0, float(found[torch.isfinite(found)].max()) + tol, tol / 4)
+    gaps = []
+    for i in torch.isfinite(found).nonzero().flatten():
+        points = (x[i] + grid.view(-1, 1, 1, 1) * signs[i]).clamp(0, 1)
+        hit = predict_logits(model, points).argmax(1) != y[i]
+        first = grid[hit.nonzero().flatten()[0]]  # the first adversarial radius on the ray
+        at_found = (x[i] + found[i] * signs[i]).clamp(0, 1)[None]
+        assert predict_logits(model, at_found).argmax(1) != y[i]  # adversarial at its radius
+        gaps.append(float(found[i] - first))
+    assert min(gaps) >= -tol / 4 - 1e-9  # no adversarial point was missed before it ...
+    assert sorted(gaps)[len(gaps) // 2] <= 2 * tol  # ... and it is at the boundary
+    assert sum(g <= 2 * tol for g in gaps) >= 0.75 * len(gaps)

@@ -101,7 +101,8 @@ class GAMA(Attack):
             targets = (target_labels if target_labels is not None
                        else self.random_targets(labels, p0.shape[1], gen))
         best = x.clone()
-        best_margin = torch.full((images.shape[0],), float("-inf"), device=images.device)
+        best_margin = torch.full((images.shape[0],), float("-inf"), device=images.device,
+                                 dtype=images.dtype)
         for t in range(self.steps + 1):
             x = x.detach().requires_grad_(True)
             p = F.softmax(self.model(x), dim=1)
