@@ -68,3 +68,10 @@ def test_target_labels_on_an_untargeted_attack_are_refused(model):
     with pytest.raises(ValueError, match="targeted=True"):
         MLAdv(model, steps=1)(torch.rand(2, 1, 16, 16), torch.tensor([0, 1]),
                               target_labels=torch.tensor([1, 2]))
+
+
+def test_a_double_model_is_attacked_in_double():
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", 3).double()
+    adv = MLAdv(model, steps=2, seed=0)(torch.rand(2, 1, 16, 16), torch.tensor([0, 1]))
+    assert adv.dtype == torch.float64

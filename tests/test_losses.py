@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mladv.losses import adversarial_loss, detail_loss, gram_matrix, origin_loss, style_loss
@@ -22,6 +23,19 @@ def test_origin_loss_is_mean_squared_difference_per_sample():
     a, b = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
     b[1] *= 2
     assert torch.allclose(origin_loss([a], [b]), torch.tensor([1.0, 4.0]))
+
+
+def test_origin_loss_sum_is_eq5_as_written():
+    """``reduction="sum"``: the squared L2 norm of eq. 5, summed over the layers of O."""
+    a, b = torch.zeros(2, 3, 2, 2), torch.ones(2, 3, 2, 2)
+    b[1] *= 2
+    c, d = torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5)
+    got = origin_loss([a, c], [b, d], reduction="sum")
+    assert torch.allclose(got, torch.tensor([12 * 1.0 + 16 * 0.25, 12 * 4.0 + 16 * 0.25]))
+    mean = origin_loss([a, c], [b, d])
+    assert torch.allclose(mean, torch.tensor([1.0 + 0.25, 4.0 + 0.25]))
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        origin_loss([a], [b], reduction="max")  # type: ignore[arg-type]
 
 
 def test_detail_loss_is_total_variation_of_own_neighbours():
