@@ -15,7 +15,6 @@ count of backward passes through the model in its last call is reported when it 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
 import sys
@@ -24,23 +23,9 @@ from typing import Any
 import torch
 
 from _common import environment, timed
-from mladv.attacks import make_attack
+from mladv.attacks import make_attack, parse_options
 from mladv.models import build_model
 from mladv.utils import resolve_device
-
-
-def _parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["balance=literal", "tau=0.3"]`` -> ``{"balance": "literal", "tau": 0.3}``."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --mladv-option expects key=value, got {pair!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -69,7 +54,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     images = torch.rand(args.batch, args.channels, args.size, args.size, device=device)
     labels = torch.arange(args.batch, device=device) % 3
-    opts = _parse_options(args.mladv_option)
+    try:
+        opts = parse_options(args.mladv_option)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     mladv = make_attack("mladv", model, steps=args.steps, seed=0, **opts)
     pgd = make_attack("pgd", model, steps=args.steps, seed=0)
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 import mladv.attacks
-from mladv.attacks import MLAdv, mifgsm, pgd, pifgsm
+from mladv.attacks import MLAdv, MLAdvVariant, mifgsm, pgd, pifgsm
 from mladv.attacks.base import Attack
 from mladv.data import ImageSet, load_folder, split_imageset
 from mladv.figures import adversarial_grid
@@ -55,7 +55,8 @@ def _code_version() -> str:
     src = (Path(mladv.attacks.__file__).parent / "mladv.py").read_text()
     start = src.index("    def __init__(self, model")
     src = src[:start] + src[src.index(") -> None:", start):]
-    others = (Path(mladv.attacks.__file__).parent / f for f in ("baselines.py", "projection.py"))
+    others = (Path(mladv.attacks.__file__).parent / f
+              for f in ("baselines.py", "projection.py", "variants.py"))
     blob = src.encode() + b"".join(p.read_bytes() for p in others)
     return hashlib.sha256(blob).hexdigest()[:8]
 
@@ -72,7 +73,8 @@ BASELINES: dict[str, Callable[[nn.Module], Attack]] = {
     "pifgsm": lambda m: pifgsm(m, eps=EPS, steps=10),
 }
 
-# MLAdv variants: name -> keyword arguments of MLAdv (on top of eps=8/255, seed=0).
+# MLAdv variants: name -> keyword arguments of MLAdvVariant (MLAdv plus the exploratory knobs of
+# mladv.attacks.variants), on top of eps=8/255, seed=0.
 # "mladv" is always MLAdv's current defaults; the others are the variants measured for
 # docs/method.md (round 1: one idea at a time; round 2: combinations of the round-1 winners).
 # Every variant is spelled out on top of BASE (the project's first reading, SPEC "Measured"),
@@ -84,6 +86,11 @@ BASE: dict[str, Any] = {
     "kappa": 0.0, "realism": "always", "detail_on": "image", "momentum": 0.0, "diversity": 0.0,
     "diversity_scale": 0.9, "smoothing": 0, "schedule": "constant", "gamma_schedule": None,
     "flip": 0.0, "refine": 0, "pre_steps": 0, "pre_lr": None, "keep": "last"}
+# the variants' knobs at the values that make MLAdvVariant exactly MLAdv
+NEUTRAL: dict[str, Any] = {
+    "adv_loss": "log-p", "kappa": 0.0, "realism": "always", "momentum": 0.0, "diversity": 0.0,
+    "diversity_scale": 0.9, "smoothing": 0, "schedule": "constant", "gamma_schedule": None,
+    "flip": 0.0, "pre_steps": 0, "pre_lr": None, "keep": "last"}
 OFF = {"style_weight": 0.0, "origin_weight": 0.0, "detail_weight": 0.0}  # realism terms off
 GATE = {"realism": "after-success", "keep": "last-adversarial"}
 VARIANTS: dict[str, dict[str, Any] | None] = {
@@ -144,8 +151,9 @@ def make_method(name: str, model: nn.Module) -> Attack:
     if name in BASELINES:
         return BASELINES[name](model)
     changes = VARIANTS[name]
-    options = {} if changes is None else {**BASE, **changes}
-    return MLAdv(model, eps=EPS, seed=0, **options)
+    if changes is None:
+        return MLAdv(model, eps=EPS, seed=0)
+    return MLAdvVariant(model, eps=EPS, seed=0, **{**BASE, **changes})
 
 
 # -- data and models ----------------------------------------------------------------------------
@@ -245,13 +253,23 @@ def choose_default(val: dict[str, dict[str, Any]]) -> str:
 def attack_settings(atk: Attack) -> dict[str, Any]:
     """Every attribute of an attack but its model (tensors as lists)."""
     return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in vars(atk).items()
-            if k not in ("model", "backward_passes")}
+            if k not in ("model", "backward_passes", "last_targets")}
 
 
 def is_default(name: str, model: nn.Module) -> bool:
-    """Whether ``MLAdv(model)`` has exactly the settings of variant ``name``."""
+    """Whether ``MLAdv(model)`` has exactly the settings of variant ``name`` (its variant knobs
+    neutral, its MLAdv options those of the defaults)."""
+    if name in BASELINES:
+        return False
+    changes = VARIANTS[name]
+    if changes is None:
+        return True
+    options = {**BASE, **changes}
+    knobs = {k: options.pop(k) for k in NEUTRAL}
+    if knobs != NEUTRAL:
+        return False
     return attack_settings(MLAdv(model, eps=EPS, seed=0)) == attack_settings(
-        make_method(name, model))
+        MLAdv(model, eps=EPS, seed=0, **options))
 
 
 def result_path(folder: Path, split: str, name: str, source: nn.Module, targets: list[str]
@@ -345,7 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--table", type=Path, default=None,
                    help="also write the val and test numbers as a Markdown table")
     p.add_argument("--figure", type=Path, default=None,
-                   help="write clean / PGD / PI-FGSM / MLAdv images and noise (e.g. docs/method.png)")
+                   help="write clean / PGD / PI-FGSM / MLAdv images and noise "
+                        "(e.g. docs/method.png)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -357,7 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"fit {len(fit)} / val {len(val)} / test {len(test)} images, classes {fit.classes}")
     folder = cache_dir(args.cache, fit, args.size, args.epochs)
     source = train_or_load(SOURCE, 0, fit, folder, args.size, args.epochs, log)
-    targets = {f"{arch}-s{seed}": train_or_load(arch, seed, fit, folder, args.size, args.epochs, log)
+    targets = {f"{arch}-s{seed}":
+               train_or_load(arch, seed, fit, folder, args.size, args.epochs, log)
                for arch in args.targets.split(",") for seed in range(args.seeds)}
     for name, m in {"source": source, **targets}.items():
         acc = (predict_logits(m, test.images).argmax(1) == test.labels).float().mean().item()
