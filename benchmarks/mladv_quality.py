@@ -56,7 +56,7 @@ def _code_version() -> str:
     start = src.index("    def __init__(self, model")
     src = src[:start] + src[src.index(") -> None:", start):]
     others = (Path(mladv.attacks.__file__).parent / f
-              for f in ("baselines.py", "projection.py", "variants.py"))
+              for f in ("balance.py", "baselines.py", "projection.py", "variants.py"))
     blob = src.encode() + b"".join(p.read_bytes() for p in others)
     return hashlib.sha256(blob).hexdigest()[:8]
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .mladv import MLAdv, _per_sample_unit, logit_margin
+from .balance import per_sample_unit
+from .mladv import MLAdv, logit_margin
 
 AdvLoss = Literal["log-p", "margin"]
 Realism = Literal["always", "after-success"]
@@ -225,6 +226,6 @@ class MLAdvVariant(MLAdv):
         if self.smoothing is not None:
             g = depthwise(g, self.smoothing)
         if self.momentum > 0:
-            velocity = self.momentum * velocity + _per_sample_unit(g)
+            velocity = self.momentum * velocity + per_sample_unit(g)
             g = velocity
         return g, velocity
