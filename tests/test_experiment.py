@@ -305,3 +305,13 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "trian" in err and "Traceback" not in err
+
+
+def test_cli_refuses_bad_attack_values_before_any_work(tmp_path, capsys):
+    path = _write(tmp_path, "data: phantoms:3\narch: tiny_cnn\nmladv:\n  steps: two\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", str(path), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "c.yaml:3: mladv: attack 'mladv': steps must be int, got 'two'" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()  # nothing trained or written
