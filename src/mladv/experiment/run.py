@@ -9,14 +9,17 @@ schedule) is the base model's, so training it again would give the same weights.
 
 Run folder::
 
-    config.yaml  run.json                         resolved config; what a rerun must match
+    config.yaml  run.json                         resolved config; what finished pieces used
     seed-S/models/{base,ARM}.pt                   checkpoints (atomic)
     seed-S/adv/ARM/shard-*.pt, manifest.json      x'_train of the adversarial arms (atomic shards)
     seed-S/results/ARM.json                       one finished (seed, arm) (atomic)
     results.json  results.csv  report.md  report.html  figures/
 
 A rerun of the same command skips every finished (seed, arm), reuses checkpoints and shards, and
-gives the same numbers as an uninterrupted run.
+gives the same numbers as an uninterrupted run. A rerun with changed settings goes on when no
+finished piece depends on the change (a config fixed after a failure keeps the trained base
+models, which depend only on the architecture, size, schedule, split and data); otherwise it is
+refused in one line naming the differences, a finished piece, and what to delete.
 
 Under ``torchrun --nproc_per_node N -m mladv experiment ...`` every rank walks the same loop:
 training is data-parallel (DDP, :func:`mladv.training.train_classifier`), each rank crafts its own
