@@ -125,6 +125,33 @@ def test_missing_shards_are_named(tmp_path, small_set, tiny_model):
         load_shards(tmp_path)
 
 
+@pytest.mark.parametrize("damage", [b"garbage", None])
+def test_damaged_shard_says_delete_it_and_rerun(tmp_path, small_set, tiny_model, damage):
+    craft_shards(pgd(tiny_model, steps=1), small_set, tmp_path, shard_size=8, progress=False)
+    shard = tmp_path / shard_name(1)
+    data = shard.read_bytes()
+    shard.write_bytes(damage if damage is not None else data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError) as info:
+        load_shards(tmp_path)
+    msg = str(info.value)
+    assert msg.startswith(f"{shard}: cannot read augment shard") and "\n" not in msg
+    assert msg.endswith("delete this shard and rerun the same 'mladv augment' command")
+    shard.unlink()  # doing what it says: the rerun crafts that shard again, identical
+    craft_shards(pgd(tiny_model, steps=1), small_set, tmp_path, shard_size=8, progress=False)
+    assert shard.read_bytes() and len(load_shards(tmp_path)) == len(small_set)
+
+
+def test_load_shards_is_the_adversarial_dataset_reader(tmp_path, small_set, tiny_model):
+    from mladv.data import AdversarialDataset
+
+    craft_shards(pgd(tiny_model, steps=1), small_set, tmp_path, shard_size=8, progress=False)
+    merged, ds = load_shards(tmp_path), AdversarialDataset(tmp_path)
+    assert torch.equal(merged.images, torch.stack([ds.image(i) for i in range(len(ds))]))
+    assert merged.labels.tolist() == small_set.labels.tolist() == ds.targets
+    assert merged.paths == small_set.paths and merged.groups == small_set.groups
+    assert merged.classes == small_set.classes
+
+
 def test_union_concatenates_and_refuses_other_classes(small_set):
     both = union(small_set, small_set)
     assert len(both) == 2 * len(small_set) and both.classes == small_set.classes

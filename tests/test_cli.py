@@ -196,13 +196,41 @@ def test_write_error_after_the_work_is_one_line_naming_the_path(tmp_path, capsys
     assert not list((tmp_path / "o").glob(".*.tmp"))
 
 
-def test_ctrl_c_says_what_was_kept_and_exits_130(tmp_path, capsys, monkeypatch):
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-    monkeypatch.setattr("mladv.commands.train.train_classifier", interrupt)
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_train_says_nothing_was_kept_and_exits_130(tmp_path, capsys, monkeypatch):
+    from mladv.commands.train import INTERRUPTED as TRAIN_INTERRUPTED
+
+    monkeypatch.setattr("mladv.commands.train.train_classifier", _interrupt)
     assert run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16",
                 "--out", str(tmp_path / "o")]) == 130
-    assert INTERRUPTED in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.strip() == TRAIN_INTERRUPTED and "Traceback" not in err
+    assert "no checkpoint was written" in err and "resume" not in err.replace("not resume", "")
+    assert not (tmp_path / "o" / "model.pt").exists()
+
+
+def test_ctrl_c_in_attack_says_it_starts_again(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("mladv.commands.attack.craft", _interrupt)
+    assert run(["attack", str(ckpt), "phantoms:12", "--out", str(tmp_path / "a")]) == 130
+    assert "rerun the same command to start again" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_resumable_command_says_what_was_kept(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("mladv.commands.augment.craft_shards", _interrupt)
+    assert run(["augment", str(ckpt), "phantoms:12", "--out", str(tmp_path / "g")]) == 130
+    assert capsys.readouterr().err.strip() == INTERRUPTED
+
+
+@pytest.mark.parametrize("command", ["train", "attack", "augment", "transfer"])
+def test_data_help_names_the_source_presets(command, capsys):
+    assert run([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    for preset in ("covid-radiography:ROOT", "covid-radiography[COVID,Normal,Viral",
+                   "kermany:ROOT", "kermany[test]:ROOT", "csv:FILE", "phantoms[:N]"):
+        assert preset in text, (command, preset)
 
 
 def test_stale_tmp_files_of_an_interrupted_run_are_cleaned(ckpt, tmp_path):
@@ -218,8 +246,8 @@ def test_stale_tmp_files_of_an_interrupted_run_are_cleaned(ckpt, tmp_path):
 
 def test_split_test_on_other_data_leaves_out_the_training_images(ckpt, tmp_path, capsys):
     from mladv.data import load_source
+    from mladv.fingerprint import image_hashes
     from mladv.models import read_checkpoint
-    from mladv.utils import image_hashes
 
     out = tmp_path / "other"
     # phantoms:20 holds phantoms:12's images and more; its test split mixes in training images
@@ -243,7 +271,7 @@ def test_split_test_on_other_data_leaves_out_the_training_images(ckpt, tmp_path,
 def test_split_test_with_nothing_unseen_is_refused(tmp_path):
     from mladv.commands._common import choose_split
     from mladv.data import make_phantoms
-    from mladv.utils import image_hashes
+    from mladv.fingerprint import image_hashes
 
     data = make_phantoms(8, 16, seed=0)
     ckpt = {"split": {"seed": 0, "test_size": 0.15}, "trained_on": image_hashes(data.images)}

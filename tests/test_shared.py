@@ -2,7 +2,10 @@
 report writer, content fingerprints, the one crafting loop and train-or-reuse."""
 from __future__ import annotations
 
+import ast
+import hashlib
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from mladv.attacks import pgd
 from mladv.configbase import Strict, key_line, load_yaml_config
 from mladv.crafting import craft
 from mladv.data import make_phantoms
-from mladv.fingerprint import data_sha1, key_digest, model_sha1
+from mladv.fingerprint import data_sha1, file_sha1, image_hashes, key_digest, model_sha1
 from mladv.models import build_model
 from mladv.reporting import json_safe, to_html, to_markdown
 from mladv.reuse import train_or_reuse
@@ -76,6 +79,31 @@ def test_fingerprints_follow_content_not_identity():
     b.load_state_dict(a.state_dict())
     assert model_sha1(a) == model_sha1(b)
     assert key_digest({"x": 1, "y": [2]}) == key_digest({"y": [2], "x": 1})
+
+
+def test_image_hashes_keep_the_recorded_format():
+    """``trained_on`` entries: SHA-1 of the image as 16-bit integers, first 16 hex digits."""
+    data = make_phantoms(3, 16, seed=1)
+    first = (data.images[0].numpy() * 65535).round().astype("uint16")
+    assert image_hashes(data.images)[0] == hashlib.sha1(first.tobytes()).hexdigest()[:16]
+    hashes = image_hashes(data.images)
+    assert len(hashes) == len(data) == len(set(hashes))
+    assert image_hashes(data.images.clone()) == hashes  # content, not identity
+    moved = data.images.clone()
+    moved[2, 0, 5, 5] += 1 / 255
+    assert image_hashes(moved) == hashes[:2] + image_hashes(moved[2:]) != hashes
+
+
+def test_one_home_for_fingerprints_without_an_import_cycle(tmp_path):
+    import mladv.fingerprint
+    import mladv.utils
+
+    assert mladv.utils.image_hashes is image_hashes  # the old import path still works
+    tree = ast.parse(Path(mladv.fingerprint.__file__).read_text())
+    runtime = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level > 0]
+    assert runtime == []  # mladv.data can import fingerprint (ImageSet: type checking only)
+    (tmp_path / "w.bin").write_bytes(b"x" * 3_000_001)
+    assert file_sha1(tmp_path / "w.bin") == hashlib.sha1(b"x" * 3_000_001).hexdigest()
 
 
 def test_craft_seeds_each_batch_and_restores_the_attack_seed():

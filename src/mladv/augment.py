@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .attacks import Attack
 from .crafting import craft
-from .data import ImageSet
+from .data import AdversarialDataset, ImageSet
 from .fingerprint import data_sha1, model_sha1
 from .utils import atomic_torch_save, atomic_write_json, progress_bar
 
@@ -169,28 +169,11 @@ def read_manifest(out: str | Path) -> dict[str, Any]:
 def load_shards(out: str | Path) -> ImageSet:
     """Merge a finished shard folder back into one :class:`ImageSet`, in the source order.
 
-    Raises ``ValueError`` naming the folder when shards are missing (rerun the same command to
-    finish them) or unreadable.
+    The one reader of shard folders is :class:`mladv.data.AdversarialDataset`: a ``ValueError``
+    (``DataError``) names the folder when shards are missing (rerun the same command to finish
+    them) and names the shard when one is damaged (delete it and rerun the same command).
     """
-    out = Path(out)
-    manifest = read_manifest(out)
-    missing = [k for k in range(manifest["num_shards"]) if not (out / shard_name(k)).is_file()]
-    if missing:
-        raise ValueError(f"{out}: {len(missing)} of {manifest['num_shards']} shards missing "
-                         f"(first: {shard_name(missing[0])}); rerun the same command to finish")
-    parts = []
-    for k in range(manifest["num_shards"]):
-        try:
-            parts.append(torch.load(out / shard_name(k), map_location="cpu", weights_only=True))
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same here
-            raise ValueError(f"{out / shard_name(k)}: cannot read shard "
-                             f"({exc.__class__.__name__})") from None
-    images = torch.cat([p["images"] for p in parts])
-    if images.shape[0] != manifest["n"]:
-        raise ValueError(f"{out}: shards hold {images.shape[0]} images, "
-                         f"manifest says {manifest['n']}")
-    return ImageSet(images, torch.cat([p["labels"] for p in parts]), list(manifest["classes"]),
-                    [s for p in parts for s in p["paths"]], [s for p in parts for s in p["groups"]])
+    return AdversarialDataset(out).to_imageset()
 
 
 def union(*sets: ImageSet) -> ImageSet:

@@ -1,19 +1,31 @@
-"""One fingerprint scheme for reusing finished work (shards, checkpoints, attacks, BM3D outputs).
+"""The one home of mladv's content fingerprints.
 
-Data and models are identified by their *content*: SHA-1 of the tensors' bytes (a model: its
-state dict's names and values), so the same images reached by another path are the same data
-and a retrained model is never mistaken for the old one. A reuse key that combines such
-fingerprints with settings is a short SHA-256 of its JSON (:func:`key_digest`).
+Reusing finished work (shards, checkpoints, attacks, BM3D outputs): data and models are
+identified by their *content*: SHA-1 of the tensors' bytes (a model: its state dict's names and
+values), so the same images reached by another path are the same data and a retrained model is
+never mistaken for the old one. A reuse key that combines such fingerprints with settings is a
+short SHA-256 of its JSON (:func:`key_digest`); a file (e.g. pretrained weights) enters a key by
+:func:`file_sha1`.
+
+Single images: :func:`image_hashes` gives one short fingerprint per image (of the image
+quantised to 16 bits); checkpoints record their training images this way (``trained_on``).
+
+This module imports nothing of mladv at run time (``ImageSet`` only for type checking), so any
+module, ``mladv.data`` included, can use it without an import cycle.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
-from .data import ImageSet
+if TYPE_CHECKING:  # a run-time import would make mladv.data unable to import this module
+    from .data import ImageSet
 
 
 def tensor_sha1(*tensors: Tensor) -> str:
@@ -42,3 +54,25 @@ def model_sha1(model: nn.Module) -> str:
 def key_digest(obj: Any) -> str:
     """16 hex digits of SHA-256 over ``obj`` as sorted JSON (non-JSON values by ``str``)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_sha1(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes, read in ``chunk``-byte pieces."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def image_hashes(images: Tensor) -> list[str]:
+    """One short fingerprint per image of an ``N x C x H x W`` batch in [0, 1]: SHA-1 (first 16
+    hex digits) of the image quantised to 16 bits, so the same file loaded at the same size gives
+    the same fingerprint wherever it lies. Checkpoints record their training images this way
+    (``trained_on``; the format of that record: a list of these strings, one per image)."""
+    out: list[str] = []
+    for part in torch.split(images.detach(), 256):
+        q = (part.float().cpu().clamp(0, 1) * 65535).round().to(torch.int32).numpy()
+        arr = q.astype(np.uint16)
+        out.extend(hashlib.sha1(a.tobytes()).hexdigest()[:16] for a in arr)
+    return out

@@ -1,7 +1,6 @@
-"""Small shared chores: seeding, devices, output folders, atomic writes, image fingerprints."""
+"""Small shared chores: seeding, devices, output folders, atomic writes, progress bars."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -14,7 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+
+# Re-exported for modules written before image fingerprints moved to mladv.fingerprint (their
+# one home); new code imports them from there. fingerprint imports nothing of mladv: no cycle.
+from .fingerprint import image_hashes as image_hashes
 
 
 def set_determinism(seed: int) -> None:
@@ -135,18 +137,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
-
-
-def image_hashes(images: Tensor) -> list[str]:
-    """One short fingerprint per image of an ``N x C x H x W`` batch in [0, 1]: SHA-1 (first 16
-    hex digits) of the image quantised to 16 bits, so the same file loaded at the same size gives
-    the same fingerprint wherever it lies. Checkpoints record their training images this way."""
-    out: list[str] = []
-    for chunk in torch.split(images.detach(), 256):
-        q = (chunk.float().cpu().clamp(0, 1) * 65535).round().to(torch.int32).numpy()
-        arr = q.astype(np.uint16)
-        out.extend(hashlib.sha1(a.tobytes()).hexdigest()[:16] for a in arr)
-    return out
 
 
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True) -> Any:

@@ -3,14 +3,46 @@ the given ones forwarded, through :mod:`mladv.attacks.registry`'s translator) an
 checkpoint's split that leaves out the images the checkpoint was trained on."""
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from ..attacks import attack_options, check_attack_options, parse_options
 from ..data import ImageSet, split_imageset
-from ..utils import image_hashes
+from ..distributed import is_main_process
+from ..fingerprint import image_hashes
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+def interrupt_message(message: str) -> Callable[[F], F]:
+    """Decorate a command that does not resume: Ctrl-C prints ``message`` (what is true for this
+    command) and exits 130, in place of the CLI's "finished outputs are kept; rerun the same
+    command to resume" (:mod:`mladv.cli`), which holds for the resumable commands only."""
+    def decorate(command: F) -> F:
+        @functools.wraps(command)  # typer reads the signature and help through __wrapped__
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                if is_main_process():
+                    typer.secho(message, err=True)
+                raise typer.Exit(130) from None
+        return run  # type: ignore[return-value]
+    return decorate
+
+
+# -- the data argument (see mladv.data.source; "\\[" is a literal "[" in typer's rich help) ---
+DATA_HELP = ("An ImageFolder root (ROOT/<class>/<image>), or a source preset: "
+             "'covid-radiography:ROOT' (COVID-19 Radiography Database as published; "
+             "'covid-radiography\\[COVID,Normal,Viral Pneumonia]:ROOT' picks classes), "
+             "'kermany:ROOT' (Kermany pediatric set, published train part; 'kermany\\[test]:ROOT' "
+             "its test part), 'csv:FILE' (path,label[,patient_id]) or 'phantoms[:N]' (synthetic, "
+             "N per class).")
 
 # -- the attack flags (unset = the attack's own default) ---------------------------------------
 AttackName = Annotated[str, typer.Option("--attack", help="mladv, pgd, fgsm, mifgsm, pifgsm, "

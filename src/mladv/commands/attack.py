@@ -19,6 +19,7 @@ from ..utils import (
     set_determinism,
 )
 from ._common import (
+    DATA_HELP,
     AttackName,
     Beta,
     DetailWeight,
@@ -31,12 +32,17 @@ from ._common import (
     Tau,
     choose_split,
     collect_attack_options,
+    interrupt_message,
 )
 
+INTERRUPTED = ("interrupted: adversarial.pt is written only when crafting ends (mladv attack "
+               "does not resume); rerun the same command to start again")
 
+
+@interrupt_message(INTERRUPTED)
 def attack(
     checkpoint: Path = typer.Argument(..., help="A model.pt written by 'mladv train'."),
-    data: str = typer.Argument(..., help="ImageFolder root, or 'phantoms'."),
+    data: str = typer.Argument(..., help=DATA_HELP),
     name: AttackName = "mladv",
     eps: Eps = 8.0,
     steps: Steps = None,

@@ -13,6 +13,7 @@ from ..distributed import barrier, init_from_env, is_main_process, rank_and_worl
 from ..models import load_checkpoint
 from ..utils import atomic_write_json, prepare_output_dir, set_determinism
 from ._common import (
+    DATA_HELP,
     AttackName,
     Beta,
     DetailWeight,
@@ -30,7 +31,7 @@ from ._common import (
 
 def augment(
     checkpoint: Path = typer.Argument(..., help="The crafting model (a model.pt)."),
-    data: str = typer.Argument(..., help="ImageFolder root, or 'phantoms'."),
+    data: str = typer.Argument(..., help=DATA_HELP),
     name: AttackName = "mladv",
     eps: Eps = 8.0,
     steps: Steps = None,

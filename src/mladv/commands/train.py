@@ -19,10 +19,15 @@ from ..models import (
 )
 from ..training import accuracy, train_classifier
 from ..utils import atomic_write_json, prepare_output_dir, set_determinism
+from ._common import DATA_HELP, interrupt_message
+
+INTERRUPTED = ("interrupted: no checkpoint was written (mladv train does not resume); rerun "
+               "the same command to start again")
 
 
+@interrupt_message(INTERRUPTED)
 def train(
-    data: str = typer.Argument(..., help="ImageFolder root, or 'phantoms' for the synthetic set."),
+    data: str = typer.Argument(..., help=DATA_HELP),
     arch: str = typer.Option("resnet18", help="Architecture (see mladv.models.ARCHITECTURES)."),
     image_size: int = typer.Option(128, min=IMAGE_SIZE_MIN, max=IMAGE_SIZE_MAX,
                                    help="Images are resized/cropped to this square size."),

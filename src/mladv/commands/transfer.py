@@ -6,14 +6,15 @@ from pathlib import Path
 import typer
 
 from ..transfer import load_config, main_table, run_transfer
+from ._common import DATA_HELP
 
 
 def transfer(
     config: Path = typer.Argument(..., help="Transfer YAML (see configs/transfer-*.yaml)."),
-    data: str | None = typer.Option(None, help="ImageFolder root or 'phantoms[:N]' "
-                                       "(overrides the YAML's data)."),
+    data: str | None = typer.Option(None, help=DATA_HELP + " Overrides the YAML's data."),
     test_data: str | None = typer.Option(None, help="Train on all of --data, test on this "
-                                            "folder (same classes)."),
+                                         "source (same forms as --data, same classes), e.g. "
+                                         "'kermany\\[test]:ROOT'."),
     out: Path | None = typer.Option(None, help="Run folder (default runs/<name>)."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: the "

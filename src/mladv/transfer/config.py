@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ..attacks import ATTACKS
 from ..attacks.registry import check_attack_options
 from ..configbase import Strict, dump_yaml, load_yaml_config
-from ..models import check_arch
+from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_image_size
 
 DISPLAY = {"fgsm": "FGSM", "pgd": "PGD", "mifgsm": "MI-FGSM", "pifgsm": "PI-FGSM",
            "gama": "GAMA", "rays": "RayS", "mladv": "MLAdv"}
@@ -21,7 +21,12 @@ DISPLAY = {"fgsm": "FGSM", "pgd": "PGD", "mifgsm": "MI-FGSM", "pifgsm": "PI-FGSM
 
 class ModelSpec(Strict):
     """A model of the experiment: trained here (``epochs``, ``lr``, ``batch_size``) or loaded
-    from ``checkpoint`` (a ``model.pt`` of ``mladv train``)."""
+    from ``checkpoint`` (a ``model.pt`` of ``mladv train``).
+
+    A model trained here starts from a fresh initialisation, or from a pretrained backbone:
+    ``weights`` is a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``; from torch hub's
+    cache) or a local state-dict file, and ``freeze_backbone`` trains the head only (see
+    :func:`mladv.models.build_model`). Both are checked before anything is trained."""
 
     arch: str
     name: str | None = None
@@ -29,11 +34,23 @@ class ModelSpec(Strict):
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=32, ge=1)
     checkpoint: str | None = None
+    weights: str | None = None
+    freeze_backbone: bool = False
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
         return check_arch(value)
+
+    @model_validator(mode="after")
+    def _weights_fit(self) -> ModelSpec:
+        if self.checkpoint and (self.weights or self.freeze_backbone):
+            raise ValueError("weights / freeze_backbone are for a model trained here; a "
+                             "checkpoint already holds its weights")
+        if self.freeze_backbone and not self.weights:
+            raise ValueError("freeze_backbone needs weights: a frozen random backbone stays "
+                             "random")
+        return self
 
     @property
     def label(self) -> str:
@@ -105,7 +122,7 @@ class TransferConfig(Strict):
     name: str = "transfer"
     data: str = "phantoms"
     test_data: str | None = None
-    image_size: int = Field(default=128, ge=16)
+    image_size: int = Field(default=128, ge=IMAGE_SIZE_MIN, le=IMAGE_SIZE_MAX)
     test_size: float = Field(default=0.15, gt=0, lt=1)
     max_test_images: int | None = Field(default=None, ge=1)
     seed: int = 0
@@ -127,6 +144,18 @@ class TransferConfig(Strict):
         twice = sorted({t for t in titles if titles.count(t) > 1})
         if twice:
             raise ValueError(f"attack rows named twice: {twice}; give them distinct labels")
+        return value
+
+    @field_validator("source", "targets")
+    @classmethod
+    def _size_fits_arch(cls, value: ModelSpec | list[ModelSpec], info: ValidationInfo
+                        ) -> ModelSpec | list[ModelSpec]:
+        """``image_size`` (validated before, in ``IMAGE_SIZE_MIN..IMAGE_SIZE_MAX``) must also
+        be large enough for each architecture's downsampling (the error names the model)."""
+        size = info.data.get("image_size")
+        if size is not None:
+            for spec in value if isinstance(value, list) else [value]:
+                check_image_size(size, spec.arch)
         return value
 
     def model_specs(self) -> list[tuple[str, ModelSpec]]:

@@ -21,10 +21,23 @@ from ..cam import grad_cam
 from ..crafting import craft
 from ..data import ImageSet, load_source, split_imageset
 from ..denoise import select_for_bm3d
-from ..fingerprint import data_sha1, key_digest, model_sha1
-from ..models import load_checkpoint
-from ..reuse import train_or_reuse
-from ..utils import atomic_torch_save, atomic_write_text, resolve_device
+from ..fingerprint import data_sha1, file_sha1, key_digest, model_sha1
+from ..models import (
+    ImageClassifier,
+    build_model,
+    load_checkpoint,
+    pretrained_state_dict,
+    save_checkpoint,
+)
+from ..reuse import reusable, train_or_reuse
+from ..training import train_classifier
+from ..utils import (
+    atomic_torch_save,
+    atomic_write_text,
+    prepare_output_dir,
+    resolve_device,
+    set_determinism,
+)
 from .claims import claims
 from .config import AttackSpec, ModelSpec, TransferConfig, dump_config
 from .measure import denoise_all, file_name, measure_attack, measure_bm3d, predictions
@@ -49,12 +62,54 @@ def prepare_data(cfg: TransferConfig) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
+def check_weights(cfg: TransferConfig) -> None:
+    """Read every pretrained backbone the config names now (a wrong name, a missing or foreign
+    file, an offline download), before any data is loaded or model trained; one ``ValueError``
+    naming the model."""
+    for key, spec in cfg.model_specs():
+        if spec.weights and not spec.checkpoint:
+            try:
+                pretrained_state_dict(spec.arch, spec.weights)
+            except ValueError as exc:
+                raise ValueError(f"{key} model {spec.label}: {exc}") from None
+
+
 def train_key(cfg: TransferConfig, spec: ModelSpec, train: ImageSet, seed: int
               ) -> dict[str, Any]:
-    """What a model trained here depends on (its reuse key)."""
-    return {"arch": spec.arch, "epochs": spec.epochs, "lr": spec.lr, "batch_size": spec.batch_size,
-            "seed": seed, "image_size": cfg.image_size, "classes": train.classes,
-            "train": data_sha1(train), "n_train": len(train)}
+    """What a model trained here depends on (its reuse key); a pretrained backbone enters by
+    its name and, for a local file, its content."""
+    key = {"arch": spec.arch, "epochs": spec.epochs, "lr": spec.lr, "batch_size": spec.batch_size,
+           "seed": seed, "image_size": cfg.image_size, "classes": train.classes,
+           "train": data_sha1(train), "n_train": len(train)}
+    if spec.weights:
+        local = Path(spec.weights).is_file()
+        key.update(weights=spec.weights, freeze_backbone=spec.freeze_backbone,
+                   weights_sha1=file_sha1(spec.weights) if local else None)
+    return key
+
+
+def train_pretrained(path: Path, cfg: TransferConfig, spec: ModelSpec, seed: int,
+                     train: ImageSet, device: torch.device, key: dict[str, Any]
+                     ) -> tuple[ImageClassifier, dict[str, Any], bool]:
+    """:func:`mladv.reuse.train_or_reuse` for a model on a pretrained backbone (which
+    ``train_or_reuse`` does not build): the checkpoint at ``path`` if it has ``key``, else
+    ``spec.weights`` (head new, backbone frozen if asked) fine-tuned on ``train`` and saved.
+    Returns ``(model in eval mode, metrics, reused)``."""
+    found = reusable(path, key, lambda p: load_checkpoint(p, map_location=device))
+    if found is not None:
+        return found[0], dict(found[1]["metrics"]), True
+    wall = time.perf_counter()
+    set_determinism(seed)
+    model = build_model(spec.arch, len(train.classes), weights=spec.weights,
+                        freeze_backbone=spec.freeze_backbone).to(device)
+    history = train_classifier(model, train, epochs=spec.epochs, batch_size=spec.batch_size,
+                               lr=spec.lr, seed=seed, progress=cfg.progress,
+                               desc=f"train {spec.label}")
+    metrics = {"history": history, "n_train": len(train),
+               "train_wall_s": round(time.perf_counter() - wall, 3)}
+    save_checkpoint(path, model, classes=train.classes, image_size=cfg.image_size,
+                    epoch=spec.epochs, metrics=metrics, train_images=train.images, reuse_key=key)
+    return model.eval(), metrics, False
 
 
 def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, train: ImageSet,
@@ -71,12 +126,16 @@ def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, trai
                               "fingerprint": model_sha1(model), "trained_here": False}
     want = train_key(cfg, spec, train, seed)
     path = folder / f"{key}-{spec.arch}.pt"
-    model, metrics, reused = train_or_reuse(
-        path, arch=spec.arch, data=train, image_size=cfg.image_size, seed=seed, device=device,
-        key=want, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-        progress=cfg.progress, desc=f"train {spec.label}")
+    if spec.weights:
+        model, metrics, reused = train_pretrained(path, cfg, spec, seed, train, device, want)
+    else:
+        model, metrics, reused = train_or_reuse(
+            path, arch=spec.arch, data=train, image_size=cfg.image_size, seed=seed,
+            device=device, key=want, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+            progress=cfg.progress, desc=f"train {spec.label}")
     return model, {"classes": list(train.classes), "checkpoint": str(path),
                    "fingerprint": key_digest(want), "trained_here": True,
+                   "weights": spec.weights, "freeze_backbone": spec.freeze_backbone,
                    "train_seconds": metrics.get("train_wall_s"), "resumed": reused}
 
 
@@ -151,11 +210,12 @@ def attack_row(spec: AttackSpec, res: dict[str, Any], measured: dict[str, Any],
 def run_transfer(cfg: TransferConfig, out: str | Path, *, log: Log = print) -> dict[str, Any]:
     """Run (or resume) the transfer experiment into ``out``; returns the results dict also
     written as ``transfer.json`` (and ``transfer.csv``, ``transfer.md``, ``transfer.html``)."""
-    out = Path(out)
     wall = time.perf_counter()
+    out = prepare_output_dir(out)  # before any work: a file or a read-only folder is one line
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    check_weights(cfg)
     atomic_write_text(dump_config(cfg), out / "config.yaml")
     train, test = prepare_data(cfg)
     log(f"data {cfg.data}: {len(train)} train / {len(test)} test images, classes {train.classes}")
@@ -210,7 +270,8 @@ def assemble(cfg: TransferConfig, train: ImageSet, test: ImageSet, infos: dict[s
         "models": {k: {"label": labels[k], "arch": (cfg.source if k == "source" else
                                                      cfg.targets[int(k[1:]) - 1]).arch,
                        **{f: infos[k].get(f) for f in ("clean_acc", "checkpoint", "trained_here",
-                                                       "train_seconds", "resumed")},
+                                                       "train_seconds", "resumed", "weights",
+                                                       "freeze_backbone")},
                        "clean_acc_bm3d": bm3d["clean_acc"][k]} for k in infos},
         "attacks": attacks,
         "bm3d": {"n": bm3d["n"], "sigma": (cfg.bm3d.sigma or cfg.eps) / 255.0,
