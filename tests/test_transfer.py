@@ -111,6 +111,14 @@ def test_target_with_other_classes_is_refused_naming_both(tmp_path):
     ({"attacks": [{"name": "fgsm", "options": {"eps": 0.1}}]}, "set by the run"),
     ({"targets": []}, "targets: List should have at least 1 item"),
     ({"source": {"arch": "resnet9000"}}, "unknown architecture"),
+    ({"image_size": 8}, "image_size: Input should be greater than or equal to 16"),
+    ({"image_size": 2048}, "image_size: Input should be less than or equal to 1024"),
+    ({"targets": [{"arch": "vgg16"}]}, r":\d+: targets: image_size must be an integer in "
+                                       r"32..1024 for vgg16, got 24"),
+    ({"source": {"arch": "small_cnn", "freeze_backbone": True}},
+     "source: freeze_backbone needs weights"),
+    ({"source": {"arch": "small_cnn", "checkpoint": "m.pt", "weights": "w.pth"}},
+     "source: weights / freeze_backbone are for a model trained here"),
 ])
 def test_bad_configs_are_refused_in_one_line(tmp_path, change, message):
     path = write_yaml(tmp_path / "bad.yaml", mini_config(**change))
@@ -131,6 +139,66 @@ def test_bad_attack_options_are_refused_when_the_config_is_read(tmp_path, name, 
     with pytest.raises(ValueError, match=message) as info:
         load_config(write_yaml(tmp_path / "c.yaml", cfg))
     assert "\n" not in str(info.value)
+
+
+def test_paper_config_reads_the_covid_radiography_layout():
+    cfg = load_config("configs/transfer-paper.yaml")
+    assert cfg.data == ("covid-radiography[COVID,Normal,Viral Pneumonia]:"
+                        "data/COVID-19_Radiography_Dataset")
+    assert cfg.image_size == 224 and cfg.source.arch == "resnet50"
+
+
+def _pretrained_file(tmp_path, seed=7):
+    torch.manual_seed(seed)
+    net = build_model("small_cnn", 5).net  # a "pretrained" small_cnn with another head size
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    return net.state_dict()
+
+
+def test_pretrained_source_arrives_frozen_is_reused_and_retrained_on_new_weights(tmp_path):
+    from mladv.models import head_name
+    from mladv.transfer.run import obtain_model, prepare_data
+
+    pretrained = _pretrained_file(tmp_path)
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", mini_config(source={
+        "arch": "small_cnn", "epochs": 1, "lr": 0.05, "weights": str(tmp_path / "w.pth"),
+        "freeze_backbone": True})))
+    train, _ = prepare_data(cfg)
+    cpu = torch.device("cpu")
+
+    def obtain():
+        return obtain_model(cfg, "source", cfg.source, 0, train, tmp_path / "models", cpu)
+
+    model, info = obtain()
+    assert info["weights"] == str(tmp_path / "w.pth") and info["resumed"] is False
+    head = head_name(model.net)
+    state = model.net.state_dict()
+    assert state[f"{head}.weight"].shape == (len(train.classes), 128)  # a new head
+    backbone = [k for k in pretrained if not k.startswith(head)]
+    assert backbone and all(torch.equal(state[k], pretrained[k]) for k in backbone)  # frozen
+    saved = torch.load(info["checkpoint"], weights_only=True)
+    assert saved["weights"] == str(tmp_path / "w.pth") and saved["freeze_backbone"] is True
+    assert len(saved["trained_on"]) == len(train)
+
+    again, info2 = obtain()  # same weights file: the checkpoint is reused
+    assert info2["resumed"] is True and info2["fingerprint"] == info["fingerprint"]
+    other = _pretrained_file(tmp_path, seed=8)  # same path, other content: trained again
+    third, info3 = obtain()
+    assert info3["resumed"] is False and info3["fingerprint"] != info["fingerprint"]
+    assert torch.equal(third.net.state_dict()[backbone[0]], other[backbone[0]])
+
+
+def test_bad_weights_and_out_are_refused_before_the_data_loads(tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the data was read before the error")
+    monkeypatch.setattr("mladv.transfer.run.load_source", forbidden)
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", mini_config(
+        targets=[{"arch": "tiny_cnn", "name": "tv", "weights": str(tmp_path / "none.pth")}])))
+    with pytest.raises(ValueError, match=r"^t1 model tv: weights '.*none.pth': no such file$"):
+        run_transfer(cfg, tmp_path / "run", log=lambda *_: None)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"^--out .*file: is a file, not a folder$"):
+        run_transfer(load_config(tmp_path / "c.yaml"), tmp_path / "file", log=lambda *_: None)
 
 
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):
