@@ -61,7 +61,7 @@ def test_mini_experiment_has_every_metric_for_every_arm(mini_run):
     saved = json.loads((out / "results.json").read_text())
     assert [(r["arm"], r["seed"]) for r in saved["runs"]] == [("none", 0), (FULL_METHOD, 0)]
     expected = {"accuracy", "recall", "precision", "f1", "auc_macro", "auc_covid_like",
-                "auc_normal", "auc_pneumonia_like", "acc_mladv", "acc_pgd", "acc_noise_0.02",
+                "auc_normal", "auc_pneumonia_like", "ece", "acc_mladv", "acc_pgd", "acc_noise_0.02",
                 "acc_noise_0.05"}
     for r in saved["runs"]:
         assert set(r["metrics"]) == expected

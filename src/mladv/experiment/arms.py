@@ -19,6 +19,11 @@ arm                        L_s    L_o    L_d    projection
 ``multi-loss``             on     on     on     off
 ``multi-loss+projection``  on     on     on     on   (the full method)
 =========================  =====  =====  =====  ==========
+
+Online arms (``pgd-online``, ``pgd-advprop``, ``mladv-online``, ``mladv-advprop``) craft each
+batch's adversarial rows against the *current* model during training
+(:class:`mladv.adversarial_training.AdversarialBatch`, modes ``online`` / ``advprop``); their
+eps / steps / fraction come from the validation grid search of :mod:`.selection`.
 """
 from __future__ import annotations
 
@@ -50,11 +55,17 @@ class Arm:
     transform: str = "flips"
     attack: str | None = None
     terms: dict[str, bool] = field(default_factory=dict)  # style / origin / detail / projection
+    mode: str = "offline"  # offline (x'_train crafted once), online or advprop (per batch)
 
     @property
     def adversarial(self) -> bool:
-        """Whether the arm trains on ``x_train ∪ x'_train``."""
-        return self.attack is not None
+        """Whether the arm trains on ``x_train ∪ x'_train`` (crafted once, offline)."""
+        return self.attack is not None and self.mode == "offline"
+
+    @property
+    def online(self) -> bool:
+        """Whether the arm crafts adversarial rows per batch against the current model."""
+        return self.attack is not None and self.mode != "offline"
 
 
 def _mladv_arm(name: str, paper_row: str, style: bool, origin: bool, detail: bool,
@@ -81,10 +92,22 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
                "x_train ∪ MLAdv(x_train) with all four terms, no projection (gamma = 0)"),
     _mladv_arm("multi-loss+projection", "+ multi-loss + projection", True, True, True, True,
                "x_train ∪ MLAdv(x_train), the full method"),
+    Arm("pgd-online", "flips + PGD rows crafted per batch on the current model", attack="pgd",
+        mode="online"),
+    Arm("pgd-advprop", "flips + PGD rows per batch through twin BatchNorm (AdvProp)",
+        attack="pgd", mode="advprop"),
+    Arm("mladv-online", "flips + MLAdv rows crafted per batch on the current model",
+        attack="mladv", mode="online"),
+    Arm("mladv-advprop", "flips + MLAdv rows per batch through twin BatchNorm (AdvProp)",
+        attack="mladv", mode="advprop"),
 )}
 FULL_METHOD = "multi-loss+projection"
 BASELINES = ("none", "rotation", "mixup", "cutmix", "trivialaugment", "pgd-adv")
 ABLATIONS = ("ls", "ls+lo", "multi-loss", FULL_METHOD)
+ONLINE_ARMS = ("pgd-online", "pgd-advprop", "mladv-online", "mladv-advprop")
+# options the online grid sets (steps) or that keep the training module's online defaults
+# (PGD's one-step FGSM step and no random start, MLAdv's refine=0): not taken from pgd: / mladv:
+ONLINE_CONTROLLED = {"pgd": ("steps", "alpha", "random_start"), "mladv": ("steps", "refine")}
 
 
 def register_arm(arm: Arm) -> None:
@@ -127,13 +150,25 @@ def make_adversary(arm: str, model: nn.Module, *, eps: float, seed: int,
     the arm's registry attack with the config's options for it (MLAdv arms: with their terms
     switched, :func:`mladv_arm_options`)."""
     spec = check_arm(arm)
-    if spec.attack is None:
-        raise ValueError(f"arm {arm!r} does not craft adversarial copies")
+    if not spec.adversarial or spec.attack is None:
+        raise ValueError(f"arm {arm!r} does not craft offline adversarial copies")
     if spec.attack == "mladv":
         options = mladv_arm_options(spec, mladv_options) if spec.terms else dict(mladv_options)
     else:
         options = dict(pgd_options) if spec.attack == "pgd" else {}
     return make_attack(spec.attack, model, eps=eps, seed=seed, **options)
+
+
+def online_options(arm: str, pgd_options: dict[str, Any],
+                   mladv_options: dict[str, Any]) -> dict[str, Any]:
+    """The attack options an online arm adds to the training module's online defaults: the
+    config's ``pgd:`` / ``mladv:`` options less those in :data:`ONLINE_CONTROLLED` (the steps
+    come from the validation grid; MLAdv keeps ``refine=0`` and PGD its one-step FGSM)."""
+    spec = check_arm(arm)
+    if not spec.online or spec.attack is None:
+        raise ValueError(f"arm {arm!r} is not an online arm")
+    given = pgd_options if spec.attack == "pgd" else mladv_options
+    return {k: v for k, v in given.items() if k not in ONLINE_CONTROLLED[spec.attack]}
 
 
 # -- batch transforms ---------------------------------------------------------------------------

@@ -12,12 +12,12 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from ..attacks import MLAdv, pgd
 from ..attacks.registry import check_attack_options
 from ..configbase import Strict, dump_yaml, load_yaml_config, validate
-from ..models import check_arch
+from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_image_size
 from .arms import ARMS, check_arm
 
 RUN_CONTROLLED = ("model", "eps", "seed")  # set by the experiment, not by the options dicts
@@ -55,6 +55,20 @@ class RobustnessConfig(Strict):
     noise_sigmas: list[float] = Field(default_factory=lambda: [0.02, 0.05])
     max_images: PositiveInt | None = None  # attack a fixed stratified subset of the test set
     batch_size: PositiveInt = 32
+    # own-model PGD accuracy at each eps (1/255 units; the pgd: options, e.g. steps), acc_pgd_E
+    pgd_eps: list[float] = Field(default_factory=list)
+    # torchattacks' AutoAttack (standard) on the first N of the stratified subset (0: off)
+    autoattack_images: int = Field(default=0, ge=0)
+    autoattack_eps: float = Field(default=2.0, gt=0, le=255)  # 1/255 units
+    autoattack_square_queries: PositiveInt = 5000  # 5000 is the standard version
+    ece_bins: PositiveInt = 15
+
+    @field_validator("pgd_eps")
+    @classmethod
+    def _pgd_eps(cls, value: list[float]) -> list[float]:
+        if any(not 0 < e <= 255 for e in value):
+            raise ValueError(f"pgd_eps are in 1/255 units, each in (0, 255], got {value}")
+        return value
 
     @field_validator("attacks")
     @classmethod
@@ -70,6 +84,72 @@ class RobustnessConfig(Strict):
         if any(s <= 0 for s in value):
             raise ValueError(f"noise sigmas must be > 0, got {value}")
         return value
+
+
+def _all_rows() -> list[float | None]:
+    return [None]
+
+
+class OnlineGrid(Strict):
+    """The grid searched for the online arms: ``eps`` in 1/255 units, attack ``steps``,
+    ``fraction`` of each batch replaced (``null``: train on the batch and all its copies)."""
+
+    eps: list[float] = Field(default_factory=lambda: [1.0, 2.0], min_length=1)
+    steps: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    fraction: list[float | None] = Field(default_factory=lambda: _all_rows(), min_length=1)
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, value: list[float]) -> list[float]:
+        if any(not 0.5 <= e <= 255 for e in value):
+            raise ValueError(f"online eps are in 1/255 units (1 means 1/255), each in "
+                             f"[0.5, 255], got {value}")
+        return value
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction(cls, value: list[float | None]) -> list[float | None]:
+        if any(f is not None and not 0 < f <= 1 for f in value):
+            raise ValueError(f"fractions must be null or in (0, 1], got {value}")
+        return value
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every grid point, in the order the tie-break of the rule uses: eps, then steps,
+        then fraction, each as listed."""
+        return [{"eps": e, "steps": s, "fraction": f}
+                for e in self.eps for s in self.steps for f in self.fraction]
+
+
+SELECTION_RULES = {
+    "max-val-accuracy": "the grid point with the highest validation accuracy; ties (equal to "
+                        "1e-9) go to the point listed first (eps, then steps, then fraction in "
+                        "the order the grid lists them: the cheaper, smaller budget first)",
+}
+
+
+class SelectionConfig(Strict):
+    """How the online grid is decided: on a validation split carved (patient-aware,
+    stratified) from the training set, once, with one seed; never on the test split."""
+
+    val_size: float = Field(default=0.15, gt=0, lt=1)
+    seed: int = 0
+    rule: str = "max-val-accuracy"
+
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, value: str) -> str:
+        if value not in SELECTION_RULES:
+            raise ValueError(f"unknown selection rule {value!r}; valid: "
+                             f"{', '.join(SELECTION_RULES)}")
+        return value
+
+
+class OnlineConfig(Strict):
+    """The online / AdvProp arms: the grid of their eps / steps / fraction and how the grid is
+    decided (``selection``). One choice per arm, reused for every seed."""
+
+    grid: OnlineGrid = Field(default_factory=lambda: OnlineGrid())
+    selection: SelectionConfig = Field(default_factory=lambda: SelectionConfig())
 
 
 class ArmOptions(Strict):
@@ -109,7 +189,7 @@ class ExperimentConfig(Strict):
     name: str = "experiment"
     data: str | None = None
     test_data: str | None = None
-    image_size: int = Field(default=64, ge=16)
+    image_size: int = Field(default=64, ge=IMAGE_SIZE_MIN, le=IMAGE_SIZE_MAX)
     arch: str = "resnet18"
     seeds: PositiveInt | list[int] = 3
     eps: float = Field(default=8.0, gt=0, le=255)
@@ -119,6 +199,7 @@ class ExperimentConfig(Strict):
     augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
     robustness: RobustnessConfig = Field(default_factory=lambda: RobustnessConfig())
     arm_options: ArmOptions = Field(default_factory=lambda: ArmOptions())
+    online: OnlineConfig = Field(default_factory=lambda: OnlineConfig())
     pgd: dict[str, Any] = Field(default_factory=dict)
     mladv: dict[str, Any] = Field(default_factory=dict)
     device: str = "auto"
@@ -126,8 +207,11 @@ class ExperimentConfig(Strict):
 
     @field_validator("arch")
     @classmethod
-    def _known_arch(cls, value: str) -> str:
-        return check_arch(value)
+    def _known_arch(cls, value: str, info: ValidationInfo) -> str:
+        check_arch(value)
+        if isinstance(info.data.get("image_size"), int):  # per-architecture minimum size
+            check_image_size(info.data["image_size"], value)
+        return value
 
     @field_validator("eps")
     @classmethod

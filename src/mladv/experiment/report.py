@@ -20,6 +20,7 @@ from ..reporting import write_report as write_blocks
 from ..utils import atomic_path, atomic_write_json, atomic_write_text
 from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
 from .metrics import TABLE2_METRICS, mean_std, roc_per_class
+from .online_report import curve_figure, online_blocks
 from .state import Run
 
 # SPEC "Reference figures from the paper", Table 2 (ResNet50, COVID-19 Radiography Database).
@@ -40,6 +41,8 @@ def flat_metrics(result: dict[str, Any], classes: Sequence[str]) -> dict[str, fl
     clean = result["clean"]
     row = {m: clean[m] for m in TABLE2_METRICS}
     row["auc_macro"] = clean["auc_macro"]
+    if "ece" in clean:
+        row["ece"] = clean["ece"]
     row.update({f"auc_{c}": clean["auc_per_class"][c] for c in classes})
     row.update(result["robust"])
     return row
@@ -96,16 +99,22 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
     for arm in cfg.arms:
         for seed in cfg.seed_list():
             path = run.seed_dir(seed) / "results" / f"{arm}.json"
+            if not path.is_file():  # not finished yet (a report of a run in progress)
+                continue
             res = json.loads(path.read_text())
             probs[(arm, seed)] = np.asarray(res["probs"])
             row = {"arm": arm, "seed": seed, "n_train": res["n_train"],
                    "metrics": flat_metrics(res, run.classes),
                    "confusion_matrix": res["clean"]["confusion_matrix"],
                    "timings": res["timings"]}
-            if "augment" in res:
-                row["augment"] = res["augment"]
+            for extra in ("augment", "online"):
+                if extra in res:
+                    row[extra] = res[extra]
+            row["history"] = res.get("history")
             runs.append(row)
             per_arm.setdefault(arm, []).append(row)
+    if not runs:
+        raise ValueError(f"{run.out}: no (seed, arm) has finished yet: nothing to report")
     names = list(runs[0]["metrics"])
     summary = {arm: {m: mean_std([r["metrics"][m] for r in rows]) for m in names}
                for arm, rows in per_arm.items()}
@@ -121,7 +130,9 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
     results = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "classes": run.classes,
                "n_train": len(run.train), "n_test": len(run.test),
                "robust_n": len(run.robust_index), "split": run.split_info,
-               "seeds": cfg.seed_list(), "arms": cfg.arms, "runs": runs, "summary": summary,
+               "seeds": cfg.seed_list(), "arms": [a for a in cfg.arms if a in per_arm],
+               "finished": len(runs), "planned": len(cfg.arms) * len(cfg.seed_list()),
+               "runs": runs, "summary": summary,
                "comparisons": comparisons, "compute": compute,
                "test_labels": run.test.labels.tolist()}
     return results, probs
@@ -170,7 +181,7 @@ def roc_figure(results: dict[str, Any], probs: dict[tuple[str, int], np.ndarray]
     fig, axes = plt.subplots(1, len(classes), figsize=(3.4 * len(classes), 3.4), squeeze=False)
     colors = {"none": "tab:blue", FULL_METHOD: "tab:red"}
     for arm in arms:
-        for s_i, seed in enumerate(results["seeds"]):
+        for s_i, seed in enumerate(s for s in results["seeds"] if (arm, s) in probs):
             for c, (fpr, tpr) in enumerate(roc_per_class(labels, probs[(arm, seed)])):
                 stat = results["summary"][arm][f"auc_{classes[c]}"]
                 label = f"{arm} (AUC {_pm(stat, 3)})" if s_i == 0 else None
@@ -213,7 +224,8 @@ def ablation_figure(run: Run, path: Path) -> bool:
     """Fig. 4: the same training images (one per class) under each MLAdv ablation arm that was
     run, crafted on the first seed's base model, with their amplified noise."""
     seed = run.cfg.seed_list()[0]
-    arms = [a for a in ABLATIONS if a in run.cfg.arms]
+    arms = [a for a in ABLATIONS if a in run.cfg.arms
+            and (run.seed_dir(seed) / "adv" / a / "manifest.json").is_file()]
     if not arms:
         return False
     adv = {a: load_shards(run.seed_dir(seed) / "adv" / a).images for a in arms}
@@ -237,7 +249,8 @@ def table2(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def extra_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    keys = [k for k in metric_names(results) if k.startswith("auc_") or k.startswith("acc_")]
+    keys = [k for k in metric_names(results)
+            if k.startswith("auc_") or k.startswith("acc_") or k == "ece"]
     header = ["arm", *keys]
     rows = [[arm, *[_pm(results["summary"][arm][k], 3) for k in keys]] for arm in results["arms"]]
     return header, rows
@@ -285,11 +298,17 @@ def _intro(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def report_blocks(results: dict[str, Any], figures: list[tuple[str, Path]]) -> list[Block]:
+def report_blocks(results: dict[str, Any], figures: list[tuple[str, Path]],
+                  selection: dict[str, Any] | None = None) -> list[Block]:
     """The report as blocks for :mod:`mladv.reporting` (figures: ``(caption, path)``)."""
     blocks: list[Block] = [("h", f"MLAdv augmentation experiment: {results['name']}"),
-                           ("ul", _intro(results)),
-                           ("h2", "Table 2: clean test metrics by training set"),
+                           ("ul", _intro(results))]
+    if results["finished"] < results["planned"]:
+        blocks.append(("p", f"PARTIAL REPORT: {results['finished']} of {results['planned']} "
+                            f"(seed, arm) runs have finished; the numbers below cover those only "
+                            f"(column `seeds` / n per arm). Rerun the same command to resume."))
+    blocks += online_blocks(results, selection)
+    blocks += [("h2", "Table 2: clean test metrics by training set"),
                            ("table", *table2(results)),
                            ("h2", "Verdicts: MLAdv (full method) against each baseline"),
                            ("ul", [c["sentence"] for c in results["comparisons"]] or [
@@ -320,8 +339,15 @@ def write_report(run: Run, results: dict[str, Any],
     if roc_figure(results, probs, figs / "roc.png"):
         figures.append((f"Fig. 5: ROC curves per class, `none` vs `{FULL_METHOD}`",
                         figs / "roc.png"))
+    sel_path = out / "selection" / "selection.json"
+    selection = json.loads(sel_path.read_text()) if sel_path.is_file() else None
+    if any(ARMS[a].online for a in results["arms"]) and curve_figure(
+            results, selection, figs / "flips_curve.png"):
+        figures.append(("Flips (`none`) learning curve: train loss / accuracy per epoch of each "
+                        "seed, validation accuracy per epoch on the selection split",
+                        figs / "flips_curve.png"))
     if ablation_figure(run, figs / "ablation.png"):
         figures.append(("Fig. 4: the same training images under each MLAdv ablation arm "
                         "(image, then its noise amplified)", figs / "ablation.png"))
-    write_blocks(report_blocks(results, figures), f"MLAdv augmentation experiment: "
+    write_blocks(report_blocks(results, figures, selection), f"MLAdv augmentation experiment: "
                  f"{results['name']}", out / "report.md", out / "report.html")

@@ -37,28 +37,22 @@ from typing import Any
 
 import torch
 
-from ..attacks import make_attack
-from ..attacks.registry import attack_options
-from ..augment import (
-    attack_settings,
-    craft_shard,
-    craft_shards,
-    derive_seed,
-    load_shards,
-    union,
-)
+from ..adversarial_training import AdversarialBatch
+from ..augment import attack_settings, craft_shards, load_shards, union
 from ..crafting import attack_metrics
 from ..data import ImageSet, load_source, split_imageset
 from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..fingerprint import data_sha1
 from ..models import ImageClassifier, load_checkpoint
 from ..reuse import train_or_reuse
-from ..training import accuracy, predict_logits
-from ..utils import atomic_write_json, atomic_write_text
+from ..training import predict_logits
+from ..utils import atomic_path, atomic_write_json, atomic_write_text, prepare_output_dir
 from .arms import ARMS, batch_transform, make_adversary
 from .config import ExperimentConfig, dump_config
+from .evaluation import calibration, robust_subset, robustness
 from .metrics import classification_metrics
 from .report import collect_results, write_report
+from .selection import online_arms, online_batch, select_online
 from .state import Log, Run, Timer, quiet_log, stderr_log
 
 
@@ -81,21 +75,6 @@ def load_data(cfg: ExperimentConfig) -> tuple[ImageSet, ImageSet, dict[str, Any]
         raise RuntimeError(f"patient groups on both sides of the split: {sorted(shared)[:5]}")
     return train, test, {"mode": "split", "data": cfg.data, "test_size": cfg.split.test_size,
                          "seed": cfg.split.seed, "patient_aware": True}
-
-
-def robust_subset(test: ImageSet, cfg: ExperimentConfig) -> list[int]:
-    """The test images the robustness attacks run on: all, or exactly ``robustness.max_images``
-    of them, dealt round-robin over the classes from per-class shuffles seeded with the split
-    seed (the same subset for every arm and seed)."""
-    n, cap = len(test), cfg.robustness.max_images
-    if cap is None or cap >= n:
-        return list(range(n))
-    gen = torch.Generator().manual_seed(cfg.split.seed)
-    per_class = [idx[torch.randperm(len(idx), generator=gen)].tolist()
-                 for idx in (torch.nonzero(test.labels == c).flatten()
-                             for c in range(len(test.classes)))]
-    dealt = [lst[i] for i in range(max(map(len, per_class))) for lst in per_class if i < len(lst)]
-    return sorted(dealt[:cap])
 
 
 def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = stderr_log) -> Run:
@@ -134,6 +113,7 @@ def finished_pieces(out: Path, diff: list[str]) -> list[Path]:
     :data:`BASE_KEYS`."""
     base_changed = any(d.startswith(BASE_KEYS) for d in diff)
     pieces = sorted(out.glob("seed-*/results/*.json")) + sorted(out.glob("seed-*/adv/*"))
+    pieces += sorted(out.glob("selection/*/*.json"))
     pieces += [p for p in sorted(out.glob("seed-*/models/*.pt"))
                if base_changed or p.name != "base.pt"]
     return pieces
@@ -177,9 +157,12 @@ def load_model(run: Run, path: Path) -> tuple[ImageClassifier, dict[str, Any]]:
     return model.eval(), ckpt
 
 
-def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path
+def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path,
+                adversarial: AdversarialBatch | None = None
                 ) -> tuple[ImageClassifier, dict[str, Any]]:
-    """Train (or reuse) the model of ``arm``: fresh init from ``seed``, the config's schedule."""
+    """Train (or reuse) the model of ``arm``: fresh init from ``seed``, the config's schedule;
+    an online arm crafts per batch with ``adversarial`` (its twin BatchNorm state, for
+    ``advprop``, and how it was trained are added to the checkpoint after training)."""
     cfg = run.cfg
     model, meta, reused = train_or_reuse(
         path, arch=cfg.arch, data=data, image_size=cfg.image_size, seed=seed, device=run.device,
@@ -189,12 +172,23 @@ def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path
         epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
         weight_decay=cfg.train.weight_decay,
         transform=batch_transform(arm, cfg.arm_options, len(run.classes)),
-        progress=cfg.progress and is_main_process(), desc=f"seed {seed} {arm}: train")
+        progress=cfg.progress and is_main_process(), desc=f"seed {seed} {arm}: train",
+        adversarial=adversarial)
+    if not reused and adversarial is not None and is_main_process():
+        add_to_checkpoint(path, adversarial.checkpoint_extra())
     if not reused and is_distributed():  # every rank goes on with rank 0's weights and buffers
         barrier()
         model, ckpt = load_model(run, path)
         return model, dict(ckpt["metrics"])
     return model, meta
+
+
+def add_to_checkpoint(path: Path, fields: dict[str, Any]) -> None:
+    """Add ``fields`` to the checkpoint at ``path`` (rewritten atomically)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt.update(fields)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def base_model(run: Run, seed: int) -> tuple[ImageClassifier, dict[str, Any]]:
@@ -231,27 +225,6 @@ def adversarial_copies(run: Run, seed: int, arm: str) -> tuple[ImageSet, dict[st
                  **timer.as_dict("craft")}
 
 
-def robustness(run: Run, model: ImageClassifier, seed: int) -> dict[str, float]:
-    """Accuracy of ``model`` on test images attacked on itself (MLAdv full method, PGD) and under
-    Gaussian noise ``x + sigma * N(0, 1)`` clipped to [0, 1]."""
-    cfg = run.cfg
-    sub = run.test.subset(run.robust_index)
-    out: dict[str, float] = {}
-    for name in cfg.robustness.attacks:
-        options = cfg.mladv if name == "mladv" else cfg.pgd
-        atk = make_attack(name, model, **attack_options(name, eps=cfg.eps, seed=seed,
-                                                        options=options))
-        adv = craft_shard(atk, sub.images, sub.labels, seed=seed, shard=0,
-                          batch_size=cfg.robustness.batch_size)
-        out[f"acc_{name}"] = accuracy(model, adv, sub.labels)
-    for i, sigma in enumerate(cfg.robustness.noise_sigmas):
-        gen = torch.Generator().manual_seed(derive_seed(seed, 1000 + i))
-        noise = sigma * torch.randn(run.test.images.shape, generator=gen)
-        noisy = (run.test.images + noise).clamp(0, 1)
-        out[f"acc_noise_{sigma:g}"] = accuracy(model, noisy, run.test.labels)
-    return out
-
-
 def run_arm(run: Run, seed: int, arm: str) -> dict[str, Any]:
     """Train and score one (seed, arm); returns its result (also written to
     ``seed-S/results/ARM.json`` by the caller)."""
@@ -261,18 +234,24 @@ def run_arm(run: Run, seed: int, arm: str) -> dict[str, Any]:
         model, meta = base_model(run, seed)
         result["model"] = "models/base.pt (the none arm's recipe is the base model's)"
     else:
-        data = run.train
+        data, online = run.train, None
         if spec.adversarial:
             adv, result["augment"] = adversarial_copies(run, seed, arm)
             data = union(run.train, adv)
-        run.log(f"[seed {seed}] {arm}: training on {len(data)} images")
+        if spec.online:
+            point = run.choices[arm]["point"]
+            online = online_batch(run.cfg, arm, point, seed)
+            result["online"] = online.describe() | {"chosen_on_validation": point}
+        run.log(f"[seed {seed}] {arm}: training on {len(data)} images"
+                + (f", {spec.mode} {spec.attack} {point}" if online is not None else ""))
         path = run.seed_dir(seed) / "models" / f"{arm}.pt"
-        model, meta = train_model(run, seed, data, arm, path)
+        model, meta = train_model(run, seed, data, arm, path, online)
         result["model"] = f"models/{arm}.pt"
     timer = Timer()
     with timer():
         probs = torch.softmax(predict_logits(model, run.test.images), 1).numpy()
         result["clean"] = classification_metrics(run.test.labels.numpy(), probs, run.classes)
+        result["clean"]["ece"] = calibration(probs, run.test.labels, run.cfg.robustness.ece_bins)
         result["robust"] = robustness(run, model, seed)
     result.update(n_train=meta["n_train"], history=meta["history"],
                   probs=[[round(float(v), 6) for v in row] for row in probs],
@@ -289,16 +268,34 @@ def finished_result(run: Run, seed: int, arm: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def report_experiment(cfg: ExperimentConfig, out: str | Path, *,
+                      log: Log = stderr_log) -> dict[str, Any]:
+    """Write the report of a run from its finished (seed, arm) results only, training nothing
+    (a run in progress gets a report marked partial). Returns the ``results.json`` content."""
+    run = prepare(cfg, out, log)
+    results, probs = collect_results(run)
+    if is_main_process():
+        write_report(run, results, probs)
+    barrier()
+    return results
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *,
                    log: Log = stderr_log) -> dict[str, Any]:
     """Run (or resume) every (seed, arm) of ``cfg`` into ``out``; write results and the report.
 
     Returns the content of ``results.json``.
     """
+    if is_main_process():
+        prepare_output_dir(out)
     run = prepare(cfg, out, log)
     log(f"{cfg.name}: {len(run.train)} train / {len(run.test)} test images, classes "
         f"{run.classes}; arms {cfg.arms}; seeds {cfg.seed_list()}; out {run.out}")
     start = time.perf_counter()
+    if online_arms(cfg):
+        run.choices = select_online(run)["choices"]
+        log("online arms, chosen on validation: " + "; ".join(
+            f"{a} {c['point']} (val acc {c['val_accuracy']:.4f})" for a, c in run.choices.items()))
     for seed in cfg.seed_list():
         for arm in cfg.arms:
             if finished_result(run, seed, arm) is not None:

@@ -63,6 +63,7 @@ class Run:
     robust_index: list[int]
     log: Log = stderr_log
     bases: dict[int, tuple[ImageClassifier, dict[str, Any]]] = field(default_factory=dict)
+    choices: dict[str, dict[str, Any]] = field(default_factory=dict)  # online arm -> grid point
 
     @property
     def classes(self) -> list[str]:

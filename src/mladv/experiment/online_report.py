@@ -1,0 +1,215 @@
+"""The report section of the online / AdvProp arms: what the validation grid chose, the flips
+learning curve, and the verdict of each online arm against flips and against the best classic
+augmentation of the run, with calibration, robustness and cost.
+
+The rule, fixed before the run: arm A is "better" than arm B when the mean gain of A over B
+exceeds the larger of the two arms' seed standard deviations (sample std over seeds); "worse"
+when the gain is below minus that spread; "within spread" otherwise.
+
+The moonshot target: an online MLAdv arm that beats flips on clean test accuracy by more than
+the spread, or keeps clean accuracy within the spread (gain >= -spread) while raising accuracy
+under own-model PGD at 2/255 by at least 30 points.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..reporting import Block
+from .arms import ARMS
+
+RULE = ("\"better\" means the mean gain exceeds the larger of the two arms' seed standard "
+        "deviations (sample std over seeds); \"worse\" means it is below minus that spread; "
+        "otherwise the difference is within the spread.")
+MOONSHOT = ("an online MLAdv arm beats flips (`none`) on clean test accuracy by more than the "
+            "spread, or keeps clean accuracy within the spread while raising accuracy under "
+            "own-model PGD at 2/255 by at least 30 points")
+PGD2 = "acc_pgd_2"
+MOONSHOT_GAIN = 0.30
+
+
+def verdict(summary: dict[str, dict[str, Any]], arm: str, baseline: str,
+            metric: str = "accuracy") -> dict[str, Any]:
+    """Mean gain of ``arm`` over ``baseline`` on ``metric``, the spread (the larger seed std of
+    the two) and the verdict of :data:`RULE` (``"n/a"`` when a mean or a spread is missing)."""
+    a, b = summary[arm][metric], summary[baseline][metric]
+    if a["mean"] is None or b["mean"] is None:
+        return {"gain": None, "spread": None, "verdict": "n/a"}
+    gain = a["mean"] - b["mean"]
+    if a["std"] is None or b["std"] is None:
+        return {"gain": gain, "spread": None, "verdict": "one seed: no spread"}
+    spread = max(a["std"], b["std"])
+    word = "better" if gain > spread else "worse" if gain < -spread else "within spread"
+    return {"gain": gain, "spread": spread, "verdict": word}
+
+
+def best_classic(results: dict[str, Any]) -> str | None:
+    """The arm of the run, other than ``none`` and the online arms, with the highest mean clean
+    accuracy (None when there is no such arm)."""
+    classic = [a for a in results["arms"] if a != "none" and not ARMS[a].online
+               and results["summary"].get(a, {}).get("accuracy", {}).get("mean") is not None]
+    return max(classic, key=lambda a: results["summary"][a]["accuracy"]["mean"], default=None)
+
+
+def cost_multiplier(results: dict[str, Any], arm: str, kind: str = "wall") -> float | None:
+    """Mean over seeds of the arm's training time (plus crafting x'_train, for an offline arm)
+    over the flips arm's training time in the same seed of the same run."""
+    ratios = []
+    for seed in results["seeds"]:
+        rows = {r["arm"]: r for r in results["runs"] if r["seed"] == seed}
+        if arm not in rows or "none" not in rows:
+            continue
+        t = rows[arm]["timings"]
+        spent = t.get(f"train_{kind}_s", 0.0) + t.get(f"craft_{kind}_s", 0.0)
+        ratios.append(spent / rows["none"]["timings"][f"train_{kind}_s"])
+    return float(np.mean(ratios)) if ratios else None
+
+
+def _f(v: float | None, digits: int = 3, sign: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def _stat(results: dict[str, Any], arm: str, key: str) -> str:
+    stat = results["summary"][arm].get(key)
+    if not stat or stat["mean"] is None:
+        return "n/a"
+    return _f(stat["mean"]) + ("" if stat["std"] is None else f" ± {stat['std']:.3f}")
+
+
+def verdict_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per online arm (and the references): clean gain vs flips and vs the best classic
+    arm with spread and verdict, ECE, robust accuracies, cost multiplier."""
+    classic = best_classic(results)
+    robust = [k for k in results["summary"][results["arms"][0]] if k.startswith("acc_")
+              and not k.startswith("acc_noise")]
+    head = ["arm", "seeds", "accuracy", "gain vs none (spread): verdict",
+            f"gain vs {classic or 'best classic'} (spread): verdict", "ECE", *robust,
+            "cost x (wall)", "cost x (CPU)"]
+    rows = []
+    for arm in results["arms"]:
+        if arm not in results["summary"]:
+            continue
+        cells = []
+        for base in ("none", classic):
+            if base is None or base == arm or base not in results["summary"]:
+                cells.append("—")
+                continue
+            v = verdict(results["summary"], arm, base)
+            cells.append(f"{_f(v['gain'], 4, True)} ({_f(v['spread'], 4)}): {v['verdict']}")
+        rows.append([arm, str(results["summary"][arm]["accuracy"]["n"]),
+                     _stat(results, arm, "accuracy"), *cells, _stat(results, arm, "ece"),
+                     *[_stat(results, arm, k) for k in robust],
+                     _f(cost_multiplier(results, arm), 2), _f(cost_multiplier(results, arm, "cpu"),
+                                                              2)])
+    return head, rows
+
+
+def moonshot(results: dict[str, Any]) -> list[str]:
+    """Whether the moonshot target was met, one line per online MLAdv arm of the run."""
+    lines = []
+    summary = results["summary"]
+    for arm in [a for a in results["arms"] if ARMS[a].online and ARMS[a].attack == "mladv"]:
+        if arm not in summary or "none" not in summary:
+            continue
+        clean = verdict(summary, arm, "none")
+        if clean["spread"] is None:
+            lines.append(f"`{arm}`: fewer than two seeds finished, so no spread and no verdict.")
+            continue
+        pgd = verdict(summary, arm, "none", PGD2) if PGD2 in summary[arm] else None
+        pgd_gain = None if pgd is None else pgd["gain"]
+        met_a = clean["verdict"] == "better"
+        met_b = clean["gain"] >= -clean["spread"] and pgd_gain is not None \
+            and pgd_gain >= MOONSHOT_GAIN
+        lines.append(
+            f"`{arm}`: clean gain over flips {clean['gain']:+.4f} (spread {clean['spread']:.4f}); "
+            f"gain in accuracy under own-model PGD 2/255 {_f(pgd_gain, 3, True)} "
+            f"(target >= +{MOONSHOT_GAIN:.2f}). Target "
+            + ("MET." if met_a or met_b else "NOT met."))
+    return lines or ["No online MLAdv arm finished: the target cannot be judged."]
+
+
+def selection_table(selection: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Every grid point's validation accuracy, the chosen one marked."""
+    head = ["arm", "eps (/255)", "steps", "fraction", "val accuracy", "val loss", "train s",
+            "chosen"]
+    rows = []
+    for arm, scored in selection["scores"].items():
+        chosen = selection["choices"][arm]["point"]
+        for s in scored:
+            p = s["point"]
+            rows.append([arm, f"{p['eps']:g}", str(p["steps"]),
+                         "all (clean + adv)" if p["fraction"] is None else f"{p['fraction']:g}",
+                         f"{s['val_accuracy']:.4f}", f"{s['val_loss']:.4f}",
+                         f"{s['train_wall_s']:.0f}", "yes" if p == chosen else ""])
+    return head, rows
+
+
+def convergence(selection: dict[str, Any]) -> str:
+    """The flips arm's validation accuracy over the last epochs, in words."""
+    hist = selection["flips"]["history"]
+    acc = [h["val_accuracy"] for h in hist]
+    tail = max(2, len(acc) // 4)
+    best = int(np.argmax(acc))
+    return (f"Flips on the selection split ({selection['n_train']} train / {selection['n_val']} "
+            f"validation images): validation accuracy {acc[-1]:.4f} after epoch {len(acc)}, best "
+            f"{acc[best]:.4f} at epoch {best + 1}; over the last {tail} epochs it moved within "
+            f"[{min(acc[-tail:]):.4f}, {max(acc[-tail:]):.4f}], train loss "
+            f"{hist[-tail]['loss']:.4f} -> {hist[-1]['loss']:.4f}.")
+
+
+def curve_figure(results: dict[str, Any], selection: dict[str, Any] | None, path: Path) -> bool:
+    """Flips learning curve: per-epoch train loss and accuracy of every seed's ``none`` model
+    and, from the selection run, validation accuracy per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import _savefig
+
+    nones = [r for r in results["runs"] if r["arm"] == "none" and r.get("history")]
+    if not nones and selection is None:
+        return False
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for r in nones:
+        ep = [h["epoch"] for h in r["history"]]
+        ax_l.plot(ep, [h["loss"] for h in r["history"]], label=f"seed {r['seed']}")
+        ax_a.plot(ep, [h["train_acc"] for h in r["history"]], label=f"train, seed {r['seed']}")
+    if selection is not None:
+        hist = selection["flips"]["history"]
+        ep = [h["epoch"] for h in hist]
+        ax_l.plot(ep, [h["loss"] for h in hist], "k--", label="selection split")
+        ax_a.plot(ep, [h["val_accuracy"] for h in hist], "k-o", ms=3,
+                  label="validation (selection split)")
+    ax_l.set(xlabel="epoch", ylabel="train loss", title="flips (`none`): train loss")
+    ax_a.set(xlabel="epoch", ylabel="accuracy", title="flips: train / validation accuracy")
+    for ax in (ax_l, ax_a):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _savefig(fig, path)
+    return True
+
+
+def online_blocks(results: dict[str, Any], selection: dict[str, Any] | None) -> list[Block]:
+    """The report blocks of the online arms (empty when the run has none)."""
+    if not any(ARMS[a].online for a in results["arms"]):
+        return []
+    blocks: list[Block] = [("h2", "Online and AdvProp arms: the verdict"),
+                           ("p", f"Rule fixed before the run: {RULE} Moonshot target: {MOONSHOT}."),
+                           ("ul", moonshot(results)),
+                           ("table", *verdict_table(results)),
+                           ("p", "Cost x: the arm's training time (plus crafting x'_train for an "
+                                 "offline arm) over the flips arm's, same seed, same run; on a "
+                                 "shared machine wall time includes waiting for other jobs.")]
+    if selection is not None:
+        blocks += [("h2", "Online settings chosen on the validation split (never the test split)"),
+                   ("p", f"Rule `{selection['rule']}`: {selection['rule_text']}. Validation: "
+                         f"{selection['val_size']:g} of the training set, patient-aware, seed "
+                         f"{selection['seed']}; each choice is reused for every seed, trained on "
+                         f"the full training set."),
+                   ("table", *selection_table(selection)),
+                   ("p", convergence(selection))]
+    return blocks

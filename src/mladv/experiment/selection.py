@@ -1,0 +1,180 @@
+"""The online arms' eps / steps / fraction, chosen on a validation split, never on the test split.
+
+The rule is written in the config (``online.selection.rule``, :data:`~.config.SELECTION_RULES`)
+before anything is trained. The validation split is carved from the experiment's training set
+(patient-aware and stratified, like the test split: :func:`mladv.data.split_imageset` with
+``online.selection.val_size`` and ``.seed``); the test split is not an argument of anything here.
+Every grid point of every online arm in the run is trained once on the rest of the training set
+with that seed and the experiment's schedule, and scored on the validation split; the flips arm
+(``none``) is trained the same way, so its validation learning curve shows whether the schedule
+has converged. Each finished point is saved atomically (``selection/ARM/POINT.json``), so an
+interrupted search resumes; the choices go to ``selection/selection.json`` and are reused for
+every seed, trained then on the full training set.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..adversarial_training import AdversarialBatch, adversarial_from_options
+from ..data import ImageSet, split_imageset
+from ..distributed import barrier, is_main_process
+from ..fingerprint import data_sha1
+from ..models import build_model
+from ..training import BatchTransform, predict_logits, train_classifier
+from ..utils import atomic_write_json, set_determinism
+from .arms import ARMS, batch_transform, online_options
+from .config import SELECTION_RULES, ExperimentConfig
+from .state import Run, Timer
+
+TIE = 1e-9
+
+
+def online_arms(cfg: ExperimentConfig) -> list[str]:
+    """The arms of ``cfg`` whose settings the validation grid decides, in config order."""
+    return [a for a in cfg.arms if ARMS[a].online]
+
+
+def online_batch(cfg: ExperimentConfig, arm: str, point: dict[str, Any],
+                 seed: int) -> AdversarialBatch:
+    """The per-batch adversary of an online arm at a grid point (``eps`` in 1/255 units)."""
+    spec = ARMS[arm]
+    adv = adversarial_from_options(spec.mode, spec.attack or "pgd", adv_eps=point["eps"],
+                                   adv_steps=point["steps"], adv_fraction=point["fraction"],
+                                   options=online_options(arm, cfg.pgd, cfg.mladv), seed=seed)
+    if adv is None:  # an online arm's mode is never "offline"
+        raise ValueError(f"arm {arm!r} is not an online arm")
+    return adv
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """``{"eps": 1, "steps": 1, "fraction": None}`` -> ``eps1-steps1-fracall``."""
+    frac = "all" if point["fraction"] is None else f"{point['fraction']:g}"
+    return f"eps{point['eps']:g}-steps{point['steps']}-frac{frac}"
+
+
+def choose(scored: list[dict[str, Any]], rule: str) -> dict[str, Any]:
+    """The grid point ``rule`` picks from ``scored`` (grid order, each with ``val_accuracy``):
+    ``max-val-accuracy``: the highest validation accuracy; a tie (within 1e-9) keeps the point
+    listed first."""
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; valid: {', '.join(SELECTION_RULES)}")
+    if not scored:
+        raise ValueError("no grid point was scored")
+    best = scored[0]
+    for item in scored[1:]:
+        if item["val_accuracy"] > best["val_accuracy"] + TIE:
+            best = item
+    return best
+
+
+class ValidationCurve:
+    """A batch transform that also scores the model on the validation images once per epoch.
+
+    ``train_classifier`` calls the transform at the start of every batch; at the first batch of
+    epochs 2, 3, ... (and once more by :meth:`record` after training) the model's accuracy and
+    cross-entropy on ``val`` are recorded in eval mode (mode restored; no generator is drawn
+    from, so the training itself is unchanged).
+    """
+
+    def __init__(self, transform: BatchTransform, model: torch.nn.Module, val: ImageSet,
+                 steps_per_epoch: int) -> None:
+        self.transform, self.model, self.val = transform, model, val
+        self.steps_per_epoch, self.calls = steps_per_epoch, 0
+        self.curve: list[dict[str, float]] = []
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.calls and self.calls % self.steps_per_epoch == 0:
+            self.record()
+        self.calls += 1
+        return self.transform(x, y, gen)
+
+    def record(self) -> None:
+        logits = predict_logits(self.model, self.val.images)
+        labels = self.val.labels
+        self.curve.append({"val_accuracy": float((logits.argmax(1) == labels).float().mean()),
+                           "val_loss": float(F.cross_entropy(logits, labels))})
+
+
+def train_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageSet,
+                val: ImageSet) -> dict[str, Any]:
+    """Train ``arm`` (at grid ``point``; ``None`` for a non-online arm) on ``train`` from the
+    selection seed with the experiment's schedule; its per-epoch history with the validation
+    accuracy and loss, and the final validation accuracy."""
+    cfg, seed = run.cfg, cfg_seed(run.cfg)
+    set_determinism(seed)
+    model = build_model(cfg.arch, len(train.classes)).to(run.device)
+    adv = online_batch(cfg, arm, point, seed) if point is not None else None
+    steps = (len(train) + cfg.train.batch_size - 1) // cfg.train.batch_size
+    curve = ValidationCurve(batch_transform(arm, cfg.arm_options, len(train.classes)), model,
+                            val, steps)
+    timer = Timer()
+    with timer():
+        history = train_classifier(
+            model, train, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+            lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=seed, transform=curve,
+            progress=cfg.progress and is_main_process(), adversarial=adv,
+            desc=f"select {arm} {point_name(point) if point else ''}".rstrip())
+    curve.record()
+    for row, val_row in zip(history, curve.curve, strict=True):
+        row.update(val_row)
+    return {"arm": arm, "point": point, "val_accuracy": curve.curve[-1]["val_accuracy"],
+            "val_loss": curve.curve[-1]["val_loss"], "history": history,
+            **timer.as_dict("train")}
+
+
+def cfg_seed(cfg: ExperimentConfig) -> int:
+    return cfg.online.selection.seed
+
+
+def selection_dir(run: Run) -> Path:
+    return run.out / "selection"
+
+
+def scored_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageSet,
+                 val: ImageSet) -> dict[str, Any]:
+    """A finished grid point from its file, or trained now and saved atomically."""
+    name = point_name(point) if point is not None else "flips"
+    path = selection_dir(run) / arm / f"{name}.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    run.log(f"[selection] {arm} {name}: training on {len(train)} images, validating on "
+            f"{len(val)}")
+    result = train_point(run, arm, point, train, val)
+    run.log(f"[selection] {arm} {name}: validation accuracy {result['val_accuracy']:.4f}")
+    if is_main_process():
+        atomic_write_json(result, path)
+    barrier()
+    return result
+
+
+def select_online(run: Run) -> dict[str, Any]:
+    """Search the grid for every online arm of the run (resumable), choose by the config's rule,
+    write ``selection/selection.json`` and return it. Reads only ``run.train``."""
+    cfg = run.cfg
+    sel = cfg.online.selection
+    train, val = split_imageset(run.train, test_size=sel.val_size, seed=sel.seed)
+    flips = scored_point(run, "none", None, train, val)
+    grid, choices = {}, {}
+    for arm in online_arms(cfg):
+        scored = [scored_point(run, arm, p, train, val) for p in cfg.online.grid.points()]
+        grid[arm] = [{"point": s["point"], "val_accuracy": s["val_accuracy"],
+                      "val_loss": s["val_loss"], "train_wall_s": s["train_wall_s"]}
+                     for s in scored]
+        best = choose(scored, sel.rule)
+        choices[arm] = {"point": best["point"], "val_accuracy": best["val_accuracy"]}
+    out = {"rule": sel.rule, "rule_text": SELECTION_RULES[sel.rule], "val_size": sel.val_size,
+           "seed": sel.seed, "n_train": len(train), "n_val": len(val),
+           "train_sha1": data_sha1(train), "val_sha1": data_sha1(val),
+           "grid": cfg.online.grid.model_dump(mode="json"), "choices": choices, "scores": grid,
+           "flips": {"val_accuracy": flips["val_accuracy"], "history": flips["history"],
+                     "train_wall_s": flips["train_wall_s"]}}
+    if is_main_process():
+        atomic_write_json(out, selection_dir(run) / "selection.json")
+    barrier()
+    return out
