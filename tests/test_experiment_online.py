@@ -80,7 +80,8 @@ def test_selection_trains_each_point_once_and_resumes(online_run, monkeypatch):
         raise AssertionError("a finished grid point was trained again")
     monkeypatch.setattr(sel_mod, "train_point", no_training)
     again = run_experiment(validate_config(ONLINE), out, log=_quiet)
-    assert again["summary"]["pgd-online"]["accuracy"] == results["summary"]["pgd-online"]["accuracy"]
+    key = ("pgd-online", "accuracy")
+    assert again["summary"][key[0]][key[1]] == results["summary"][key[0]][key[1]]
 
 
 class Poison:
