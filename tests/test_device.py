@@ -168,3 +168,16 @@ def test_cuda_pinned_copy_is_non_blocking_and_correct():
     y = to_device(x, torch.device("cuda"), pin_memory=True, channels_last=True)
     torch.cuda.synchronize()
     assert y.is_cuda and torch.equal(y.cpu(), x)
+
+
+@cuda
+def test_cuda_bf16_channels_last_mladv_stays_in_the_box(data):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3).cuda().eval()
+    x, y = data.images[:8], data.labels[:8]
+    atk = make_attack("mladv", model, eps=4 / 255, steps=3, seed=0, precision="bf16",
+                      channels_last=True)
+    adv = atk(x, y)
+    assert adv.is_cuda and adv.dtype == torch.float32 and adv.is_contiguous()
+    assert (adv.cpu() - x).abs().max() <= 4 / 255 + 1e-6 and (adv.cpu() != x).any()
+    assert next(model.parameters()).is_contiguous()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torchattacks
 from torch import Tensor, nn
 
-from .base import Attack
+from .base import Attack, ComputeOptions, Precision
 from .mladv import MLAdv
 
 
@@ -28,8 +28,10 @@ class TorchAttack(Attack):
     """
 
     def __init__(self, model: nn.Module, attack_cls: type, *, eps: float = 8 / 255,
-                 targeted: bool = False, seed: int | None = None, **kwargs: Any) -> None:
-        super().__init__(model, eps=eps, targeted=targeted, seed=seed)
+                 targeted: bool = False, seed: int | None = None, precision: Precision = "fp32",
+                 channels_last: bool = False, **kwargs: Any) -> None:
+        super().__init__(model, eps=eps, targeted=targeted, seed=seed, precision=precision,
+                         channels_last=channels_last)
         self.inner = attack_cls(model, eps=eps, **kwargs)
         self.name = attack_cls.__name__
 
@@ -59,34 +61,37 @@ def _check_steps(steps: int) -> None:
 
 
 def fgsm(model: nn.Module, *, eps: float = 8 / 255, targeted: bool = False,
-         seed: int | None = None) -> Attack:
+         seed: int | None = None, **compute: Unpack[ComputeOptions]) -> Attack:
     """FGSM (Goodfellow et al., 2015), torchattacks."""
-    return TorchAttack(model, torchattacks.FGSM, eps=eps, targeted=targeted, seed=seed)
+    return TorchAttack(model, torchattacks.FGSM, eps=eps, targeted=targeted, seed=seed, **compute)
 
 
 def pgd(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, alpha: float | None = None,
-        random_start: bool = True, targeted: bool = False, seed: int | None = None) -> Attack:
+        random_start: bool = True, targeted: bool = False, seed: int | None = None,
+        **compute: Unpack[ComputeOptions]) -> Attack:
     """PGD (Madry et al., 2018), torchattacks; step ``alpha = eps / 4`` by default."""
     _check_steps(steps)
     if alpha is not None and alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     return TorchAttack(model, torchattacks.PGD, eps=eps, alpha=alpha or eps / 4, steps=steps,
-                       random_start=random_start, targeted=targeted, seed=seed)
+                       random_start=random_start, targeted=targeted, seed=seed, **compute)
 
 
 def mifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, decay: float = 1.0,
-           targeted: bool = False, seed: int | None = None) -> Attack:
+           targeted: bool = False, seed: int | None = None,
+           **compute: Unpack[ComputeOptions]) -> Attack:
     """MI-FGSM (Dong et al., 2018), torchattacks; step ``eps / steps``."""
     _check_steps(steps)
     if decay < 0:
         raise ValueError(f"decay must be >= 0, got {decay}")
     return TorchAttack(model, torchattacks.MIFGSM, eps=eps, alpha=eps / steps, steps=steps,
-                       decay=decay, targeted=targeted, seed=seed)
+                       decay=decay, targeted=targeted, seed=seed, **compute)
 
 
 def pifgsm(model: nn.Module, *, eps: float = 8 / 255, steps: int = 10, beta: float = 10.0,
-           kernel_size: int = 3, targeted: bool = False, seed: int | None = None) -> Attack:
+           kernel_size: int = 3, targeted: bool = False, seed: int | None = None,
+           **compute: Unpack[ComputeOptions]) -> Attack:
     """PI-FGSM (Gao et al., ECCV 2020) for any channel count: MLAdv with the realism terms off."""
     return MLAdv(model, eps=eps, steps=steps, beta=beta, kernel_size=kernel_size,
                  style_weight=0.0, origin_weight=0.0, detail_weight=0.0, projection=True,
-                 refine=0, gamma=None, targeted=targeted, seed=seed)
+                 refine=0, gamma=None, targeted=targeted, seed=seed, **compute)

@@ -1,11 +1,13 @@
 """GAMA-PGD: Guided Adversarial Margin Attack (Sriramanan et al., NeurIPS 2020)."""
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Attack
+from .base import Attack, ComputeOptions
 
 
 def margin_on_softmax(probs: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -64,8 +66,9 @@ class GAMA(Attack):
     def __init__(self, model: nn.Module, *, eps: float = 8 / 255, steps: int = 100,
                  lam: float = 50.0, relax_fraction: float = 0.25, step_scale: float = 2.0,
                  drop_at: tuple[float, ...] = (0.6, 0.85), drop: float = 10.0,
-                 targeted: bool = False, seed: int | None = None) -> None:
-        super().__init__(model, eps=eps, targeted=targeted, seed=seed)
+                 targeted: bool = False, seed: int | None = None,
+                 **compute: Unpack[ComputeOptions]) -> None:
+        super().__init__(model, eps=eps, targeted=targeted, seed=seed, **compute)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if lam < 0 or not 0 < relax_fraction <= 1:
@@ -95,7 +98,7 @@ class GAMA(Attack):
         sign = torch.randint(0, 2, images.shape, generator=gen).to(images) * 2 - 1
         x = (images + self.eps * sign).clamp(0.0, 1.0)
         with torch.no_grad():
-            p0 = F.softmax(self.model(x), dim=1)
+            p0 = F.softmax(self.model(x).to(images.dtype), dim=1)  # bf16 logits: float32
         targets = None
         if self.targeted:
             targets = (target_labels if target_labels is not None
@@ -105,7 +108,7 @@ class GAMA(Attack):
                                  dtype=images.dtype)
         for t in range(self.steps + 1):
             x = x.detach().requires_grad_(True)
-            p = F.softmax(self.model(x), dim=1)
+            p = F.softmax(self.model(x).to(images.dtype), dim=1)
             margin = margin_on_softmax(p, labels, targets)
             better = margin.detach() > best_margin
             best[better], best_margin[better] = x.detach()[better], margin.detach()[better]

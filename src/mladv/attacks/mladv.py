@@ -7,7 +7,7 @@ momentum, schedules, the two-phase pipeline, margin / after-success gates, ``kee
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..features import FeatureTap, conv_layers, default_origin_layer
 from ..losses import adversarial_loss, detail_loss, gram_matrix, origin_loss, style_loss
 from .balance import Terms, combine_calibrated, combine_eq2_literal, combine_grad_norm
-from .base import Attack, check_images
+from .base import Attack, ComputeOptions, check_images
 from .projection import heuristic_projection, projection_kernel
 
 Balance = Literal["grad-norm", "literal", "calibrated"]
@@ -30,6 +30,12 @@ def logit_margin(logits: Tensor, labels: Tensor, targets: Tensor | None = None) 
     own = logits.gather(1, cls[:, None]).squeeze(1)
     other = logits.scatter(1, cls[:, None], float("-inf")).amax(1)
     return own - other if targets is None else other - own
+
+
+def _float32(feats: list[Tensor]) -> list[Tensor]:
+    """bf16 / fp16 features (bf16 autocast) cast to float32, differentiably: eq. 5's squared
+    differences are summed in float32. float32 / float64 features are returned as they are."""
+    return [f.float() if f.dtype in (torch.bfloat16, torch.float16) else f for f in feats]
 
 
 def same_class_partners(labels: Tensor, gen: torch.Generator) -> Tensor:
@@ -134,8 +140,8 @@ class MLAdv(Attack):
                  style: StylePolicy | Tensor = "same-class", mask: Tensor | None = None,
                  projection: bool = True, balance: Balance = "grad-norm",
                  detail_on: DetailOn = "delta", refine: int = 10, targeted: bool = False,
-                 seed: int | None = None) -> None:
-        super().__init__(model, eps=eps, targeted=targeted, seed=seed)
+                 seed: int | None = None, **compute: Unpack[ComputeOptions]) -> None:
+        super().__init__(model, eps=eps, targeted=targeted, seed=seed, **compute)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if beta <= 0:
@@ -261,7 +267,8 @@ class MLAdv(Attack):
             if style_layers:
                 terms.append(("style", style_loss(grams, tap.outputs(style_layers))))
             if origin_layers:
-                terms.append(("origin", origin_loss(origin, tap.outputs(origin_layers),
+                terms.append(("origin", origin_loss(_float32(origin),
+                                                    _float32(tap.outputs(origin_layers)),
                                                     reduction=reduction)))
         if realism and self.weights["detail"] > 0:
             base = x_t - images if self.detail_on == "delta" else x_t

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .base import full_precision
+
 
 def projection_kernel(size: int = 3, *, dtype: torch.dtype = torch.float32,
                       device: torch.device | str | None = None) -> Tensor:
@@ -31,11 +33,13 @@ def heuristic_projection(amplified: Tensor, eps: float, gamma: float, kernel: Te
     """Eqs. 8-9: ``gamma * sign(W_o * P(A))``, the projection step that moves the cut noise to its
     neighbours. Applied per channel (depthwise convolution, zero padding), so it works for any
     number of channels; it is exactly 0 where ``|A| <= eps`` everywhere in the neighbourhood.
+    Computed in ``A``'s precision (float32) even under an attack's bf16 autocast.
 
     Shape: amplified ``N x C x H x W``, kernel ``w x w`` -> ``N x C x H x W``.
     """
     channels = amplified.shape[1]
     weight = kernel.to(amplified).expand(channels, 1, *kernel.shape)
-    spread = F.conv2d(cut_noise(amplified, eps), weight, padding=kernel.shape[-1] // 2,
-                      groups=channels)
+    with full_precision(amplified.device.type):  # float32 under an attack's bf16 autocast
+        spread = F.conv2d(cut_noise(amplified, eps), weight, padding=kernel.shape[-1] // 2,
+                          groups=channels)
     return gamma * spread.sign()

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
 import torch
 from torch import Tensor, nn
 
-from .base import Attack
+from .base import Attack, ComputeOptions
 
 
 class RayS(Attack):
@@ -48,8 +49,9 @@ class RayS(Attack):
     """
 
     def __init__(self, model: nn.Module, *, eps: float = 8 / 255, budget: int = 10_000,
-                 tol: float = 1e-4, targeted: bool = False, seed: int | None = None) -> None:
-        super().__init__(model, eps=eps, targeted=targeted, seed=seed)
+                 tol: float = 1e-4, targeted: bool = False, seed: int | None = None,
+                 **compute: Unpack[ComputeOptions]) -> None:
+        super().__init__(model, eps=eps, targeted=targeted, seed=seed, **compute)
         if int(budget) != budget or budget < 1:
             raise ValueError(f"RayS budget must be a positive number of queries, got {budget}")
         if not 0 < tol < 1:

@@ -12,7 +12,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import yaml
 from torch import Tensor, nn
@@ -51,15 +51,23 @@ def _signature_target(factory: Callable[..., Attack]) -> Callable[..., Any]:
 
 
 def accepted_options(name: str) -> dict[str, Any]:
-    """The keyword options attack ``name`` takes, with their type hints (``model`` excluded)."""
+    """The keyword options attack ``name`` takes, with their type hints (``model`` excluded).
+    ``**kwargs: Unpack[SomeTypedDict]`` contributes that TypedDict's keys: the
+    :class:`~mladv.attacks.base.ComputeOptions` (``precision``, ``channels_last``) every attack
+    passes to :class:`~mladv.attacks.Attack`."""
     target = _signature_target(_factory(name))
     params = inspect.signature(target).parameters
     try:
         hints = typing.get_type_hints(target)
     except (NameError, TypeError):  # pragma: no cover - unresolvable hint: accept any value
         hints = {}
-    return {p: hints.get(p, Any) for p, spec in params.items()
-            if p not in ("self", "model") and spec.kind is inspect.Parameter.KEYWORD_ONLY}
+    accepted = {p: hints.get(p, Any) for p, spec in params.items()
+                if p not in ("self", "model") and spec.kind is inspect.Parameter.KEYWORD_ONLY}
+    for p, spec in params.items():
+        hint = hints.get(p)
+        if spec.kind is inspect.Parameter.VAR_KEYWORD and typing.get_origin(hint) is Unpack:
+            accepted.update(typing.get_type_hints(typing.get_args(hint)[0]))
+    return accepted
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:

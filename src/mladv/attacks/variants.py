@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .balance import per_sample_unit
+from .base import full_precision
 from .mladv import MLAdv, logit_margin
 
 AdvLoss = Literal["log-p", "margin"]
@@ -37,10 +38,11 @@ def gaussian_kernel(size: int) -> Tensor:
 
 def depthwise(x: Tensor, kernel: Tensor) -> Tensor:
     """Convolve each channel of ``x`` (``N x C x H x W``) with ``kernel`` (``k x k``), zero
-    padding."""
+    padding, in ``x``'s precision even under an attack's bf16 autocast."""
     c = x.shape[1]
-    return F.conv2d(x, kernel.to(x).expand(c, 1, *kernel.shape), padding=kernel.shape[-1] // 2,
-                    groups=c)
+    with full_precision(x.device.type):
+        return F.conv2d(x, kernel.to(x).expand(c, 1, *kernel.shape),
+                        padding=kernel.shape[-1] // 2, groups=c)
 
 
 def margin_loss(logits: Tensor, labels: Tensor, targets: Tensor | None, kappa: float) -> Tensor:
