@@ -2,6 +2,8 @@
 and ``mladv attack``'s adversarial.pt, and the 16-bit PNG export (``mladv export``)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -91,13 +93,44 @@ def test_missing_and_damaged_shards_say_what_to_do(shards, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(shards, copy)
     (copy / shard_name(1)).write_bytes(b"garbage")
-    with pytest.raises(DataError, match=r"shard-00001\.pt: cannot read augment shard .*delete"):
+    with pytest.raises(DataError) as info:
         AdversarialDataset(copy)
+    msg = str(info.value)  # the experiment reads its adv/ shards through here too
+    assert msg.startswith(f"{copy / shard_name(1)}: cannot read augment shard (")
+    assert msg.endswith("delete this shard and rerun the same command ('mladv augment', or "
+                        "'mladv experiment' for its adv/ folders)")
     (copy / shard_name(1)).unlink()
-    with pytest.raises(DataError, match=r"1 of 3 shards missing \(first: shard-00001\.pt\); rerun"):
+    with pytest.raises(DataError) as info:
         AdversarialDataset(copy)
+    assert str(info.value) == (f"{copy}: 1 of 3 shards missing (first: shard-00001.pt); rerun "
+                               "the same command to finish them ('mladv augment', or 'mladv "
+                               "experiment' for its adv/ folders)")
     with pytest.raises(DataError, match="neither 'mladv augment' output"):
         AdversarialDataset(tmp_path)
+
+
+def test_fingerprint_is_the_content_hash_of_fingerprint_py(shards, tmp_path):
+    from mladv.fingerprint import data_sha1
+
+    ds = AdversarialDataset(shards)
+    # the formula export.json files written before it moved here recorded, image by image
+    h = hashlib.sha1(json.dumps(ds.classes).encode())
+    for i in range(len(ds)):
+        h.update(ds.image(i).numpy().tobytes())
+    h.update(np.asarray(ds.targets, dtype=np.int64).tobytes())
+    assert ds.fingerprint() == h.hexdigest()
+    merged = ds.to_imageset()  # without the class names it is data_sha1 of the same content
+    names = json.dumps(ds.classes).encode()
+    assert hashlib.sha1(names + merged.images.numpy().tobytes()
+                        + merged.labels.numpy().tobytes()).hexdigest() == ds.fingerprint()
+    assert data_sha1(merged) == hashlib.sha1(merged.images.numpy().tobytes()
+                                             + merged.labels.numpy().tobytes()).hexdigest()
+    save_adversarial(tmp_path / "same" / "adversarial.pt", merged.images, merged.labels,
+                     paths=merged.paths, classes=merged.classes, meta={})
+    assert AdversarialDataset(tmp_path / "same").fingerprint() == ds.fingerprint()  # content
+    save_adversarial(tmp_path / "renamed" / "adversarial.pt", merged.images, merged.labels,
+                     paths=merged.paths, classes=merged.classes[::-1], meta={})
+    assert AdversarialDataset(tmp_path / "renamed").fingerprint() != ds.fingerprint()
 
 
 # -- 16-bit PNG export --------------------------------------------------------------------------
@@ -149,6 +182,8 @@ def test_export_resumes_and_refuses_other_data(shards, clean, tmp_path):
                      paths=clean.paths, classes=clean.classes, meta={})
     with pytest.raises(DataError, match=r"png: holds an export of other images"):
         export_pngs(tmp_path / "other", out)
+    record = json.loads((out / "export.json").read_text())
+    assert record["sha1"] == AdversarialDataset(shards).fingerprint() and record["format"] == 1
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match=r"busy: exists and is not an mladv export"):

@@ -18,7 +18,7 @@ from mladv.data import make_phantoms
 from mladv.fingerprint import data_sha1, file_sha1, image_hashes, key_digest, model_sha1
 from mladv.models import build_model
 from mladv.reporting import json_safe, to_html, to_markdown
-from mladv.reuse import train_or_reuse
+from mladv.reuse import saved_with_key, train_or_reuse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,7 +98,7 @@ def test_one_home_for_fingerprints_without_an_import_cycle(tmp_path):
     import mladv.fingerprint
     import mladv.utils
 
-    assert mladv.utils.image_hashes is image_hashes  # the old import path still works
+    assert not hasattr(mladv.utils, "image_hashes")  # one home: no second import path
     tree = ast.parse(Path(mladv.fingerprint.__file__).read_text())
     runtime = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level > 0]
     assert runtime == []  # mladv.data can import fingerprint (ImageSet: type checking only)
@@ -130,3 +130,43 @@ def test_train_or_reuse_reuses_only_with_the_same_key(tmp_path):
     assert reused and model_sha1(again) == model_sha1(first)
     _, _, reused = train_or_reuse(path, key={"v": 2}, **kw)
     assert not reused
+
+
+def test_train_or_reuse_builds_on_pretrained_weights(tmp_path):
+    """One path for fresh and pretrained models: the backbone arrives, the head is new, a frozen
+    backbone stays as loaded, and the checkpoint says where it came from."""
+    from mladv.models import head_name, load_checkpoint
+
+    torch.manual_seed(7)
+    pretrained = build_model("tiny_cnn", 5).net.state_dict()  # another head size
+    torch.save(pretrained, tmp_path / "w.pth")
+    data = make_phantoms(2, 16, seed=0)
+    kw = {"arch": "tiny_cnn", "data": data, "image_size": 16, "seed": 0, "lr": 0.05,
+          "device": torch.device("cpu"), "epochs": 1, "batch_size": 4, "progress": False}
+    model, _, reused = train_or_reuse(tmp_path / "f.pt", key={"v": 1},
+                                      weights=str(tmp_path / "w.pth"), freeze_backbone=True, **kw)
+    head = head_name(model.net)
+    state = model.net.state_dict()
+    body = [k for k in pretrained if not k.startswith(head + ".")]
+    assert not reused and model.frozen and state[f"{head}.weight"].shape[0] == 3
+    assert body and all(torch.equal(state[k], pretrained[k]) for k in body)
+    ckpt = load_checkpoint(tmp_path / "f.pt")[1]
+    assert ckpt["weights"] == str(tmp_path / "w.pth") and ckpt["freeze_backbone"] is True
+    assert ckpt["reuse_key"] == {"v": 1}
+    tuned, _, _ = train_or_reuse(tmp_path / "t.pt", weights=str(tmp_path / "w.pth"), **kw)
+    assert not all(torch.equal(tuned.net.state_dict()[k], pretrained[k]) for k in body)
+    fresh, _, _ = train_or_reuse(tmp_path / "r.pt", **kw)  # no weights: a fresh initialisation
+    k = body[0]
+    near = (tuned.net.state_dict()[k] - pretrained[k]).norm()  # fine-tuned from the weights
+    assert near < 0.5 * (fresh.net.state_dict()[k] - pretrained[k]).norm()
+
+
+def test_saved_with_key_reuses_only_the_same_key(tmp_path):
+    path = tmp_path / "piece.pt"
+    assert saved_with_key(path, "abc") is None  # nothing there yet
+    torch.save({"images": torch.ones(2, 1, 4, 4), "key": "abc"}, path)
+    saved = saved_with_key(path, "abc")
+    assert saved is not None and torch.equal(saved["images"], torch.ones(2, 1, 4, 4))
+    assert saved_with_key(path, "abd") is None  # made another way: the caller makes it again
+    torch.save([1, 2], path)
+    assert saved_with_key(path, "abc") is None  # not a keyed dict

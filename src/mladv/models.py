@@ -16,7 +16,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from .utils import atomic_torch_save, image_hashes
+from .fingerprint import image_hashes
+from .utils import atomic_torch_save
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -243,8 +244,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: ImageClassifier, *, cla
                     **extra: Any) -> None:
     """Write a checkpoint dict (``state_dict``, ``arch``, ``classes``, ``image_size``, ``epoch``,
     ``metrics``, ``weights``, ``freeze_backbone``) atomically. ``train_images`` (``N x C x H x
-    W``) are recorded as ``trained_on``, one fingerprint each (:func:`mladv.utils.image_hashes`),
-    so a later evaluation can leave out the images the model was trained on."""
+    W``) are recorded as ``trained_on``, one fingerprint each
+    (:func:`mladv.fingerprint.image_hashes`), so a later evaluation can leave out the images the
+    model was trained on."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     record = {} if train_images is None else {"trained_on": image_hashes(train_images)}
     atomic_torch_save({"state_dict": state, "arch": model.arch, "classes": list(classes),

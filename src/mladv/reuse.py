@@ -1,13 +1,16 @@
 """Train a model, or reuse the checkpoint a previous run left: the one train-or-reuse step of
-both studies (``experiment`` and ``transfer``).
+both studies (``experiment`` and ``transfer``); and reuse any other finished piece saved with its
+key (:func:`saved_with_key`).
 
 A checkpoint is reused when it exists and, if a reuse ``key`` is given, when it was trained with
 that key (saved as ``reuse_key``: settings plus the training data's fingerprint, see
 :mod:`mladv.fingerprint`). Otherwise the model is trained from a fresh initialisation seeded with
-``seed`` and saved atomically, so an interrupted run never leaves half a checkpoint.
+``seed`` (or a pretrained backbone with a new head, see :func:`mladv.models.build_model`) and saved
+atomically, so an interrupted run never leaves half a checkpoint.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,14 +38,30 @@ def reusable(path: Path, key: dict[str, Any] | None, load: Loader
     return model.eval(), ckpt
 
 
+def saved_with_key(path: Path, key: str) -> dict[str, Any] | None:
+    """The dict saved at ``path`` (``torch.load(..., weights_only=True)``, on the CPU) when its
+    ``key`` field equals ``key``; None when there is no file or it was made another way (the
+    caller makes it again and saves it with ``key``, atomically). Finished pieces that are not
+    models (adversarial images, BM3D outputs) are reused this way."""
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(saved) if isinstance(saved, dict) and saved.get("key") == key else None
+
+
 def train_or_reuse(path: Path, *, arch: str, data: ImageSet, image_size: int, seed: int,
                    device: torch.device, key: dict[str, Any] | None = None,
                    write: bool = True, load: Loader | None = None,
-                   extra: dict[str, Any] | None = None, **train_kwargs: Any
-                   ) -> tuple[ImageClassifier, dict[str, Any], bool]:
+                   extra: dict[str, Any] | None = None,
+                   weights: str | os.PathLike[str] | None = None, freeze_backbone: bool = False,
+                   **train_kwargs: Any) -> tuple[ImageClassifier, dict[str, Any], bool]:
     """The model at ``path`` if reusable (see :func:`reusable`), else ``arch`` trained on
     ``data`` with ``train_classifier(**train_kwargs)`` from seed ``seed`` and saved there (when
     ``write``: under DDP only rank 0 writes) with ``extra`` checkpoint fields.
+
+    ``weights`` / ``freeze_backbone`` go to :func:`mladv.models.build_model`: a pretrained
+    backbone (torchvision weights name or local state-dict file) under a new head, frozen if
+    asked. They do not enter the reuse test by themselves: put them in ``key``.
 
     Returns ``(model in eval mode, metrics, reused)``; metrics hold ``history`` (one dict per
     epoch), ``n_train``, ``train_wall_s`` and ``train_cpu_s``.
@@ -52,7 +71,8 @@ def train_or_reuse(path: Path, *, arch: str, data: ImageSet, image_size: int, se
         return found[0], dict(found[1]["metrics"]), True
     wall, cpu = time.perf_counter(), time.process_time()
     set_determinism(seed)
-    model = build_model(arch, len(data.classes)).to(device)
+    model = build_model(arch, len(data.classes), weights=weights,
+                        freeze_backbone=freeze_backbone).to(device)
     history = train_classifier(model, data, seed=seed, **train_kwargs)
     metrics = {"history": history, "n_train": len(data),
                "train_wall_s": round(time.perf_counter() - wall, 3),

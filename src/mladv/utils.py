@@ -14,10 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-# Re-exported for modules written before image fingerprints moved to mladv.fingerprint (their
-# one home); new code imports them from there. fingerprint imports nothing of mladv: no cycle.
-from .fingerprint import image_hashes as image_hashes
-
 
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""

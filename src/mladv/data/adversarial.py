@@ -17,10 +17,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..fingerprint import tensor_sha1
 from .folder import DataError, ImageSet
 
 SHARD_MANIFEST = "manifest.json"  # the layout mladv.augment writes (see mladv.augment)
 ATTACK_FILE = "adversarial.pt"  # the file mladv attack writes (see mladv.crafting)
+# Who writes shard folders (mladv.augment.craft_shards): a rerun of the same command resumes,
+# crafting the shards that are not on disk.
+WRITERS = "'mladv augment', or 'mladv experiment' for its adv/ folders"
 
 
 def shard_file(index: int) -> str:
@@ -59,9 +63,9 @@ def _read_shards(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
     missing = [k for k in range(num) if not (root / shard_file(k)).is_file()]
     if missing:
         raise DataError(f"{root}: {len(missing)} of {num} shards missing (first: "
-                        f"{shard_file(missing[0])}); rerun the same 'mladv augment' command to "
-                        f"finish")
-    fix = "delete this shard and rerun the same 'mladv augment' command"
+                        f"{shard_file(missing[0])}); rerun the same command to finish them "
+                        f"({WRITERS})")
+    fix = f"delete this shard and rerun the same command ({WRITERS})"
     parts = [_load(root / shard_file(k), "augment shard", fix) for k in range(num)]
     total = sum(int(p["images"].shape[0]) for p in parts)
     if total != n:
@@ -149,6 +153,16 @@ class AdversarialDataset(Dataset[tuple[Any, Any]]):
         if self.target_transform is not None:
             target = self.target_transform(target)
         return image, target
+
+    def fingerprint(self) -> str:
+        """The content fingerprint (:func:`mladv.fingerprint.tensor_sha1`) of the class names
+        (UTF-8 bytes of their JSON list), the images (float32 ``N x C x H x W``, as
+        :meth:`image` gives them, read one file at a time) and the labels (int64 ``N``): the
+        same adversarial data gives the same value wherever it lies (``mladv export`` records
+        it)."""
+        names = torch.frombuffer(bytearray(json.dumps(self.classes).encode()), dtype=torch.uint8)
+        labels = torch.tensor(self.targets, dtype=torch.int64)
+        return tensor_sha1(names, *(images.float() for images in self._images), labels)
 
     def to_imageset(self) -> ImageSet:
         """All images in memory as an :class:`ImageSet` (for mladv's own training functions)."""

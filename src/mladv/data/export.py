@@ -7,13 +7,13 @@ its float32 value: ``v16 = round(65535 x)``, read back as ``v16 / 65535`` by
 
 Layout written: ``OUT/<class>/<index>_<source name>.png``, ``OUT/manifest.csv``
 (``file,label,patient_id,source``: the patient groups :func:`mladv.data.load_folder` reads) and
-``OUT/export.json`` (what was exported). Each file is written atomically; a rerun skips the
-files already there, so an interrupted export resumes. A folder holding another export is refused.
+``OUT/export.json`` (what was exported; ``sha1`` is the data's content fingerprint,
+:meth:`AdversarialDataset.fingerprint`). Each file is written atomically; a rerun skips the files
+already there, so an interrupted export resumes. A folder holding another export is refused.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -50,15 +50,6 @@ def file_name(index: int, source: str) -> str:
     stem (made filesystem-safe) says where the image came from."""
     stem = _UNSAFE.sub("_", Path(source).stem)[:80].strip("._") if source else ""
     return f"{index:06d}_{stem}.png" if stem else f"{index:06d}.png"
-
-
-def _fingerprint(data: AdversarialDataset) -> str:
-    """SHA-1 of the images, labels and class names: a rerun must export the same data."""
-    h = hashlib.sha1(json.dumps(data.classes).encode())
-    for i in range(len(data)):
-        h.update(data.image(i).numpy().tobytes())
-    h.update(np.asarray(data.targets, dtype=np.int64).tobytes())
-    return h.hexdigest()
 
 
 def _check_classes(classes: list[str]) -> None:
@@ -109,7 +100,7 @@ def export_pngs(src: str | os.PathLike[str] | AdversarialDataset, out: str | os.
                         f"writes grayscale (1 channel)")
     _check_classes(data.classes)
     _claim(out, {"format": 1, "source": str(data.root), "n": len(data),
-                 "classes": data.classes, "sha1": _fingerprint(data)})
+                 "classes": data.classes, "sha1": data.fingerprint()})
     rows, written = [], 0
     bar = progress_bar(len(data), "export", "img", enabled=progress)
     try:

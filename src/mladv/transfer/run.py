@@ -22,22 +22,9 @@ from ..crafting import craft
 from ..data import ImageSet, load_source, split_imageset
 from ..denoise import select_for_bm3d
 from ..fingerprint import data_sha1, file_sha1, key_digest, model_sha1
-from ..models import (
-    ImageClassifier,
-    build_model,
-    load_checkpoint,
-    pretrained_state_dict,
-    save_checkpoint,
-)
-from ..reuse import reusable, train_or_reuse
-from ..training import train_classifier
-from ..utils import (
-    atomic_torch_save,
-    atomic_write_text,
-    prepare_output_dir,
-    resolve_device,
-    set_determinism,
-)
+from ..models import load_checkpoint, pretrained_state_dict
+from ..reuse import saved_with_key, train_or_reuse
+from ..utils import atomic_torch_save, atomic_write_text, prepare_output_dir, resolve_device
 from .claims import claims
 from .config import AttackSpec, ModelSpec, TransferConfig, dump_config
 from .measure import denoise_all, file_name, measure_attack, measure_bm3d, predictions
@@ -88,30 +75,6 @@ def train_key(cfg: TransferConfig, spec: ModelSpec, train: ImageSet, seed: int
     return key
 
 
-def train_pretrained(path: Path, cfg: TransferConfig, spec: ModelSpec, seed: int,
-                     train: ImageSet, device: torch.device, key: dict[str, Any]
-                     ) -> tuple[ImageClassifier, dict[str, Any], bool]:
-    """:func:`mladv.reuse.train_or_reuse` for a model on a pretrained backbone (which
-    ``train_or_reuse`` does not build): the checkpoint at ``path`` if it has ``key``, else
-    ``spec.weights`` (head new, backbone frozen if asked) fine-tuned on ``train`` and saved.
-    Returns ``(model in eval mode, metrics, reused)``."""
-    found = reusable(path, key, lambda p: load_checkpoint(p, map_location=device))
-    if found is not None:
-        return found[0], dict(found[1]["metrics"]), True
-    wall = time.perf_counter()
-    set_determinism(seed)
-    model = build_model(spec.arch, len(train.classes), weights=spec.weights,
-                        freeze_backbone=spec.freeze_backbone).to(device)
-    history = train_classifier(model, train, epochs=spec.epochs, batch_size=spec.batch_size,
-                               lr=spec.lr, seed=seed, progress=cfg.progress,
-                               desc=f"train {spec.label}")
-    metrics = {"history": history, "n_train": len(train),
-               "train_wall_s": round(time.perf_counter() - wall, 3)}
-    save_checkpoint(path, model, classes=train.classes, image_size=cfg.image_size,
-                    epoch=spec.epochs, metrics=metrics, train_images=train.images, reuse_key=key)
-    return model.eval(), metrics, False
-
-
 def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, train: ImageSet,
                  folder: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """Load ``spec.checkpoint``, or reuse ``folder/<key>-<arch>.pt`` when it was trained with the
@@ -126,13 +89,10 @@ def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, trai
                               "fingerprint": model_sha1(model), "trained_here": False}
     want = train_key(cfg, spec, train, seed)
     path = folder / f"{key}-{spec.arch}.pt"
-    if spec.weights:
-        model, metrics, reused = train_pretrained(path, cfg, spec, seed, train, device, want)
-    else:
-        model, metrics, reused = train_or_reuse(
-            path, arch=spec.arch, data=train, image_size=cfg.image_size, seed=seed,
-            device=device, key=want, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-            progress=cfg.progress, desc=f"train {spec.label}")
+    model, metrics, reused = train_or_reuse(
+        path, arch=spec.arch, data=train, image_size=cfg.image_size, seed=seed, device=device,
+        key=want, weights=spec.weights, freeze_backbone=spec.freeze_backbone, epochs=spec.epochs,
+        batch_size=spec.batch_size, lr=spec.lr, progress=cfg.progress, desc=f"train {spec.label}")
     return model, {"classes": list(train.classes), "checkpoint": str(path),
                    "fingerprint": key_digest(want), "trained_here": True,
                    "weights": spec.weights, "freeze_backbone": spec.freeze_backbone,
@@ -181,10 +141,9 @@ def obtain_attack(cfg: TransferConfig, spec: AttackSpec, source: nn.Module, sour
     key = key_digest({"attack": repr(attack), "source": source_fp, "test": data_sha1(test),
                       "batch_size": cfg.batch_size})
     path = folder / f"{file_name(spec.title)}.pt"
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("key") == key:
-            return {**saved, "resumed": True}
+    saved = saved_with_key(path, key)
+    if saved is not None:
+        return {**saved, "resumed": True}
     start = time.perf_counter()
     adv, queries = craft(attack, test.images, test.labels, batch_size=cfg.batch_size,
                          progress=cfg.progress, desc=spec.title, record_queries=True)
