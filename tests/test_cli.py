@@ -307,6 +307,34 @@ def test_weights_errors_come_before_the_data_loads(tmp_path, capsys, no_data):
     one_line_error(capsys, "torchvision has IMAGENET1K_V1")
 
 
+def test_train_advprop_keeps_the_twin_bn_apart_from_the_model(tmp_path):
+    from mladv.models import build_model, load_checkpoint, read_checkpoint
+
+    assert run(["train", "phantoms:6", "--arch", "small_cnn", "--image-size", "16", "--epochs", "1",
+                "--adv-mode", "advprop", "--adv-attack", "mladv", "--adv-eps", "2",
+                "--out", str(tmp_path / "o")]) == 0
+    raw = read_checkpoint(tmp_path / "o" / "model.pt")
+    assert raw["adversarial"]["mode"] == "advprop" and raw["adversarial"]["attack"] == "mladv"
+    assert raw["adversarial"]["eps"] == 2
+    assert raw["twin_bn"] and set(raw["state_dict"]) == set(build_model("small_cnn", 3).state_dict())
+    model, _ = load_checkpoint(tmp_path / "o" / "model.pt")  # plain model, no trace of the twins
+    bn = next(k for k in raw["twin_bn"] if k.endswith("running_mean"))
+    assert not torch.equal(raw["twin_bn"][bn], model.state_dict()[bn])
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--adv-mode", "sometimes"], "adversarial mode must be one of"),
+    (["--adv-mode", "online", "--adv-eps", "0"], "adv_eps must be in (0, 255]"),
+    (["--adv-mode", "online", "--adv-fraction", "1.5"], "fraction"),
+    (["--adv-mode", "online", "--option", "steps_typo=2"], "steps_typo"),
+    (["--option", "beta=2"], "--option sets the per-batch attack"),
+])
+def test_adversarial_training_flags_are_checked_before_the_data_loads(flags, needle, tmp_path,
+                                                                     capsys, no_data):
+    assert run(["train", "phantoms:6", *flags, "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, needle)
+
+
 def test_small_demo_writes_summary_and_grid(tmp_path):
     from mladv.demo import run_demo
 

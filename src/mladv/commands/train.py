@@ -17,7 +17,8 @@ from ..models import (
     pretrained_state_dict,
     save_checkpoint,
 )
-from ..training import accuracy, train_classifier
+from ..attacks import parse_options
+from ..training import accuracy, adversarial_from_options, train_classifier
 from ..utils import atomic_write_json, prepare_output_dir, set_determinism
 from ._common import DATA_HELP, interrupt_message
 
@@ -45,6 +46,18 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     skip_bad: bool = typer.Option(False,
                                   help="Skip unreadable images (listed) instead of failing."),
+    adv_mode: str = typer.Option(
+        "offline", help="offline (no per-batch attack: plain training; adversarial copies come "
+        "from 'mladv augment'), online (each batch's copies crafted against the current model) "
+        "or advprop (online + a twin BatchNorm for adversarial inputs)."),
+    adv_attack: str = typer.Option("pgd", help="Attack crafted per batch (online/advprop)."),
+    adv_eps: float = typer.Option(1.0, help="Per-batch attack budget, 1/255 units."),
+    adv_steps: int = typer.Option(1, help="Per-batch attack steps."),
+    adv_fraction: float | None = typer.Option(
+        None, help="Replace this share of each batch by its adversarial copy (default: train on "
+        "the batch plus a copy of every image)."),
+    option: list[str] = typer.Option([], "--option", help="Option of the per-batch attack, "
+                                     "KEY=VALUE (repeatable), e.g. --option style_weight=1."),
 ) -> None:
     """Train ARCH on DATA's train split; write OUT/model.pt and OUT/metrics.json. The checkpoint
     records the training images (fingerprints), so 'mladv attack --split test' can leave them
@@ -59,6 +72,11 @@ def train(
         raise ValueError("--freeze-backbone needs --weights: a frozen random backbone stays random")
     if weights is not None:
         pretrained_state_dict(arch, weights)  # a bad name, file or offline download: now, not later
+    if option and adv_mode == "offline":
+        raise ValueError("--option sets the per-batch attack: it needs --adv-mode online or advprop")
+    adversarial = adversarial_from_options(adv_mode, adv_attack, adv_eps=adv_eps,
+                                           adv_steps=adv_steps, adv_fraction=adv_fraction,
+                                           options=parse_options(option), seed=seed)
     set_determinism(seed)
     dev = init_from_env(device)  # under torchrun: DDP process group, cuda:LOCAL_RANK
     if is_main_process():  # rank 0 writes
@@ -71,7 +89,7 @@ def train(
                         freeze_backbone=freeze_backbone).to(dev)
     start = time.perf_counter()
     history = train_classifier(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr,
-                               seed=seed)
+                               seed=seed, adversarial=adversarial)
     if not is_main_process():  # every rank trained the same model; rank 0 evaluates and writes
         return
     metrics = {"test_acc": accuracy(model, test_set.images, test_set.labels),
@@ -80,9 +98,11 @@ def train(
                "skipped": [p for p, _ in dataset.skipped]}
     save_checkpoint(out / "model.pt", model, classes=dataset.classes, image_size=image_size,
                     epoch=epochs, metrics=metrics, data=data, train_images=train_set.images,
-                    split={"seed": seed, "test_size": test_size})
+                    split={"seed": seed, "test_size": test_size},
+                    **(adversarial.checkpoint_extra() if adversarial is not None else {}))
     atomic_write_json({"data": data, "arch": arch, "image_size": image_size, "weights": weights,
                        "freeze_backbone": freeze_backbone, "seed": seed, "history": history,
+                       "adversarial": adversarial.describe() if adversarial is not None else None,
                        **metrics}, out / "metrics.json")
     typer.echo(f"test accuracy {metrics['test_acc']:.4f}; wrote {out / 'model.pt'}")
 
