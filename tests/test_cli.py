@@ -316,7 +316,8 @@ def test_train_advprop_keeps_the_twin_bn_apart_from_the_model(tmp_path):
     raw = read_checkpoint(tmp_path / "o" / "model.pt")
     assert raw["adversarial"]["mode"] == "advprop" and raw["adversarial"]["attack"] == "mladv"
     assert raw["adversarial"]["eps"] == 2
-    assert raw["twin_bn"] and set(raw["state_dict"]) == set(build_model("small_cnn", 3).state_dict())
+    plain = build_model("small_cnn", 3).state_dict()
+    assert raw["twin_bn"] and set(raw["state_dict"]) == set(plain)
     model, _ = load_checkpoint(tmp_path / "o" / "model.pt")  # plain model, no trace of the twins
     bn = next(k for k in raw["twin_bn"] if k.endswith("running_mean"))
     assert not torch.equal(raw["twin_bn"][bn], model.state_dict()[bn])

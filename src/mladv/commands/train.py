@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..attacks import parse_options
 from ..data import load_source, split_imageset
 from ..distributed import init_from_env, is_main_process
 from ..models import (
@@ -17,7 +18,6 @@ from ..models import (
     pretrained_state_dict,
     save_checkpoint,
 )
-from ..attacks import parse_options
 from ..training import accuracy, adversarial_from_options, train_classifier
 from ..utils import atomic_write_json, prepare_output_dir, set_determinism
 from ._common import DATA_HELP, interrupt_message
@@ -73,7 +73,8 @@ def train(
     if weights is not None:
         pretrained_state_dict(arch, weights)  # a bad name, file or offline download: now, not later
     if option and adv_mode == "offline":
-        raise ValueError("--option sets the per-batch attack: it needs --adv-mode online or advprop")
+        raise ValueError("--option sets the per-batch attack: it needs --adv-mode online or "
+                         "advprop")
     adversarial = adversarial_from_options(adv_mode, adv_attack, adv_eps=adv_eps,
                                            adv_steps=adv_steps, adv_fraction=adv_fraction,
                                            options=parse_options(option), seed=seed)
