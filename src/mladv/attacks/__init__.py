@@ -1,5 +1,5 @@
 """Attacks with the torchattacks call shape ``x_adv = atk(images, labels)``."""
-from .base import Attack, check_images, eval_mode
+from .base import Attack, ComputeOptions, check_images, eval_mode
 from .baselines import TorchAttack, fgsm, mifgsm, pgd, pifgsm
 from .gama import GAMA
 from .mladv import MLAdv
@@ -16,7 +16,8 @@ from .registry import (
 )
 from .variants import MLAdvVariant
 
-__all__ = ["ATTACKS", "Attack", "accepted_options", "attack_options", "check_attack_options",
+__all__ = ["ATTACKS", "Attack", "ComputeOptions", "accepted_options", "attack_options",
+           "check_attack_options",
            "parse_options", "MLAdv", "MLAdvVariant", "TorchAttack", "check_images", "cut_noise",
            "eval_mode", "fgsm", "heuristic_projection", "make_attack", "mifgsm", "pgd", "pifgsm",
            "projection_kernel", "register_attack", "GAMA", "RayS"]

@@ -116,6 +116,9 @@ class MLAdv(Attack):
             samples that do not fool the model after the T steps; 0 = none.
         targeted: reach ``target_labels`` instead of leaving ``labels``.
         seed: seeds the style-partner and random-target draws.
+        precision, channels_last: bf16 autocast and channels_last memory format, on
+            :class:`~mladv.attacks.Attack` (every attack takes them); under bf16 the
+            perturbation, the projection (eq. 9), the Grams and eq. 5 stay float32.
 
     Attributes:
         backward_passes: backward passes through the model in the last call, in whole-batch
