@@ -135,7 +135,8 @@ def test_damaged_shard_says_delete_it_and_rerun(tmp_path, small_set, tiny_model,
         load_shards(tmp_path)
     msg = str(info.value)
     assert msg.startswith(f"{shard}: cannot read augment shard") and "\n" not in msg
-    assert msg.endswith("delete this shard and rerun the same 'mladv augment' command")
+    assert msg.endswith("delete this shard and rerun the same command ('mladv augment', or "
+                        "'mladv experiment' for its adv/ folders)")
     shard.unlink()  # doing what it says: the rerun crafts that shard again, identical
     craft_shards(pgd(tiny_model, steps=1), small_set, tmp_path, shard_size=8, progress=False)
     assert shard.read_bytes() and len(load_shards(tmp_path)) == len(small_set)
