@@ -44,7 +44,8 @@ from torch import Tensor, nn
 from _common import environment, timed
 from mladv.attacks import make_attack, parse_options
 from mladv.attacks.base import Attack
-from mladv.data import DataError, load_source, split_imageset
+from mladv.data import DataError, ImageSet, load_source, split_imageset
+from mladv.fingerprint import image_hashes
 from mladv.models import build_model, load_checkpoint, save_checkpoint
 from mladv.training import train_classifier
 from mladv.utils import resolve_device
@@ -80,6 +81,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _held_out(data: ImageSet, trained_on: list[str] | None) -> ImageSet:
+    """The images of ``data`` a checkpoint did not train on (its ``trained_on`` record), else
+    the held-out part of the split this script trains on."""
+    if trained_on is None:
+        return split_imageset(data, test_size=0.25, seed=0)[1]
+    seen = set(trained_on)
+    keep = [i for i, h in enumerate(image_hashes(data.images)) if h not in seen]
+    if not keep:
+        raise SystemExit("error: the checkpoint was trained on every image of --data; "
+                         "give images it did not see")
+    return data.subset(keep)
+
+
 def _model_and_batch(args: argparse.Namespace, device: torch.device
                      ) -> tuple[nn.Module, Tensor, Tensor, dict[str, Any]]:
     """The trained (or loaded) model in eval mode and ``--batch`` held-out images + labels."""
@@ -87,7 +101,7 @@ def _model_and_batch(args: argparse.Namespace, device: torch.device
         model, ckpt = load_checkpoint(args.checkpoint)
         size = args.size or int(ckpt["image_size"])
         data = load_source(args.data, size, classes=list(ckpt["classes"]))
-        held_out = data
+        held_out = _held_out(data, ckpt.get("trained_on"))
         info: dict[str, Any] = {"model": args.checkpoint, "arch": ckpt["arch"]}
     else:
         size = args.size or 128
@@ -101,7 +115,7 @@ def _model_and_batch(args: argparse.Namespace, device: torch.device
                              precision=args.precision, channels_last=args.channels_last)
         if args.save_checkpoint:
             save_checkpoint(args.save_checkpoint, model, classes=data.classes, image_size=size,
-                            epoch=args.train_epochs)
+                            epoch=args.train_epochs, train_images=train.images)
         info = {"model": f"trained {args.train_epochs} epochs on {len(train.labels)} images"
                 if args.train_epochs else "untrained (random weights)", "arch": args.arch}
     model = model.to(device).eval()
