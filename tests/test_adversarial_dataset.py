@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from mladv.attacks import fgsm
-from mladv.augment import craft_shards, load_shards, shard_name
+from mladv.augment import craft_shards, load_shards
 from mladv.cli import main
 from mladv.crafting import save_adversarial
 from mladv.data import (
@@ -25,6 +25,7 @@ from mladv.data import (
     make_phantoms,
     read_image_tensor,
 )
+from mladv.data.adversarial import shard_file
 from mladv.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,14 +93,14 @@ def test_missing_and_damaged_shards_say_what_to_do(shards, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(shards, copy)
-    (copy / shard_name(1)).write_bytes(b"garbage")
+    (copy / shard_file(1)).write_bytes(b"garbage")
     with pytest.raises(DataError) as info:
         AdversarialDataset(copy)
     msg = str(info.value)  # the experiment reads its adv/ shards through here too
-    assert msg.startswith(f"{copy / shard_name(1)}: cannot read augment shard (")
+    assert msg.startswith(f"{copy / shard_file(1)}: cannot read augment shard (")
     assert msg.endswith("delete this shard and rerun the same command ('mladv augment', or "
                         "'mladv experiment' for its adv/ folders)")
-    (copy / shard_name(1)).unlink()
+    (copy / shard_file(1)).unlink()
     with pytest.raises(DataError) as info:
         AdversarialDataset(copy)
     assert str(info.value) == (f"{copy}: 1 of 3 shards missing (first: shard-00001.pt); rerun "

@@ -14,13 +14,13 @@ from mladv.augment import (
     derive_seed,
     load_shards,
     read_manifest,
-    shard_name,
     shard_ranges,
     shards_for_rank,
     union,
 )
 from mladv.cli import main
 from mladv.data import make_phantoms
+from mladv.data.adversarial import shard_file
 from mladv.models import build_model, save_checkpoint
 
 
@@ -63,7 +63,7 @@ def test_shards_keep_true_labels_and_the_budget(tmp_path, small_set, tiny_model)
     craft_shards(_attack(tiny_model), small_set, tmp_path, shard_size=8, batch_size=4,
                  progress=False)
     adv = load_shards(tmp_path)
-    assert sorted(p.name for p in tmp_path.glob("shard-*.pt")) == [shard_name(k) for k in range(3)]
+    assert sorted(p.name for p in tmp_path.glob("shard-*.pt")) == [shard_file(k) for k in range(3)]
     assert torch.equal(adv.labels, small_set.labels) and adv.paths == small_set.paths
     assert adv.images.dtype == torch.float32 and adv.images.shape == small_set.images.shape
     delta = (adv.images - small_set.images).abs()
@@ -89,12 +89,12 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, small_set, tiny_m
                      progress=False)
     monkeypatch.setattr(augment_mod, "craft_shard", real)
     done = sorted(p.name for p in resumed.glob("shard-*.pt"))
-    assert done == [shard_name(0), shard_name(1)]  # no partial shard under a final name
+    assert done == [shard_file(0), shard_file(1)]  # no partial shard under a final name
     assert not list(resumed.glob(".*tmp"))
-    first_mtime = (resumed / shard_name(0)).stat().st_mtime_ns
+    first_mtime = (resumed / shard_file(0)).stat().st_mtime_ns
     craft_shards(_attack(tiny_model), small_set, resumed, shard_size=5, batch_size=4,
                  progress=False)
-    assert (resumed / shard_name(0)).stat().st_mtime_ns == first_mtime  # skipped, not redone
+    assert (resumed / shard_file(0)).stat().st_mtime_ns == first_mtime  # skipped, not redone
     a, b = load_shards(full), load_shards(resumed)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
 
@@ -128,7 +128,7 @@ def test_missing_shards_are_named(tmp_path, small_set, tiny_model):
 @pytest.mark.parametrize("damage", [b"garbage", None])
 def test_damaged_shard_says_delete_it_and_rerun(tmp_path, small_set, tiny_model, damage):
     craft_shards(pgd(tiny_model, steps=1), small_set, tmp_path, shard_size=8, progress=False)
-    shard = tmp_path / shard_name(1)
+    shard = tmp_path / shard_file(1)
     data = shard.read_bytes()
     shard.write_bytes(damage if damage is not None else data[: len(data) // 2])  # truncated
     with pytest.raises(ValueError) as info:

@@ -23,17 +23,12 @@ from torch import Tensor
 from .attacks import Attack
 from .crafting import craft
 from .data import AdversarialDataset, ImageSet
+from .data.adversarial import SHARD_MANIFEST, WRITERS, shard_file
 from .fingerprint import data_sha1, model_sha1
 from .utils import atomic_torch_save, atomic_write_json, progress_bar
 
-MANIFEST = "manifest.json"
 SCALAR = (bool, int, float, str)
 FORMAT_VERSION = 1
-
-
-def shard_name(index: int) -> str:
-    """``shard-00000.pt``, ``shard-00001.pt``, ..."""
-    return f"shard-{index:05d}.pt"
 
 
 def derive_seed(*keys: int) -> int:
@@ -90,7 +85,7 @@ def _check_or_write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 
     Raises ``ValueError`` naming the differing keys (``info`` is free-form and not compared).
     """
-    path = out / MANIFEST
+    path = out / SHARD_MANIFEST
     if path.is_file():
         old = json.loads(path.read_text())
         diff = [k for k in manifest if k != "info" and old.get(k) != manifest[k]]
@@ -138,7 +133,7 @@ def craft_shards(attack: Attack, data: ImageSet, out: str | Path, *, shard_size:
     mine = shards_for_rank(len(ranges), rank, world_size)
     _check_or_write_manifest(out, _manifest(data, attack, shard_size=shard_size, seed=seed,
                                             batch_size=batch_size, info=info))
-    todo = [k for k in mine if not (out / shard_name(k)).is_file()]
+    todo = [k for k in mine if not (out / shard_file(k)).is_file()]
     bar = progress_bar(sum(ranges[k][1] - ranges[k][0] for k in todo), desc, "img",
                        enabled=progress)
     try:
@@ -151,17 +146,17 @@ def craft_shards(attack: Attack, data: ImageSet, out: str | Path, *, shard_size:
                                "indices": torch.arange(start, stop),
                                "paths": list(data.paths[start:stop]),
                                "groups": list(data.groups[start:stop]),
-                               "classes": list(data.classes), "shard": k}, out / shard_name(k))
+                               "classes": list(data.classes), "shard": k}, out / shard_file(k))
     finally:
         bar.close()
-    return [out / shard_name(k) for k in mine]
+    return [out / shard_file(k) for k in mine]
 
 
 def read_manifest(out: str | Path) -> dict[str, Any]:
     """The manifest of a shard folder; ``ValueError`` naming the folder if there is none."""
-    path = Path(out) / MANIFEST
+    path = Path(out) / SHARD_MANIFEST
     if not path.is_file():
-        raise ValueError(f"{out}: no {MANIFEST} (not a folder written by 'mladv augment')")
+        raise ValueError(f"{out}: no {SHARD_MANIFEST} (not a folder written by {WRITERS})")
     manifest: dict[str, Any] = json.loads(path.read_text())
     return manifest
 

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from ..fingerprint import tensor_sha1
 from .folder import DataError, ImageSet
 
-SHARD_MANIFEST = "manifest.json"  # the layout mladv.augment writes (see mladv.augment)
+# The layout of a shard folder, defined once: mladv.augment writes it, this module reads it.
+SHARD_MANIFEST = "manifest.json"
 ATTACK_FILE = "adversarial.pt"  # the file mladv attack writes (see mladv.crafting)
 # Who writes shard folders (mladv.augment.craft_shards): a rerun of the same command resumes,
 # crafting the shards that are not on disk.
@@ -28,7 +29,7 @@ WRITERS = "'mladv augment', or 'mladv experiment' for its adv/ folders"
 
 
 def shard_file(index: int) -> str:
-    """``shard-00000.pt``, ... as :func:`mladv.augment.shard_name` names them."""
+    """The file name of shard ``index`` in a shard folder: ``shard-00000.pt``, ..."""
     return f"shard-{index:05d}.pt"
 
 
