@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .attacks import eval_mode, make_attack
 from .crafting import craft
 from .training import predict_logits
+from .utils import model_device
 
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
@@ -104,7 +105,7 @@ def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *,
     atk = torchattacks.AutoAttack(padded, norm="Linf", eps=eps, version="standard",
                                   n_classes=max(4, num_classes(model, images)), seed=seed)
     atk._autoattack.attacks[-1].n_queries = square_queries  # Square is the last of the four
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     with eval_mode(model), contextlib.redirect_stdout(io.StringIO()):
         for i in range(0, images.shape[0], batch_size):

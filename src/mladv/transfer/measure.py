@@ -15,6 +15,7 @@ from ..data import ImageSet
 from ..denoise import bm3d_denoise, energy_removed
 from ..fingerprint import data_sha1, key_digest
 from ..metrics import perturbation_norms, psnr, ssim, success_rate
+from ..reuse import saved_with_key
 from ..training import predict_logits
 from ..utils import atomic_torch_save
 from .config import TransferConfig
@@ -69,11 +70,10 @@ def denoise_all(cfg: TransferConfig, test: ImageSet, advs: dict[str, Tensor], in
     for name, images in sources.items():
         path = folder / f"{file_name(name)}.pt"
         key = key_digest({**common, "of": keys.get(name, "clean")})
-        if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("key") == key:
-                out[name] = saved["images"]
-                continue
+        saved = saved_with_key(path, key)
+        if saved is not None:
+            out[name] = saved["images"]
+            continue
         todo.append((name, images, path, key))
     if todo:
         stacked = torch.cat([images for _, images, _, _ in todo])
