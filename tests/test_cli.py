@@ -41,8 +41,8 @@ def no_data(monkeypatch):
     """Fails the test if a command reads its data (errors must come before that)."""
     def forbidden(*args, **kwargs):
         raise AssertionError("the data was read before the error")
-    for command in ("train", "attack", "augment"):
-        monkeypatch.setattr(f"mladv.commands.{command}.load_source", forbidden)
+    for module in ("train", "_common"):  # _common reads the data of attack and augment
+        monkeypatch.setattr(f"mladv.commands.{module}.load_source", forbidden)
 
 
 def test_train_then_attack_writes_lossless_tensors_and_metrics(ckpt, tmp_path, capsys):
@@ -222,6 +222,21 @@ def test_ctrl_c_in_a_resumable_command_says_what_was_kept(ckpt, tmp_path, capsys
     monkeypatch.setattr("mladv.commands.augment.craft_shards", _interrupt)
     assert run(["augment", str(ckpt), "phantoms:12", "--out", str(tmp_path / "g")]) == 130
     assert capsys.readouterr().err.strip() == INTERRUPTED
+
+
+@pytest.mark.parametrize("command", ["train", "augment"])
+def test_ctrl_c_under_torchrun_is_reported_by_rank_0_only(command, ckpt, tmp_path, capsys,
+                                                          monkeypatch):
+    from mladv.commands.train import INTERRUPTED as TRAIN_INTERRUPTED
+
+    monkeypatch.setattr(f"mladv.commands.{command}.init_from_env", _interrupt)
+    args = ([command, "phantoms:6"] if command == "train" else [command, str(ckpt), "phantoms:6"])
+    expected = TRAIN_INTERRUPTED if command == "train" else INTERRUPTED
+    for rank, said in (("1", ""), ("0", expected)):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert run([*args, "--out", str(tmp_path / rank)]) == 130
+        assert capsys.readouterr().err.strip() == said, rank
 
 
 @pytest.mark.parametrize("command", ["train", "attack", "augment", "transfer"])

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from . import commands
+from .distributed import is_main_process
 
 INTERRUPTED = "interrupted: finished outputs are kept; rerun the same command to resume"
 
@@ -21,16 +22,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 class Interrupted(Exception):
     """Ctrl-C inside a command. Typer would turn ``KeyboardInterrupt`` into a silent exit 130;
-    this passes it through typer to :func:`main`, which says what was kept."""
+    this passes it through typer to :func:`main`, which prints what was kept: the message is
+    the command's own (``interrupt_message`` in :mod:`mladv.commands._common`) or
+    :data:`INTERRUPTED`."""
 
 
 def _interruptible(command: Callable[..., Any]) -> Callable[..., Any]:
+    message = getattr(command, "interrupted", INTERRUPTED)
+
     @functools.wraps(command)  # typer reads the signature and help through __wrapped__
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except KeyboardInterrupt:
-            raise Interrupted from None
+            raise Interrupted(message) from None
     return run
 
 
@@ -57,8 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as exc:
         typer.secho(f"error: {error_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except (Interrupted, KeyboardInterrupt):
-        typer.secho(INTERRUPTED, err=True)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        if is_main_process():  # under torchrun every rank is interrupted; one says so
+            typer.secho(str(exc) or INTERRUPTED, err=True)
         sys.exit(130)
 
 

@@ -8,9 +8,7 @@ import typer
 
 from ..attacks import make_attack
 from ..crafting import attack_metrics, craft, save_adversarial
-from ..data import load_source
 from ..figures import to_uint8
-from ..models import load_checkpoint
 from ..utils import (
     atomic_path,
     atomic_write_json,
@@ -20,19 +18,10 @@ from ..utils import (
 )
 from ._common import (
     DATA_HELP,
-    AttackName,
-    Beta,
-    DetailWeight,
-    Eps,
-    Options,
-    OriginWeight,
-    Projection,
-    Steps,
-    StyleWeight,
-    Tau,
-    choose_split,
-    collect_attack_options,
+    AttackFlags,
+    checkpoint_and_split,
     interrupt_message,
+    with_attack_flags,
 )
 
 INTERRUPTED = ("interrupted: adversarial.pt is written only when crafting ends (mladv attack "
@@ -40,19 +29,12 @@ INTERRUPTED = ("interrupted: adversarial.pt is written only when crafting ends (
 
 
 @interrupt_message(INTERRUPTED)
+@with_attack_flags
 def attack(
     checkpoint: Path = typer.Argument(..., help="A model.pt written by 'mladv train'."),
     data: str = typer.Argument(..., help=DATA_HELP),
-    name: AttackName = "mladv",
-    eps: Eps = 8.0,
-    steps: Steps = None,
-    style_weight: StyleWeight = None,
-    origin_weight: OriginWeight = None,
-    detail_weight: DetailWeight = None,
-    tau: Tau = None,
-    beta: Beta = None,
-    projection: Projection = None,
-    option: Options = None,
+    *,
+    flags: AttackFlags,
     targeted: bool = typer.Option(False, help="Random other class as the target (seeded)."),
     split: str = typer.Option("test", help="'test' (the checkpoint's held-out split, minus any "
                               "image it was trained on) or 'all'."),
@@ -68,20 +50,12 @@ def attack(
     Attack options not given keep the attack's defaults (for mladv: the measured default)."""
     if split not in ("test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
-    switches = {"style_weight": style_weight, "origin_weight": origin_weight,
-                "detail_weight": detail_weight, "tau": tau, "beta": beta,
-                "projection": projection, "targeted": targeted or None}
-    options = collect_attack_options(name, eps=eps, seed=seed, steps=steps, switches=switches,
-                                     option=option)
+    options = flags.options(seed=seed, targeted=targeted or None)
+    name = flags.name
     prepare_output_dir(out)
     set_determinism(seed)
-    dev = resolve_device(device)
-    model, ckpt = load_checkpoint(checkpoint, map_location=dev)
-    dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
-                          seed=(ckpt.get("split") or {}).get("seed", 0))
-    dataset, record = choose_split(dataset, ckpt, split, checkpoint=checkpoint, data=data)
-    if record["note"]:
-        typer.echo(record["note"], err=True)
+    model, dataset, record = checkpoint_and_split(checkpoint, data, split,
+                                                  device=resolve_device(device), skip_bad=skip_bad)
     atk = make_attack(name, model, **options)
     adv = craft(atk, dataset.images, dataset.labels, batch_size=batch_size, desc=name)
     metrics = attack_metrics(model, dataset.images, adv, dataset.labels)

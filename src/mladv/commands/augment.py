@@ -8,40 +8,17 @@ import typer
 from ..attacks import make_attack
 from ..augment import craft_shards, load_shards
 from ..crafting import attack_metrics
-from ..data import load_source
 from ..distributed import barrier, init_from_env, is_main_process, rank_and_world
-from ..models import load_checkpoint
 from ..utils import atomic_write_json, prepare_output_dir, set_determinism
-from ._common import (
-    DATA_HELP,
-    AttackName,
-    Beta,
-    DetailWeight,
-    Eps,
-    Options,
-    OriginWeight,
-    Projection,
-    Steps,
-    StyleWeight,
-    Tau,
-    choose_split,
-    collect_attack_options,
-)
+from ._common import DATA_HELP, AttackFlags, checkpoint_and_split, with_attack_flags
 
 
+@with_attack_flags
 def augment(
     checkpoint: Path = typer.Argument(..., help="The crafting model (a model.pt)."),
     data: str = typer.Argument(..., help=DATA_HELP),
-    name: AttackName = "mladv",
-    eps: Eps = 8.0,
-    steps: Steps = None,
-    style_weight: StyleWeight = None,
-    origin_weight: OriginWeight = None,
-    detail_weight: DetailWeight = None,
-    tau: Tau = None,
-    beta: Beta = None,
-    projection: Projection = None,
-    option: Options = None,
+    *,
+    flags: AttackFlags,
     split: str = typer.Option("train", help="train, test (the checkpoint's split, minus any "
                               "image it was trained on) or all."),
     shard_size: int = typer.Option(256, min=1, help="Images per shard file."),
@@ -55,23 +32,17 @@ def augment(
     OUT/shard-*.pt (float32). Rerun the same command to resume an interrupted run."""
     if split not in ("train", "test", "all"):
         raise ValueError(f"--split must be 'train', 'test' or 'all', got {split!r}")
-    switches = {"style_weight": style_weight, "origin_weight": origin_weight,
-                "detail_weight": detail_weight, "tau": tau, "beta": beta, "projection": projection}
-    options = collect_attack_options(name, eps=eps, seed=seed, steps=steps, switches=switches,
-                                     option=option)
+    options = flags.options(seed=seed)
+    name = flags.name
     set_determinism(seed)
     # under torchrun each rank crafts its own shards; rank 0 merges and writes the metrics
     model_device = init_from_env(device)
     if is_main_process():  # before any rank writes: rank 0 checks OUT and cleans stale .tmp
         prepare_output_dir(out)
     barrier()
-    model, ckpt = load_checkpoint(checkpoint, map_location=model_device)
+    model, dataset, record = checkpoint_and_split(checkpoint, data, split, device=model_device,
+                                                  skip_bad=skip_bad)
     rank, world = rank_and_world()
-    dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
-                          seed=(ckpt.get("split") or {}).get("seed", 0))
-    dataset, record = choose_split(dataset, ckpt, split, checkpoint=checkpoint, data=data)
-    if record["note"] and is_main_process():
-        typer.echo(record["note"], err=True)
     atk = make_attack(name, model, **options)
     info = {"checkpoint": str(checkpoint), "data": data, "split": split, "options": options}
     craft_shards(atk, dataset, out, shard_size=shard_size, seed=seed, batch_size=batch_size,
