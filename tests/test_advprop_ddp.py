@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from ddp_helpers import spawn_ranks
 from mladv.adversarial_training import AdversarialBatch
 from mladv.data import make_phantoms
-from mladv.distributed import cleanup, init_from_env
 from mladv.models import build_model
 from mladv.training import train_classifier
 
@@ -19,37 +17,22 @@ from mladv.training import train_classifier
 RUNS = {"both": ("advprop", None), "replace-all": ("advprop", 1.0), "online": ("online", 0.5)}
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    init_from_env("cpu")
-    try:
-        data = make_phantoms(5, 16, seed=4)  # 15 images: batches of 8 and a ragged 7
-        for name, (mode, fraction) in RUNS.items():
-            torch.manual_seed(100 + rank)  # different inits: DDP syncs them from rank 0
-            model = build_model("small_cnn", 3)
-            adv = AdversarialBatch("pgd", mode=mode, eps=2 / 255, fraction=fraction,
-                                   seed=rank)
-            history = train_classifier(model, data, epochs=1, batch_size=8, lr=3e-3, seed=1,
-                                       progress=False, adversarial=adv)
-            params = {k: v.detach().clone() for k, v in adv.trainable.named_parameters()}
-            torch.save({"params": params, "history": history, "calls": adv.calls},
-                       os.path.join(out_dir, f"{name}-rank{rank}.pt"))
-    finally:
-        cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _body(rank: int, world: int, out_dir: str) -> None:
+    data = make_phantoms(5, 16, seed=4)  # 15 images: batches of 8 and a ragged 7
+    for name, (mode, fraction) in RUNS.items():
+        torch.manual_seed(100 + rank)  # different inits: DDP syncs them from rank 0
+        model = build_model("small_cnn", 3)
+        adv = AdversarialBatch("pgd", mode=mode, eps=2 / 255, fraction=fraction, seed=rank)
+        history = train_classifier(model, data, epochs=1, batch_size=8, lr=3e-3, seed=1,
+                                   progress=False, adversarial=adv)
+        params = {k: v.detach().clone() for k, v in adv.trainable.named_parameters()}
+        torch.save({"params": params, "history": history, "calls": adv.calls},
+                   os.path.join(out_dir, f"{name}-rank{rank}.pt"))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("advprop-ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    out = spawn_ranks(_body, tmp_path_factory.mktemp("advprop-ddp"))
     return {name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(2)]
             for name in RUNS}
 

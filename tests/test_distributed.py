@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from ddp_helpers import spawn_ranks
 from mladv.data import make_phantoms
 from mladv.distributed import (
     DistEnv,
     barrier,
-    cleanup,
     env_from_environment,
     init_from_env,
     rank_and_world,
@@ -43,31 +41,24 @@ def _index_of(img: torch.Tensor, images: torch.Tensor) -> int:
     return -1
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """One process as torchrun would start it (env vars), through :func:`init_from_env`:
-    DDP-train tiny_cnn, then craft this rank's augment shards."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    assert init_from_env("cpu") == torch.device("cpu")
-    try:
-        assert rank_and_world() == (rank, world) and dist.get_backend() == "gloo"
-        torch.manual_seed(100 + rank)  # different inits on purpose: DDP must sync them from rank 0
-        model = build_model("tiny_cnn", 3)
-        data = _data()
-        inputs: list[torch.Tensor] = []
-        hook = model.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].clone()))
-        history = train_classifier(model, data, transform=random_hflip, **TRAIN_KW)
-        hook.remove()
-        steps = -(-len(data) // TRAIN_KW["batch_size"])
-        seen = [_index_of(img, data.images) for x in inputs[:steps] for img in x]  # epoch 1
-        torch.save({"state": model.state_dict(), "history": history, "seen": seen},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-        r, w = rank_and_world()  # what the augment command passes on
-        _craft(os.path.join(out_dir, "shards"), r, w)
-        barrier()
-    finally:
-        cleanup()
+def _body(rank: int, world: int, out_dir: str) -> None:
+    """One rank (see :func:`ddp_helpers.spawn_ranks`): DDP-train tiny_cnn, then craft this
+    rank's augment shards."""
+    assert rank_and_world() == (rank, world) and dist.get_backend() == "gloo"
+    torch.manual_seed(100 + rank)  # different inits on purpose: DDP must sync them from rank 0
+    model = build_model("tiny_cnn", 3)
+    data = _data()
+    inputs: list[torch.Tensor] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].clone()))
+    history = train_classifier(model, data, transform=random_hflip, **TRAIN_KW)
+    hook.remove()
+    steps = -(-len(data) // TRAIN_KW["batch_size"])
+    seen = [_index_of(img, data.images) for x in inputs[:steps] for img in x]  # epoch 1
+    torch.save({"state": model.state_dict(), "history": history, "seen": seen},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    r, w = rank_and_world()  # what the augment command passes on
+    _craft(os.path.join(out_dir, "shards"), r, w)
+    barrier()
 
 
 def _craft(out: str, rank: int, world: int) -> list:
@@ -82,17 +73,9 @@ def _craft(out: str, rank: int, world: int) -> list:
                         world_size=world, progress=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return out
+    return spawn_ranks(_body, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.fixture(scope="module")
