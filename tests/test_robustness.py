@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mladv.robustness import (
+    PadLogits,
     adversarial_accuracy,
     autoattack_accuracy,
     expected_calibration_error,
@@ -64,3 +65,15 @@ def test_robustness_report_has_every_number(tiny_trained):
     for key in ("ece", "pgd2", "pgd8", "mladv", "autoattack2"):
         assert 0.0 <= r[key] <= 1.0, key
     assert r["pgd8"] <= r["pgd2"]
+
+
+def test_pad_logits_adds_a_column_below_every_logit_and_keeps_the_rest():
+    """AutoAttack's APGD-T reads a 4th logit: a 3-class model gets one, always the smallest,
+    so the prediction and the real logits are unchanged; 4 or more classes pass through."""
+    z = torch.tensor([[2.0, -1.0, 0.5], [-3.0, -2.0, -4.0]])
+    padded = PadLogits(lambda x: x)(z)
+    assert padded.shape == (2, 4) and torch.equal(padded[:, :3], z)
+    assert torch.equal(padded[:, 3], z.min(1).values - 1.0)
+    assert torch.equal(padded.argmax(1), z.argmax(1))
+    wide = torch.randn(2, 5)
+    assert torch.equal(PadLogits(lambda x: x)(wide), wide)

@@ -118,26 +118,28 @@ class AdversarialBatch:
         self.calls = 0
         self.model: nn.Module | None = None
         self.split: SplitBN | None = None
-        self.trainable: nn.Module | None = None
         self._attack: AttackFn | None = None
         self._target: nn.Module | None = None
+
+    @property
+    def trainable(self) -> nn.Module | None:
+        """The module to train (None before :meth:`bind`): ``split`` for ``advprop`` (the model
+        and its twins), else the bound model."""
+        return self.split if self.split is not None else self.model
 
     def bind(self, model: nn.Module) -> nn.Module:
         """Build the attack on ``model`` (every option checked here, before any compute) and
         return the module to train: ``SplitBN(model)`` for ``advprop``, ``model`` for
         ``online``. Binding the same model again keeps its twins."""
-        if self.model is model and self.trainable is not None:
-            return self.trainable
-        self.model = model
-        self.split = SplitBN(model) if self.mode == "advprop" else None
-        target = self.split.adversarial_view() if self.split is not None else model
-        self._target = target
-        if isinstance(self.attack, str):
-            self._attack = make_attack(self.attack, target, **self.attack_options)
-        else:
-            self._attack = self.attack(target)
-        self.trainable = self.split if self.split is not None else model
-        return self.trainable
+        if self.model is not model:
+            self.model = model
+            self.split = SplitBN(model) if self.mode == "advprop" else None
+            self._target = self.split.adversarial_view() if self.split is not None else model
+            if isinstance(self.attack, str):
+                self._attack = make_attack(self.attack, self._target, **self.attack_options)
+            else:
+                self._attack = self.attack(self._target)
+        return self.split if self.split is not None else model
 
     def craft(self, images: Tensor, labels: Tensor) -> Tensor:
         """Adversarial copies of ``images`` (``N x C x H x W`` in [0, 1]) against the current

@@ -40,10 +40,9 @@ def key_line(text: str, loc: tuple[int | str, ...]) -> int | None:
     for part in loc:
         child = None
         if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if k.value == str(part)), None)
-            key = next((k for k, _ in node.value if k.value == str(part)), None)
-            if key is not None:
-                line = key.start_mark.line + 1
+            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if pair is not None:
+                line, child = pair[0].start_mark.line + 1, pair[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
                 and part < len(node.value):
             child = node.value[part]

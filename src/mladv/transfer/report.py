@@ -127,7 +127,7 @@ def models_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def report_blocks(results: dict[str, Any]) -> list[Block]:
-    """The report as blocks (``h``, ``p``, ``table``, ``img``) rendered to Markdown and HTML."""
+    """The report as :mod:`mladv.reporting` blocks, rendered to Markdown and HTML."""
     d = results["data"]
     b = results["bm3d"]
     return [

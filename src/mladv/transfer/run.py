@@ -220,14 +220,14 @@ def assemble(cfg: TransferConfig, train: ImageSet, test: ImageSet, infos: dict[s
              labels: dict[str, str], attacks: dict[str, Any], bm3d: dict[str, Any]
              ) -> dict[str, Any]:
     """The results dict of ``transfer.json`` (tensors dropped), with the claims."""
+    specs = dict(cfg.model_specs())
     results = {
         "config": cfg.model_dump(mode="json"),
         "data": {"source": cfg.data, "test_source": cfg.test_data or "split",
                  "n_train": len(train), "n_test": len(test), "classes": train.classes,
                  "image_size": cfg.image_size},
         "eps": cfg.eps_unit(), "eps_255": cfg.eps,
-        "models": {k: {"label": labels[k], "arch": (cfg.source if k == "source" else
-                                                     cfg.targets[int(k[1:]) - 1]).arch,
+        "models": {k: {"label": labels[k], "arch": specs[k].arch,
                        **{f: infos[k].get(f) for f in ("clean_acc", "checkpoint", "trained_here",
                                                        "train_seconds", "resumed", "weights",
                                                        "freeze_backbone")},
