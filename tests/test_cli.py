@@ -344,6 +344,9 @@ def test_train_advprop_keeps_the_twin_bn_apart_from_the_model(tmp_path):
     (["--adv-mode", "online", "--adv-fraction", "1.5"], "fraction"),
     (["--adv-mode", "online", "--option", "steps_typo=2"], "steps_typo"),
     (["--option", "beta=2"], "--option sets the per-batch attack"),
+    (["--adv-eps", "4"], "--adv-eps sets the per-batch attack: it needs --adv-mode online"),
+    (["--adv-mode", "offline", "--adv-attack", "pgd"], "--adv-attack sets the per-batch"),
+    (["--adv-steps", "1"], "--adv-steps sets the per-batch attack"),
 ])
 def test_adversarial_training_flags_are_checked_before_the_data_loads(flags, needle, tmp_path,
                                                                      capsys, no_data):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -50,9 +51,11 @@ def train(
         "offline", help="offline (no per-batch attack: plain training; adversarial copies come "
         "from 'mladv augment'), online (each batch's copies crafted against the current model) "
         "or advprop (online + a twin BatchNorm for adversarial inputs)."),
-    adv_attack: str = typer.Option("pgd", help="Attack crafted per batch (online/advprop)."),
-    adv_eps: float = typer.Option(1.0, help="Per-batch attack budget, 1/255 units."),
-    adv_steps: int = typer.Option(1, help="Per-batch attack steps."),
+    adv_attack: str | None = typer.Option(None, help="Attack crafted per batch (online/advprop; "
+                                          "default pgd)."),
+    adv_eps: float | None = typer.Option(None, help="Per-batch attack budget, 1/255 units "
+                                         "(default 1)."),
+    adv_steps: int | None = typer.Option(None, help="Per-batch attack steps (default 1)."),
     adv_fraction: float | None = typer.Option(
         None, help="Replace this share of each batch by its adversarial copy (default: train on "
         "the batch plus a copy of every image)."),
@@ -72,12 +75,18 @@ def train(
         raise ValueError("--freeze-backbone needs --weights: a frozen random backbone stays random")
     if weights is not None:
         pretrained_state_dict(arch, weights)  # a bad name, file or offline download: now, not later
-    if option and adv_mode == "offline":
-        raise ValueError("--option sets the per-batch attack: it needs --adv-mode online or "
+    flags = {"--adv-attack": adv_attack, "--adv-eps": adv_eps, "--adv-steps": adv_steps,
+             "--adv-fraction": adv_fraction, "--option": option or None}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given and adv_mode == "offline":  # they would do nothing: say so
+        raise ValueError(f"{given[0]} sets the per-batch attack: it needs --adv-mode online or "
                          "advprop")
-    adversarial = adversarial_from_options(adv_mode, adv_attack, adv_eps=adv_eps,
-                                           adv_steps=adv_steps, adv_fraction=adv_fraction,
-                                           options=parse_options(option), seed=seed)
+    per_batch: dict[str, Any] = {"attack": adv_attack, "adv_eps": adv_eps,  # unset: the
+                                 "adv_steps": adv_steps,  # defaults of adversarial_from_options
+                                 "adv_fraction": adv_fraction}
+    adversarial = adversarial_from_options(
+        adv_mode, **{k: v for k, v in per_batch.items() if v is not None},
+        options=parse_options(option), seed=seed)
     set_determinism(seed)
     dev = init_from_env(device)  # under torchrun: DDP process group, cuda:LOCAL_RANK
     if is_main_process():  # rank 0 writes
