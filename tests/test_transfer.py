@@ -60,6 +60,9 @@ def test_miniature_run_produces_every_column_and_resumes(tmp_path):
     res = json.loads((out / "transfer.json").read_text())
     titles = ["FGSM", "PGD", "MI-FGSM", "PI-FGSM", "GAMA", "RayS", "MLAdv"]
     assert list(res["attacks"]) == titles
+    assert {k: (m["label"], m["arch"]) for k, m in res["models"].items()} == {
+        "source": ("small_cnn", "small_cnn"), "t1": ("tiny_cnn", "tiny_cnn"),
+        "t2": ("small_cnn-b", "small_cnn")}
     for title, a in res["attacks"].items():
         assert set(a["success"]) == {"source", "t1", "t2", "blackbox_avg"}
         for key in ("seconds_per_image", "l1", "l2", "linf", "linf_max", "ssim", "psnr",
