@@ -1,6 +1,7 @@
-"""Pieces ``mladv attack`` and ``mladv augment`` share: the attack option flags (one set, only
-the given ones forwarded, through :mod:`mladv.attacks.registry`'s translator) and the choice of a
-checkpoint's split that leaves out the images the checkpoint was trained on."""
+"""Pieces the commands share: the Ctrl-C message of a command that does not resume, the help
+of the data argument, the attack option flags of ``mladv attack`` and ``mladv augment`` (declared
+once, only the given ones forwarded, through :mod:`mladv.attacks.registry`'s translator) and the
+choice of a checkpoint's split that leaves out the images the checkpoint was trained on."""
 from __future__ import annotations
 
 import functools
@@ -73,11 +74,24 @@ class AttackFlags:
     option: list[str] | None
 
     def options(self, *, seed: int, **switches: Any) -> dict[str, Any]:
-        """The checked keyword arguments for :func:`mladv.attacks.make_attack` (see
-        :func:`collect_attack_options`); ``switches``: a command's own flags that are attack
-        options (``mladv attack --targeted``), None where not given."""
-        return collect_attack_options(self.name, eps=self.eps, seed=seed, steps=self.steps,
-                                      switches={**self.switches, **switches}, option=self.option)
+        """The keyword arguments for :func:`mladv.attacks.make_attack`: only the flags given, so
+        the attack's own defaults (MLAdv: the measured default) apply to the rest; ``switches``
+        are a command's own flags that are attack options (``mladv attack --targeted``), None
+        where not given. Names and values are checked here, on a throwaway model, before any
+        data or checkpoint is read."""
+        if not 0 < self.eps <= 255:
+            raise ValueError(f"--eps must be in (0, 255] (1/255 units), got {self.eps}")
+        extra = parse_options(self.option or [])
+        given = {k: v for k, v in {**self.switches, **switches}.items() if v is not None}
+        flags = set(given) | {"eps", "seed"} | ({"steps"} if self.steps is not None else set())
+        twice = sorted(flags & set(extra))
+        if twice:
+            flag = "--" + twice[0].replace("_", "-")
+            raise ValueError(f"--option {twice[0]}=...: give it once, as {flag}")
+        options = attack_options(self.name, eps=self.eps, seed=seed, steps=self.steps,
+                                 options={**given, **extra})
+        check_attack_options(self.name, options)
+        return options
 
 
 def with_attack_flags(command: F) -> F:
@@ -104,25 +118,6 @@ def with_attack_flags(command: F) -> F:
     run.__annotations__ = {p.name: p.annotation for p in params} | {
         "return": sig.return_annotation}
     return run  # type: ignore[return-value]
-
-
-def collect_attack_options(name: str, *, eps: float, seed: int, steps: int | None,
-                           switches: dict[str, Any], option: list[str] | None) -> dict[str, Any]:
-    """The keyword arguments for :func:`mladv.attacks.make_attack`: only the flags given, so the
-    attack's own defaults (MLAdv: the measured default) apply to the rest. Names and values are
-    checked here, on a throwaway model, before any data or checkpoint is read."""
-    if not 0 < eps <= 255:
-        raise ValueError(f"--eps must be in (0, 255] (1/255 units), got {eps}")
-    extra = parse_options(option or [])
-    given = {k: v for k, v in switches.items() if v is not None}
-    flags = set(given) | {"eps", "seed"} | ({"steps"} if steps is not None else set())
-    twice = sorted(flags & set(extra))
-    if twice:
-        flag = "--" + twice[0].replace("_", "-")
-        raise ValueError(f"--option {twice[0]}=...: give it once, as {flag}")
-    options = attack_options(name, eps=eps, seed=seed, steps=steps, options={**given, **extra})
-    check_attack_options(name, options)
-    return options
 
 
 # -- which images ---------------------------------------------------------------------------
