@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mladv.cli import INTERRUPTED, main
-from mladv.crafting import load_adversarial
+from mladv.data import AdversarialDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,9 +50,9 @@ def test_train_then_attack_writes_lossless_tensors_and_metrics(ckpt, tmp_path, c
     atk_dir = tmp_path / "atk"
     assert run(["attack", str(ckpt), "phantoms:12", "--steps", "2",
                 "--out", str(atk_dir), "--png-previews", "2"]) == 0
-    saved = load_adversarial(atk_dir / "adversarial.pt")
-    assert saved["images"].dtype == torch.float32 and saved["images"].shape[1:] == (1, 24, 24)
-    assert len(saved["paths"]) == saved["labels"].shape[0] == saved["images"].shape[0]
+    saved = AdversarialDataset(atk_dir / "adversarial.pt").to_imageset()  # the one reader
+    assert saved.images.dtype == torch.float32 and saved.images.shape[1:] == (1, 24, 24)
+    assert len(saved.paths) == len(saved.labels) == len(saved) > 0
     metrics = json.loads((atk_dir / "metrics.json").read_text())
     assert metrics["metrics"]["linf_max"] <= 8 / 255 + 1e-6
     assert metrics["options"] == {"eps": 8 / 255, "seed": 0, "steps": 2}  # only what was given
@@ -67,7 +67,7 @@ def test_attack_command_runs_the_class_default(ckpt, tmp_path):
     from mladv.models import load_checkpoint
 
     assert run(["attack", str(ckpt), "phantoms:12", "--out", str(tmp_path / "a")]) == 0
-    cli_adv = load_adversarial(tmp_path / "a" / "adversarial.pt")["images"]
+    cli_adv = AdversarialDataset(tmp_path / "a").to_imageset().images
     model, _ = load_checkpoint(ckpt)
     _, test = split_imageset(load_source("phantoms:12", 24), seed=0)
     api_adv = MLAdv(model, eps=8 / 255, seed=0)(test.images, test.labels)
@@ -270,17 +270,17 @@ def test_split_test_on_other_data_leaves_out_the_training_images(ckpt, tmp_path,
     err = capsys.readouterr().err
     meta = json.loads((out / "metrics.json").read_text())
     assert meta["n_seen_in_training"] > 0 and f"left out {meta['n_seen_in_training']} of" in err
-    saved = load_adversarial(out / "adversarial.pt")
+    saved = AdversarialDataset(out).to_imageset()
     trained_on = set(read_checkpoint(ckpt)["trained_on"])
     clean = load_source("phantoms:20", 24)
     by_hash = dict(zip(image_hashes(clean.images), range(len(clean))))
-    assert len(trained_on) == 30 and len(saved["labels"]) == meta["metrics"]["n"] > 0
+    assert len(trained_on) == 30 and len(saved) == meta["metrics"]["n"] > 0
     # every attacked image is within eps of an unseen clean image, and none of a seen one
     unseen = clean.images[[i for h, i in by_hash.items() if h not in trained_on]]
     seen = clean.images[[i for h, i in by_hash.items() if h in trained_on]]
     dist = lambda a, b: (a[:, None] - b[None]).abs().flatten(2).amax(2).amin(1)  # noqa: E731
-    assert (dist(saved["images"], unseen) <= 8 / 255 + 1e-6).all()
-    assert (dist(saved["images"], seen) > 8 / 255).all()
+    assert (dist(saved.images, unseen) <= 8 / 255 + 1e-6).all()
+    assert (dist(saved.images, seen) > 8 / 255).all()
 
 
 def test_split_test_with_nothing_unseen_is_refused(tmp_path):

@@ -99,17 +99,3 @@ def save_adversarial(path: str | os.PathLike[str], adv: Tensor, labels: Tensor, 
     perturbation) with their labels, source paths, class names and how they were made."""
     atomic_torch_save({"images": adv.float().cpu(), "labels": labels.cpu(), "paths": list(paths),
                        "classes": list(classes), "meta": meta}, path)
-
-
-def load_adversarial(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a file written by :func:`save_adversarial` (``weights_only=True``)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such adversarial file") from None
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read adversarial file "
-                         f"({exc.__class__.__name__})") from None
-    if not isinstance(obj, dict) or "images" not in obj or "labels" not in obj:
-        raise ValueError(f"{path}: not an mladv adversarial file (needs images, labels)")
-    return obj
