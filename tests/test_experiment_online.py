@@ -70,9 +70,9 @@ def test_selection_trains_each_point_once_and_resumes(online_run, monkeypatch):
     out, results = online_run
     files = sorted(str(p.relative_to(out / "selection"))
                    for p in (out / "selection").glob("*/*.json"))
-    assert files == [f"{arm}/eps{e}-steps1-fracall.json" for arm in ("mladv-advprop",
-                                                                     "pgd-online")
-                     for e in (1, 4)] + ["none/flips.json"]
+    assert files == sorted([f"{arm}/eps{e}-steps1-fracall.json"
+                            for arm in ("mladv-advprop", "pgd-online") for e in (1, 4)]
+                           + ["none/flips.json"])  # 2 arms x 2 eps, and flips
     hist = json.loads((out / "selection" / "none" / "flips.json").read_text())["history"]
     assert len(hist) == ONLINE["train"]["epochs"] and all("val_accuracy" in h for h in hist)
 
@@ -198,3 +198,17 @@ def test_shipped_online_configs_are_valid():
     assert cpu.robustness.pgd_eps == [2, 8] and cpu.robustness.autoattack_images > 0
     gpu = load_config(root / "cxr3-online-gpu.yaml")
     assert set(ARMS) == set(gpu.arms) and gpu.image_size == 128
+
+
+def test_grid_points_survive_a_robustness_change_but_not_a_grid_change(tmp_path):
+    cfg = validate_config({**ONLINE, "arms": ["none", "pgd-online"], "seeds": 1})
+    select_online(prepare(cfg, tmp_path / "run", _quiet))
+    lines: list[str] = []
+    more_aa = {**ONLINE["robustness"], "autoattack_images": 2}
+    prepare(validate_config({**ONLINE, "arms": ["none", "pgd-online"], "robustness": more_aa}),
+            tmp_path / "run", lines.append)
+    assert "autoattack_images" in lines[0] and "kept" in lines[0]
+    other_grid = {**ONLINE["online"], "grid": {"eps": [1, 2]}}
+    with pytest.raises(ValueError, match="selection/"):
+        prepare(validate_config({**ONLINE, "online": other_grid, "robustness": more_aa}),
+                tmp_path / "run", _quiet)

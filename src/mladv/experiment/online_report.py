@@ -193,6 +193,25 @@ def curve_figure(results: dict[str, Any], selection: dict[str, Any] | None, path
     return True
 
 
+def how_trained(results: dict[str, Any]) -> list[str]:
+    """One line per online arm: mode, attack, eps / steps / fraction and extra attack options,
+    as recorded by its first finished run."""
+    lines = []
+    for arm in results["arms"]:
+        row = next((r for r in results["runs"] if r["arm"] == arm and "online" in r), None)
+        if row is None:
+            continue
+        o = row["online"]
+        frac = "clean + all adversarial rows" if o["fraction"] is None else \
+            f"{o['fraction']:g} of each batch replaced"
+        lines.append(f"`{arm}`: {o['mode']}, {o['attack']} at eps {o['eps']:g}/255, "
+                     f"{o['steps']} step(s), {frac}; options "
+                     f"{o['options'] or '(none)'} on top of the training module's online "
+                     f"defaults (PGD 1 step = FGSM without random start; MLAdv refine=0, other "
+                     f"settings the class defaults)")
+    return lines
+
+
 def online_blocks(results: dict[str, Any], selection: dict[str, Any] | None) -> list[Block]:
     """The report blocks of the online arms (empty when the run has none)."""
     if not any(ARMS[a].online for a in results["arms"]):
@@ -201,6 +220,7 @@ def online_blocks(results: dict[str, Any], selection: dict[str, Any] | None) -> 
                            ("p", f"Rule fixed before the run: {RULE} Moonshot target: {MOONSHOT}."),
                            ("ul", moonshot(results)),
                            ("table", *verdict_table(results)),
+                           ("ul", how_trained(results)),
                            ("p", "Cost x: the arm's training time (plus crafting x'_train for an "
                                  "offline arm) over the flips arm's, same seed, same run; on a "
                                  "shared machine wall time includes waiting for other jobs.")]

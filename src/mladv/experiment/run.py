@@ -107,13 +107,19 @@ BASE_KEYS = ("config.arch:", "config.image_size:", "config.train.", "config.spli
              "train_sha1:", "test_sha1:")
 
 
+# settings the online grid search never uses (it trains and validates on x_train only)
+SELECTION_FREE_KEYS = ("config.robustness.", "config.eps:", "config.augment.", "test_sha1:")
+
+
 def finished_pieces(out: Path, diff: list[str]) -> list[Path]:
     """What a run folder holds that was made with the old settings in ``diff``: every result,
-    arm model and x'_train folder, and the base models too when a setting in ``diff`` is one of
-    :data:`BASE_KEYS`."""
+    arm model and x'_train folder, the base models too when a setting in ``diff`` is one of
+    :data:`BASE_KEYS`, and the online grid's points unless every setting in ``diff`` is one of
+    :data:`SELECTION_FREE_KEYS`."""
     base_changed = any(d.startswith(BASE_KEYS) for d in diff)
     pieces = sorted(out.glob("seed-*/results/*.json")) + sorted(out.glob("seed-*/adv/*"))
-    pieces += sorted(out.glob("selection/*/*.json"))
+    if any(not d.startswith(SELECTION_FREE_KEYS) for d in diff):
+        pieces += sorted(out.glob("selection/*/*.json"))
     pieces += [p for p in sorted(out.glob("seed-*/models/*.pt"))
                if base_changed or p.name != "base.pt"]
     return pieces
