@@ -125,7 +125,7 @@ def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
 
 
-# -- models and images ----------------------------------------------------------------------------
+# -- models and progress bars ---------------------------------------------------------------------
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (or buffer); CPU for a parameter-free model."""
     for p in model.parameters():
