@@ -94,6 +94,17 @@ def test_attack_and_augment_share_the_option_flags(ckpt, tmp_path, capsys, no_da
         one_line_error(capsys, "balance")
 
 
+@pytest.mark.parametrize("command", ["attack", "augment"])
+def test_attack_flags_are_declared_once_for_both_commands(command, capsys):
+    from mladv.commands._common import ATTACK_FLAGS
+
+    assert run([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    flags = ["--attack" if k == "name" else "--" + k.replace("_", "-") for k in ATTACK_FLAGS]
+    assert len(flags) == 10 and all(flag in text for flag in flags), flags
+    assert "--flags" not in text and "--name" not in text
+
+
 def test_option_errors_come_before_the_checkpoint_is_read(tmp_path, capsys):
     (tmp_path / "x.pt").write_text("nope")
     assert run(["attack", str(tmp_path / "x.pt"), "phantoms:3", "--eps", "0"]) == 2
