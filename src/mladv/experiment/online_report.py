@@ -212,6 +212,17 @@ def how_trained(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def threads_note(results: dict[str, Any]) -> str:
+    """Which torch thread counts each arm's runs used, when they differ between arms (the wall
+    ratios then compare unlike settings; the CPU ratios less so)."""
+    per_arm = {a: sorted({r["timings"].get("torch_threads") for r in results["runs"]
+                          if r["arm"] == a} - {None}) for a in results["arms"]}
+    if len({tuple(v) for v in per_arm.values()}) <= 1:
+        return ""
+    return (" The arms ran with different torch thread counts (" + ", ".join(
+        f"{a}: {v}" for a, v in per_arm.items()) + "), so read the CPU ratio.")
+
+
 def online_blocks(results: dict[str, Any], selection: dict[str, Any] | None) -> list[Block]:
     """The report blocks of the online arms (empty when the run has none)."""
     if not any(ARMS[a].online for a in results["arms"]):
@@ -223,7 +234,8 @@ def online_blocks(results: dict[str, Any], selection: dict[str, Any] | None) -> 
                            ("ul", how_trained(results)),
                            ("p", "Cost x: the arm's training time (plus crafting x'_train for an "
                                  "offline arm) over the flips arm's, same seed, same run; on a "
-                                 "shared machine wall time includes waiting for other jobs.")]
+                                 "shared machine wall time includes waiting for other jobs."
+                                 + threads_note(results))]
     if selection is not None:
         blocks += [("h2", "Online settings chosen on the validation split (never the test split)"),
                    ("p", f"Rule `{selection['rule']}`: {selection['rule_text']}. Validation: "
