@@ -46,7 +46,7 @@ from ..fingerprint import data_sha1
 from ..models import ImageClassifier, load_checkpoint
 from ..reuse import train_or_reuse
 from ..training import predict_logits
-from ..utils import atomic_path, atomic_write_json, atomic_write_text, prepare_output_dir
+from ..utils import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_dir
 from .arms import ARMS, batch_transform, make_adversary
 from .config import ExperimentConfig, dump_config
 from .evaluation import calibration, robust_subset, robustness
@@ -193,8 +193,7 @@ def add_to_checkpoint(path: Path, fields: dict[str, Any]) -> None:
     """Add ``fields`` to the checkpoint at ``path`` (rewritten atomically)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     ckpt.update(fields)
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    atomic_torch_save(ckpt, path)
 
 
 def base_model(run: Run, seed: int) -> tuple[ImageClassifier, dict[str, Any]]:
