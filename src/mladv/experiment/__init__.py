@@ -3,7 +3,7 @@ the resumable runner and the report."""
 from .arms import ARMS, FULL_METHOD
 from .config import ExperimentConfig, load_config
 from .metrics import classification_metrics
-from .run import run_experiment
+from .run import report_experiment, run_experiment
 
 __all__ = ["ARMS", "FULL_METHOD", "ExperimentConfig", "classification_metrics", "load_config",
-           "run_experiment"]
+           "report_experiment", "run_experiment"]

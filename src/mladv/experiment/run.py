@@ -4,8 +4,11 @@ For each seed: train the base model on ``x_train`` (flips only); for each arm, b
 set (a batch transform, or ``x_train ∪ x'_train`` with ``x'_train`` crafted on the base model,
 true labels kept), retrain from scratch with the same schedule and the same initialisation seed,
 and score it on the clean test set and for robustness (MLAdv and PGD crafted on the arm's own
-model; Gaussian noise). The ``none`` arm IS the base model: its recipe (flips, same seed, same
-schedule) is the base model's, so training it again would give the same weights.
+model; Gaussian noise; see :mod:`.evaluation`). Online arms (:mod:`.selection`) first get
+their eps / steps / fraction from a grid searched on a validation split of ``x_train`` (seed
+``online.selection.seed``), before any test image is scored. The ``none`` arm IS the base
+model: its recipe (flips, same seed, same schedule) is the base model's, so training it again
+would give the same weights.
 
 Run folder::
 
@@ -13,6 +16,7 @@ Run folder::
     seed-S/models/{base,ARM}.pt                   checkpoints (atomic)
     seed-S/adv/ARM/shard-*.pt, manifest.json      x'_train of the adversarial arms (atomic shards)
     seed-S/results/ARM.json                       one finished (seed, arm) (atomic)
+    selection/ARM/POINT.json, selection.json      online arms: the validation grid, the choices
     results.json  results.csv  report.md  report.html  figures/
 
 A rerun of the same command skips every finished (seed, arm), reuses checkpoints and shards, and
