@@ -63,7 +63,8 @@ def test_online_arms_run_end_to_end_with_every_metric(online_run):
     report = (out / "report.md").read_text()
     assert "Online and AdvProp arms: the verdict" in report and "Moonshot target" in report
     assert "figures/flips_curve.png" in report and (out / "figures" / "flips_curve.png").is_file()
-    assert "PARTIAL" not in report
+    assert "PARTIAL" not in report and "IN PROGRESS" not in report
+    assert report.count("| yes |") == 2  # one chosen grid point per online arm
 
 
 def test_selection_trains_each_point_once_and_resumes(online_run, monkeypatch):
@@ -169,6 +170,12 @@ def test_partial_report_says_so(online_run, tmp_path):
     results = report_experiment(validate_config(ONLINE), copy, log=_quiet)
     assert results["finished"] == 5 and results["summary"]["mladv-advprop"]["accuracy"]["n"] == 1
     assert "PARTIAL REPORT: 5 of 6" in (copy / "report.md").read_text()
+    (copy / "selection" / "selection.json").unlink()  # a grid search still running
+    (copy / "selection" / "pgd-online" / "eps4-steps1-fracall.json").unlink()
+    report_experiment(validate_config(ONLINE), copy, log=_quiet)
+    text = (copy / "report.md").read_text()
+    assert "GRID SEARCH IN PROGRESS: 3 of 4 grid points" in text and "| yes |" not in text
+    assert (copy / "figures" / "flips_curve.png").is_file()
 
 
 @pytest.mark.parametrize("text, message", [

@@ -138,7 +138,7 @@ def selection_table(selection: dict[str, Any]) -> tuple[list[str], list[list[str
             "chosen"]
     rows = []
     for arm, scored in selection["scores"].items():
-        chosen = selection["choices"][arm]["point"]
+        chosen = selection["choices"].get(arm, {}).get("point")
         for s in scored:
             p = s["point"]
             rows.append([arm, f"{p['eps']:g}", str(p["steps"]),
@@ -242,6 +242,9 @@ def online_blocks(results: dict[str, Any], selection: dict[str, Any] | None) -> 
                          f"{selection['val_size']:g} of the training set, patient-aware, seed "
                          f"{selection['seed']}; each choice is reused for every seed, trained on "
                          f"the full training set."),
+                   *([("p", f"GRID SEARCH IN PROGRESS: {selection['finished']} of "
+                                 f"{selection['planned']} grid points finished; nothing chosen "
+                                 f"yet.")] if "planned" in selection else []),
                    ("table", *selection_table(selection)),
                    ("p", convergence(selection))]
     return blocks

@@ -21,6 +21,7 @@ from ..utils import atomic_path, atomic_write_json, atomic_write_text
 from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
 from .metrics import TABLE2_METRICS, mean_std, roc_per_class
 from .online_report import curve_figure, online_blocks
+from .selection import selection_so_far
 from .state import Run
 
 # SPEC "Reference figures from the paper", Table 2 (ResNet50, COVID-19 Radiography Database).
@@ -339,8 +340,7 @@ def write_report(run: Run, results: dict[str, Any],
     if roc_figure(results, probs, figs / "roc.png"):
         figures.append((f"Fig. 5: ROC curves per class, `none` vs `{FULL_METHOD}`",
                         figs / "roc.png"))
-    sel_path = out / "selection" / "selection.json"
-    selection = json.loads(sel_path.read_text()) if sel_path.is_file() else None
+    selection = selection_so_far(run)
     if any(ARMS[a].online for a in results["arms"]) and curve_figure(
             results, selection, figs / "flips_curve.png"):
         figures.append(("Flips (`none`) learning curve: train loss / accuracy per epoch of each "

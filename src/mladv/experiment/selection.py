@@ -153,6 +153,32 @@ def scored_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageS
     return result
 
 
+def selection_so_far(run: Run) -> dict[str, Any] | None:
+    """``selection.json`` when the search has finished; while it runs, the same layout built
+    from the finished points (``choices`` empty, ``finished`` / ``planned`` point counts); None
+    before the flips point has finished."""
+    folder = selection_dir(run)
+    if (folder / "selection.json").is_file():
+        return dict(json.loads((folder / "selection.json").read_text()))
+    if not (folder / "none" / "flips.json").is_file():
+        return None
+    cfg, sel = run.cfg, run.cfg.online.selection
+    train, val = split_imageset(run.train, test_size=sel.val_size, seed=sel.seed)
+    flips = json.loads((folder / "none" / "flips.json").read_text())
+    scores: dict[str, list[dict[str, Any]]] = {}
+    for arm in online_arms(cfg):
+        paths = [folder / arm / f"{point_name(p)}.json" for p in cfg.online.grid.points()]
+        done = [json.loads(p.read_text()) for p in paths if p.is_file()]
+        if done:
+            scores[arm] = [{k: d[k] for k in ("point", "val_accuracy", "val_loss",
+                                              "train_wall_s")} for d in done]
+    return {"rule": sel.rule, "rule_text": SELECTION_RULES[sel.rule], "val_size": sel.val_size,
+            "seed": sel.seed, "n_train": len(train), "n_val": len(val), "choices": {},
+            "scores": scores, "finished": sum(map(len, scores.values())),
+            "planned": len(online_arms(cfg)) * len(cfg.online.grid.points()),
+            "flips": {k: flips[k] for k in ("val_accuracy", "history", "train_wall_s")}}
+
+
 def select_online(run: Run) -> dict[str, Any]:
     """Search the grid for every online arm of the run (resumable), choose by the config's rule,
     write ``selection/selection.json`` and return it. Reads only ``run.train``."""
