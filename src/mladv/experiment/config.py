@@ -121,7 +121,7 @@ class OnlineGrid(Strict):
 
 
 SELECTION_RULES = {
-    "max-val-accuracy": "the grid point with the highest validation accuracy; ties (equal to "
+    "max-val-accuracy": "the grid point with the highest validation accuracy; ties (within "
                         "1e-9) go to the point listed first (eps, then steps, then fraction in "
                         "the order the grid lists them: the cheaper, smaller budget first)",
 }

@@ -136,7 +136,9 @@ def selection_table(selection: dict[str, Any]) -> tuple[list[str], list[list[str
     """Every grid point's validation accuracy, the chosen one marked."""
     head = ["arm", "eps (/255)", "steps", "fraction", "val accuracy", "val loss", "train s",
             "chosen"]
-    rows = []
+    flips = selection["flips"]
+    rows = [["none (flips, reference)", "—", "—", "—", f"{flips['val_accuracy']:.4f}",
+             f"{flips['history'][-1]['val_loss']:.4f}", f"{flips['train_wall_s']:.0f}", ""]]
     for arm, scored in selection["scores"].items():
         chosen = selection["choices"].get(arm, {}).get("point")
         for s in scored:
@@ -152,7 +154,7 @@ def convergence(selection: dict[str, Any]) -> str:
     """The flips arm's validation accuracy over the last epochs, in words."""
     hist = selection["flips"]["history"]
     acc = [h["val_accuracy"] for h in hist]
-    tail = max(2, len(acc) // 4)
+    tail = min(len(acc), max(3, len(acc) // 3))
     best = int(np.argmax(acc))
     return (f"Flips on the selection split ({selection['n_train']} train / {selection['n_val']} "
             f"validation images): validation accuracy {acc[-1]:.4f} after epoch {len(acc)}, best "
@@ -225,7 +227,7 @@ def threads_note(results: dict[str, Any]) -> str:
 
 def online_blocks(results: dict[str, Any], selection: dict[str, Any] | None) -> list[Block]:
     """The report blocks of the online arms (empty when the run has none)."""
-    if not any(ARMS[a].online for a in results["arms"]):
+    if not any(ARMS[a].online for a in results["config"]["arms"]):
         return []
     blocks: list[Block] = [("h2", "Online and AdvProp arms: the verdict"),
                            ("p", f"Rule fixed before the run: {RULE} Moonshot target: {MOONSHOT}."),

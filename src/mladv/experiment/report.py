@@ -291,8 +291,14 @@ def _intro(results: dict[str, Any]) -> list[str]:
         f"Attack options (x'_train and robustness): PGD {cfg['pgd'] or '(defaults)'}, MLAdv "
         f"{cfg['mladv'] or '(class defaults)'}; every other MLAdv setting is the class default "
         f"(the resolved settings of each x'_train are in results.json, runs[].augment.settings).",
-        f"Robustness: accuracy on {results['robust_n']} test images attacked on each arm's own "
-        f"model (MLAdv full method, PGD), and on all test images under Gaussian noise.",
+        f"Robustness: accuracy on {results['robust_n']} test images (a fixed stratified subset) "
+        f"attacked on each arm's own model: `acc_<attack>` at eps {cfg['eps']:g}/255 "
+        f"(attacks {cfg['robustness']['attacks']}, the options above), `acc_pgd_<E>` at E/255 "
+        f"(E in {cfg['robustness']['pgd_eps']}), `acc_autoattack_<E>` torchattacks AutoAttack "
+        f"(standard) at {cfg['robustness']['autoattack_eps']:g}/255 on "
+        f"{cfg['robustness']['autoattack_images']} of them (0: not run); `acc_noise_<sigma>` on "
+        f"all test images under Gaussian noise; `ece`: expected calibration error "
+        f"({cfg['robustness']['ece_bins']} bins) on all test images.",
         f"Compute: {comp['wall_s']:.0f} s wall, {comp['cpu_s']:.0f} s CPU summed over all stages "
         f"(this run folder; torch threads {comp.get('torch_threads') or 'not recorded'}; on a "
         f"shared machine the wall time includes waiting for other jobs).",
@@ -338,10 +344,11 @@ def write_report(run: Run, results: dict[str, Any],
     figures.append(("Clean and robust accuracy per arm (mean, error bar = std over seeds)",
                     figs / "accuracy.png"))
     if roc_figure(results, probs, figs / "roc.png"):
-        figures.append((f"Fig. 5: ROC curves per class, `none` vs `{FULL_METHOD}`",
+        shown = " vs ".join(f"`{a}`" for a in ("none", FULL_METHOD) if a in results["arms"])
+        figures.append((f"Fig. 5: ROC curves per class, {shown}",
                         figs / "roc.png"))
     selection = selection_so_far(run)
-    if any(ARMS[a].online for a in results["arms"]) and curve_figure(
+    if any(ARMS[a].online for a in run.cfg.arms) and curve_figure(
             results, selection, figs / "flips_curve.png"):
         figures.append(("Flips (`none`) learning curve: train loss / accuracy per epoch of each "
                         "seed, validation accuracy per epoch on the selection split",
