@@ -298,20 +298,22 @@ def test_shipped_configs_are_valid():
         assert FULL_METHOD in cfg.arms and "none" in cfg.arms
 
 
-def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
-    path = _write(tmp_path, "trian: 3\n")
+def _experiment_cli_error(tmp_path, capsys, text: str) -> str:
+    """stderr of ``mladv experiment`` on a config holding ``text``, which must exit with 2."""
+    path = _write(tmp_path, text)
     with pytest.raises(SystemExit) as exc:
         main(["experiment", str(path), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
-    err = capsys.readouterr().err
+    return str(capsys.readouterr().err)
+
+
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
+    err = _experiment_cli_error(tmp_path, capsys, "trian: 3\n")
     assert "error:" in err and "trian" in err and "Traceback" not in err
 
 
 def test_cli_refuses_bad_attack_values_before_any_work(tmp_path, capsys):
-    path = _write(tmp_path, "data: phantoms:3\narch: tiny_cnn\nmladv:\n  steps: two\n")
-    with pytest.raises(SystemExit) as exc:
-        main(["experiment", str(path), "--out", str(tmp_path / "o")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    err = _experiment_cli_error(tmp_path, capsys,
+                                "data: phantoms:3\narch: tiny_cnn\nmladv:\n  steps: two\n")
     assert "c.yaml:3: mladv: attack 'mladv': steps must be int, got 'two'" in err
     assert err.count("\n") == 1 and not (tmp_path / "o").exists()  # nothing trained or written
