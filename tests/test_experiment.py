@@ -317,3 +317,41 @@ def test_cli_refuses_bad_attack_values_before_any_work(tmp_path, capsys):
                                 "data: phantoms:3\narch: tiny_cnn\nmladv:\n  steps: two\n")
     assert "c.yaml:3: mladv: attack 'mladv': steps must be int, got 'two'" in err
     assert err.count("\n") == 1 and not (tmp_path / "o").exists()  # nothing trained or written
+
+
+def test_config_without_weights_keeps_the_resume_key_of_older_runs():
+    key = validate_config(MINI).resume_key()
+    assert "weights" not in key and "freeze_backbone" not in key
+    with_weights = validate_config({**MINI, "weights": "w.pth"}).resume_key()
+    assert with_weights["weights"] == "w.pth" and with_weights["freeze_backbone"] is False
+
+
+def test_freeze_backbone_without_weights_is_refused_at_load():
+    with pytest.raises(ValueError, match="freeze_backbone needs weights"):
+        validate_config({**MINI, "freeze_backbone": True})
+
+
+def test_experiment_starts_from_a_pretrained_backbone(tmp_path):
+    from mladv.models import build_model, head_name, load_checkpoint
+
+    torch.manual_seed(3)
+    net = build_model("tiny_cnn", 5).net  # "pretrained" elsewhere, with another head size
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    cfg = validate_config({**MINI, "arms": ["none"], "weights": str(tmp_path / "w.pth"),
+                           "freeze_backbone": True})
+    run_experiment(cfg, tmp_path / "run", log=_quiet)
+    model, _ = load_checkpoint(tmp_path / "run" / "seed-0" / "models" / "base.pt")
+    head = head_name(model.net)
+    for k, v in net.state_dict().items():
+        if not k.startswith(head):
+            assert torch.equal(model.net.state_dict()[k], v), k  # arrived, and stayed frozen
+    assert model.net.state_dict()[f"{head}.weight"].shape[0] == 3
+
+
+def test_experiment_refuses_a_missing_weights_file_before_the_data_loads(tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the data was read before the error")
+    monkeypatch.setattr("mladv.experiment.run.load_data", forbidden)
+    cfg = validate_config({**MINI, "weights": str(tmp_path / "missing.pth")})
+    with pytest.raises(ValueError, match="missing.pth"):
+        run_experiment(cfg, tmp_path / "run", log=_quiet)

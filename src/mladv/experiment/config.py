@@ -191,6 +191,8 @@ class ExperimentConfig(Strict):
     test_data: str | None = None
     image_size: int = Field(default=64, ge=IMAGE_SIZE_MIN, le=IMAGE_SIZE_MAX)
     arch: str = "resnet18"
+    weights: str | None = None  # pretrained backbone: torchvision weights name or state-dict file
+    freeze_backbone: bool = False
     seeds: PositiveInt | list[int] = 3
     eps: float = Field(default=8.0, gt=0, le=255)
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
@@ -211,6 +213,13 @@ class ExperimentConfig(Strict):
         check_arch(value)
         if isinstance(info.data.get("image_size"), int):  # per-architecture minimum size
             check_image_size(info.data["image_size"], value)
+        return value
+
+    @field_validator("freeze_backbone")
+    @classmethod
+    def _freeze_needs_weights(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("weights") is None:
+            raise ValueError("freeze_backbone needs weights: a frozen random backbone stays random")
         return value
 
     @field_validator("eps")
@@ -263,8 +272,11 @@ class ExperimentConfig(Strict):
         """What finished outputs depend on: a rerun may add seeds or arms, or change the device,
         the name, the progress bars or the data paths (the data's content is checked by hash
         instead), but nothing else."""
-        return self.model_dump(mode="json", exclude={"seeds", "arms", "device", "progress", "name",
-                                                     "data", "test_data"})
+        key = self.model_dump(mode="json", exclude={"seeds", "arms", "device", "progress", "name",
+                                                    "data", "test_data"})
+        if self.weights is None:  # runs from before pretrained backbones keep their key
+            del key["weights"], key["freeze_backbone"]
+        return key
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:

@@ -47,7 +47,7 @@ from ..crafting import attack_metrics
 from ..data import ImageSet, load_source, split_imageset
 from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..fingerprint import data_sha1
-from ..models import ImageClassifier, load_checkpoint
+from ..models import ImageClassifier, load_checkpoint, pretrained_state_dict
 from ..reuse import train_or_reuse
 from ..training import predict_logits
 from ..utils import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_dir
@@ -176,7 +176,8 @@ def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path,
     cfg = run.cfg
     model, meta, reused = train_or_reuse(
         path, arch=cfg.arch, data=data, image_size=cfg.image_size, seed=seed, device=run.device,
-        write=is_main_process(), load=lambda p: load_model(run, p),
+        weights=cfg.weights, freeze_backbone=cfg.freeze_backbone, write=is_main_process(),
+        load=lambda p: load_model(run, p),
         extra={"arm": arm, "seed": seed,
                "split": run.split_info if run.split_info["mode"] == "split" else None},
         epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
@@ -295,6 +296,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *,
 
     Returns the content of ``results.json``.
     """
+    if cfg.weights is not None:  # a bad name, file or offline download: now, before any data
+        pretrained_state_dict(cfg.arch, cfg.weights)
     if is_main_process():
         prepare_output_dir(out)
     run = prepare(cfg, out, log)

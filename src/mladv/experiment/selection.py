@@ -108,7 +108,8 @@ def train_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageSe
     accuracy and loss, and the final validation accuracy."""
     cfg, seed = run.cfg, cfg_seed(run.cfg)
     set_determinism(seed)
-    model = build_model(cfg.arch, len(train.classes)).to(run.device)
+    model = build_model(cfg.arch, len(train.classes), weights=cfg.weights,
+                        freeze_backbone=cfg.freeze_backbone).to(run.device)
     adv = online_batch(cfg, arm, point, seed) if point is not None else None
     steps = (len(train) + cfg.train.batch_size - 1) // cfg.train.batch_size
     curve = ValidationCurve(batch_transform(arm, cfg.arm_options, len(train.classes)), model,
