@@ -137,6 +137,15 @@ class ImageClassifier(nn.Module):
         return self
 
 
+def check_freeze(weights: object, freeze_backbone: bool, *, freeze_name: str = "freeze_backbone",
+                 weights_name: str = "weights") -> None:
+    """The one rule every entry point shares: freezing the backbone needs pretrained weights.
+    ``freeze_name`` / ``weights_name`` are how the caller spells them (a flag, a config key)."""
+    if freeze_backbone and weights is None:
+        raise ValueError(f"{freeze_name} needs {weights_name}: a frozen random backbone stays "
+                         "random")
+
+
 def build_model(arch: str, num_classes: int, *,
                 weights: str | os.PathLike[str] | None = None,
                 freeze_backbone: bool = False) -> ImageClassifier:
@@ -162,10 +171,8 @@ def build_model(arch: str, num_classes: int, *,
     if weights is not None:
         load_backbone(model, pretrained_state_dict(arch, weights))
         model.weights = str(weights)
+    check_freeze(weights, freeze_backbone, weights_name="pretrained weights")
     if freeze_backbone:
-        if weights is None:
-            raise ValueError("freeze_backbone needs pretrained weights: a frozen random backbone "
-                             "would stay random")
         model.freeze_backbone()
     return model
 

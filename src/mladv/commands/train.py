@@ -15,6 +15,7 @@ from ..models import (
     IMAGE_SIZE_MIN,
     build_model,
     check_arch,
+    check_freeze,
     check_image_size,
     pretrained_state_dict,
     save_checkpoint,
@@ -71,8 +72,8 @@ def train(
         raise ValueError(f"--lr must be > 0, got {lr}")
     if not 0 < test_size < 1:
         raise ValueError(f"--test-size must be in (0, 1), got {test_size}")
-    if freeze_backbone and weights is None:
-        raise ValueError("--freeze-backbone needs --weights: a frozen random backbone stays random")
+    check_freeze(weights, freeze_backbone, freeze_name="--freeze-backbone",
+                 weights_name="--weights")
     if weights is not None:
         pretrained_state_dict(arch, weights)  # a bad name, file or offline download: now, not later
     flags = {"--adv-attack": adv_attack, "--adv-eps": adv_eps, "--adv-steps": adv_steps,

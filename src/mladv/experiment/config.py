@@ -17,7 +17,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_va
 from ..attacks import MLAdv, pgd
 from ..attacks.registry import check_attack_options
 from ..configbase import Strict, dump_yaml, load_yaml_config, validate
-from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_image_size
+from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_freeze, check_image_size
 from .arms import ARMS, check_arm
 
 RUN_CONTROLLED = ("model", "eps", "seed")  # set by the experiment, not by the options dicts
@@ -218,8 +218,7 @@ class ExperimentConfig(Strict):
     @field_validator("freeze_backbone")
     @classmethod
     def _freeze_needs_weights(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("weights") is None:
-            raise ValueError("freeze_backbone needs weights: a frozen random backbone stays random")
+        check_freeze(info.data.get("weights"), value)
         return value
 
     @field_validator("eps")

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from ..attacks import ATTACKS
 from ..attacks.registry import check_attack_options
 from ..configbase import Strict, dump_yaml, load_yaml_config
-from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_image_size
+from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_freeze, check_image_size
 
 DISPLAY = {"fgsm": "FGSM", "pgd": "PGD", "mifgsm": "MI-FGSM", "pifgsm": "PI-FGSM",
            "gama": "GAMA", "rays": "RayS", "mladv": "MLAdv"}
@@ -47,9 +47,7 @@ class ModelSpec(Strict):
         if self.checkpoint and (self.weights or self.freeze_backbone):
             raise ValueError("weights / freeze_backbone are for a model trained here; a "
                              "checkpoint already holds its weights")
-        if self.freeze_backbone and not self.weights:
-            raise ValueError("freeze_backbone needs weights: a frozen random backbone stays "
-                             "random")
+        check_freeze(self.weights or None, self.freeze_backbone)
         return self
 
     @property
