@@ -155,3 +155,13 @@ def test_checkpoint_records_weights_and_reloads_without_download(weights_file, o
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), loaded.eval()(x))
+
+
+def test_frozen_checkpoint_loads_frozen_and_a_plain_one_does_not(weights_file, tmp_path):
+    for freeze in (False, True):
+        model = build_model(ARCH, 3, weights=weights_file, freeze_backbone=freeze)
+        save_checkpoint(tmp_path / "m.pt", model, classes=list("abc"), image_size=32)
+        loaded, _ = load_checkpoint(tmp_path / "m.pt")
+        trainable = {n for n, p in loaded.net.named_parameters() if p.requires_grad}
+        assert loaded.frozen is freeze
+        assert trainable == {n for n, p in model.net.named_parameters() if p.requires_grad}

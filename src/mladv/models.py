@@ -291,7 +291,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
                     arch: str | None = None, num_classes: int | None = None
                     ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``; a pretrained
-    backbone is inside the state dict, so nothing is downloaded).
+    backbone is inside the state dict, so nothing is downloaded). A checkpoint saved with a
+    frozen backbone loads frozen (``model.frozen``).
 
     Raises ``ValueError`` naming the file when it is missing, unreadable, or does not match the
     requested ``arch`` / ``num_classes``.
@@ -310,4 +311,6 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         raise ValueError(f"checkpoint {path} does not fit a {ckpt['arch']} with {n} classes: "
                          f"{str(exc).splitlines()[-1].strip()}") from None
     model.weights = ckpt.get("weights")
+    if ckpt.get("freeze_backbone"):  # further training keeps the backbone as it was trained
+        model.freeze_backbone()
     return model.to(map_location), ckpt
