@@ -125,6 +125,7 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
     steps_per_epoch = (len(data) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, pct_start=0.2,
                                                 total_steps=epochs * steps_per_epoch)
+    shard = (rank, world) if use_ddp else None
     history = []
     bar = progress_bar(epochs * steps_per_epoch, desc, "batch", enabled=progress and rank == 0)
     trained.train()
@@ -134,16 +135,8 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         for step, start in enumerate(range(0, len(data), batch_size)):
             idx = order[start:start + batch_size]
-            x, y = data.images[idx], data.labels[idx]
-            if transform is not None:
-                x, y = transform(x, y, gen)
-            weight = None
-            if use_ddp:
-                local, weight = rank_batch(torch.arange(len(idx)), rank, world)
-                x, y = x[local], y[local]
-                weight = weight.to(device, non_blocking=True)
-            x = to_device(x, device, pin_memory=pin, channels_last=channels_last)
-            y = to_device(y, device, pin_memory=pin)
+            x, y, weight = _local_batch(data, idx, transform, gen, shard, device, pin,
+                                        channels_last)
             copies = 1
             if adversarial is not None:
                 n_local = x.shape[0]
@@ -151,23 +144,12 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
                 copies = x.shape[0] // n_local
             with amp_context(device, precision):
                 logits = net(x) if adversarial is None else adversarial.forward(net, x, adv_mask)
-                if weight is None:
-                    loss = F.cross_entropy(logits, y)
-                else:
-                    per_sample = F.cross_entropy(logits, y, reduction="none")
-                    loss = (per_sample * weight).sum() * (world / (len(idx) * copies))
+                loss, row = _loss_and_totals(logits, y, weight, world / (len(idx) * copies))
             opt.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             opt.step()
             sched.step()
-            hard = y if y.dim() == 1 else y.argmax(1)
-            hits = logits.detach().argmax(1) == hard
-            if weight is None:
-                totals += torch.stack([loss.detach().double() * len(y),
-                                       hits.sum().double(), totals.new_tensor(len(y))])
-            else:
-                totals += torch.stack([(per_sample.detach().double() * weight).sum(),
-                                       (hits.double() * weight).sum(), weight.sum().double()])
+            totals += row
             bar.update(1)
             if rank == 0 and (step % 25 == 0 or step == steps_per_epoch - 1):
                 bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0].item() / totals[2].item():.3f}")
@@ -178,6 +160,44 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
         model.to(memory_format=torch.contiguous_format)
     trained.eval()
     return history
+
+
+def _local_batch(data: ImageSet, idx: Tensor, transform: BatchTransform | None,
+                 gen: torch.Generator, shard: tuple[int, int] | None, device: torch.device,
+                 pin: bool, channels_last: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(x, y, weight)`` on ``device``: the global batch ``data[idx]`` after ``transform``, cut
+    to rank ``r``'s share when ``shard = (r, world)`` (``weight``: 0 for padding repeats, None
+    without DDP)."""
+    x, y = data.images[idx], data.labels[idx]
+    if transform is not None:
+        x, y = transform(x, y, gen)
+    weight = None
+    if shard is not None:
+        local, weight = rank_batch(torch.arange(len(idx)), *shard)
+        x, y = x[local], y[local]
+        weight = weight.to(device, non_blocking=True)
+    x = to_device(x, device, pin_memory=pin, channels_last=channels_last)
+    return x, to_device(y, device, pin_memory=pin), weight
+
+
+def _loss_and_totals(logits: Tensor, y: Tensor, weight: Tensor | None,
+                     scale: float) -> tuple[Tensor, Tensor]:
+    """The loss to back-propagate and this step's ``(loss sum, correct, seen)`` row (float64).
+
+    Without ``weight``: mean cross-entropy (hard ``N`` or soft ``N x K`` labels). With it (DDP):
+    ``scale * sum_i w_i CE_i``, ``scale = world / (global rows)``, so the gradient DDP averages
+    over ranks equals the single-process mean's."""
+    hard = y if y.dim() == 1 else y.argmax(1)
+    hits = logits.detach().argmax(1) == hard
+    if weight is None:
+        loss = F.cross_entropy(logits, y)
+        row = torch.stack([loss.detach().double() * len(y), hits.sum().double(),
+                           hits.new_tensor(len(y), dtype=torch.float64)])
+        return loss, row
+    per_sample = F.cross_entropy(logits, y, reduction="none")
+    row = torch.stack([(per_sample.detach().double() * weight).sum(),
+                       (hits.double() * weight).sum(), weight.sum().double()])
+    return (per_sample * weight).sum() * scale, row
 
 
 @torch.no_grad()
