@@ -153,6 +153,18 @@ def test_cost_multiplier_is_train_time_over_flips_in_the_same_seed():
     assert cost_multiplier(results, "multi-loss") == pytest.approx(2.5)
 
 
+def test_cost_multiplier_leaves_out_seeds_run_with_other_thread_counts():
+    def row(arm, seed, wall, threads):
+        return {"arm": arm, "seed": seed, "timings": {"train_wall_s": wall, "train_cpu_s": wall,
+                                                      "torch_threads": threads}}
+    runs = [row("none", 0, 10.0, 1), row("pgd-online", 0, 30.0, 1),
+            row("none", 1, 10.0, 1), row("pgd-online", 1, 15.0, 2),
+            row("mladv-online", 0, 15.0, 2)]
+    results = {"seeds": [0, 1], "runs": runs}
+    assert cost_multiplier(results, "pgd-online") == pytest.approx(3.0)
+    assert cost_multiplier(results, "mladv-online") is None
+
+
 def test_online_arms_take_config_options_but_not_steps_or_refine():
     opts = online_options("mladv-online", {"steps": 5}, {"steps": 5, "refine": 3, "tau": 0.2})
     assert opts == {"tau": 0.2}

@@ -55,13 +55,17 @@ def best_classic(results: dict[str, Any]) -> str | None:
 
 def cost_multiplier(results: dict[str, Any], arm: str, kind: str = "wall") -> float | None:
     """Mean over seeds of the arm's training time (plus crafting x'_train, for an offline arm)
-    over the flips arm's training time in the same seed of the same run."""
+    over the flips arm's training time in the same seed of the same run. Seeds where the two ran
+    with different torch thread counts (a run resumed in another setting) are left out: their
+    ratio compares unlike settings. None when no seed is left."""
     ratios = []
     for seed in results["seeds"]:
         rows = {r["arm"]: r for r in results["runs"] if r["seed"] == seed}
         if arm not in rows or "none" not in rows:
             continue
         t = rows[arm]["timings"]
+        if t.get("torch_threads") != rows["none"]["timings"].get("torch_threads"):
+            continue
         spent = t.get(f"train_{kind}_s", 0.0) + t.get(f"craft_{kind}_s", 0.0)
         ratios.append(spent / rows["none"]["timings"][f"train_{kind}_s"])
     return float(np.mean(ratios)) if ratios else None
@@ -215,14 +219,15 @@ def how_trained(results: dict[str, Any]) -> list[str]:
 
 
 def threads_note(results: dict[str, Any]) -> str:
-    """Which torch thread counts each arm's runs used, when they differ between arms (the wall
-    ratios then compare unlike settings; the CPU ratios less so)."""
+    """Which torch thread counts each arm's runs used, when they differ between arms (the cost
+    ratios then leave out the seeds that ran with another count than flips)."""
     per_arm = {a: sorted({r["timings"].get("torch_threads") for r in results["runs"]
                           if r["arm"] == a} - {None}) for a in results["arms"]}
     if len({tuple(v) for v in per_arm.values()}) <= 1:
         return ""
     return (" The arms ran with different torch thread counts (" + ", ".join(
-        f"{a}: {v}" for a, v in per_arm.items()) + "), so read the CPU ratio.")
+        f"{a}: {v}" for a, v in per_arm.items()) + "); a cost ratio only compares runs with the "
+        "same count (n/a: none did). `benchmarks/train.py` measures every mode in one process.")
 
 
 def online_blocks(results: dict[str, Any], selection: dict[str, Any] | None) -> list[Block]:
