@@ -12,6 +12,7 @@ import yaml
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 import mladv.experiment.run as run_mod
+from experiment_helpers import run_quietly
 from mladv.cli import main
 from mladv.data import write_phantoms
 from mladv.experiment import ARMS, FULL_METHOD, classification_metrics, load_config, run_experiment
@@ -25,6 +26,7 @@ from mladv.experiment.arms import (
 from mladv.experiment.config import ArmOptions, validate_config
 from mladv.experiment.metrics import mean_std
 from mladv.experiment.report import compare
+from mladv.experiment.state import quiet_log
 from mladv.models import build_model, save_checkpoint
 
 MINI = {"name": "mini", "data": "phantoms:12", "image_size": 16, "arch": "tiny_cnn", "seeds": 1,
@@ -32,10 +34,6 @@ MINI = {"name": "mini", "data": "phantoms:12", "image_size": 16, "arch": "tiny_c
         "pgd": {"steps": 2}, "mladv": {"steps": 2},
         "augment": {"shard_size": 10, "batch_size": 8}, "robustness": {"max_images": 4},
         "progress": False}
-
-
-def _quiet(_msg: str) -> None:
-    pass
 
 
 def _without_timings(results: dict) -> dict:
@@ -50,9 +48,7 @@ def _without_timings(results: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def mini_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mini") / "run"
-    results = run_experiment(validate_config(MINI), out, log=_quiet)
-    return out, results
+    return run_quietly(tmp_path_factory, "mini", MINI)
 
 
 # -- the miniature experiment -------------------------------------------------------------------
@@ -103,11 +99,11 @@ def test_resume_after_interruption_gives_identical_results(mini_run, tmp_path, m
 
     monkeypatch.setattr(run_mod, "run_arm", crash_on_second_arm)
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(validate_config(MINI), tmp_path / "run", log=_quiet)
+        run_experiment(validate_config(MINI), tmp_path / "run", log=quiet_log)
     assert (tmp_path / "run" / "seed-0" / "results" / "none.json").is_file()
     assert not (tmp_path / "run" / "results.json").exists()
     monkeypatch.setattr(run_mod, "run_arm", real)
-    resumed = run_experiment(validate_config(MINI), tmp_path / "run", log=_quiet)
+    resumed = run_experiment(validate_config(MINI), tmp_path / "run", log=quiet_log)
     assert len(calls) == 2  # the finished arm was not run again
     assert _without_timings(resumed) == _without_timings(uninterrupted)
 
@@ -118,7 +114,7 @@ def test_rerun_with_other_settings_is_refused(mini_run, tmp_path):
     with pytest.raises(ValueError, match=r"finished piece\(s\).*other settings "
                                          r"\(config\.train\.epochs: 2 there, 3 now\).*delete"):
         run_experiment(validate_config({**MINI, "train": {**MINI["train"], "epochs": 3}}),
-                       tmp_path / "copy", log=_quiet)
+                       tmp_path / "copy", log=quiet_log)
 
 
 def test_rerun_after_a_config_fix_keeps_the_trained_base_model(mini_run, tmp_path):
@@ -134,7 +130,7 @@ def test_rerun_after_a_config_fix_keeps_the_trained_base_model(mini_run, tmp_pat
     before = base.stat().st_mtime_ns
     with pytest.raises(ValueError, match=r"1 finished piece\(s\) \(e\.g\. seed-0/models/base"):
         run_mod.prepare(validate_config({**MINI, "train": {**MINI["train"], "epochs": 3}}),
-                        tmp_path / "copy", _quiet)
+                        tmp_path / "copy", quiet_log)
     lines: list[str] = []
     fixed = validate_config({**MINI, "mladv": {"steps": 3}})
     run = run_mod.prepare(fixed, tmp_path / "copy", lines.append)
@@ -148,7 +144,7 @@ def test_rerun_after_a_config_fix_keeps_the_trained_base_model(mini_run, tmp_pat
 
 def test_checkpoint_of_another_shape_is_refused(mini_run, tmp_path):
     out, _ = mini_run
-    run = run_mod.prepare(validate_config(MINI), tmp_path / "run", _quiet)
+    run = run_mod.prepare(validate_config(MINI), tmp_path / "run", quiet_log)
     wrong = tmp_path / "wrong.pt"
     save_checkpoint(wrong, build_model("small_cnn", 2), classes=["a", "b"], image_size=16)
     with pytest.raises(ValueError, match=r"holds a small_cnn with 2 classes.*needs a tiny_cnn "
@@ -339,7 +335,7 @@ def test_experiment_starts_from_a_pretrained_backbone(tmp_path):
     torch.save(net.state_dict(), tmp_path / "w.pth")
     cfg = validate_config({**MINI, "arms": ["none"], "weights": str(tmp_path / "w.pth"),
                            "freeze_backbone": True})
-    run_experiment(cfg, tmp_path / "run", log=_quiet)
+    run_experiment(cfg, tmp_path / "run", log=quiet_log)
     model, _ = load_checkpoint(tmp_path / "run" / "seed-0" / "models" / "base.pt")
     head = head_name(model.net)
     for k, v in net.state_dict().items():
@@ -354,4 +350,4 @@ def test_experiment_refuses_a_missing_weights_file_before_the_data_loads(tmp_pat
     monkeypatch.setattr("mladv.experiment.run.load_data", forbidden)
     cfg = validate_config({**MINI, "weights": str(tmp_path / "missing.pth")})
     with pytest.raises(ValueError, match="missing.pth"):
-        run_experiment(cfg, tmp_path / "run", log=_quiet)
+        run_experiment(cfg, tmp_path / "run", log=quiet_log)

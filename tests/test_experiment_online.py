@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import mladv.experiment.selection as sel_mod
+from experiment_helpers import run_quietly
 from mladv.experiment import load_config, run_experiment
 from mladv.experiment.arms import ARMS, online_options
 from mladv.experiment.config import validate_config
@@ -15,6 +16,7 @@ from mladv.experiment.metrics import mean_std
 from mladv.experiment.online_report import best_classic, cost_multiplier, moonshot, verdict
 from mladv.experiment.run import prepare, report_experiment
 from mladv.experiment.selection import choose, select_online
+from mladv.experiment.state import quiet_log
 from mladv.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,15 +32,9 @@ ONLINE = {"name": "mini-online", "data": "phantoms:12", "image_size": 16, "arch"
           "progress": False}
 
 
-def _quiet(_msg: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def online_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("online") / "run"
-    results = run_experiment(validate_config(ONLINE), out, log=_quiet)
-    return out, results
+    return run_quietly(tmp_path_factory, "online", ONLINE)
 
 
 def test_online_arms_run_end_to_end_with_every_metric(online_run):
@@ -80,7 +76,7 @@ def test_selection_trains_each_point_once_and_resumes(online_run, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished grid point was trained again")
     monkeypatch.setattr(sel_mod, "train_point", no_training)
-    again = run_experiment(validate_config(ONLINE), out, log=_quiet)
+    again = run_experiment(validate_config(ONLINE), out, log=quiet_log)
     key = ("pgd-online", "accuracy")
     assert again["summary"][key[0]][key[1]] == results["summary"][key[0]][key[1]]
 
@@ -97,7 +93,7 @@ class Poison:
 
 def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     cfg = validate_config({**ONLINE, "arms": ["none", "pgd-advprop"], "seeds": 1})
-    run = prepare(cfg, tmp_path / "run", _quiet)
+    run = prepare(cfg, tmp_path / "run", quiet_log)
     test_rows = {tuple(x.flatten().tolist()) for x in run.test.images}
     train_rows = {tuple(x.flatten().tolist()) for x in run.train.images}
     seen: list[torch.Tensor] = []
@@ -179,12 +175,12 @@ def test_partial_report_says_so(online_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     (copy / "seed-1" / "results" / "mladv-advprop.json").unlink()
-    results = report_experiment(validate_config(ONLINE), copy, log=_quiet)
+    results = report_experiment(validate_config(ONLINE), copy, log=quiet_log)
     assert results["finished"] == 5 and results["summary"]["mladv-advprop"]["accuracy"]["n"] == 1
     assert "PARTIAL REPORT: 5 of 6" in (copy / "report.md").read_text()
     (copy / "selection" / "selection.json").unlink()  # a grid search still running
     (copy / "selection" / "pgd-online" / "eps4-steps1-fracall.json").unlink()
-    report_experiment(validate_config(ONLINE), copy, log=_quiet)
+    report_experiment(validate_config(ONLINE), copy, log=quiet_log)
     text = (copy / "report.md").read_text()
     assert "GRID SEARCH IN PROGRESS: 3 of 4 grid points" in text and "| yes |" not in text
     assert (copy / "figures" / "flips_curve.png").is_file()
@@ -221,7 +217,7 @@ def test_shipped_online_configs_are_valid():
 
 def test_grid_points_survive_a_robustness_change_but_not_a_grid_change(tmp_path):
     cfg = validate_config({**ONLINE, "arms": ["none", "pgd-online"], "seeds": 1})
-    select_online(prepare(cfg, tmp_path / "run", _quiet))
+    select_online(prepare(cfg, tmp_path / "run", quiet_log))
     lines: list[str] = []
     more_aa = {**ONLINE["robustness"], "autoattack_images": 2}
     prepare(validate_config({**ONLINE, "arms": ["none", "pgd-online"], "robustness": more_aa}),
@@ -230,4 +226,4 @@ def test_grid_points_survive_a_robustness_change_but_not_a_grid_change(tmp_path)
     other_grid = {**ONLINE["online"], "grid": {"eps": [1, 2]}}
     with pytest.raises(ValueError, match="selection/"):
         prepare(validate_config({**ONLINE, "online": other_grid, "robustness": more_aa}),
-                tmp_path / "run", _quiet)
+                tmp_path / "run", quiet_log)
