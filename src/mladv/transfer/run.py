@@ -78,7 +78,12 @@ def train_key(cfg: TransferConfig, spec: ModelSpec, train: ImageSet, seed: int
 def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, train: ImageSet,
                  folder: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """Load ``spec.checkpoint``, or reuse ``folder/<key>-<arch>.pt`` when it was trained with the
-    same settings, or train and save it. Returns the model (eval mode) and its info."""
+    same settings, or train and save it. Returns the model (eval mode) and its info.
+
+    The ``fingerprint`` that keys the crafted images: a loaded checkpoint has no recipe, so its
+    weights identify it (:func:`model_sha1`); a model trained here is identified by its recipe
+    (:func:`key_digest` of the training key), so a retrain of the same recipe on another
+    thread count (weights equal up to float rounding) keeps the images already crafted."""
     if spec.checkpoint:
         model, ckpt = load_checkpoint(spec.checkpoint, map_location=device, arch=spec.arch)
         if ckpt.get("image_size", cfg.image_size) != cfg.image_size:
