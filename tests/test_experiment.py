@@ -85,6 +85,7 @@ def test_report_files_exist_and_embed_the_figures(mini_run):
     md = (out / "report.md").read_text()
     assert "0.9641" in md and "Table 2" in md and "figures/roc.png" in md
     assert "no seed-to-seed spread" in md
+    assert "Verdicts: MLAdv (full method) against each baseline" in md
 
 
 def test_resume_after_interruption_gives_identical_results(mini_run, tmp_path, monkeypatch):

@@ -169,6 +169,12 @@ def test_online_arms_take_config_options_but_not_steps_or_refine():
         online_options("pgd-adv", {}, {})
 
 
+def test_a_run_without_the_full_method_has_no_full_method_verdict_section(online_run):
+    out, _ = online_run
+    md = (out / "report.md").read_text()
+    assert "Online and AdvProp arms: the verdict" in md and "full method" not in md
+
+
 def test_partial_report_says_so(online_run, tmp_path):
     import shutil
     out, _ = online_run
