@@ -48,8 +48,9 @@ def no_data(monkeypatch):
 def test_train_then_attack_writes_lossless_tensors_and_metrics(ckpt, tmp_path, capsys):
     assert "test_acc" in json.loads((ckpt.parent / "metrics.json").read_text())
     atk_dir = tmp_path / "atk"
-    assert run(["attack", str(ckpt), "phantoms:12", "--steps", "2",
-                "--out", str(atk_dir), "--png-previews", "2"]) == 0
+    with pytest.warns(UserWarning, match="PNG previews are 8-bit"):  # said once, not silent
+        assert run(["attack", str(ckpt), "phantoms:12", "--steps", "2",
+                    "--out", str(atk_dir), "--png-previews", "2"]) == 0
     saved = AdversarialDataset(atk_dir / "adversarial.pt").to_imageset()  # the one reader
     assert saved.images.dtype == torch.float32 and saved.images.shape[1:] == (1, 24, 24)
     assert len(saved.paths) == len(saved.labels) == len(saved) > 0
