@@ -28,10 +28,12 @@ from ..models import build_model
 from ..training import BatchTransform, predict_logits, train_classifier
 from ..utils import atomic_write_json, set_determinism
 from .arms import ARMS, batch_transform, online_options
-from .config import SELECTION_RULES, ExperimentConfig
+from .config import SELECTION_RULES, ExperimentConfig, SelectionConfig
 from .state import Run, Timer
 
 TIE = 1e-9
+SCORE_KEYS = ("point", "val_accuracy", "val_loss", "train_wall_s")  # a grid point's summary
+FLIPS_KEYS = ("val_accuracy", "history", "train_wall_s")  # the flips reference's summary
 
 
 def online_arms(cfg: ExperimentConfig) -> list[str]:
@@ -154,6 +156,16 @@ def scored_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageS
     return result
 
 
+def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: d[k] for k in keys}
+
+
+def _header(sel: SelectionConfig, train: ImageSet, val: ImageSet) -> dict[str, Any]:
+    """The fields ``selection.json`` opens with: the rule and the validation split."""
+    return {"rule": sel.rule, "rule_text": SELECTION_RULES[sel.rule], "val_size": sel.val_size,
+            "seed": sel.seed, "n_train": len(train), "n_val": len(val)}
+
+
 def selection_so_far(run: Run) -> dict[str, Any] | None:
     """``selection.json`` when the search has finished; while it runs, the same layout built
     from the finished points (``choices`` empty, ``finished`` / ``planned`` point counts); None
@@ -171,13 +183,11 @@ def selection_so_far(run: Run) -> dict[str, Any] | None:
         paths = [folder / arm / f"{point_name(p)}.json" for p in cfg.online.grid.points()]
         done = [json.loads(p.read_text()) for p in paths if p.is_file()]
         if done:
-            scores[arm] = [{k: d[k] for k in ("point", "val_accuracy", "val_loss",
-                                              "train_wall_s")} for d in done]
-    return {"rule": sel.rule, "rule_text": SELECTION_RULES[sel.rule], "val_size": sel.val_size,
-            "seed": sel.seed, "n_train": len(train), "n_val": len(val), "choices": {},
-            "scores": scores, "finished": sum(map(len, scores.values())),
+            scores[arm] = [_pick(d, SCORE_KEYS) for d in done]
+    return {**_header(sel, train, val), "choices": {}, "scores": scores,
+            "finished": sum(map(len, scores.values())),
             "planned": len(online_arms(cfg)) * len(cfg.online.grid.points()),
-            "flips": {k: flips[k] for k in ("val_accuracy", "history", "train_wall_s")}}
+            "flips": _pick(flips, FLIPS_KEYS)}
 
 
 def select_online(run: Run) -> dict[str, Any]:
@@ -190,17 +200,12 @@ def select_online(run: Run) -> dict[str, Any]:
     grid, choices = {}, {}
     for arm in online_arms(cfg):
         scored = [scored_point(run, arm, p, train, val) for p in cfg.online.grid.points()]
-        grid[arm] = [{"point": s["point"], "val_accuracy": s["val_accuracy"],
-                      "val_loss": s["val_loss"], "train_wall_s": s["train_wall_s"]}
-                     for s in scored]
+        grid[arm] = [_pick(s, SCORE_KEYS) for s in scored]
         best = choose(scored, sel.rule)
         choices[arm] = {"point": best["point"], "val_accuracy": best["val_accuracy"]}
-    out = {"rule": sel.rule, "rule_text": SELECTION_RULES[sel.rule], "val_size": sel.val_size,
-           "seed": sel.seed, "n_train": len(train), "n_val": len(val),
-           "train_sha1": data_sha1(train), "val_sha1": data_sha1(val),
+    out = {**_header(sel, train, val), "train_sha1": data_sha1(train), "val_sha1": data_sha1(val),
            "grid": cfg.online.grid.model_dump(mode="json"), "choices": choices, "scores": grid,
-           "flips": {"val_accuracy": flips["val_accuracy"], "history": flips["history"],
-                     "train_wall_s": flips["train_wall_s"]}}
+           "flips": _pick(flips, FLIPS_KEYS)}
     if is_main_process():
         atomic_write_json(out, selection_dir(run) / "selection.json")
     barrier()
