@@ -45,7 +45,7 @@ from _common import environment, timed
 from mladv.attacks import make_attack, parse_options
 from mladv.attacks.base import Attack
 from mladv.data import DataError, ImageSet, load_source, split_imageset
-from mladv.fingerprint import image_hashes
+from mladv.fingerprint import unseen_indices
 from mladv.models import build_model, load_checkpoint, save_checkpoint
 from mladv.training import train_classifier
 from mladv.utils import resolve_device
@@ -86,8 +86,7 @@ def _held_out(data: ImageSet, trained_on: list[str] | None) -> ImageSet:
     the held-out part of the split this script trains on."""
     if trained_on is None:
         return split_imageset(data, test_size=0.25, seed=0)[1]
-    seen = set(trained_on)
-    keep = [i for i, h in enumerate(image_hashes(data.images)) if h not in seen]
+    keep = unseen_indices(data.images, trained_on)
     if not keep:
         raise SystemExit("error: the checkpoint was trained on every image of --data; "
                          "give images it did not see")

@@ -15,7 +15,14 @@ from mladv.attacks import pgd
 from mladv.configbase import Strict, key_line, load_yaml_config
 from mladv.crafting import craft
 from mladv.data import make_phantoms
-from mladv.fingerprint import data_sha1, file_sha1, image_hashes, key_digest, model_sha1
+from mladv.fingerprint import (
+    data_sha1,
+    file_sha1,
+    image_hashes,
+    key_digest,
+    model_sha1,
+    unseen_indices,
+)
 from mladv.models import build_model
 from mladv.reporting import json_safe, to_html, to_markdown
 from mladv.reuse import saved_with_key, train_or_reuse
@@ -92,6 +99,14 @@ def test_image_hashes_keep_the_recorded_format():
     moved = data.images.clone()
     moved[2, 0, 5, 5] += 1 / 255
     assert image_hashes(moved) == hashes[:2] + image_hashes(moved[2:]) != hashes
+
+
+def test_unseen_indices_leave_out_exactly_the_recorded_images():
+    data = make_phantoms(3, 16, seed=1)
+    record = image_hashes(data.images[[1, 4]])
+    assert unseen_indices(data.images, record) == [i for i in range(len(data)) if i not in (1, 4)]
+    assert unseen_indices(data.images, []) == list(range(len(data)))
+    assert unseen_indices(data.images, image_hashes(data.images)) == []
 
 
 def test_one_home_for_fingerprints_without_an_import_cycle(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,3 +77,10 @@ def image_hashes(images: Tensor) -> list[str]:
         arr = q.astype(np.uint16)
         out.extend(hashlib.sha1(a.tobytes()).hexdigest()[:16] for a in arr)
     return out
+
+
+def unseen_indices(images: Tensor, trained_on: Iterable[str]) -> list[int]:
+    """Indices of the ``N x C x H x W`` ``images`` whose :func:`image_hashes` fingerprint is not
+    in ``trained_on`` (a checkpoint's record of its training images), in order."""
+    seen = set(trained_on)
+    return [i for i, h in enumerate(image_hashes(images)) if h not in seen]

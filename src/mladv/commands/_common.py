@@ -17,7 +17,7 @@ import typer
 from ..attacks import attack_options, check_attack_options, parse_options
 from ..data import ImageSet, load_source, split_imageset
 from ..distributed import is_main_process
-from ..fingerprint import image_hashes
+from ..fingerprint import unseen_indices
 from ..models import ImageClassifier, load_checkpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -159,8 +159,7 @@ def choose_split(dataset: ImageSet, ckpt: dict[str, Any], split: str, *, checkpo
         record["note"] = (f"{checkpoint} does not record its training images (written before "
                           "mladv recorded them): cannot check that they are left out")
         return chosen, record
-    seen_set = set(seen)
-    keep = [i for i, h in enumerate(image_hashes(chosen.images)) if h not in seen_set]
+    keep = unseen_indices(chosen.images, seen)
     n_seen = len(chosen) - len(keep)
     record["n_seen_in_training"] = n_seen
     if n_seen and split == "test":
