@@ -23,14 +23,10 @@ from pathlib import Path
 import torch
 
 from _common import environment
-from mladv.attacks import make_attack
-from mladv.attacks.registry import attack_options
-from mladv.augment import craft_shard
 from mladv.experiment.config import load_config
-from mladv.experiment.evaluation import autoattack_subset
+from mladv.experiment.evaluation import autoattack_subset, own_model_accuracy
 from mladv.experiment.run import load_data
 from mladv.models import load_checkpoint
-from mladv.training import accuracy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seed = int(res["seed"])
         model, _ = load_checkpoint(path.parent.parent / res["model"].split()[0])
-        atk = make_attack("pgd", model.eval(), **attack_options(
-            "pgd", eps=rob.autoattack_eps, seed=seed, options=cfg.pgd))
-        adv = craft_shard(atk, sub.images, sub.labels, seed=seed, shard=0,
-                          batch_size=rob.batch_size)
-        pgd, aa = accuracy(model, adv, sub.labels), float(res["robust"][key])
+        pgd = own_model_accuracy(model.eval(), sub, "pgd", rob.autoattack_eps, seed, cfg.pgd,
+                                 rob.batch_size)  # crafted exactly as the run's PGD columns
+        aa = float(res["robust"][key])
         rows.append({"arm": res["arm"], "seed": seed, "autoattack": aa, "pgd_same_images": pgd,
                      "masking_suspect": aa > pgd + 1e-9})
     print(json.dumps({"benchmark": "autoattack_vs_pgd", "run": str(args.run),

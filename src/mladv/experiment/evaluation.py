@@ -65,14 +65,21 @@ def calibration(probs: np.ndarray, labels: torch.Tensor, bins: int) -> float:
     return expected_calibration_error(torch.as_tensor(probs, dtype=torch.float32), labels, bins)
 
 
+def own_model_accuracy(model: ImageClassifier, images: ImageSet, name: str, eps: float,
+                       seed: int, options: dict[str, Any], batch_size: int) -> float:
+    """Accuracy on ``images`` attacked by registry attack ``name`` (``eps`` in 1/255, the
+    config's ``options``) crafted on ``model`` itself, seeded as every robustness number is."""
+    atk = make_attack(name, model, **attack_options(name, eps=eps, seed=seed, options=options))
+    adv = craft_shard(atk, images.images, images.labels, seed=seed, shard=0,
+                      batch_size=batch_size)
+    return accuracy(model, adv, images.labels)
+
+
 def attacked_accuracy(run: Run, model: ImageClassifier, name: str, eps: float, seed: int,
                       options: dict[str, Any]) -> float:
     """Accuracy on the robustness subset attacked on ``model`` itself (``eps`` in 1/255)."""
-    sub = run.test.subset(run.robust_index)
-    atk = make_attack(name, model, **attack_options(name, eps=eps, seed=seed, options=options))
-    adv = craft_shard(atk, sub.images, sub.labels, seed=seed, shard=0,
-                      batch_size=run.cfg.robustness.batch_size)
-    return accuracy(model, adv, sub.labels)
+    return own_model_accuracy(model, run.test.subset(run.robust_index), name, eps, seed, options,
+                              run.cfg.robustness.batch_size)
 
 
 def robustness(run: Run, model: ImageClassifier, seed: int) -> dict[str, float]:
