@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .base import Attack
 from .baselines import fgsm, mifgsm, pgd, pifgsm
+from .chain import Chain
 from .gama import GAMA
 from .mladv import MLAdv
 from .rays import RayS
@@ -31,6 +32,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "pifgsm": pifgsm,
     "gama": GAMA,
     "rays": RayS,
+    "chain": Chain,
 }
 
 

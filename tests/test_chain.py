@@ -1,0 +1,140 @@
+"""The adversarial transform chain (AdvChain): bounded, smooth, adversarial, reproducible, and the
+same attack from the API, the CLI and a config."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from mladv.adversarial_training import AdversarialBatch
+from mladv.attacks import attack_options, make_attack, parse_options
+from mladv.attacks.chain import (
+    TRANSFORM_NAMES,
+    Chain,
+    ChainBounds,
+    apply_chain,
+    chain_augment,
+    random_chain,
+    sample_params,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def blur_kept(delta: torch.Tensor) -> float:
+    """The share of a perturbation's energy a Gaussian blur (sigma = 1 px) keeps."""
+    return float((gaussian_blur(delta, [7, 7], [1.0, 1.0]) ** 2).sum() / (delta ** 2).sum())
+
+
+def mean_ce(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
+def test_every_parameter_stays_inside_its_bounds(tiny_trained):
+    model, x, y = tiny_trained
+    atk = Chain(model, steps=3, alpha=1.5, noise=0.02, seed=0)  # big steps: clipping must act
+    params, order, _ = atk.parameters_for(x[:32], y[:32])
+    assert sorted(order) == sorted(TRANSFORM_NAMES)
+    for name, p in params.items():
+        lo, hi = atk.bounds.limits(name)
+        assert p.shape == (32, lo.shape[0])
+        assert bool((p >= lo.float() - 1e-7).all() and (p <= hi.float() + 1e-7).all()), name
+        assert bool((p.abs() > 0.999 * hi.float().abs().max()).any()), name  # bounds reached
+
+
+def test_eps_scales_every_bound_and_eight_is_the_default(tiny_trained):
+    model = tiny_trained[0]
+    assert Chain(model).bounds == ChainBounds()
+    half = Chain(model, eps=4 / 255).bounds
+    assert half.rotation == pytest.approx(2.5) and half.gamma == pytest.approx(0.1)
+    assert half.bias_grid == ChainBounds().bias_grid  # grid sizes do not scale
+    with pytest.raises(ValueError, match="at most 32/255"):
+        Chain(model, eps=40 / 255)
+
+
+def test_bias_field_amplitude_is_bounded_between_control_points():
+    x = torch.full((2, 1, 16, 16), 0.5)
+    b = ChainBounds()
+    f = torch.tensor([[b.bias, -b.bias] * 8, [-b.bias, b.bias] * 8])  # worst-case overshoot
+    out = apply_chain(x, {"bias": f}, ["bias"], b)
+    assert float(out.max()) <= 0.5 * torch.tensor(b.bias).exp() + 1e-6
+    assert float(out.min()) >= 0.5 * torch.tensor(-b.bias).exp() - 1e-6
+
+
+def test_zero_parameters_are_the_identity():
+    x = torch.rand(3, 1, 16, 16)
+    b = ChainBounds()
+    zeros = {k: torch.zeros_like(v) for k, v in
+             sample_params(b, 3, torch.Generator().manual_seed(0)).items()}
+    assert torch.allclose(apply_chain(x, zeros, list(b.enabled()), b), x, atol=1e-5)
+
+
+def test_chain_has_no_pixel_noise_where_pgd_is_mostly_noise(tiny_trained):
+    """A light Gaussian blur keeps most of the chain's perturbation, removes most of PGD's."""
+    model, x, y = tiny_trained
+    x, y = x[:48], y[:48]
+    chained = Chain(model, seed=0)(x, y)
+    pgd = make_attack("pgd", model, eps=8 / 255, seed=0)(x, y)
+    assert blur_kept(chained - x) > 0.6
+    assert blur_kept(pgd - x) < 0.3
+
+
+def test_one_adversarial_step_raises_the_loss_above_the_random_chain(tiny_trained):
+    """Same seed: same order and starting point; the step alone makes the difference."""
+    model, x, y = tiny_trained
+    for seed in (0, 1):
+        rand = Chain(model, steps=0, seed=seed)(x, y)
+        adv = Chain(model, steps=1, seed=seed)(x, y)
+        assert mean_ce(model, adv, y) > mean_ce(model, rand, y) + 0.2
+    kl = Chain(model, loss="kl", seed=0)(x, y)
+    assert mean_ce(model, kl, y) > mean_ce(model, Chain(model, steps=0, seed=0)(x, y), y)
+
+
+def test_seeds_reproduce_and_differ(tiny_trained):
+    model, x, y = tiny_trained
+    a, b = Chain(model, seed=3)(x[:8], y[:8]), Chain(model, seed=3)(x[:8], y[:8])
+    assert torch.equal(a, b)
+    assert not torch.equal(a, Chain(model, seed=4)(x[:8], y[:8]))
+
+
+def test_random_chain_equals_the_zero_step_attack(tiny_trained):
+    model, x, y = tiny_trained
+    atk = Chain(model, steps=0, seed=5)
+    assert torch.equal(random_chain(x[:8], atk.generator()), atk(x[:8], y[:8]))
+    out, labels = chain_augment()(x[:8], y[:8], torch.Generator().manual_seed(5))
+    assert torch.equal(out, atk(x[:8], y[:8])) and torch.equal(labels, y[:8])
+
+
+def test_output_stays_in_the_unit_interval(tiny_trained):
+    model, x, y = tiny_trained
+    out = Chain(model, eps=32 / 255, noise=0.05, seed=0)(x[:16], y[:16])
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_same_options_from_cli_config_and_api(tiny_trained):
+    model = tiny_trained[0]
+    pairs = ["gamma=0.1", "rotation=3", "elastic_grid=5", "loss=kl"]
+    cli = make_attack("chain", model, **attack_options(
+        "chain", eps=4, steps=2, seed=1, options=parse_options(pairs)))
+    api = Chain(model, eps=4 / 255, steps=2, seed=1, gamma=0.1, rotation=3, elastic_grid=5,
+                loss="kl")
+    online = AdversarialBatch("chain", mode="online", eps=4 / 255, steps=2,
+                              options={"gamma": 0.1, "rotation": 3, "elastic_grid": 5,
+                                       "loss": "kl"}, seed=1)
+    online.bind(model)
+    for atk in (cli, online._attack):
+        assert isinstance(atk, Chain)
+        assert (atk.bounds, atk.steps, atk.loss) == (api.bounds, api.steps, api.loss)
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("steps", -1, "steps must be an int >= 0"), ("gamma", -0.1, "gamma must be >= 0"),
+    ("bias_grid", 1, "bias_grid must be an int >= 2"), ("loss", "l2", "loss must be one of"),
+    ("alpha", 0.0, "alpha must be in"),
+])
+def test_bad_options_are_one_line_naming_the_attack(tiny_trained, option, value, needle):
+    with pytest.raises(ValueError, match="attack 'chain'") as exc:
+        make_attack("chain", tiny_trained[0], **{option: value})
+    assert needle in str(exc.value)
