@@ -103,3 +103,12 @@ def test_image_size_has_one_range_and_per_architecture_minimums():
         assert model(torch.rand(1, 1, 32, 32)).shape == (1, 2)
         with pytest.raises(RuntimeError):
             model(torch.rand(1, 1, 24, 24))
+
+
+@pytest.mark.parametrize(("arch", "size"), [("resnet101", 32), ("resnet152", 32),
+                                            ("vgg16_bn", 32), ("vgg16_bn", 64)])
+def test_paper_models_take_one_channel_batches(arch, size):
+    """Table 1's targets (ResNet101, ResNet152, VGG16-BN): grey N x 1 x H x W -> N x K logits."""
+    model = build_model(arch, 3).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, size, size)).shape == (2, 3)

@@ -166,6 +166,11 @@ def build_model(arch: str, num_classes: int, *,
     was trained on.
 
     ``freeze_backbone`` (needs ``weights``): see :meth:`ImageClassifier.freeze_backbone`.
+
+    The paper's models: ``resnet50`` (Table 2's classifier and Table 1's source), ``resnet101``,
+    ``resnet152`` and ``vgg16_bn`` (Table 1's targets). Use ``vgg16_bn`` for VGG16 trained from
+    scratch: plain ``vgg16`` (no BatchNorm, 13 stacked convolutions) does not train from scratch
+    reliably (its loss often stays at chance without a pretrained start or a tuned warm-up).
     """
     model = ImageClassifier(arch, num_classes)
     if weights is not None:
