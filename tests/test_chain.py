@@ -2,11 +2,14 @@
 same attack from the API, the CLI and a config."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
+from experiment_helpers import run_quietly
 from mladv.adversarial_training import AdversarialBatch
 from mladv.attacks import attack_options, make_attack, parse_options
 from mladv.attacks.chain import (
@@ -18,6 +21,9 @@ from mladv.attacks.chain import (
     random_chain,
     sample_params,
 )
+from mladv.experiment import load_config
+from mladv.experiment.arms import CHAIN_ARMS, online_options
+from mladv.robustness import SHIFT_SEVERITIES, SHIFT_TRANSFORMS, shift_bounds, shifted
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,3 +144,66 @@ def test_bad_options_are_one_line_naming_the_attack(tiny_trained, option, value,
     with pytest.raises(ValueError, match="attack 'chain'") as exc:
         make_attack("chain", tiny_trained[0], **{option: value})
     assert needle in str(exc.value)
+
+
+# -- the experiment's chain arms --------------------------------------------------------------
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CHAIN_RUN = {"name": "mini-chain", "data": "phantoms:12", "image_size": 16, "arch": "small_cnn",
+             "seeds": 1, "arms": ["none", "chain-random", "chain-online", "chain-advprop"],
+             "train": {"epochs": 1, "batch_size": 16, "lr": 0.01},
+             "chain": {"rotation": 3.0},
+             "online": {"grid": {"eps": [4, 8]}, "selection": {"val_size": 0.25, "seed": 0}},
+             "robustness": {"attacks": [], "noise_sigmas": [], "max_images": 6,
+                            "acquisition_shift": True},
+             "progress": False}
+
+
+def test_chain_config_is_full_cpu_with_the_chain_arms():
+    full, chain = load_config(CONFIGS / "full-cpu.yaml"), load_config(
+        CONFIGS / "full-cpu-chain.yaml")
+    same = ("data", "image_size", "arch", "seeds", "train", "split", "pgd", "mladv")
+    assert {k: getattr(chain, k) for k in same} == {k: getattr(full, k) for k in same}
+    assert chain.arms == ["none", "trivialaugment", "pgd-advprop", *CHAIN_ARMS]
+    assert set(full.online.grid.eps) <= set(chain.online.grid.eps)  # full-cpu's PGD points too
+    assert chain.robustness.acquisition_shift and not full.robustness.acquisition_shift
+
+
+def test_new_fields_at_their_defaults_leave_the_resume_key_alone():
+    key = load_config(CONFIGS / "full-cpu.yaml").resume_key()
+    assert "chain" not in key and "acquisition_shift" not in key["robustness"]
+    assert "acquisition_shift" in load_config(CONFIGS / "full-cpu-chain.yaml").resume_key()[
+        "robustness"]
+
+
+def test_chain_random_is_chain_online_without_the_gradient():
+    assert online_options("chain-random", {}, {}, {"gamma": 0.1, "steps": 3}) == {
+        "gamma": 0.1, "steps": 0}
+    assert online_options("chain-online", {}, {}, {"gamma": 0.1, "steps": 3}) == {"gamma": 0.1}
+
+
+def test_chain_arms_run_end_to_end_with_acquisition_shift_columns(tmp_path_factory):
+    out, results = run_quietly(tmp_path_factory, "chain", CHAIN_RUN)
+    assert results["finished"] == results["planned"] == 4
+    for r in results["runs"]:
+        m = r["metrics"]
+        shifts = [k for k in m if k.startswith("shift_")]
+        assert len(shifts) == len(SHIFT_TRANSFORMS) * len(SHIFT_SEVERITIES)
+        assert m["acc_shift_mean"] == pytest.approx(sum(m[k] for k in shifts) / len(shifts))
+        assert 0.0 <= m["acc_chain"] <= 1.0
+        if r["arm"] != "none":
+            assert r["online"]["attack"] == "chain"
+            assert r["online"]["options"]["rotation"] == 3.0
+    random_run = next(r for r in results["runs"] if r["arm"] == "chain-random")
+    assert random_run["online"]["options"]["steps"] == 0
+    assert (out / "report.md").is_file()
+
+
+def test_acquisition_shift_is_exact_for_each_transform_alone():
+    x = torch.rand(4, 1, 16, 16)
+    assert shift_bounds("gamma", 2.0).enabled() == ("gamma",)
+    assert shift_bounds("affine", 4.0).rotation == pytest.approx(20.0)
+    assert shift_bounds("noise", 1.0).noise == pytest.approx(0.02)
+    assert torch.equal(shifted(x, "bias", 1.0, seed=3), shifted(x, "bias", 1.0, seed=3))
+    assert not torch.equal(shifted(x, "bias", 1.0, seed=3), x)
+    with pytest.raises(ValueError, match="unknown shift transform 'blur'"):
+        shift_bounds("blur", 1.0)

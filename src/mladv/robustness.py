@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ import torchattacks
 from torch import Tensor, nn
 
 from .attacks import eval_mode, make_attack
+from .attacks.chain import ChainBounds, random_chain
 from .crafting import craft
 from .training import predict_logits
 from .utils import model_device
@@ -151,3 +153,63 @@ def robustness_report(model: nn.Module, images: Tensor, labels: Tensor, *,
                                                     square_queries=square_queries)
         report["n_autoattack"] = int(k)
     return report
+
+
+# -- acquisition shift: a chest-X-ray analogue of ImageNet-C ------------------------------------
+SHIFT_TRANSFORMS = ("gamma", "window", "bias", "affine", "elastic", "noise")
+SHIFT_SEVERITIES = (1.0, 2.0, 4.0)  # times the chain's default bounds
+SHIFT_NOISE_SIGMA = 0.02  # the noise transform's bound at severity 1 (the chain's default is off)
+
+
+def shift_bounds(transform: str, severity: float, bounds: ChainBounds | None = None
+                 ) -> ChainBounds:
+    """The bounds of ``transform`` alone (every other amplitude 0) at ``severity`` times
+    ``bounds`` (default :class:`ChainBounds`; noise: :data:`SHIFT_NOISE_SIGMA`)."""
+    if transform not in SHIFT_TRANSFORMS:
+        raise ValueError(f"unknown shift transform {transform!r}; valid: {SHIFT_TRANSFORMS}")
+    b = bounds or ChainBounds()
+    keep = {"gamma": ("gamma",), "window": ("contrast", "brightness"), "bias": ("bias",),
+            "affine": ("rotation", "scale", "translation"), "elastic": ("elastic",),
+            "noise": ("noise",)}[transform]
+    amplitudes = ("gamma", "contrast", "brightness", "bias", "rotation", "scale", "translation",
+                  "elastic", "noise")
+    zeros: dict[str, Any] = {k: 0.0 for k in amplitudes if k not in keep}
+    alone = replace(b, **zeros)
+    if transform == "noise" and alone.noise == 0:
+        alone = replace(alone, noise=SHIFT_NOISE_SIGMA)
+    return alone.scaled(severity)
+
+
+def shifted(images: Tensor, transform: str, severity: float, seed: int = 0,
+            bounds: ChainBounds | None = None) -> Tensor:
+    """``images`` under ``transform`` alone at ``severity``: parameters drawn uniformly inside
+    the bounds of :func:`shift_bounds` (no gradient, no model), from ``seed``.
+    Shape: ``N x C x H x W`` in [0, 1] -> the same."""
+    gen = torch.Generator().manual_seed(seed)
+    return random_chain(images, gen, shift_bounds(transform, severity, bounds))
+
+
+def acquisition_shift_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *,
+                               transforms: tuple[str, ...] = SHIFT_TRANSFORMS,
+                               severities: tuple[float, ...] = SHIFT_SEVERITIES, seed: int = 0,
+                               bounds: ChainBounds | None = None) -> dict[str, float]:
+    """Accuracy of ``model`` under each acquisition transform alone at each severity
+    (``shift_<transform>_<severity>``, :func:`shifted`), and their mean (``shift_mean``).
+    The same seed gives every model the same shifted images."""
+    labels = labels.cpu()
+    out: dict[str, float] = {}
+    for t in transforms:
+        for s in severities:
+            x = shifted(images, t, s, seed, bounds)
+            out[f"shift_{t}_{s:g}"] = float(
+                (predict_logits(model, x).argmax(1) == labels).float().mean())
+    out["shift_mean"] = sum(out.values()) / len(out) if out else float("nan")
+    return out
+
+
+def chain_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float = 8 / 255,
+                   seed: int = 0, batch_size: int = 64, **options: Any) -> float:
+    """Accuracy under the adversarial chain (registry attack ``chain``, one sign step by
+    default) crafted on ``model`` itself; ``eps`` scales its bounds (8/255: the defaults)."""
+    return adversarial_accuracy(model, images, labels, "chain", eps=eps, seed=seed,
+                                batch_size=batch_size, **options)

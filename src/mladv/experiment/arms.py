@@ -24,6 +24,12 @@ Online arms (``pgd-online``, ``pgd-advprop``, ``mladv-online``, ``mladv-advprop`
 batch's adversarial rows against the *current* model during training
 (:class:`mladv.adversarial_training.AdversarialBatch`, modes ``online`` / ``advprop``); their
 eps / steps / fraction come from the validation grid search of :mod:`.selection`.
+
+The chain arms (``chain-random``, ``chain-online``, ``chain-advprop``) are online arms of attack
+``chain`` (:class:`mladv.attacks.chain.Chain`, AdvChain): the grid's eps scales the chain's bounds
+(``eps / 8`` times the defaults, so eps 8 is the documented default), the config's ``chain:``
+options set them; ``chain-random`` is the same recipe with ``steps=0`` (random parameters inside
+the same bounds, no gradient), the control that tells whether the adversarial choice helps.
 """
 from __future__ import annotations
 
@@ -56,6 +62,7 @@ class Arm:
     attack: str | None = None
     terms: dict[str, bool] = field(default_factory=dict)  # style / origin / detail / projection
     mode: str = "offline"  # offline (x'_train crafted once), online or advprop (per batch)
+    options: dict[str, Any] = field(default_factory=dict)  # fixed attack options of the arm
 
     @property
     def adversarial(self) -> bool:
@@ -100,14 +107,23 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         attack="mladv", mode="online"),
     Arm("mladv-advprop", "flips + MLAdv rows per batch through twin BatchNorm (AdvProp)",
         attack="mladv", mode="advprop"),
+    Arm("chain-random", "flips + random-chain rows per batch (the chain's transforms and bounds, "
+        "no gradient: the control of chain-online)", attack="chain", mode="online",
+        options={"steps": 0}),
+    Arm("chain-online", "flips + adversarial-chain rows (AdvChain) crafted per batch on the "
+        "current model", attack="chain", mode="online"),
+    Arm("chain-advprop", "flips + adversarial-chain rows per batch through twin BatchNorm "
+        "(AdvProp)", attack="chain", mode="advprop"),
 )}
 FULL_METHOD = "multi-loss+projection"
 BASELINES = ("none", "rotation", "mixup", "cutmix", "trivialaugment", "pgd-adv")
 ABLATIONS = ("ls", "ls+lo", "multi-loss", FULL_METHOD)
 ONLINE_ARMS = ("pgd-online", "pgd-advprop", "mladv-online", "mladv-advprop")
+CHAIN_ARMS = ("chain-random", "chain-online", "chain-advprop")
 # options the online grid sets (steps) or that keep the training module's online defaults
 # (PGD's one-step FGSM step and no random start, MLAdv's refine=0): not taken from pgd: / mladv:
-ONLINE_CONTROLLED = {"pgd": ("steps", "alpha", "random_start"), "mladv": ("steps", "refine")}
+ONLINE_CONTROLLED = {"pgd": ("steps", "alpha", "random_start"), "mladv": ("steps", "refine"),
+                     "chain": ("steps",)}
 
 
 def register_arm(arm: Arm) -> None:
@@ -159,16 +175,18 @@ def make_adversary(arm: str, model: nn.Module, *, eps: float, seed: int,
     return make_attack(spec.attack, model, eps=eps, seed=seed, **options)
 
 
-def online_options(arm: str, pgd_options: dict[str, Any],
-                   mladv_options: dict[str, Any]) -> dict[str, Any]:
+def online_options(arm: str, pgd_options: dict[str, Any], mladv_options: dict[str, Any],
+                   chain_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The attack options an online arm adds to the training module's online defaults: the
-    config's ``pgd:`` / ``mladv:`` options less those in :data:`ONLINE_CONTROLLED` (the steps
-    come from the validation grid; MLAdv keeps ``refine=0`` and PGD its one-step FGSM)."""
+    config's ``pgd:`` / ``mladv:`` / ``chain:`` options less those in :data:`ONLINE_CONTROLLED`
+    (the steps come from the validation grid; MLAdv keeps ``refine=0`` and PGD its one-step
+    FGSM), then the arm's own fixed options (``chain-random``: ``steps=0``)."""
     spec = check_arm(arm)
     if not spec.online or spec.attack is None:
         raise ValueError(f"arm {arm!r} is not an online arm")
-    given = pgd_options if spec.attack == "pgd" else mladv_options
-    return {k: v for k, v in given.items() if k not in ONLINE_CONTROLLED[spec.attack]}
+    given = {"pgd": pgd_options, "mladv": mladv_options}.get(spec.attack, chain_options or {})
+    kept = {k: v for k, v in given.items() if k not in ONLINE_CONTROLLED[spec.attack]}
+    return {**kept, **spec.options}
 
 
 # -- batch transforms ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
 from ..attacks import MLAdv, pgd
+from ..attacks.chain import Chain
 from ..attacks.registry import check_attack_options
 from ..configbase import Strict, dump_yaml, load_yaml_config, validate
 from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_freeze, check_image_size
@@ -62,6 +63,9 @@ class RobustnessConfig(Strict):
     autoattack_eps: float = Field(default=2.0, gt=0, le=255)  # 1/255 units
     autoattack_square_queries: PositiveInt = 5000  # 5000 is the standard version
     ece_bins: PositiveInt = 15
+    # accuracy per chain transform alone at 3 severities (acquisition shift) and under the
+    # adversarial chain (at severity 1, the chain: options): off by default
+    acquisition_shift: bool = False
 
     @field_validator("pgd_eps")
     @classmethod
@@ -204,6 +208,7 @@ class ExperimentConfig(Strict):
     online: OnlineConfig = Field(default_factory=lambda: OnlineConfig())
     pgd: dict[str, Any] = Field(default_factory=dict)
     mladv: dict[str, Any] = Field(default_factory=dict)
+    chain: dict[str, Any] = Field(default_factory=dict)  # the chain arms' bounds (Chain options)
     device: str = "auto"
     progress: bool = True
 
@@ -259,6 +264,11 @@ class ExperimentConfig(Strict):
     def _pgd_options(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_options(value, pgd, "pgd", "pgd")
 
+    @field_validator("chain")
+    @classmethod
+    def _chain_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_options(value, Chain.__init__, "chain", "chain")
+
     def seed_list(self) -> list[int]:
         """``seeds: 3`` -> ``[0, 1, 2]``; a list is used as given."""
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
@@ -275,6 +285,10 @@ class ExperimentConfig(Strict):
                                                     "data", "test_data"})
         if self.weights is None:  # runs from before pretrained backbones keep their key
             del key["weights"], key["freeze_backbone"]
+        if not self.chain:  # runs from before the chain arms keep their key
+            del key["chain"]
+        if not self.robustness.acquisition_shift:
+            del key["robustness"]["acquisition_shift"]
         return key
 
 

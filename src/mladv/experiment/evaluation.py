@@ -12,7 +12,12 @@ Per (seed, arm), on the test split:
 - ``acc_autoattack_<E>``: torchattacks' ``AutoAttack`` (standard version: APGD-CE, APGD-T,
   FAB-T, Square) at ``robustness.autoattack_eps`` on the first ``robustness.autoattack_images``
   of that subset in its stratified order (so the classes stay balanced);
-- ``acc_noise_<sigma>``: accuracy on every test image plus Gaussian noise, clipped to [0, 1].
+- ``acc_noise_<sigma>``: accuracy on every test image plus Gaussian noise, clipped to [0, 1];
+- with ``robustness.acquisition_shift``: ``shift_<transform>_<severity>`` (accuracy on every test
+  image under each chain transform alone at severities 1, 2, 4, random parameters:
+  :func:`mladv.robustness.acquisition_shift_accuracy`), their mean ``acc_shift_mean``, and
+  ``acc_chain``: the adversarial chain (severity 1, the ``chain:`` options) crafted on the arm's
+  own model, on the robustness subset.
 """
 from __future__ import annotations
 
@@ -26,7 +31,11 @@ from ..attacks.registry import attack_options
 from ..augment import craft_shard, derive_seed
 from ..data import ImageSet
 from ..models import ImageClassifier
-from ..robustness import autoattack_accuracy, expected_calibration_error
+from ..robustness import (
+    acquisition_shift_accuracy,
+    autoattack_accuracy,
+    expected_calibration_error,
+)
 from ..training import accuracy
 from .config import ExperimentConfig
 from .state import Run
@@ -101,4 +110,10 @@ def robustness(run: Run, model: ImageClassifier, seed: int) -> dict[str, float]:
         noise = sigma * torch.randn(run.test.images.shape, generator=gen)
         noisy = (run.test.images + noise).clamp(0, 1)
         out[f"acc_noise_{sigma:g}"] = accuracy(model, noisy, run.test.labels)
+    if rob.acquisition_shift:
+        shift = acquisition_shift_accuracy(model, run.test.images, run.test.labels,
+                                           seed=derive_seed(seed, 2000))
+        out.update({k: v for k, v in shift.items() if k != "shift_mean"})
+        out["acc_shift_mean"] = shift["shift_mean"]
+        out["acc_chain"] = attacked_accuracy(run, model, "chain", 8.0, seed, cfg.chain)
     return out

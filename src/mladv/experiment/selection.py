@@ -47,7 +47,8 @@ def online_batch(cfg: ExperimentConfig, arm: str, point: dict[str, Any],
     spec = ARMS[arm]
     adv = adversarial_from_options(spec.mode, spec.attack or "pgd", adv_eps=point["eps"],
                                    adv_steps=point["steps"], adv_fraction=point["fraction"],
-                                   options=online_options(arm, cfg.pgd, cfg.mladv), seed=seed)
+                                   options=online_options(arm, cfg.pgd, cfg.mladv, cfg.chain),
+                                   seed=seed)
     if adv is None:  # an online arm's mode is never "offline"
         raise ValueError(f"arm {arm!r} is not an online arm")
     return adv
