@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from .cache import CacheOption, as_float, cached_uint8
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
@@ -203,21 +205,29 @@ def check_classes(where: str | os.PathLike[str], classes: Sequence[str]) -> None
 
 
 def load_files(items: Sequence[tuple[Path, int, str]], classes: list[str], image_size: int, *,
-               where: str | os.PathLike[str], skip_bad: bool = False, progress: bool = False
-               ) -> ImageSet:
+               where: str | os.PathLike[str], skip_bad: bool = False, progress: bool = False,
+               cache: CacheOption = None) -> ImageSet:
     """Read ``(path, label, group)`` items into an :class:`ImageSet` of ``image_size`` squares
     (the loop every loader shares). With ``skip_bad`` unreadable files are listed in
     ``ImageSet.skipped`` and one warning instead of raising. ``where`` names the source in errors.
+
+    ``cache`` (:mod:`mladv.data.cache`, on by default; ``False`` or ``MLADV_CACHE=off`` turns it
+    off): 8-bit files are decoded once into a content-keyed uint8 cache and read from it later;
+    the resize runs after it as before, so the images are bit-identical either way.
     """
     check_classes(where, classes)
+    files = [path for path, _, _ in items]
+    eight_bit = (cached_uint8(files, cache)
+                 if all(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files) else None)
     seq: Iterable[tuple[Path, int, str]] = items
     if progress:
         from tqdm.auto import tqdm
         seq = tqdm(items, desc=f"loading {Path(where).name}", unit="img")
     images, labels, paths, groups, skipped = [], [], [], [], []
-    for path, label, group in seq:
+    for i, (path, label, group) in enumerate(seq):
         try:
-            images.append(resize_square(read_image(path), image_size, str(path)))
+            arr = read_image(path) if eight_bit is None else as_float(eight_bit[i])
+            images.append(resize_square(arr, image_size, str(path)))
         except DataError as exc:
             if not skip_bad:
                 raise
@@ -284,7 +294,8 @@ def _manifest_groups(root: Path) -> dict[str, str]:
 
 
 def load_folder(root: str | os.PathLike[str], image_size: int = 128, *, skip_bad: bool = False,
-                classes: list[str] | None = None, progress: bool = False) -> ImageSet:
+                classes: list[str] | None = None, progress: bool = False,
+                cache: CacheOption = None) -> ImageSet:
     """Load ``root/<class>/<image>`` as an :class:`ImageSet` of ``image_size`` squares.
 
     Args:
@@ -296,6 +307,8 @@ def load_folder(root: str | os.PathLike[str], image_size: int = 128, *, skip_bad
             ``ImageSet.skipped`` and in one warning, instead of raising.
         classes: expected class names (e.g. a checkpoint's); a different set is refused.
         progress: show a progress bar.
+        cache: the uint8 decode cache (see :func:`load_files`): a folder, ``False`` (off) or
+            ``None`` (``$MLADV_CACHE`` or ``~/.cache/mladv``).
 
     Raises:
         DataError: naming the path, for every problem (see README, "Bad input").
@@ -311,4 +324,4 @@ def load_folder(root: str | os.PathLike[str], image_size: int = 128, *, skip_bad
             rel = path.relative_to(root).as_posix()
             items.append((path, label, groups_by_file.get(rel, rel)))
     return load_files(items, found_classes, image_size, where=root, skip_bad=skip_bad,
-                      progress=progress)
+                      progress=progress, cache=cache)
