@@ -1,0 +1,108 @@
+"""``mladv evaluate``: the robustness report card of a model (:mod:`mladv.evaluate`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..attacks import parse_options
+from ..data import load_source, split_imageset
+from ..evaluate import CardOptions, evaluate_imageset, model_from_state_dict, write_card
+from ..models import check_arch, check_image_size
+from ..utils import prepare_output_dir, resolve_device, set_determinism
+from ._common import DATA_HELP, checkpoint_and_split, interrupt_message
+
+INTERRUPTED = ("interrupted: the report is written only when every number is measured (mladv "
+               "evaluate does not resume); rerun the same command to start again")
+
+
+def _inputs(inputs: list[str], arch: str | None, state_dict: Path | None) -> tuple[str | None, str]:
+    """``(checkpoint, data)`` from the positional arguments; one line for a bad combination."""
+    if (arch is None) != (state_dict is None):
+        raise ValueError("--arch and --state-dict go together (a torchvision architecture "
+                         "name and a local state-dict file of it)")
+    if state_dict is not None:
+        if len(inputs) != 1:
+            raise ValueError(f"with --state-dict give DATA only, got {len(inputs)} arguments")
+        return None, inputs[0]
+    if len(inputs) != 2:
+        raise ValueError(f"expected CHECKPOINT DATA (or --arch NAME --state-dict FILE DATA), "
+                         f"got {len(inputs)} argument(s)")
+    return inputs[0], inputs[1]
+
+
+@interrupt_message(INTERRUPTED)
+def evaluate(
+    inputs: list[str] = typer.Argument(..., metavar="[CHECKPOINT] DATA", help=(
+        "A model.pt written by 'mladv train' (or 'mladv experiment'), then the data. With "
+        "--arch / --state-dict: the data only. " + DATA_HELP)),
+    arch: str | None = typer.Option(None, help="torchvision architecture of --state-dict, "
+                                    "e.g. resnet18."),
+    state_dict: Path | None = typer.Option(None, "--state-dict", help=(
+        "A local state-dict file of --arch (a model trained elsewhere; classes: the data's, "
+        "its head must have as many outputs).")),
+    image_size: int | None = typer.Option(None, help="Default: the checkpoint's; 224 with "
+                                          "--state-dict."),
+    split: str | None = typer.Option(None, help="'test' (default for a checkpoint: its "
+                                     "held-out split) or 'all' (default with --state-dict)."),
+    pgd_eps: list[float] = typer.Option([2.0, 8.0], "--pgd-eps", help="Own-model PGD budget, "
+                                        "1/255 units (repeatable)."),
+    pgd_steps: int = typer.Option(10, min=1),
+    max_images: int = typer.Option(64, min=1, help="Fixed seeded subset for the attacks."),
+    autoattack_images: int = typer.Option(0, min=0, help="AutoAttack (standard, 2/255) on "
+                                          "this many images of the subset (0: off; slow)."),
+    bm3d_images: int = typer.Option(0, min=0, help="BM3D-denoised accuracy on this many "
+                                    "images of the subset (0: off; ~1 s per image)."),
+    mladv: bool = typer.Option(True, "--mladv/--no-mladv", help="Own-model MLAdv at 8/255."),
+    chain: bool = typer.Option(True, "--chain/--no-chain", help="The adversarial chain."),
+    shift: bool = typer.Option(True, "--shift/--no-shift", help="Acquisition shift per "
+                               "transform and severity."),
+    chain_option: list[str] | None = typer.Option(None, "--chain-option", help=(
+        "A chain option, KEY=VALUE (repeatable), e.g. --chain-option rotation=3.")),
+    batch_size: int = typer.Option(32, min=1),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("runs/evaluate")),
+    device: str = typer.Option("auto"),
+    skip_bad: bool = typer.Option(False),
+) -> None:
+    """The robustness report card of a model: clean accuracy, macro-F1, ECE, own-model PGD,
+    MLAdv, the adversarial chain, AutoAttack, acquisition shift, BM3D; OUT/report.json,
+    OUT/report.md, OUT/shift.png."""
+    checkpoint, data = _inputs(inputs, arch, state_dict)
+    if split not in (None, "test", "all"):
+        raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
+    if arch is not None:
+        check_arch(arch)
+    if image_size is not None:
+        check_image_size(image_size, arch, option="--image-size")
+    opts = CardOptions(pgd_eps=tuple(pgd_eps), pgd_steps=pgd_steps, max_images=max_images,
+                       mladv=mladv, chain=chain, shift=shift,
+                       autoattack_images=autoattack_images, bm3d_images=bm3d_images,
+                       batch_size=batch_size, seed=seed,
+                       chain_options=parse_options(chain_option or []))
+    opts.check()
+    prepare_output_dir(out)
+    set_determinism(seed)
+    dev = resolve_device(device)
+    if checkpoint is not None:
+        model, dataset, record = checkpoint_and_split(Path(checkpoint), data, split or "test",
+                                                      device=dev, skip_bad=skip_bad)
+        source = {"checkpoint": checkpoint, **{k: v for k, v in record.items() if k != "note"}}
+    else:
+        assert arch is not None and state_dict is not None  # _inputs checked them
+        model = model_from_state_dict(arch, state_dict).to(dev)
+        dataset = load_source(data, image_size or 224, skip_bad=skip_bad)
+        if (split or "all") == "test":
+            dataset = split_imageset(dataset, seed=0)[1]
+        source = {"arch": arch, "state_dict": str(state_dict), "split": split or "all"}
+    card = evaluate_imageset(model, dataset, opts)
+    card["source"] = {**source, "data": data}
+    write_card(card, out)
+    m = card["metrics"]
+    typer.echo(f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f}"
+               + "".join(f", {k} {m[k]:.3f}" for k in ("chain", "shift_mean") if k in m)
+               + f"; wrote {out / 'report.md'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)

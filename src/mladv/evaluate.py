@@ -1,0 +1,252 @@
+"""The robustness report card of any classifier (``mladv evaluate``): one JSON, one Markdown page,
+one figure, every number through :mod:`mladv.robustness` (the functions the experiment's
+robustness columns use).
+
+The card, for a model on labelled images:
+
+- clean: ``accuracy``, ``macro_f1`` (unweighted mean of per-class F1), ``ece`` (15 bins, Guo et
+  al. 2017) on every image;
+- white-box, crafted on the model itself, on a fixed seeded subset of ``max_images``:
+  ``pgd_<E>`` (PGD-``pgd_steps``, step E/4, random start, at each E/255 of ``pgd_eps``),
+  ``mladv`` (MLAdv at 8/255, its defaults), ``chain`` (the adversarial chain at its default
+  bounds, one step), ``autoattack_<E>`` (standard AutoAttack on the first ``autoattack_images``
+  of the subset; 0: not run);
+- acquisition shift on every image: ``shift_<transform>_<severity>`` (each chain transform alone
+  at severities 1, 2, 4 times its default bounds, random parameters), ``shift_mean``;
+- BM3D (``bm3d_images`` > 0): accuracy on BM3D-denoised clean images (``bm3d_clean``) and
+  denoised PGD images at the largest eps (``bm3d_pgd_<E>``), the first ``bm3d_images`` of the
+  subset (sigma ``bm3d_sigma``).
+
+Examples::
+    >>> card = report_card(model, images, labels, classes, CardOptions(max_images=64))
+    >>> write_card(card, "runs/evaluate")      # report.json, report.md, shift.png
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sklearn.metrics import f1_score
+from torch import Tensor, nn
+
+from .attacks import check_attack_options, make_attack
+from .crafting import craft
+from .data import ImageSet
+from .denoise import bm3d_denoise
+from .models import ImageClassifier, check_arch, head_name, pretrained_state_dict
+from .robustness import (
+    SHIFT_SEVERITIES,
+    SHIFT_TRANSFORMS,
+    acquisition_shift_accuracy,
+    adversarial_accuracy,
+    autoattack_accuracy,
+    chain_accuracy,
+    expected_calibration_error,
+    fixed_subset,
+)
+from .training import predict_logits
+from .utils import atomic_path, atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """What the report card measures (eps in 1/255 units). See the module docstring."""
+
+    pgd_eps: tuple[float, ...] = (2.0, 8.0)
+    pgd_steps: int = 10
+    max_images: int | None = 64
+    mladv: bool = True
+    chain: bool = True
+    shift: bool = True
+    severities: tuple[float, ...] = SHIFT_SEVERITIES
+    autoattack_images: int = 0
+    autoattack_eps: float = 2.0
+    square_queries: int = 5000
+    bm3d_images: int = 0
+    bm3d_sigma: float = 0.05
+    ece_bins: int = 15
+    batch_size: int = 32
+    seed: int = 0
+    chain_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """One ``ValueError`` line naming the first bad option (before any compute)."""
+        if any(not 0 < e <= 255 for e in self.pgd_eps):
+            raise ValueError(f"--pgd-eps are in 1/255 units, each in (0, 255], got "
+                             f"{list(self.pgd_eps)}")
+        for name in ("pgd_steps", "batch_size", "ece_bins", "square_queries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("autoattack_images", "bm3d_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
+        if not 0 < self.autoattack_eps <= 255 or not self.bm3d_sigma > 0:
+            raise ValueError("autoattack_eps must be in (0, 255] and bm3d_sigma > 0")
+        if self.chain:
+            check_attack_options("chain", self.chain_options)
+
+
+def macro_f1(pred: Tensor, labels: Tensor, num_classes: int) -> float:
+    """Unweighted mean over the ``num_classes`` classes of per-class F1 (a class never predicted
+    nor present counts 0). Shape: pred, labels ``N``."""
+    return float(f1_score(labels.numpy(), pred.numpy(), labels=list(range(num_classes)),
+                          average="macro", zero_division=0))
+
+
+def _accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
+    return float((predict_logits(model, images).argmax(1) == labels.cpu()).float().mean())
+
+
+def _bm3d(model: nn.Module, x: Tensor, y: Tensor, opts: CardOptions) -> dict[str, float]:
+    """Accuracy on BM3D-denoised clean and PGD (largest eps) images."""
+    eps = max(opts.pgd_eps)
+    atk = make_attack("pgd", model, eps=eps / 255, steps=opts.pgd_steps, seed=opts.seed)
+    adv = craft(atk, x, y, batch_size=opts.batch_size, progress=False)
+    workers = 1 if x.shape[0] < 4 else None
+    return {"bm3d_clean": _accuracy(model, bm3d_denoise(x, opts.bm3d_sigma, workers=workers), y),
+            f"bm3d_pgd_{eps:g}": _accuracy(model, bm3d_denoise(adv, opts.bm3d_sigma,
+                                                               workers=workers), y)}
+
+
+def report_card(model: nn.Module, images: Tensor, labels: Tensor, classes: list[str],
+                opts: CardOptions | None = None) -> dict[str, Any]:
+    """Every number of the module docstring for ``model`` on ``images`` (``N x C x H x W`` in
+    [0, 1]) with ``labels`` (``N``): ``{"n", "n_robust", "options", "metrics": {...}}``."""
+    opts = opts or CardOptions()
+    opts.check()
+    labels = labels.cpu()
+    probs = predict_logits(model, images).softmax(1)
+    m: dict[str, Any] = {
+        "accuracy": float((probs.argmax(1) == labels).float().mean()),
+        "macro_f1": macro_f1(probs.argmax(1), labels, len(classes)),
+        "ece": expected_calibration_error(probs, labels, opts.ece_bins)}
+    sub = fixed_subset(images.shape[0], opts.max_images, opts.seed)
+    x, y = images[sub], labels[sub]
+    common = {"seed": opts.seed, "batch_size": opts.batch_size}
+    for eps in opts.pgd_eps:
+        m[f"pgd_{eps:g}"] = adversarial_accuracy(model, x, y, "pgd", eps=eps / 255,
+                                                 steps=opts.pgd_steps, **common)
+    if opts.mladv:
+        m["mladv"] = adversarial_accuracy(model, x, y, "mladv", eps=8 / 255, **common)
+    if opts.chain:
+        m["chain"] = chain_accuracy(model, x, y, **common, **opts.chain_options)
+    if opts.autoattack_images:
+        k = min(opts.autoattack_images, x.shape[0])
+        m[f"autoattack_{opts.autoattack_eps:g}"] = autoattack_accuracy(
+            model, x[:k], y[:k], eps=opts.autoattack_eps / 255, square_queries=opts.square_queries,
+            **common)
+    if opts.shift:
+        m.update(acquisition_shift_accuracy(model, images, labels, severities=opts.severities,
+                                            seed=opts.seed))
+    if opts.bm3d_images:
+        k = min(opts.bm3d_images, x.shape[0])
+        m.update(_bm3d(model, x[:k], y[:k], opts))
+    return {"n": int(images.shape[0]), "n_robust": int(sub.shape[0]), "classes": classes,
+            "options": asdict(opts), "metrics": m}
+
+
+# -- the model: our checkpoint, or a torchvision architecture with a local state dict -----------
+def model_from_state_dict(arch: str, path: str | os.PathLike[str]) -> ImageClassifier:
+    """A torchvision ``arch`` holding the state dict in ``path`` (any head size: the number of
+    classes is read from the head's weight). The wrapper repeats grey images to 3 channels and
+    normalises with ImageNet's mean / std, as torchvision models expect. One ``ValueError``
+    naming the file when it does not fit ``arch``."""
+    check_arch(arch)
+    state = pretrained_state_dict(arch, Path(path))
+    head = head_name(ImageClassifier(arch, 2).net)
+    weight = state.get(f"{head}.weight")
+    if weight is None:
+        raise ValueError(f"{path}: no {head}.weight in the state dict: not a {arch}")
+    model = ImageClassifier(arch, int(weight.shape[0]))
+    try:
+        model.net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} does not fit a {arch}: "
+                         f"{str(exc).splitlines()[-1].strip() or exc}") from None
+    return model.eval()
+
+
+def evaluate_imageset(model: nn.Module, data: ImageSet, opts: CardOptions | None = None
+                      ) -> dict[str, Any]:
+    """:func:`report_card` on an :class:`~mladv.data.ImageSet` (its number of classes must be
+    the model's)."""
+    k = getattr(model, "num_classes", None)
+    if isinstance(k, int) and k != len(data.classes):
+        raise ValueError(f"the model has {k} classes, the data {len(data.classes)} "
+                         f"({data.classes})")
+    return report_card(model, data.images, data.labels, list(data.classes), opts)
+
+
+# -- writing it -----------------------------------------------------------------------------
+def card_markdown(card: dict[str, Any], title: str = "Robustness report card") -> str:
+    """The card as a Markdown page: headline table, white-box table, shift table, figure."""
+    m, o = card["metrics"], card["options"]
+    lines = [f"# {title}", "",
+             f"{card['n']} images, classes {card['classes']}; white-box attacks on "
+             f"{card['n_robust']} of them (fixed subset, seed {o['seed']}), crafted on the "
+             f"model itself.", "",
+             "| metric | value |", "|---|---|",
+             f"| accuracy | {m['accuracy']:.4f} |", f"| macro-F1 | {m['macro_f1']:.4f} |",
+             f"| ECE ({o['ece_bins']} bins) | {m['ece']:.4f} |"]
+    names = {**{f"pgd_{e:g}": f"PGD-{o['pgd_steps']} at {e:g}/255" for e in o["pgd_eps"]},
+             "mladv": "MLAdv at 8/255", "chain": "adversarial chain (default bounds, 1 step)",
+             f"autoattack_{o['autoattack_eps']:g}":
+                 f"AutoAttack (standard) at {o['autoattack_eps']:g}/255 on "
+                 f"{min(o['autoattack_images'], card['n_robust'])} images",
+             "shift_mean": "acquisition shift, mean over transforms and severities",
+             "bm3d_clean": f"BM3D-denoised clean (sigma {o['bm3d_sigma']:g})",
+             f"bm3d_pgd_{max(o['pgd_eps'], default=0):g}": "BM3D-denoised PGD (largest eps)"}
+    lines += [f"| {label} | {m[key]:.4f} |" for key, label in names.items() if key in m]
+    shifts = [t for t in SHIFT_TRANSFORMS if any(k.startswith(f"shift_{t}_") for k in m)]
+    if shifts:
+        sev = o["severities"]
+        lines += ["", "## Acquisition shift (accuracy; each transform alone, random parameters "
+                  "inside severity x its default bounds)", "",
+                  "| transform | " + " | ".join(f"severity {s:g}" for s in sev) + " |",
+                  "|---|" + "---|" * len(sev)]
+        lines += [f"| {t} | " + " | ".join(f"{m[f'shift_{t}_{s:g}']:.4f}" for s in sev) + " |"
+                  for t in shifts]
+        lines += ["", "![accuracy under acquisition shift](shift.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def shift_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Accuracy against severity, one line per transform; clean and adversarial-chain
+    accuracy as horizontal lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m, sev = card["metrics"], card["options"]["severities"]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for t in SHIFT_TRANSFORMS:
+        if f"shift_{t}_{sev[0]:g}" in m:
+            ax.plot(sev, [m[f"shift_{t}_{s:g}"] for s in sev], marker="o", label=t)
+    ax.axhline(m["accuracy"], color="k", lw=1, label="clean")
+    if "chain" in m:
+        ax.axhline(m["chain"], color="r", lw=1, ls="--", label="adversarial chain")
+    ax.set(xlabel="severity (x default bounds)", ylabel="accuracy", ylim=(0, 1.02),
+           xticks=list(sev))
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_card(card: dict[str, Any], out: str | os.PathLike[str], title: str =
+               "Robustness report card") -> list[Path]:
+    """``out/report.json``, ``out/report.md`` and (with shift numbers) ``out/shift.png``."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(card, folder / "report.json")
+    atomic_write_text(card_markdown(card, title), folder / "report.md")
+    written = [folder / "report.json", folder / "report.md"]
+    if any(k.startswith("shift_") for k in card["metrics"]):
+        shift_figure(card, folder / "shift.png")
+        written.append(folder / "shift.png")
+    return written
