@@ -1,9 +1,15 @@
 """Training and prediction loops for :class:`~mladv.models.ImageClassifier`.
 
-Speed and scale options (all off by default, so results are unchanged unless asked for):
-``precision="bf16"`` (autocast), ``channels_last``, pinned memory with non-blocking copies (on
-by default on CUDA), and data-parallel training (DDP) whenever ``torch.distributed`` is
-initialised with more than one process (e.g. under ``torchrun``; see :mod:`mladv.distributed`).
+Speed and scale options: ``precision`` (``"bf16"`` autocast) and ``channels_last``, both
+``"auto"`` by default in :func:`train_classifier` (on for CUDA models, off on the CPU, so CPU
+results are bit-identical to the float32 loop), ``compile_model`` (``torch.compile``, off by
+default), pinned memory with non-blocking copies (on by default on CUDA), and data-parallel
+training (DDP) whenever ``torch.distributed`` is initialised with more than one process (e.g.
+under ``torchrun``; see :mod:`mladv.distributed`).
+
+Each batch is gathered from the in-memory images, copied to the model's device, and augmented
+there by the batch transform in one call on the whole ``N x C x H x W`` tensor (its random draws
+come from the CPU generator ``gen``, so a batch's augmentation does not depend on the device).
 
 Adversarial training per batch (``online`` / ``advprop``, :mod:`mladv.adversarial_training`):
 pass ``adversarial=AdversarialBatch(...)`` to :func:`train_classifier`.
@@ -26,14 +32,17 @@ from .utils import model_device, progress_bar
 BatchTransform = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
 Precision = Literal["fp32", "bf16"]
 PRECISIONS = ("fp32", "bf16")
+TrainPrecision = Literal["fp32", "bf16", "auto"]
+Auto = Literal["auto"]
 __all__ = ["MODES", "AdversarialBatch", "BatchTransform", "Precision", "accuracy",
            "adversarial_from_options", "amp_context", "predict_logits", "random_hflip",
+           "resolve_speed",
            "to_device", "train_classifier"]
 
 
 def random_hflip(images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Flip each image left-right with probability 1/2 (the default "flips only" augmentation)."""
-    flip = torch.rand(images.shape[0], generator=gen) < 0.5
+    flip = (torch.rand(images.shape[0], generator=gen) < 0.5).to(images.device)
     images = images.clone()
     images[flip] = images[flip].flip(-1)
     return images, labels
@@ -68,20 +77,38 @@ def to_device(x: Tensor, device: torch.device, *, pin_memory: bool = False,
     return x
 
 
+def resolve_speed(device: torch.device, precision: TrainPrecision = "auto",
+                  channels_last: bool | Auto = "auto") -> tuple[Precision, bool]:
+    """``(precision, channels_last)`` for a model on ``device``: ``"auto"`` means bf16 autocast
+    and channels_last on CUDA, float32 and the default memory format elsewhere (the CPU loop's
+    numbers stay those of the float32 loop). One ``ValueError`` for anything else."""
+    if precision not in (*PRECISIONS, "auto"):
+        raise ValueError(f"precision must be one of {(*PRECISIONS, 'auto')}, got {precision!r}")
+    if channels_last != "auto" and not isinstance(channels_last, bool):
+        raise ValueError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
+    cuda = device.type == "cuda"
+    chosen: Precision = ("bf16" if cuda else "fp32") if precision == "auto" else precision
+    return chosen, cuda if channels_last == "auto" else bool(channels_last)
+
+
 def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batch_size: int = 32,
                      lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
                      transform: BatchTransform | None = random_hflip, progress: bool = True,
-                     desc: str = "train", precision: Precision = "fp32",
-                     channels_last: bool = False, pin_memory: bool | None = None,
-                     distributed: bool | None = None,
+                     desc: str = "train", precision: TrainPrecision = "auto",
+                     channels_last: bool | Auto = "auto", pin_memory: bool | None = None,
+                     distributed: bool | None = None, compile_model: bool = False,
                      adversarial: AdversarialBatch | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place with AdamW and a one-cycle schedule; returns one dict per epoch
     (``epoch``, ``loss``, ``train_acc``). Labels may be soft (``N x K``) when a transform mixes
     images (mixup / CutMix).
 
     Args:
-        precision: ``"fp32"`` or ``"bf16"`` (autocast around forward and loss).
-        channels_last: put the model and the batches in channels_last memory format.
+        precision: ``"fp32"``, ``"bf16"`` (autocast around forward and loss) or ``"auto"``
+            (bf16 on CUDA, fp32 elsewhere; :func:`resolve_speed`).
+        channels_last: put the model and the batches in channels_last memory format
+            (``"auto"``: on CUDA only).
+        compile_model: train through ``torch.compile(model)`` (same parameters; the first
+            batches pay the compilation).
         pin_memory: pinned host memory + non-blocking copies; default on for CUDA models.
         distributed: data-parallel training across the processes of the initialised default
             process group; default: on when one with more than one process exists.
@@ -106,8 +133,8 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
         raise ValueError("cannot train on an empty data set")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    amp_context("cpu", precision)  # validates precision before any work
     device = model_device(model)
+    precision, channels_last = resolve_speed(device, precision, channels_last)
     pin = device.type == "cuda" if pin_memory is None else pin_memory
     use_ddp = is_distributed() if distributed is None else distributed and is_distributed()
     rank, world = rank_and_world() if use_ddp else (0, 1)
@@ -115,9 +142,11 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
         model.to(memory_format=torch.channels_last)
     trained = model if adversarial is None else adversarial.bind(model)  # checks attack options
     net: nn.Module = trained
+    if compile_model:
+        net = torch.compile(trained)  # type: ignore[assignment]
     if use_ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(trained, device_ids=[device] if device.type == "cuda" else None,
+        net = DDP(net, device_ids=[device] if device.type == "cuda" else None,
                   find_unused_parameters=adversarial is not None and adversarial.mode == "advprop")
 
     gen = torch.Generator().manual_seed(seed)
@@ -165,19 +194,24 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
 def _local_batch(data: ImageSet, idx: Tensor, transform: BatchTransform | None,
                  gen: torch.Generator, shard: tuple[int, int] | None, device: torch.device,
                  pin: bool, channels_last: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(x, y, weight)`` on ``device``: the global batch ``data[idx]`` after ``transform``, cut
-    to rank ``r``'s share when ``shard = (r, world)`` (``weight``: 0 for padding repeats, None
-    without DDP)."""
-    x, y = data.images[idx], data.labels[idx]
+    """``(x, y, weight)`` on ``device``: the global batch ``data[idx]`` copied to ``device``,
+    augmented there by ``transform`` in one call on the whole batch, cut to rank ``r``'s share
+    when ``shard = (r, world)`` (``weight``: 0 for padding repeats, None without DDP).
+
+    Shapes: ``x`` ``n x C x H x W``, ``y`` ``n`` (or ``n x K`` soft labels after mixing)."""
+    x = to_device(data.images[idx], device, pin_memory=pin)
+    y = to_device(data.labels[idx], device, pin_memory=pin)
     if transform is not None:
         x, y = transform(x, y, gen)
     weight = None
     if shard is not None:
         local, weight = rank_batch(torch.arange(len(idx)), *shard)
+        local = local.to(device)
         x, y = x[local], y[local]
         weight = weight.to(device, non_blocking=True)
-    x = to_device(x, device, pin_memory=pin, channels_last=channels_last)
-    return x, to_device(y, device, pin_memory=pin), weight
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y, weight
 
 
 def _loss_and_totals(logits: Tensor, y: Tensor, weight: Tensor | None,

@@ -220,7 +220,7 @@ def rotation_transform(degrees: float, central_p: float) -> BatchTransform:
         x, y = random_hflip(x, y, gen)
         angles = (torch.rand(x.shape[0], generator=gen) * 2 - 1) * degrees
         x = rotate_batch(x, angles)
-        central = torch.rand(x.shape[0], generator=gen) < central_p
+        central = (torch.rand(x.shape[0], generator=gen) < central_p).to(x.device)
         x[central] = x[central].flip(-1, -2)
         return x, y
     return transform
