@@ -23,6 +23,7 @@ from mladv.attacks.chain import (
 )
 from mladv.experiment import load_config
 from mladv.experiment.arms import CHAIN_ARMS, online_options
+from mladv.experiment.chain_report import chain_moonshot
 from mladv.robustness import SHIFT_SEVERITIES, SHIFT_TRANSFORMS, shift_bounds, shifted
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -195,7 +196,9 @@ def test_chain_arms_run_end_to_end_with_acquisition_shift_columns(tmp_path_facto
             assert r["online"]["options"]["rotation"] == 3.0
     random_run = next(r for r in results["runs"] if r["arm"] == "chain-random")
     assert random_run["online"]["options"]["steps"] == 0
-    assert (out / "report.md").is_file()
+    report = (out / "report.md").read_text()
+    assert "Chain arms (realistic adversarial transforms): the verdict" in report
+    assert "`chain-online`: fewer than two seeds finished" in report  # one seed: no spread
 
 
 def test_acquisition_shift_is_exact_for_each_transform_alone():
@@ -207,3 +210,23 @@ def test_acquisition_shift_is_exact_for_each_transform_alone():
     assert not torch.equal(shifted(x, "bias", 1.0, seed=3), x)
     with pytest.raises(ValueError, match="unknown shift transform 'blur'"):
         shift_bounds("blur", 1.0)
+
+
+def _stat(mean: float, std: float) -> dict[str, float | int]:
+    return {"mean": mean, "std": std, "n": 3}
+
+
+@pytest.mark.parametrize("acc, shift, met", [
+    (0.83, 0.60, True),    # clean gain +0.03 > spread 0.01
+    (0.805, 0.71, True),   # tie (+0.005 within 0.01) and shift +0.11 >= 0.10
+    (0.805, 0.69, False),  # tie, shift +0.09
+    (0.78, 0.90, False),   # clean loss beyond the spread, whatever the shift
+])
+def test_chain_moonshot_follows_the_fixed_rule(acc, shift, met):
+    results = {"arms": ["none", "chain-online"], "config": {"arms": ["none", "chain-online"]},
+               "summary": {"none": {"accuracy": _stat(0.80, 0.01), "acc_shift_mean":
+                                    _stat(0.60, 0.01)},
+                           "chain-online": {"accuracy": _stat(acc, 0.01),
+                                            "acc_shift_mean": _stat(shift, 0.01)}}}
+    (line,) = chain_moonshot(results)
+    assert line.endswith("MET.") if met else line.endswith("NOT met."), line

@@ -19,6 +19,7 @@ from ..reporting import Block, csv_text
 from ..reporting import write_report as write_blocks
 from ..utils import atomic_path, atomic_write_json, atomic_write_text
 from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
+from .chain_report import chain_blocks
 from .metrics import TABLE2_METRICS, mean_std, roc_per_class
 from .online_report import curve_figure, online_blocks
 from .selection import selection_so_far
@@ -314,7 +315,7 @@ def report_blocks(results: dict[str, Any], figures: list[tuple[str, Path]],
         blocks.append(("p", f"PARTIAL REPORT: {results['finished']} of {results['planned']} "
                             f"(seed, arm) runs have finished; the numbers below cover those only "
                             f"(column `seeds` / n per arm). Rerun the same command to resume."))
-    blocks += online_blocks(results, selection)
+    blocks += chain_blocks(results) + online_blocks(results, selection)
     blocks += [("h2", "Table 2: clean test metrics by training set"), ("table", *table2(results))]
     if FULL_METHOD in results["arms"]:  # an online-only comparison has its verdict above
         blocks += [("h2", "Verdicts: MLAdv (full method) against each baseline"),
