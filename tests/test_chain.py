@@ -230,3 +230,31 @@ def test_chain_moonshot_follows_the_fixed_rule(acc, shift, met):
                                             "acc_shift_mean": _stat(shift, 0.01)}}}
     (line,) = chain_moonshot(results)
     assert line.endswith("MET.") if met else line.endswith("NOT met."), line
+
+
+def _cli(args: list[str]) -> int:
+    from mladv.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return int(exc.value.code or 0)
+
+
+def test_mladv_attack_augment_and_export_run_the_chain(tmp_path):
+    """`mladv attack --attack chain` gives the API's tensor; augment and export take it too."""
+    from mladv.data import AdversarialDataset, load_source, split_imageset
+    from mladv.models import load_checkpoint
+
+    assert _cli(["train", "phantoms:12", "--arch", "tiny_cnn", "--image-size", "24",
+                 "--epochs", "1", "--out", str(tmp_path / "ck")]) == 0
+    ckpt = tmp_path / "ck" / "model.pt"
+    assert _cli(["attack", str(ckpt), "phantoms:12", "--attack", "chain", "--eps", "4",
+                 "--steps", "2", "--option", "rotation=3", "--out", str(tmp_path / "a")]) == 0
+    cli_adv = AdversarialDataset(tmp_path / "a").to_imageset().images
+    model, _ = load_checkpoint(ckpt)
+    _, test = split_imageset(load_source("phantoms:12", 24), seed=0)
+    api_adv = Chain(model, eps=4 / 255, steps=2, rotation=3, seed=0)(test.images, test.labels)
+    assert torch.equal(cli_adv, api_adv)
+    assert _cli(["augment", str(ckpt), "phantoms:12", "--attack", "chain", "--option",
+                 "loss=kl", "--out", str(tmp_path / "aug")]) == 0
+    assert _cli(["export", str(tmp_path / "aug"), str(tmp_path / "png")]) == 0
+    assert len(list((tmp_path / "png").rglob("*.png"))) == 30

@@ -45,7 +45,7 @@ DATA_HELP = ("An ImageFolder root (ROOT/<class>/<image>), or a source preset: "
 # -- the attack flags (unset = the attack's own default) ---------------------------------------
 ATTACK_FLAGS: dict[str, tuple[Any, Any]] = {  # parameter: (type with its typer option, default)
     "name": (Annotated[str, typer.Option("--attack", help="mladv, pgd, fgsm, mifgsm, pifgsm, "
-                                         "gama, rays.")], "mladv"),
+                                         "gama, rays, chain.")], "mladv"),
     "eps": (Annotated[float, typer.Option(help="L-inf budget in 1/255 units.")], 8.0),
     "steps": (Annotated[int | None, typer.Option(min=1, help="Iterations (default: the "
                                                  "attack's).")], None),
