@@ -258,3 +258,19 @@ def test_mladv_attack_augment_and_export_run_the_chain(tmp_path):
                  "loss=kl", "--out", str(tmp_path / "aug")]) == 0
     assert _cli(["export", str(tmp_path / "aug"), str(tmp_path / "png")]) == 0
     assert len(list((tmp_path / "png").rglob("*.png"))) == 30
+
+
+def test_on_real_chest_xrays_the_chain_is_smooth_and_pgd_is_not(cxr3_root):
+    """The blur-energy property on 12 real radiographs (128 px), an untrained model (the
+    property is about the perturbation's spectrum, not about fooling)."""
+    from mladv.data import load_source
+    from mladv.models import build_model
+
+    data = load_source(str(cxr3_root), 128)
+    x, y = data.images[::65][:12], data.labels[::65][:12]
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3).eval()
+    chained = Chain(model, seed=0)(x, y)
+    pgd = make_attack("pgd", model, eps=8 / 255, steps=2, seed=0)(x, y)
+    assert blur_kept(chained - x) > 0.6
+    assert blur_kept(pgd - x) < 0.3
