@@ -58,8 +58,10 @@ def test_evaluate_a_checkpoint_writes_json_markdown_and_figure(ckpt, tmp_path, c
     assert card["source"]["checkpoint"] == str(ckpt) and card["source"]["split"] == "test"
     assert {"accuracy", "macro_f1", "ece", "pgd_2", "chain", "shift_mean"} <= set(card["metrics"])
     md = (out / "report.md").read_text()
-    assert "| macro-F1 |" in md and "![accuracy under acquisition shift](shift.png)" in md
-    assert (out / "shift.png").stat().st_size > 0
+    assert "| macro-F1 |" in md and "](shift.png)" in md and "](examples.png)" in md
+    assert (out / "shift.png").stat().st_size > 0 and (out / "examples.png").stat().st_size > 0
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2  # self-contained
     assert "wrote" in capsys.readouterr().out
 
 

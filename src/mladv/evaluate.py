@@ -19,7 +19,7 @@ The card, for a model on labelled images:
 
 Examples::
     >>> card = report_card(model, images, labels, classes, CardOptions(max_images=64))
-    >>> write_card(card, "runs/evaluate")      # report.json, report.md, shift.png
+    >>> write_card(card, "runs/evaluate")   # report.json / .md / .html, shift.png
 """
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ from .attacks import check_attack_options, make_attack
 from .crafting import craft
 from .data import ImageSet
 from .denoise import bm3d_denoise
+from .figures import adversarial_grid
 from .models import ImageClassifier, check_arch, head_name, pretrained_state_dict
+from .reporting import Block, json_safe, write_report
 from .robustness import (
     SHIFT_SEVERITIES,
     SHIFT_TRANSFORMS,
@@ -47,7 +49,7 @@ from .robustness import (
     fixed_subset,
 )
 from .training import predict_logits
-from .utils import atomic_path, atomic_write_json, atomic_write_text
+from .utils import atomic_path, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -182,16 +184,13 @@ def evaluate_imageset(model: nn.Module, data: ImageSet, opts: CardOptions | None
 
 
 # -- writing it -----------------------------------------------------------------------------
-def card_markdown(card: dict[str, Any], title: str = "Robustness report card") -> str:
-    """The card as a Markdown page: headline table, white-box table, shift table, figure."""
+def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
+                figures: tuple[str, ...] = ()) -> list[Block]:
+    """The card as report blocks (:mod:`mladv.reporting`): headline table, shift table, the
+    ``figures`` (``shift.png``, ``examples.png``) that were written."""
     m, o = card["metrics"], card["options"]
-    lines = [f"# {title}", "",
-             f"{card['n']} images, classes {card['classes']}; white-box attacks on "
-             f"{card['n_robust']} of them (fixed subset, seed {o['seed']}), crafted on the "
-             f"model itself.", "",
-             "| metric | value |", "|---|---|",
-             f"| accuracy | {m['accuracy']:.4f} |", f"| macro-F1 | {m['macro_f1']:.4f} |",
-             f"| ECE ({o['ece_bins']} bins) | {m['ece']:.4f} |"]
+    rows = [["accuracy", f"{m['accuracy']:.4f}"], ["macro-F1", f"{m['macro_f1']:.4f}"],
+            [f"ECE ({o['ece_bins']} bins)", f"{m['ece']:.4f}"]]
     names = {**{f"pgd_{e:g}": f"PGD-{o['pgd_steps']} at {e:g}/255" for e in o["pgd_eps"]},
              "mladv": "MLAdv at 8/255", "chain": "adversarial chain (default bounds, 1 step)",
              f"autoattack_{o['autoattack_eps']:g}":
@@ -200,18 +199,26 @@ def card_markdown(card: dict[str, Any], title: str = "Robustness report card") -
              "shift_mean": "acquisition shift, mean over transforms and severities",
              "bm3d_clean": f"BM3D-denoised clean (sigma {o['bm3d_sigma']:g})",
              f"bm3d_pgd_{max(o['pgd_eps'], default=0):g}": "BM3D-denoised PGD (largest eps)"}
-    lines += [f"| {label} | {m[key]:.4f} |" for key, label in names.items() if key in m]
+    rows += [[label, f"{m[key]:.4f}"] for key, label in names.items() if key in m]
+    blocks: list[Block] = [
+        ("h", title),
+        ("p", f"{card['n']} images, classes {card['classes']}; white-box attacks on "
+              f"{card['n_robust']} of them (fixed subset, seed {o['seed']}), crafted on the "
+              f"model itself."),
+        ("table", ["metric", "accuracy / value"], rows)]
     shifts = [t for t in SHIFT_TRANSFORMS if any(k.startswith(f"shift_{t}_") for k in m)]
     if shifts:
         sev = o["severities"]
-        lines += ["", "## Acquisition shift (accuracy; each transform alone, random parameters "
-                  "inside severity x its default bounds)", "",
-                  "| transform | " + " | ".join(f"severity {s:g}" for s in sev) + " |",
-                  "|---|" + "---|" * len(sev)]
-        lines += [f"| {t} | " + " | ".join(f"{m[f'shift_{t}_{s:g}']:.4f}" for s in sev) + " |"
-                  for t in shifts]
-        lines += ["", "![accuracy under acquisition shift](shift.png)"]
-    return "\n".join(lines) + "\n"
+        blocks += [("h2", "Acquisition shift"),
+                   ("p", "Accuracy under each transform alone, parameters drawn at random inside "
+                         "severity x its default bounds (mladv.attacks.chain.ChainBounds)."),
+                   ("table", ["transform", *[f"severity {s:g}" for s in sev]],
+                    [[t, *[f"{m[f'shift_{t}_{s:g}']:.4f}" for s in sev]] for t in shifts])]
+    captions = {"shift.png": "accuracy under acquisition shift, by severity",
+                "examples.png": "one test image per class: clean, random chain, adversarial "
+                                "chain, and each chain's difference from the clean image"}
+    blocks += [("figure", f, captions.get(f, f)) for f in figures]
+    return blocks
 
 
 def shift_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -238,15 +245,28 @@ def shift_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
     plt.close(fig)
 
 
-def write_card(card: dict[str, Any], out: str | os.PathLike[str], title: str =
-               "Robustness report card") -> list[Path]:
-    """``out/report.json``, ``out/report.md`` and (with shift numbers) ``out/shift.png``."""
+def example_figure(model: nn.Module, images: Tensor, labels: Tensor, classes: list[str],
+                   path: str | os.PathLike[str], *, seed: int = 0, **chain_options: Any) -> None:
+    """One image per class: clean, random chain, adversarial chain (and their differences)."""
+    rows = [int(i) for c in range(len(classes)) for i in (labels == c).nonzero().flatten()[:1]]
+    x, y = images[rows], labels[rows]
+    chains = {name: make_attack("chain", model, steps=steps, seed=seed, **chain_options)(x, y)
+              for name, steps in (("random chain", 0), ("adversarial chain", 1))}
+    adversarial_grid(x, {k: v.cpu() for k, v in chains.items()}, y, classes, path)
+
+
+def write_card(card: dict[str, Any], out: str | os.PathLike[str],
+               title: str = "Robustness report card", figures: tuple[str, ...] = ()
+               ) -> list[Path]:
+    """``out/report.json``, ``out/report.md``, ``out/report.html`` (figures embedded) and, with
+    shift numbers, ``out/shift.png``; ``figures``: other PNGs already in ``out`` to show."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(card, folder / "report.json")
-    atomic_write_text(card_markdown(card, title), folder / "report.md")
-    written = [folder / "report.json", folder / "report.md"]
+    atomic_write_json(json_safe(card), folder / "report.json")
+    shown = figures
     if any(k.startswith("shift_") for k in card["metrics"]):
         shift_figure(card, folder / "shift.png")
-        written.append(folder / "shift.png")
-    return written
+        shown = ("shift.png", *figures)
+    write_report(card_blocks(card, title, shown), title, folder / "report.md",
+                 folder / "report.html")
+    return [folder / n for n in ("report.json", "report.md", "report.html", *shown)]

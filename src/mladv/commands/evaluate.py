@@ -7,7 +7,13 @@ import typer
 
 from ..attacks import parse_options
 from ..data import load_source, split_imageset
-from ..evaluate import CardOptions, evaluate_imageset, model_from_state_dict, write_card
+from ..evaluate import (
+    CardOptions,
+    evaluate_imageset,
+    example_figure,
+    model_from_state_dict,
+    write_card,
+)
 from ..models import check_arch, check_image_size
 from ..utils import prepare_output_dir, resolve_device, set_determinism
 from ._common import DATA_HELP, checkpoint_and_split, interrupt_message
@@ -67,7 +73,7 @@ def evaluate(
 ) -> None:
     """The robustness report card of a model: clean accuracy, macro-F1, ECE, own-model PGD,
     MLAdv, the adversarial chain, AutoAttack, acquisition shift, BM3D; OUT/report.json,
-    OUT/report.md, OUT/shift.png."""
+    OUT/report.md, OUT/report.html (self-contained), OUT/shift.png, OUT/examples.png."""
     checkpoint, data = _inputs(inputs, arch, state_dict)
     if split not in (None, "test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
@@ -97,7 +103,10 @@ def evaluate(
         source = {"arch": arch, "state_dict": str(state_dict), "split": split or "all"}
     card = evaluate_imageset(model, dataset, opts)
     card["source"] = {**source, "data": data}
-    write_card(card, out)
+    if chain:
+        example_figure(model, dataset.images, dataset.labels, list(dataset.classes),
+                       out / "examples.png", seed=seed, **opts.chain_options)
+    write_card(card, out, figures=("examples.png",) if chain else ())
     m = card["metrics"]
     typer.echo(f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f}"
                + "".join(f", {k} {m[k]:.3f}" for k in ("chain", "shift_mean") if k in m)
