@@ -33,6 +33,7 @@ BatchTransform = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tenso
 Precision = Literal["fp32", "bf16"]
 PRECISIONS = ("fp32", "bf16")
 TrainPrecision = Literal["fp32", "bf16", "auto"]
+DEVICE_DATA_MAX_BYTES = 8 * 2**30  # data_on_device's default limit (the whole training set)
 Auto = Literal["auto"]
 __all__ = ["MODES", "AdversarialBatch", "BatchTransform", "Precision", "accuracy",
            "adversarial_from_options", "amp_context", "predict_logits", "random_hflip",
@@ -97,6 +98,7 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
                      desc: str = "train", precision: TrainPrecision = "auto",
                      channels_last: bool | Auto = "auto", pin_memory: bool | None = None,
                      distributed: bool | None = None, compile_model: bool = False,
+                     data_on_device: bool | None = None,
                      adversarial: AdversarialBatch | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place with AdamW and a one-cycle schedule; returns one dict per epoch
     (``epoch``, ``loss``, ``train_acc``). Labels may be soft (``N x K``) when a transform mixes
@@ -109,6 +111,9 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
             (``"auto"``: on CUDA only).
         compile_model: train through ``torch.compile(model)`` (same parameters; the first
             batches pay the compilation).
+        data_on_device: copy all of ``data`` to the model's device once, so each batch is
+            gathered there (no per-batch host copy); default: on for CUDA when the images take
+            at most :data:`DEVICE_DATA_MAX_BYTES`. On the CPU it changes nothing.
         pin_memory: pinned host memory + non-blocking copies; default on for CUDA models.
         distributed: data-parallel training across the processes of the initialised default
             process group; default: on when one with more than one process exists.
@@ -155,6 +160,10 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, pct_start=0.2,
                                                 total_steps=epochs * steps_per_epoch)
     shard = (rank, world) if use_ddp else None
+    on_device = (device.type == "cuda" and data.images.nbytes <= DEVICE_DATA_MAX_BYTES
+                 if data_on_device is None else data_on_device)
+    images, labels = ((data.images.to(device), data.labels.to(device)) if on_device
+                      else (data.images, data.labels))
     history = []
     bar = progress_bar(epochs * steps_per_epoch, desc, "batch", enabled=progress and rank == 0)
     trained.train()
@@ -164,8 +173,8 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         for step, start in enumerate(range(0, len(data), batch_size)):
             idx = order[start:start + batch_size]
-            x, y, weight = _local_batch(data, idx, transform, gen, shard, device, pin,
-                                        channels_last)
+            x, y, weight = _local_batch(images, labels, idx, transform, gen, shard, device,
+                                        pin, channels_last)
             copies = 1
             if adversarial is not None:
                 n_local = x.shape[0]
@@ -191,16 +200,18 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
     return history
 
 
-def _local_batch(data: ImageSet, idx: Tensor, transform: BatchTransform | None,
+def _local_batch(images: Tensor, labels: Tensor, idx: Tensor, transform: BatchTransform | None,
                  gen: torch.Generator, shard: tuple[int, int] | None, device: torch.device,
                  pin: bool, channels_last: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(x, y, weight)`` on ``device``: the global batch ``data[idx]`` copied to ``device``,
+    """``(x, y, weight)`` on ``device``: the global batch ``images[idx]`` (gathered where the
+    images are: the host, or the device for ``data_on_device``) copied to ``device``,
     augmented there by ``transform`` in one call on the whole batch, cut to rank ``r``'s share
     when ``shard = (r, world)`` (``weight``: 0 for padding repeats, None without DDP).
 
     Shapes: ``x`` ``n x C x H x W``, ``y`` ``n`` (or ``n x K`` soft labels after mixing)."""
-    x = to_device(data.images[idx], device, pin_memory=pin)
-    y = to_device(data.labels[idx], device, pin_memory=pin)
+    idx = idx.to(images.device)
+    x = to_device(images[idx], device, pin_memory=pin)
+    y = to_device(labels[idx], device, pin_memory=pin)
     if transform is not None:
         x, y = transform(x, y, gen)
     weight = None
