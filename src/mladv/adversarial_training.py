@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attacks import Attack, accepted_options, check_attack_options, eval_mode, make_attack
-from .splitbn import SplitBN
+from .models import build_model
+from .splitbn import SplitBN, batchnorm_names
 
 MODES = ("offline", "online", "advprop")
 ONLINE_MODES = ("online", "advprop")
@@ -224,3 +225,23 @@ def adversarial_from_options(mode: str = "offline", attack: str = "pgd", *, adv_
         raise ValueError(f"adv_eps must be in (0, 255] (1/255 units), got {adv_eps:g}")
     return AdversarialBatch(attack, mode=mode, eps=adv_eps / 255, steps=adv_steps,
                             fraction=adv_fraction, options=options, seed=seed)
+
+
+def check_advprop(arch: str, freeze_backbone: bool = False, *, mode_name: str = "--adv-mode",
+                  freeze_name: str = "--freeze-backbone") -> None:
+    """Refuse ``advprop`` where it would silently be plain ``online`` training: an architecture
+    without BatchNorm (no twin to route the adversarial rows through) or a frozen backbone
+    (its BatchNorm layers do not train). One ``ValueError`` line naming the setting. Builds a
+    throwaway ``arch`` (call it before seeding the real model's initialisation)."""
+    if freeze_backbone:
+        raise ValueError(f"{mode_name} advprop with {freeze_name}: the frozen backbone's "
+                         "BatchNorm layers do not train, so advprop would be plain online "
+                         "training; use --adv-mode online")
+    state = torch.random.get_rng_state()
+    try:
+        has_bn = bool(batchnorm_names(build_model(arch, 2)))
+    finally:
+        torch.random.set_rng_state(state)  # the check draws no random number of the run
+    if not has_bn:
+        raise ValueError(f"{mode_name} advprop: {arch} has no BatchNorm layer to give a twin, "
+                         "so advprop would be plain online training; use --adv-mode online")

@@ -25,6 +25,7 @@ from .crafting import craft
 from .data import AdversarialDataset, ImageSet
 from .data.adversarial import SHARD_MANIFEST, WRITERS, shard_file
 from .fingerprint import data_sha1, model_sha1
+from .resume import differences, refuse_changed
 from .utils import atomic_torch_save, atomic_write_json, progress_bar
 
 SCALAR = (bool, int, float, str)
@@ -83,24 +84,17 @@ def _manifest(data: ImageSet, attack: Attack, *, shard_size: int, seed: int, bat
 def _check_or_write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     """Write ``out/manifest.json``, or check that the one there describes the same job.
 
-    Raises ``ValueError`` naming the differing keys (``info`` is free-form and not compared).
+    Raises ``ValueError`` naming each differing key (nested ones dotted, ``attack.eps``; see
+    :func:`mladv.reuse.refuse_changed`); ``info`` is free-form and not compared.
     """
     path = out / SHARD_MANIFEST
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = [k for k in manifest if k != "info" and old.get(k) != manifest[k]]
-        if diff:
-            details = "; ".join(f"{k}: {_short(old.get(k))} there vs {_short(manifest[k])} now"
-                                for k in diff)
-            raise ValueError(f"{out}: holds shards of a different job ({details}); use another "
-                             f"output folder or delete this one")
+        diff = differences({k: v for k, v in old.items() if k != "info"},
+                           {k: v for k, v in manifest.items() if k != "info"})
+        refuse_changed(out, diff, what="shards of a different job")
         return
     atomic_write_json(manifest, path)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def craft_shard(attack: Attack, images: Tensor, labels: Tensor, *, seed: int, shard: int,

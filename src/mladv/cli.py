@@ -5,14 +5,20 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import typer
 
 from . import commands
 from .distributed import is_main_process
+from .utils import one_line_warning
 
 INTERRUPTED = "interrupted: finished outputs are kept; rerun the same command to resume"
 
@@ -54,18 +60,42 @@ def error_line(exc: BaseException) -> str:
     return str(exc).strip() or exc.__class__.__name__
 
 
+@contextmanager
+def _user_facing(terminated: list[bool]) -> Iterator[None]:
+    """While a command runs: warnings print as ``warning: MESSAGE`` (no source file and line)
+    and SIGTERM (``kill``, a scheduler's time limit) stops it like Ctrl-C, setting
+    ``terminated[0]``. Both are restored afterwards."""
+    def stop(signum: int, frame: FrameType | None) -> None:
+        terminated[0] = True
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, stop) if in_main else None
+    try:
+        with warnings.catch_warnings():
+            warnings.formatwarning = one_line_warning  # type: ignore[assignment]  # restored
+            yield
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, before)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors (``ValueError``, ``OSError`` such as a missing file or a full
-    disk) print one line and exit 2; Ctrl-C says what was kept and exits 130."""
+    disk) print one line and exit 2; Ctrl-C says what was kept and exits 130; SIGTERM says the
+    same and exits 143."""
+    terminated = [False]
     try:
-        app(args=argv, standalone_mode=True)
+        with _user_facing(terminated):
+            app(args=argv, standalone_mode=True)
     except (ValueError, OSError) as exc:
         typer.secho(f"error: {error_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as exc:
         if is_main_process():  # under torchrun every rank is interrupted; one says so
-            typer.secho(str(exc) or INTERRUPTED, err=True)
-        sys.exit(130)
+            prefix = "terminated (SIGTERM); " if terminated[0] else ""
+            typer.secho(prefix + (str(exc) or INTERRUPTED), err=True)
+        sys.exit(143 if terminated[0] else 130)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,8 +94,11 @@ def attack_metrics(model: nn.Module, clean: Tensor, adv: Tensor, labels: Tensor,
 
 
 def save_adversarial(path: str | os.PathLike[str], adv: Tensor, labels: Tensor, *,
-                     paths: list[str], classes: list[str], meta: dict[str, Any]) -> None:
+                     paths: list[str], classes: list[str], meta: dict[str, Any],
+                     groups: list[str] | None = None) -> None:
     """Save adversarial images as float32 (lossless: 8-bit PNG would round away an 8/255
-    perturbation) with their labels, source paths, class names and how they were made."""
+    perturbation) with their labels, source paths, patient groups (kept so an export writes
+    patient ids, not paths), class names and how they were made."""
     atomic_torch_save({"images": adv.float().cpu(), "labels": labels.cpu(), "paths": list(paths),
-                       "classes": list(classes), "meta": meta}, path)
+                       "classes": list(classes), "meta": meta,
+                       **({"groups": list(groups)} if groups is not None else {})}, path)

@@ -17,7 +17,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .fingerprint import image_hashes
-from .utils import atomic_torch_save
+from .utils import atomic_torch_save, download_timeout_s, socket_timeout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -213,6 +213,21 @@ def pretrained_state_dict(arch: str, weights: str | os.PathLike[str]) -> dict[st
     raise ValueError(f"weights {str(weights)!r}: no such file")
 
 
+def check_pretrained(arch: str, weights: str | os.PathLike[str], *, key: str = "weights"
+                     ) -> None:
+    """Read ``weights`` (:func:`pretrained_state_dict`) and check that it fits ``arch`` now,
+    before any data is loaded: one ``ValueError`` naming ``key`` (a flag or config key) and the
+    file. The throwaway model draws no random number of the run."""
+    state = pretrained_state_dict(arch, weights)
+    rng = torch.random.get_rng_state()
+    try:
+        load_backbone(build_model(arch, 2), state)
+    except ValueError as exc:
+        raise ValueError(f"{key} {weights}: {exc}") from None
+    finally:
+        torch.random.set_rng_state(rng)
+
+
 def _local_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -240,10 +255,14 @@ def _torchvision_state_dict(arch: str, name: str) -> dict[str, Tensor]:
     w = enum[key]
     filename = os.path.basename(urlparse(w.url).path)
     folder = Path(torch.hub.get_dir()) / "checkpoints"
+    timeout = download_timeout_s()
     try:
-        state: dict[str, Tensor] = w.get_state_dict(progress=False)
-    except OSError as exc:  # URLError, HTTPError, socket errors: offline or blocked
+        with socket_timeout(timeout):  # a proxy that accepts and never answers: give up
+            state: dict[str, Tensor] = w.get_state_dict(progress=False)
+    except OSError as exc:  # URLError, HTTPError, socket errors: offline, blocked or no answer
         reason = getattr(exc, "reason", None) or exc.strerror or exc
+        if isinstance(reason, TimeoutError) or isinstance(exc, TimeoutError):
+            reason = f"no answer within {timeout:g} s, $MLADV_DOWNLOAD_TIMEOUT"
         raise ValueError(f"weights {name!r} for {arch}: cannot download {w.url} ({reason}); "
                          f"offline, put that file as {folder / filename} (torch hub's cache, "
                          "$TORCH_HOME/hub/checkpoints) or pass a state-dict file") from None

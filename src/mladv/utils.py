@@ -5,6 +5,9 @@ import json
 import os
 import random
 import re
+import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,6 +81,53 @@ def prepare_output_dir(out: str | os.PathLike[str], *, option: str = "--out",
     return out
 
 
+LOCK_FILE = ".mladv.lock"
+
+
+def _lock(out: Path, option: str) -> Any:
+    """An exclusive, non-blocking ``flock`` on ``out/.mladv.lock`` (held until the returned file
+    is closed; the OS drops it when the process dies, so a killed run leaves no live lock)."""
+    fh = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - closed by output_dir
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, as before
+        return fh
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ValueError(f"{option} {out}: another mladv run is writing there now; wait for it "
+                         "or choose another folder") from None
+    return fh
+
+
+@contextmanager
+def output_dir(out: str | os.PathLike[str], *, option: str = "--out", clean: bool = True,
+               enabled: bool = True) -> Iterator[Path]:
+    """:func:`prepare_output_dir` held for a run: the folder is locked (a second run on it is
+    refused in one line instead of deleting the first run's live temporary files), stale
+    temporary files are cleaned only under the lock, and a folder this call created is removed
+    again when the run fails before writing anything into it (a data or device error leaves no
+    empty ``--out``). ``enabled=False`` (a torchrun rank other than 0) only yields the path."""
+    out = Path(out)
+    if not enabled:
+        yield out
+        return
+    created = not out.exists()
+    prepare_output_dir(out, option=option, clean=False)
+    fh = _lock(out, option)
+    try:
+        if clean:
+            clean_stale_tmp(out)
+        yield out
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        fh.close()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -123,6 +173,44 @@ def atomic_write_text(text: str, path: str | os.PathLike[str]) -> None:
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     """Write ``obj`` as indented JSON through :func:`atomic_path`."""
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+
+
+# -- downloads, warnings ------------------------------------------------------------------------
+def download_timeout_s() -> float:
+    """Seconds a download may wait for an answer (``$MLADV_DOWNLOAD_TIMEOUT``, default 60): a
+    proxy that accepts and never answers must not hang a run forever."""
+    text = os.environ.get("MLADV_DOWNLOAD_TIMEOUT", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"MLADV_DOWNLOAD_TIMEOUT={text!r}: expected seconds, e.g. 60") from None
+    if not value > 0:
+        raise ValueError(f"MLADV_DOWNLOAD_TIMEOUT={text!r}: must be > 0 seconds")
+    return value
+
+
+@contextmanager
+def socket_timeout(seconds: float) -> Iterator[None]:
+    """Every socket opened inside the block times out after ``seconds`` without an answer
+    (``TimeoutError``, an ``OSError``); the previous default is restored afterwards."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     line: str | None = None) -> str:
+    """``warnings.formatwarning`` for the command line: ``warning: MESSAGE`` without the source
+    file and line (they mean nothing to a user)."""
+    return f"warning: {message}\n"
+
+
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal (progress bars are drawn only there)."""
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 # -- models and progress bars ---------------------------------------------------------------------

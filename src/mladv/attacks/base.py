@@ -60,9 +60,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def check_images(images: Tensor, labels: Tensor | None = None) -> None:
+def check_images(images: Tensor, labels: Tensor | None = None,
+                 num_classes: int | None = None) -> None:
     """Raise ``ValueError`` unless ``images`` is a float ``N x C x H x W`` tensor in [0, 1] and
-    ``labels`` an integer tensor of length ``N``."""
+    ``labels`` an integer tensor of length ``N`` with values in ``[0, num_classes)``."""
     if not isinstance(images, Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() != 4:
@@ -81,6 +82,12 @@ def check_images(images: Tensor, labels: Tensor | None = None) -> None:
                              f"got {tuple(labels.shape)}")
         if labels.is_floating_point():
             raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        if labels.numel() and (labels.min().item() < 0 or (
+                num_classes is not None and labels.max().item() >= num_classes)):
+            top = f"{num_classes - 1}" if num_classes is not None else "C - 1"
+            raise ValueError(f"labels must be class indices in [0, {top}] (the model has "
+                             f"{num_classes or 'C'} classes), got min={labels.min().item()}, "
+                             f"max={labels.max().item()}")
 
 
 class Attack:
@@ -166,7 +173,7 @@ class Attack:
         return (labels + offset) % num_classes
 
     def __call__(self, images: Tensor, labels: Tensor, **kwargs: Any) -> Tensor:
-        check_images(images, labels)
+        check_images(images, labels, getattr(self.model, "num_classes", None))
         device = self.device
         images = images.detach().to(device, self._float_dtype())
         if self.channels_last:

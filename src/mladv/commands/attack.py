@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -12,7 +13,7 @@ from ..figures import to_uint8
 from ..utils import (
     atomic_path,
     atomic_write_json,
-    prepare_output_dir,
+    output_dir,
     resolve_device,
     set_determinism,
 )
@@ -52,7 +53,14 @@ def attack(
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
     options = flags.options(seed=seed, targeted=targeted or None)
     name = flags.name
-    prepare_output_dir(out)
+    with output_dir(out):
+        _attack(checkpoint, data, name, options, split, batch_size, seed, out, png_previews,
+                device, skip_bad)
+
+
+def _attack(checkpoint: Path, data: str, name: str, options: dict[str, Any], split: str,
+            batch_size: int, seed: int, out: Path, png_previews: int, device: str,
+            skip_bad: bool) -> None:
     set_determinism(seed)
     model, dataset, record = checkpoint_and_split(checkpoint, data, split,
                                                   device=resolve_device(device), skip_bad=skip_bad)
@@ -62,7 +70,7 @@ def attack(
     meta = {"attack": name, "options": options, "checkpoint": str(checkpoint), "data": data,
             **record}
     save_adversarial(out / "adversarial.pt", adv, dataset.labels, paths=dataset.paths,
-                     classes=dataset.classes, meta=meta)
+                     groups=dataset.groups, classes=dataset.classes, meta=meta)
     atomic_write_json({**meta, "metrics": metrics}, out / "metrics.json")
     if png_previews:
         warnings.warn("PNG previews are 8-bit: rounding destroys much of an 8/255 perturbation; "

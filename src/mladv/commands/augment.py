@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -9,7 +10,7 @@ from ..attacks import make_attack
 from ..augment import craft_shards, load_shards
 from ..crafting import attack_metrics
 from ..distributed import barrier, init_from_env, is_main_process, rank_and_world
-from ..utils import atomic_write_json, prepare_output_dir, set_determinism
+from ..utils import atomic_write_json, output_dir, set_determinism
 from ._common import DATA_HELP, AttackFlags, checkpoint_and_split, with_attack_flags
 
 
@@ -37,9 +38,17 @@ def augment(
     set_determinism(seed)
     # under torchrun each rank crafts its own shards; rank 0 merges and writes the metrics
     model_device = init_from_env(device)
-    if is_main_process():  # before any rank writes: rank 0 checks OUT and cleans stale .tmp
-        prepare_output_dir(out)
-    barrier()
+    # before any rank writes, rank 0 checks OUT, locks it (a second run on it is refused) and
+    # cleans the stale .tmp files of an interrupted run
+    with output_dir(out, enabled=is_main_process()):
+        barrier()
+        _augment(checkpoint, data, split, name, options, shard_size, batch_size, seed, out,
+                 model_device, skip_bad)
+
+
+def _augment(checkpoint: Path, data: str, split: str, name: str, options: dict[str, Any],
+             shard_size: int, batch_size: int, seed: int, out: Path, model_device: Any,
+             skip_bad: bool) -> None:
     model, dataset, record = checkpoint_and_split(checkpoint, data, split, device=model_device,
                                                   skip_bad=skip_bad)
     rank, world = rank_and_world()

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from ..adversarial_training import check_advprop
 from ..attacks import parse_options
 from ..data import load_source, split_imageset
 from ..distributed import init_from_env, is_main_process
@@ -17,11 +18,11 @@ from ..models import (
     check_arch,
     check_freeze,
     check_image_size,
-    pretrained_state_dict,
+    check_pretrained,
     save_checkpoint,
 )
 from ..training import accuracy, adversarial_from_options, train_classifier
-from ..utils import atomic_write_json, prepare_output_dir, set_determinism
+from ..utils import atomic_write_json, output_dir, set_determinism
 from ._common import DATA_HELP, interrupt_message
 
 INTERRUPTED = ("interrupted: no checkpoint was written (mladv train does not resume); rerun "
@@ -75,7 +76,8 @@ def train(
     check_freeze(weights, freeze_backbone, freeze_name="--freeze-backbone",
                  weights_name="--weights")
     if weights is not None:
-        pretrained_state_dict(arch, weights)  # a bad name, file or offline download: now, not later
+        check_pretrained(arch, weights, key="--weights")  # a bad name or file, weights of another
+        # architecture, an offline download: now, before the data loads
     flags = {"--adv-attack": adv_attack, "--adv-eps": adv_eps, "--adv-steps": adv_steps,
              "--adv-fraction": adv_fraction, "--option": option or None}
     given = [flag for flag, value in flags.items() if value is not None]
@@ -87,11 +89,35 @@ def train(
                                  "adv_fraction": adv_fraction}
     adversarial = adversarial_from_options(
         adv_mode, **{k: v for k, v in per_batch.items() if v is not None},
-        options=parse_options(option), seed=seed)
+        options=per_batch_options(option, adv_eps), seed=seed)
+    if adv_mode == "advprop":
+        check_advprop(arch, freeze_backbone)
     set_determinism(seed)
     dev = init_from_env(device)  # under torchrun: DDP process group, cuda:LOCAL_RANK
-    if is_main_process():  # rank 0 writes
-        prepare_output_dir(out)
+    with output_dir(out, enabled=is_main_process()):  # rank 0 writes
+        _train(data, arch, image_size, weights, freeze_backbone, epochs, batch_size, lr, seed,
+               test_size, out, dev, skip_bad, adversarial)
+
+
+def per_batch_options(option: list[str], adv_eps: float | None) -> dict[str, Any]:
+    """``--option KEY=VALUE`` of the per-batch attack; a setting that has its own flag is refused
+    (``--option eps=0.01`` next to ``--adv-eps 2`` would mix units), as ``mladv attack`` does,
+    and ``--adv-eps`` below 0.5 looks like [0, 1] units, refused as the experiment does."""
+    if adv_eps is not None and 0 < adv_eps < 0.5:
+        raise ValueError(f"--adv-eps is in 1/255 units (1 means 1/255); {adv_eps:g} looks like "
+                         f"[0, 1] units: write {adv_eps * 255:.3g}")
+    options = parse_options(option)
+    own = {"eps": "--adv-eps", "steps": "--adv-steps", "fraction": "--adv-fraction",
+           "seed": "--seed"}
+    for key, flag in own.items():
+        if key in options:
+            raise ValueError(f"--option {key}=...: give it once, as {flag}")
+    return options
+
+
+def _train(data: str, arch: str, image_size: int, weights: str | None, freeze_backbone: bool,
+           epochs: int, batch_size: int, lr: float, seed: int, test_size: float, out: Path,
+           dev: Any, skip_bad: bool, adversarial: Any) -> None:
     dataset = load_source(data, image_size, skip_bad=skip_bad, seed=seed, progress=True)
     train_set, test_set = split_imageset(dataset, test_size=test_size, seed=seed)
     typer.echo(f"{data}: {len(train_set)} train / {len(test_set)} test images, "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 from ..utils import atomic_torch_save
@@ -63,13 +63,20 @@ def cache_key(paths: Sequence[str | os.PathLike[str]]) -> str:
     return h.hexdigest()
 
 
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation tag says (as the data preparation did, see
+    ``data/README.md``): a phone photo of a film reads upright; no tag, no change."""
+    return ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
+
+
 def decode_uint8(path: str | os.PathLike[str]) -> np.ndarray | None:
     """The 2-D uint8 grey image :func:`mladv.data.folder.read_image` scales by 255, or ``None``
     when the file is not an 8-bit image that function reads that way (16-bit, float, alpha,
     palette, DICOM, unreadable): those are not cached."""
     try:
-        with Image.open(path) as img:
-            img.load()
+        with Image.open(path) as opened:
+            opened.load()
+            img = upright(opened)  # EXIF orientation, as read_image applies it
             if img.mode not in _EIGHT_BIT_MODES:
                 return None
             grey = img if img.mode == "L" else img.convert("L")

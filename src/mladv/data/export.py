@@ -25,7 +25,13 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from ..utils import atomic_path, atomic_write_json, atomic_write_text, progress_bar
+from ..utils import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    output_dir,
+    progress_bar,
+)
 from .adversarial import AdversarialDataset
 from .folder import DataError
 
@@ -99,8 +105,14 @@ def export_pngs(src: str | os.PathLike[str] | AdversarialDataset, out: str | os.
         raise DataError(f"{data.root}: images have {channels} channels; the 16-bit PNG export "
                         f"writes grayscale (1 channel)")
     _check_classes(data.classes)
-    _claim(out, {"format": 1, "source": str(data.root), "n": len(data),
-                 "classes": data.classes, "sha1": data.fingerprint()})
+    # locked (a second export into OUT is refused), stale .tmp files of a killed export cleaned
+    with output_dir(out, option="export folder"):
+        _claim(out, {"format": 1, "source": str(data.root), "n": len(data),
+                     "classes": data.classes, "sha1": data.fingerprint()})
+        return _write(data, out, progress)
+
+
+def _write(data: AdversarialDataset, out: Path, progress: bool) -> dict[str, Any]:
     rows, written = [], 0
     bar = progress_bar(len(data), "export", "img", enabled=progress)
     try:

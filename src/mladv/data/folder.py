@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from .cache import CacheOption, as_float, cached_uint8
+from .cache import CacheOption, as_float, cached_uint8, upright
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
@@ -146,6 +146,17 @@ def _read_dicom(path: Path) -> np.ndarray:
     return out
 
 
+def warn_small_classes(where: str | os.PathLike[str], classes: Sequence[str],
+                       labels: Tensor) -> None:
+    """Warn, naming the label, about a class with fewer than two images (a typo in a CSV label
+    makes one silently): it cannot be both trained on and tested."""
+    small = [f"{c!r} ({int((labels == i).sum())} image)" for i, c in enumerate(classes)
+             if int((labels == i).sum()) < 2]
+    if small:
+        warnings.warn(f"{where}: class {', '.join(small)} has fewer than two images (a typo in "
+                      "a label?)", stacklevel=3)
+
+
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read one image file as a 2-D float32 array in [0, 1], scaled by bit depth (module doc);
     ``DataError`` naming the file if it cannot be read."""
@@ -159,7 +170,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
                             f"one of {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)})")
         with Image.open(path) as img:
             img.load()
-            return _to_float_array(img, path)
+            return _to_float_array(upright(img), path)
     except DataError:
         raise
     except FileNotFoundError:
@@ -222,7 +233,8 @@ def load_files(items: Sequence[tuple[Path, int, str]], classes: list[str], image
     seq: Iterable[tuple[Path, int, str]] = items
     if progress:
         from tqdm.auto import tqdm
-        seq = tqdm(items, desc=f"loading {Path(where).name}", unit="img")
+        seq = tqdm(items, desc=f"loading {Path(where).name}", unit="img",
+                   disable=None)  # drawn on a terminal only
     images, labels, paths, groups, skipped = [], [], [], [], []
     for i, (path, label, group) in enumerate(seq):
         try:
@@ -244,6 +256,7 @@ def load_files(items: Sequence[tuple[Path, int, str]], classes: list[str], image
     empty = [c for i, c in enumerate(classes) if not (label_t == i).any()]
     if empty:
         raise DataError(f"{where}: no readable image left in class(es) {empty}")
+    warn_small_classes(where, classes, label_t)
     return ImageSet(torch.stack(images), label_t, list(classes), paths, groups, skipped)
 
 

@@ -47,7 +47,8 @@ from ..crafting import attack_metrics
 from ..data import ImageSet, load_source, split_imageset
 from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..fingerprint import data_sha1
-from ..models import ImageClassifier, load_checkpoint, pretrained_state_dict
+from ..models import ImageClassifier, check_pretrained, load_checkpoint
+from ..resume import differences
 from ..reuse import train_or_reuse
 from ..training import predict_logits
 from ..utils import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_dir
@@ -141,16 +142,10 @@ def check_rerun(out: Path, diff: list[str]) -> None:
                          f"--out, or delete those pieces to redo them with the new settings")
 
 
-def _differences(old: Any, new: Any, path: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new))
-                for d in _differences(old.get(k), new.get(k), f"{path}.{k}" if path else k)]
-    return [] if old == new else [f"{path}: {_brief(old)} there, {_brief(new)} now"]
-
-
-def _brief(v: Any) -> str:
-    s = json.dumps(v)
-    return s if len(s) <= 60 else s[:57] + "..."
+def _differences(old: Any, new: Any) -> list[str]:
+    """``KEY: OLD there, NEW now`` per differing setting (:func:`mladv.resume.differences`, the
+    one resume contract of both studies)."""
+    return differences(old, new)
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -297,7 +292,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *,
     Returns the content of ``results.json``.
     """
     if cfg.weights is not None:  # a bad name, file or offline download: now, before any data
-        pretrained_state_dict(cfg.arch, cfg.weights)
+        check_pretrained(cfg.arch, cfg.weights)  # also weights of another architecture
     if is_main_process():
         prepare_output_dir(out)
     run = prepare(cfg, out, log)

@@ -22,7 +22,7 @@ from ..crafting import craft
 from ..data import ImageSet, load_source, split_imageset
 from ..denoise import select_for_bm3d
 from ..fingerprint import data_sha1, file_sha1, key_digest, model_sha1
-from ..models import load_checkpoint, pretrained_state_dict
+from ..models import check_pretrained, load_checkpoint
 from ..reuse import saved_with_key, train_or_reuse
 from ..utils import atomic_torch_save, atomic_write_text, prepare_output_dir, resolve_device
 from .claims import claims
@@ -56,7 +56,7 @@ def check_weights(cfg: TransferConfig) -> None:
     for key, spec in cfg.model_specs():
         if spec.weights and not spec.checkpoint:
             try:
-                pretrained_state_dict(spec.arch, spec.weights)
+                check_pretrained(spec.arch, spec.weights)
             except ValueError as exc:
                 raise ValueError(f"{key} model {spec.label}: {exc}") from None
 

@@ -1,0 +1,36 @@
+"""The resume contract both studies (``experiment``, ``transfer``) and ``augment`` share: a run
+folder records the settings it was made with; a rerun with other settings is refused with one
+line naming each differing key (:func:`refuse_changed`), never two settings cut at a width.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[str]:
+    """The settings that differ between ``old`` (recorded by an earlier run) and ``new``, one
+    ``"KEY: OLD there, NEW now"`` per differing leaf, nested keys dotted (``attack.eps``), in
+    key order; ``[]`` when they are equal. Each value is cut at 60 characters, never the key."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in differences(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+    return [] if old == new else [f"{path}: {_brief(old)} there, {_brief(new)} now"]
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def refuse_changed(where: str | os.PathLike[str], diff: list[str], *, what: str,
+                   hint: str = "use another output folder or delete this one") -> None:
+    """The one refusal of a rerun with changed settings: ``ValueError`` ``"WHERE: holds WHAT
+    made with other settings (KEY: OLD there, NEW now; ...); HINT"``, naming at most four
+    differing keys (and how many more). Nothing when ``diff`` is empty."""
+    if not diff:
+        return
+    more = f"; and {len(diff) - 4} more" if len(diff) > 4 else ""
+    raise ValueError(f"{where}: holds {what} made with other settings ({'; '.join(diff[:4])}"
+                     f"{more}); {hint}")
