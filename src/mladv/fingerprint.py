@@ -10,8 +10,9 @@ short SHA-256 of its JSON (:func:`key_digest`); a file (e.g. pretrained weights)
 Single images: :func:`image_hashes` gives one short fingerprint per image (of the image
 quantised to 16 bits); checkpoints record their training images this way (``trained_on``).
 
-This module imports nothing of mladv at run time (``ImageSet`` only for type checking), so any
-module, ``mladv.data`` included, can use it without an import cycle.
+This module imports nothing of mladv (not even for type checking: :func:`data_sha1` takes any
+object with ``images`` and ``labels``), so any module, ``mladv.data`` included, can use it
+without an import cycle.
 """
 from __future__ import annotations
 
@@ -19,14 +20,21 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # a run-time import would make mladv.data unable to import this module
-    from .data import ImageSet
+
+class Labelled(Protocol):
+    """What :func:`data_sha1` reads of a data set (``mladv.data.ImageSet`` is one)."""
+
+    @property
+    def images(self) -> Tensor: ...
+
+    @property
+    def labels(self) -> Tensor: ...
 
 
 def tensor_sha1(*tensors: Tensor) -> str:
@@ -37,7 +45,7 @@ def tensor_sha1(*tensors: Tensor) -> str:
     return h.hexdigest()
 
 
-def data_sha1(data: ImageSet) -> str:
+def data_sha1(data: Labelled) -> str:
     """An image set's fingerprint: its images (``N x C x H x W``) and labels (``N``)."""
     return tensor_sha1(data.images, data.labels)
 
