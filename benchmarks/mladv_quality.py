@@ -42,8 +42,8 @@ from mladv.attacks.base import Attack
 from mladv.data import ImageSet, load_folder, split_imageset
 from mladv.figures import adversarial_grid
 from mladv.metrics import ssim, total_variation
-from mladv.models import build_model, load_checkpoint, save_checkpoint
-from mladv.training import predict_logits, train_classifier
+from mladv.models import build_model, load_checkpoint, predict_logits, save_checkpoint
+from mladv.training import train_classifier
 from mladv.utils import atomic_torch_save, atomic_write_json, atomic_write_text, set_determinism
 
 EPS = 8 / 255

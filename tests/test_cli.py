@@ -296,8 +296,7 @@ def test_split_test_on_other_data_leaves_out_the_training_images(ckpt, tmp_path,
 
 
 def test_split_test_with_nothing_unseen_is_refused(tmp_path):
-    from mladv.commands._common import choose_split
-    from mladv.data import make_phantoms
+    from mladv.data import choose_split, make_phantoms
     from mladv.fingerprint import image_hashes
 
     data = make_phantoms(8, 16, seed=0)

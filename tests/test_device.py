@@ -14,8 +14,8 @@ from mladv.losses import (
     origin_loss,
     style_loss,
 )
-from mladv.models import build_model
-from mladv.training import amp_context, predict_logits, to_device, train_classifier
+from mladv.models import build_model, predict_logits
+from mladv.training import amp_context, to_device, train_classifier
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

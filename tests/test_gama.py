@@ -5,8 +5,7 @@ import torch
 from mladv.attacks import GAMA, fgsm, make_attack
 from mladv.attacks.gama import margin_on_softmax
 from mladv.metrics import success_rate
-from mladv.models import build_model
-from mladv.training import predict_logits
+from mladv.models import build_model, predict_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ from torch import nn
 from mladv.attacks import MLAdv, pifgsm
 from mladv.attacks.mladv import same_class_partners
 from mladv.features import FeatureTap
-from mladv.training import predict_logits
+from mladv.models import predict_logits
 
 EPS = 8 / 255
 

@@ -4,8 +4,7 @@ import torch
 from torch import nn
 
 from mladv.attacks import RayS, make_attack
-from mladv.models import build_model
-from mladv.training import predict_logits
+from mladv.models import build_model, predict_logits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

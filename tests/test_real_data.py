@@ -6,8 +6,8 @@ import torch
 from conftest import CXR3, require_cxr3
 from mladv.attacks import MLAdv
 from mladv.data import load_folder, split_imageset
-from mladv.models import build_model
-from mladv.training import accuracy, predict_logits, train_classifier
+from mladv.models import build_model, predict_logits
+from mladv.training import accuracy, train_classifier
 
 
 def test_mladv_attacks_a_model_trained_on_real_chest_xrays(cxr3_root):

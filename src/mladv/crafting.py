@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .attacks import Attack
 from .metrics import perturbation_norms, psnr, ssim, success_rate, total_variation
-from .training import predict_logits
+from .models import predict_logits
 from .utils import atomic_torch_save, progress_bar
 
 

@@ -36,7 +36,13 @@ from .crafting import craft
 from .data import ImageSet
 from .denoise import bm3d_denoise
 from .figures import adversarial_grid
-from .models import ImageClassifier, check_arch, head_name, pretrained_state_dict
+from .models import (
+    ImageClassifier,
+    check_arch,
+    head_name,
+    predict_logits,
+    pretrained_state_dict,
+)
 from .reporting import Block, json_safe, write_report
 from .robustness import (
     SHIFT_SEVERITIES,
@@ -48,7 +54,6 @@ from .robustness import (
     expected_calibration_error,
     fixed_subset,
 )
-from .training import predict_logits
 from .utils import atomic_path, atomic_write_json
 
 

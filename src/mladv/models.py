@@ -17,7 +17,14 @@ import torchvision
 from torch import Tensor, nn
 
 from .fingerprint import image_hashes
-from .utils import atomic_torch_save, download_timeout_s, socket_timeout
+from .utils import (
+    Precision,
+    amp_context,
+    atomic_torch_save,
+    download_timeout_s,
+    model_device,
+    socket_timeout,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -267,6 +274,22 @@ def _torchvision_state_dict(arch: str, name: str) -> dict[str, Tensor]:
                          f"offline, put that file as {folder / filename} (torch hub's cache, "
                          "$TORCH_HOME/hub/checkpoints) or pass a state-dict file") from None
     return state
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: Tensor, batch_size: int = 128, *,
+                   precision: Precision = "fp32") -> Tensor:
+    """Logits for ``N x C x H x W`` images, in eval mode (mode restored), as float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    try:
+        with amp_context(device, precision):
+            out = [model(images[i:i + batch_size].to(device, non_blocking=True)).float().cpu()
+                   for i in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: ImageClassifier, *, classes: list[str],

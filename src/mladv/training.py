@@ -1,4 +1,6 @@
-"""Training and prediction loops for :class:`~mladv.models.ImageClassifier`.
+"""The training loop for :class:`~mladv.models.ImageClassifier` (prediction: ``predict_logits``
+in :mod:`mladv.models`, autocast: ``amp_context`` in :mod:`mladv.utils`; both also importable
+from here).
 
 Speed and scale options: ``precision`` (``"bf16"`` autocast) and ``channels_last``, both
 ``"auto"`` by default in :func:`train_classifier` (on for CUDA models, off on the CPU, so CPU
@@ -17,7 +19,6 @@ pass ``adversarial=AdversarialBatch(...)`` to :func:`train_classifier`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
@@ -27,11 +28,10 @@ from torch import Tensor, nn
 from .adversarial_training import MODES, AdversarialBatch, adversarial_from_options
 from .data import ImageSet
 from .distributed import all_reduce_sum, is_distributed, rank_and_world, rank_batch
-from .utils import model_device, progress_bar
+from .models import predict_logits
+from .utils import PRECISIONS, Precision, amp_context, model_device, progress_bar
 
 BatchTransform = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
-Precision = Literal["fp32", "bf16"]
-PRECISIONS = ("fp32", "bf16")
 TrainPrecision = Literal["fp32", "bf16", "auto"]
 DEVICE_DATA_MAX_BYTES = 8 * 2**30  # data_on_device's default limit (the whole training set)
 Auto = Literal["auto"]
@@ -47,23 +47,6 @@ def random_hflip(images: Tensor, labels: Tensor, gen: torch.Generator) -> tuple[
     images = images.clone()
     images[flip] = images[flip].flip(-1)
     return images, labels
-
-
-def amp_context(device: torch.device | str,
-                precision: str = "fp32") -> AbstractContextManager[object]:
-    """The autocast context for ``precision``: ``"fp32"`` -> nothing, ``"bf16"`` ->
-    ``torch.autocast(device.type, torch.bfloat16)`` (CPU and CUDA; no gradient scaler needed).
-
-    Usable around a model's forward pass in training and around an attack call when crafting
-    (``with amp_context(dev, "bf16"): adv = atk(x, y)``); gradients come back in float32 for
-    float32 leaves.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return nullcontext()
-    device_type = torch.device(device).type
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 def to_device(x: Tensor, device: torch.device, *, pin_memory: bool = False,
@@ -243,22 +226,6 @@ def _loss_and_totals(logits: Tensor, y: Tensor, weight: Tensor | None,
     row = torch.stack([(per_sample.detach().double() * weight).sum(),
                        (hits.double() * weight).sum(), weight.sum().double()])
     return (per_sample * weight).sum() * scale, row
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: Tensor, batch_size: int = 128, *,
-                   precision: Precision = "fp32") -> Tensor:
-    """Logits for ``N x C x H x W`` images, in eval mode (mode restored), as float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    try:
-        with amp_context(device, precision):
-            out = [model(images[i:i + batch_size].to(device, non_blocking=True)).float().cpu()
-                   for i in range(0, images.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
 
 
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:

@@ -10,9 +10,9 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,28 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
     return torch.device(device)
+
+
+# -- autocast ------------------------------------------------------------------------------
+Precision = Literal["fp32", "bf16"]
+PRECISIONS = ("fp32", "bf16")
+
+
+def amp_context(device: torch.device | str,
+                precision: str = "fp32") -> AbstractContextManager[object]:
+    """The autocast context for ``precision``: ``"fp32"`` -> nothing, ``"bf16"`` ->
+    ``torch.autocast(device.type, torch.bfloat16)`` (CPU and CUDA; no gradient scaler needed).
+
+    Usable around a model's forward pass in training and around an attack call when crafting
+    (``with amp_context(dev, "bf16"): adv = atk(x, y)``); gradients come back in float32 for
+    float32 leaves.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 # -- output folders and atomic writes ---------------------------------------------------------

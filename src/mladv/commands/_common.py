@@ -15,9 +15,8 @@ import torch
 import typer
 
 from ..attacks import attack_options, check_attack_options, parse_options
-from ..data import ImageSet, load_source, split_imageset
+from ..data import ImageSet, choose_split, load_source
 from ..distributed import is_main_process
-from ..fingerprint import unseen_indices
 from ..models import ImageClassifier, load_checkpoint
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,44 +132,3 @@ def checkpoint_and_split(checkpoint: Path, data: str, split: str, *, device: tor
     if record["note"] and is_main_process():
         typer.echo(record["note"], err=True)
     return model, dataset, record
-
-
-def choose_split(dataset: ImageSet, ckpt: dict[str, Any], split: str, *, checkpoint: Path,
-                 data: str) -> tuple[ImageSet, dict[str, Any]]:
-    """``split`` (``train``, ``test`` or ``all``) of ``dataset`` as the checkpoint's own split
-    (seed, test share) cuts it, and a record of what was done.
-
-    ``test`` leaves out every image the checkpoint records having trained on (``trained_on``):
-    on the training data that changes nothing, on other data (a copy, an overlapping folder) it
-    keeps the evaluation honest; a note names how many were left out, and a test split with
-    nothing unseen is refused. ``all`` keeps them and the note counts them.
-    """
-    sp = ckpt.get("split") or {"seed": 0, "test_size": 0.15}
-    if split == "all":
-        chosen = dataset
-    else:
-        train, test = split_imageset(dataset, test_size=sp["test_size"], seed=sp["seed"])
-        chosen = train if split == "train" else test
-    record: dict[str, Any] = {"split": split, "n_seen_in_training": None, "note": None}
-    seen = ckpt.get("trained_on")
-    if split == "train":
-        return chosen, record
-    if seen is None:
-        record["note"] = (f"{checkpoint} does not record its training images (written before "
-                          "mladv recorded them): cannot check that they are left out")
-        return chosen, record
-    keep = unseen_indices(chosen.images, seen)
-    n_seen = len(chosen) - len(keep)
-    record["n_seen_in_training"] = n_seen
-    if n_seen and split == "test":
-        if not keep:
-            raise ValueError(f"--split test: all {len(chosen)} images of {data}'s test split "
-                             f"were used to train {checkpoint}; nothing unseen to attack")
-        record["note"] = (f"--split test: left out {n_seen} of {len(chosen)} images that "
-                          f"{checkpoint} was trained on ({data} is not the data it was "
-                          "trained on)")
-        chosen = chosen.subset(keep)
-    elif n_seen:
-        record["note"] = (f"--split all: {n_seen} of {len(chosen)} images were used to train "
-                          f"{checkpoint}; --split test leaves them out")
-    return chosen, record

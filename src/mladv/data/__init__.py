@@ -1,6 +1,7 @@
 """Data: image reading, the ImageFolder loader and the public data sets' layouts (one
-``load_source`` string for all), the patient-aware split, the synthetic phantoms, and adversarial
-outputs as a ``Dataset`` or exported 16-bit PNGs."""
+``load_source`` string for all), the patient-aware split (and ``choose_split``: a checkpoint's
+split minus its training images), the synthetic phantoms, and adversarial outputs as a
+``Dataset`` or exported 16-bit PNGs."""
 from .adversarial import AdversarialDataset, read_adversarial_parts
 from .export import export_pngs
 from .folder import DataError, ImageSet, load_folder, read_image, read_image_tensor, resize_square
@@ -15,10 +16,11 @@ from .presets import (
     load_kermany,
 )
 from .source import PHANTOMS, load_source, parse_source
-from .split import split_imageset, stratified_split
+from .split import choose_split, split_imageset, stratified_split
 
 __all__ = ["AdversarialDataset", "COVID_CLASSES", "DataError", "ImageSet", "PAPER_CLASSES",
-           "PHANTOMS", "PHANTOM_CLASSES", "export_pngs", "kermany_split", "load_covid_radiography",
-           "load_csv", "load_folder", "load_kermany", "load_source", "make_phantoms",
-           "parse_source", "read_adversarial_parts", "read_image", "read_image_tensor",
-           "resize_square", "split_imageset", "stratified_split", "write_phantoms"]
+           "PHANTOMS", "PHANTOM_CLASSES", "choose_split", "export_pngs", "kermany_split",
+           "load_covid_radiography", "load_csv", "load_folder", "load_kermany", "load_source",
+           "make_phantoms", "parse_source", "read_adversarial_parts", "read_image",
+           "read_image_tensor", "resize_square", "split_imageset", "stratified_split",
+           "write_phantoms"]

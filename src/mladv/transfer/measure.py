@@ -15,8 +15,8 @@ from ..data import ImageSet
 from ..denoise import bm3d_denoise, energy_removed
 from ..fingerprint import data_sha1, key_digest
 from ..metrics import perturbation_norms, psnr, ssim, success_rate
+from ..models import predict_logits
 from ..reuse import saved_with_key
-from ..training import predict_logits
 from ..utils import atomic_torch_save
 from .config import TransferConfig
 

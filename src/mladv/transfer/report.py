@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from ..cam import grad_cam
 from ..data import ImageSet
+from ..models import predict_logits
 from ..reporting import Block, csv_text, json_safe, write_report
-from ..training import predict_logits
 from ..utils import atomic_path, atomic_write_json, atomic_write_text
 from .claims import PAPER_TABLE1, PAPER_TARGETS, by_name
 from .config import DISPLAY, TransferConfig
