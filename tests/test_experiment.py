@@ -12,7 +12,7 @@ import yaml
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 import mladv.experiment.run as run_mod
-from experiment_helpers import run_quietly
+from experiment_helpers import hand_results, run_quietly
 from mladv.cli import main
 from mladv.data import write_phantoms
 from mladv.experiment import ARMS, FULL_METHOD, classification_metrics, load_config, run_experiment
@@ -25,7 +25,7 @@ from mladv.experiment.arms import (
 )
 from mladv.experiment.config import ArmOptions, validate_config
 from mladv.experiment.metrics import mean_std
-from mladv.experiment.report import compare
+from mladv.experiment.report import full_method_verdict
 from mladv.experiment.state import quiet_log
 from mladv.models import build_model, save_checkpoint
 
@@ -194,17 +194,23 @@ def test_binary_auc_and_missing_class():
     assert math.isnan(m["auc_per_class"]["c"]) and not math.isnan(m["auc_macro"])
 
 
-def test_mean_std_and_the_verdict_rule():
+def test_mean_std_is_the_sample_std_over_seeds_and_none_for_one_seed():
     assert mean_std([0.9, 0.92, 0.94])["std"] == pytest.approx(0.02)
     assert mean_std([0.9])["std"] is None
-    summary = {FULL_METHOD: {"accuracy": mean_std([0.90, 0.92, 0.94])},
-               "none": {"accuracy": mean_std([0.80, 0.81, 0.82])},
-               "mixup": {"accuracy": mean_std([0.91, 0.93, 0.95])},
-               "cutmix": {"accuracy": mean_std([0.90, 0.90, 0.93])}}
-    assert compare(summary, "none")["verdict"] == "beat"
-    assert compare(summary, "mixup")["verdict"] == "within spread"
-    lost = compare({**summary, "cutmix": {"accuracy": mean_std([0.99, 0.99, 0.995])}}, "cutmix")
-    assert lost["verdict"] == "lost" and "did NOT beat" in lost["sentence"]
+
+
+def test_the_full_method_verdicts_use_the_one_rule_with_the_full_method_as_the_arm():
+    runs = hand_results({FULL_METHOD: {"accuracy": [0.90, 0.92, 0.94]},
+                         "none": {"accuracy": [0.80, 0.81, 0.82]},
+                         "mixup": {"accuracy": [0.91, 0.93, 0.95]},
+                         "cutmix": {"accuracy": [0.99, 0.99, 0.995]}})["runs"]
+    assert [full_method_verdict(runs, b)["verdict"] for b in ("none", "mixup", "cutmix")] == [
+        "better", "within spread", "worse"]
+    worse = full_method_verdict(runs, "cutmix")
+    assert worse["full_mean"] == pytest.approx(0.92) and worse["difference"] < 0
+    assert worse["sentence"] == (
+        f"MLAdv ({FULL_METHOD}) vs `cutmix`: accuracy 0.9200 vs 0.9917 (-0.0717): worse; `cutmix` "
+        f"was ahead by more than the seed-to-seed spread (0.0200).")
 
 
 # -- arms ---------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ function-local import that dodges a cycle at run time is still a cycle in the de
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -99,18 +97,6 @@ def test_the_graph_sees_every_mladv_module():
     assert "mladv.attacks" in graph["mladv"]
 
 
-# Being removed by the report / online_report work of issue 17 (one figure saver in figures.py,
-# verdicts in claims.py); tolerated here only until then, and no other cycle is.
-KNOWN = {"mladv.experiment.report", "mladv.experiment.online_report",
-         "mladv.experiment.chain_report"}
-
-
 def test_the_mladv_import_graph_has_no_cycle():
-    graph = import_graph()
-    others = {m: deps - KNOWN if m in KNOWN else deps for m, deps in graph.items()}
-    cycle = find_cycle(others)
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
-    cycle = find_cycle(graph)
-    if cycle is not None:
-        pytest.xfail("experiment/report.py <-> experiment/online_report.py (issue 17, being "
-                     "removed): " + " -> ".join(cycle))

@@ -1,12 +1,23 @@
-"""Figures: clean / adversarial / amplified-noise grids."""
+"""Figures: the one figure saver; clean / adversarial / amplified-noise grids."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .utils import atomic_path
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, tight: bool = True) -> None:
+    """Write the matplotlib figure ``fig`` as a PNG at 110 dpi, atomically, and close it
+    (``tight``: cropped to its content, ``bbox_inches="tight"``)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight" if tight else None)
+    plt.close(fig)
 
 
 def adversarial_grid(clean: Tensor, adversarial: dict[str, Tensor], labels: Tensor,
@@ -34,9 +45,7 @@ def adversarial_grid(clean: Tensor, adversarial: dict[str, Tensor], labels: Tens
             ax.set_title(title, fontsize=7)
             ax.axis("off")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
 def to_uint8(img: Tensor) -> Tensor:

@@ -97,6 +97,23 @@ def write_report(blocks: Sequence[Block], title: str, md_path: Path, html_path: 
     atomic_write_text(to_html(blocks, title, md_path.parent), html_path)
 
 
+def fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
+    """A number for a report: ``digits`` decimals (with a ``+`` / ``-`` sign when ``sign``);
+    ``n/a`` for None or NaN."""
+    if v is None or math.isnan(v):
+        return "n/a"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def pm(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    """``mean ± std`` of a ``{"mean", "std", "n"}`` summary (the std left out with one seed);
+    ``n/a`` when there is no mean."""
+    if not stat or stat["mean"] is None:
+        return "n/a"
+    std = "" if stat["std"] is None else f" ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}{std}"
+
+
 def csv_text(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """CSV with a header row."""
     buf = io.StringIO()

@@ -2,13 +2,11 @@
 learning curve, and the verdict of each online arm against flips and against the best classic
 augmentation of the run, with calibration, robustness and cost.
 
-The rule, fixed before the run: arm A is "better" than arm B when the mean gain of A over B
-exceeds the larger of the two arms' seed standard deviations (sample std over seeds); "worse"
-when the gain is below minus that spread; "within spread" otherwise.
+Every verdict is the one rule of :mod:`.claims` (:data:`.claims.RULE`, fixed before the run).
 
-The moonshot target: an online MLAdv arm that beats flips on clean test accuracy by more than
-the spread, or keeps clean accuracy within the spread (gain >= -spread) while raising accuracy
-under own-model PGD at 2/255 by at least 30 points.
+The moonshot target (:func:`.claims.moonshot`): an online MLAdv arm that is "better" than flips
+on clean test accuracy, or "within spread" of it while raising accuracy under own-model PGD at
+2/255 by at least 30 points.
 """
 from __future__ import annotations
 
@@ -17,32 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from ..reporting import Block
+from ..figures import save_figure
+from ..reporting import Block, fmt, pm
 from .arms import ARMS
+from .claims import RULE, cell, compare_arms
+from .claims import moonshot as judge_moonshot
 
-RULE = ("\"better\" means the mean gain exceeds the larger of the two arms' seed standard "
-        "deviations (sample std over seeds); \"worse\" means it is below minus that spread; "
-        "otherwise the difference is within the spread.")
-MOONSHOT = ("an online MLAdv arm beats flips (`none`) on clean test accuracy by more than the "
-            "spread, or keeps clean accuracy within the spread while raising accuracy under "
-            "own-model PGD at 2/255 by at least 30 points")
+MOONSHOT = ("an online MLAdv arm is \"better\" than flips (`none`) on clean test accuracy, or "
+            "\"within spread\" of it while raising accuracy under own-model PGD at 2/255 by at "
+            "least 30 points")
 PGD2 = "acc_pgd_2"
 MOONSHOT_GAIN = 0.30
-
-
-def verdict(summary: dict[str, dict[str, Any]], arm: str, baseline: str,
-            metric: str = "accuracy") -> dict[str, Any]:
-    """Mean gain of ``arm`` over ``baseline`` on ``metric``, the spread (the larger seed std of
-    the two) and the verdict of :data:`RULE` (``"n/a"`` when a mean or a spread is missing)."""
-    a, b = summary[arm][metric], summary[baseline][metric]
-    if a["mean"] is None or b["mean"] is None:
-        return {"gain": None, "spread": None, "verdict": "n/a"}
-    gain = a["mean"] - b["mean"]
-    if a["std"] is None or b["std"] is None:
-        return {"gain": gain, "spread": None, "verdict": "one seed: no spread"}
-    spread = max(a["std"], b["std"])
-    word = "better" if gain > spread else "worse" if gain < -spread else "within spread"
-    return {"gain": gain, "spread": spread, "verdict": word}
 
 
 def best_classic(results: dict[str, Any]) -> str | None:
@@ -71,17 +54,8 @@ def cost_multiplier(results: dict[str, Any], arm: str, kind: str = "wall") -> fl
     return float(np.mean(ratios)) if ratios else None
 
 
-def _f(v: float | None, digits: int = 3, sign: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-
-
 def _stat(results: dict[str, Any], arm: str, key: str) -> str:
-    stat = results["summary"][arm].get(key)
-    if not stat or stat["mean"] is None:
-        return "n/a"
-    return _f(stat["mean"]) + ("" if stat["std"] is None else f" ± {stat['std']:.3f}")
+    return pm(results["summary"][arm].get(key), 3)
 
 
 def verdict_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -102,38 +76,21 @@ def verdict_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             if base is None or base == arm or base not in results["summary"]:
                 cells.append("—")
                 continue
-            v = verdict(results["summary"], arm, base)
-            cells.append(f"{_f(v['gain'], 4, True)} ({_f(v['spread'], 4)}): {v['verdict']}")
+            cells.append(cell(compare_arms(results["runs"], arm, base)))
         rows.append([arm, str(results["summary"][arm]["accuracy"]["n"]),
                      _stat(results, arm, "accuracy"), *cells, _stat(results, arm, "ece"),
                      *[_stat(results, arm, k) for k in robust],
-                     _f(cost_multiplier(results, arm), 2), _f(cost_multiplier(results, arm, "cpu"),
-                                                              2)])
+                     fmt(cost_multiplier(results, arm), 2),
+                     fmt(cost_multiplier(results, arm, "cpu"), 2)])
     return head, rows
 
 
 def moonshot(results: dict[str, Any]) -> list[str]:
     """Whether the moonshot target was met, one line per online MLAdv arm of the run."""
-    lines = []
-    summary = results["summary"]
-    for arm in [a for a in results["arms"] if ARMS[a].online and ARMS[a].attack == "mladv"]:
-        if arm not in summary or "none" not in summary:
-            continue
-        clean = verdict(summary, arm, "none")
-        if clean["spread"] is None:
-            lines.append(f"`{arm}`: fewer than two seeds finished, so no spread and no verdict.")
-            continue
-        pgd = verdict(summary, arm, "none", PGD2) if PGD2 in summary[arm] else None
-        pgd_gain = None if pgd is None else pgd["gain"]
-        met_a = clean["verdict"] == "better"
-        met_b = clean["gain"] >= -clean["spread"] and pgd_gain is not None \
-            and pgd_gain >= MOONSHOT_GAIN
-        lines.append(
-            f"`{arm}`: clean gain over flips {clean['gain']:+.4f} (spread {clean['spread']:.4f}); "
-            f"gain in accuracy under own-model PGD 2/255 {_f(pgd_gain, 3, True)} "
-            f"(target >= +{MOONSHOT_GAIN:.2f}). Target "
-            + ("MET." if met_a or met_b else "NOT met."))
-    return lines or ["No online MLAdv arm finished: the target cannot be judged."]
+    arms = [a for a in results["arms"] if ARMS[a].online and ARMS[a].attack == "mladv"]
+    return (judge_moonshot(results, arms, PGD2, "gain in accuracy under own-model PGD 2/255",
+                           MOONSHOT_GAIN)
+            or ["No online MLAdv arm finished: the target cannot be judged."])
 
 
 def selection_table(selection: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -174,8 +131,6 @@ def curve_figure(results: dict[str, Any], selection: dict[str, Any] | None, path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _savefig
-
     nones = [r for r in results["runs"] if r["arm"] == "none" and r.get("history")]
     if not nones and selection is None:
         return False
@@ -195,7 +150,7 @@ def curve_figure(results: dict[str, Any], selection: dict[str, Any] | None, path
     for ax in (ax_l, ax_a):
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path)
     return True
 
 

@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from ..augment import load_shards
-from ..figures import adversarial_grid
-from ..reporting import Block, csv_text
+from ..figures import adversarial_grid, save_figure
+from ..reporting import Block, csv_text, pm
 from ..reporting import write_report as write_blocks
-from ..utils import atomic_path, atomic_write_json, atomic_write_text
+from ..utils import atomic_write_json, atomic_write_text
 from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
 from .chain_report import chain_blocks
+from .claims import RULE, Comparison, compare_arms
 from .metrics import TABLE2_METRICS, mean_std, roc_per_class
 from .online_report import curve_figure, online_blocks
 from .selection import selection_so_far
@@ -54,41 +55,32 @@ def metric_names(results: dict[str, Any]) -> list[str]:
     return list(results["runs"][0]["metrics"]) if results["runs"] else []
 
 
-def compare(summary: dict[str, dict[str, Any]], baseline: str, metric: str = "accuracy"
-            ) -> dict[str, Any]:
-    """Did the full method beat ``baseline`` on ``metric`` by more than the seed-to-seed spread?
-
-    ``difference = mean(full) - mean(baseline)``; ``spread = max(std(full), std(baseline))``
-    (sample standard deviations over seeds). Verdict: ``"beat"`` if difference > spread,
-    ``"lost"`` if difference < -spread, ``"within spread"`` otherwise, ``"one seed"`` when no
-    spread can be measured.
-    """
-    full, base = summary[FULL_METHOD][metric], summary[baseline][metric]
-    diff = full["mean"] - base["mean"]
-    if full["std"] is None or base["std"] is None:
-        verdict, spread = "one seed", None
-    else:
-        spread = max(full["std"], base["std"])
-        verdict = "beat" if diff > spread else "lost" if diff < -spread else "within spread"
-    return {"baseline": baseline, "metric": metric, "full_mean": full["mean"],
-            "baseline_mean": base["mean"], "difference": diff, "spread": spread,
-            "verdict": verdict, "sentence": _sentence(baseline, metric, full["mean"],
-                                                      base["mean"], diff, spread, verdict)}
+def full_method_verdict(runs: Sequence[dict[str, Any]], baseline: str,
+                        metric: str = "accuracy") -> dict[str, Any] | None:
+    """The full method (as the arm) against ``baseline`` on ``metric`` by the one rule
+    (:func:`.claims.compare`: ``difference = mean(full) - mean(baseline)``, ``spread`` the larger
+    seed std, verdict ``better`` / ``worse`` / ``within spread`` / ``one seed``), with a sentence
+    for the report; None when either has no finite value."""
+    c = compare_arms(runs, FULL_METHOD, baseline, metric)
+    if c is None:
+        return None
+    return {"baseline": baseline, "metric": metric, "full_mean": c.arm_mean,
+            "baseline_mean": c.baseline_mean, "difference": c.gain, "spread": c.spread,
+            "verdict": c.verdict, "sentence": _sentence(baseline, metric, c)}
 
 
-def _sentence(baseline: str, metric: str, full: float, base: float, diff: float,
-              spread: float | None, verdict: str) -> str:
-    head = f"MLAdv ({FULL_METHOD}) vs `{baseline}`: {metric} {full:.4f} vs {base:.4f} ({diff:+.4f})"
-    if verdict == "one seed":
-        return f"{head}; with one seed there is no seed-to-seed spread, so no conclusion."
-    if verdict == "beat":
-        return (f"{head}: MLAdv beat `{baseline}` by more than the seed-to-seed spread "
-                f"({spread:.4f}).")
-    if verdict == "lost":
-        return (f"{head}: MLAdv did NOT beat `{baseline}`; `{baseline}` was better by more than "
-                f"the seed-to-seed spread ({spread:.4f}).")
-    return (f"{head}: MLAdv did NOT beat `{baseline}` by more than the seed-to-seed spread "
-            f"({spread:.4f}); the difference is within noise.")
+def _sentence(baseline: str, metric: str, c: Comparison) -> str:
+    head = (f"MLAdv ({FULL_METHOD}) vs `{baseline}`: {metric} {c.arm_mean:.4f} vs "
+            f"{c.baseline_mean:.4f} ({c.gain:+.4f})")
+    if c.verdict == "one seed":
+        return f"{head}: one seed, so no seed-to-seed spread and no conclusion."
+    if c.verdict == "better":
+        return f"{head}: better, by more than the seed-to-seed spread ({c.spread:.4f})."
+    if c.verdict == "worse":
+        return (f"{head}: worse; `{baseline}` was ahead by more than the seed-to-seed spread "
+                f"({c.spread:.4f}).")
+    return (f"{head}: within spread ({c.spread:.4f}); MLAdv did NOT beat `{baseline}` by more "
+            f"than the seed-to-seed noise.")
 
 
 def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.ndarray]]:
@@ -120,8 +112,8 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
     names = list(runs[0]["metrics"])
     summary = {arm: {m: mean_std([r["metrics"][m] for r in rows]) for m in names}
                for arm, rows in per_arm.items()}
-    comparisons = ([compare(summary, b) for b in BASELINES if b in summary]
-                   if FULL_METHOD in summary else [])
+    verdicts = [full_method_verdict(runs, b) for b in BASELINES if b in summary]
+    comparisons = [v for v in verdicts if v is not None]
     timing_keys = sorted({k for r in runs for k in r["timings"] if k.endswith("_s")})
     compute: dict[str, Any] = {k: round(sum(r["timings"].get(k, 0.0) for r in runs), 1)
                                for k in timing_keys}
@@ -153,21 +145,6 @@ def _num(v: float | None) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.6f}"
 
 
-def _pm(stat: dict[str, Any], digits: int = 4) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    std = "" if stat["std"] is None else f" ± {stat['std']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f}{std}"
-
-
-def _savefig(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
-
-
 def roc_figure(results: dict[str, Any], probs: dict[tuple[str, int], np.ndarray],
                path: Path) -> bool:
     """Fig. 5: per-class one-vs-rest ROC curves of ``none`` and the full method, one line per
@@ -186,7 +163,7 @@ def roc_figure(results: dict[str, Any], probs: dict[tuple[str, int], np.ndarray]
         for s_i, seed in enumerate(s for s in results["seeds"] if (arm, s) in probs):
             for c, (fpr, tpr) in enumerate(roc_per_class(labels, probs[(arm, seed)])):
                 stat = results["summary"][arm][f"auc_{classes[c]}"]
-                label = f"{arm} (AUC {_pm(stat, 3)})" if s_i == 0 else None
+                label = f"{arm} (AUC {pm(stat, 3)})" if s_i == 0 else None
                 axes[0, c].plot(fpr, tpr, color=colors[arm], alpha=0.8, lw=1.2, label=label)
     for c, name in enumerate(classes):
         ax = axes[0, c]
@@ -196,7 +173,7 @@ def roc_figure(results: dict[str, Any], probs: dict[tuple[str, int], np.ndarray]
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("ROC per class, one line per seed (Fig. 5)", fontsize=9)
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -219,7 +196,7 @@ def accuracy_figure(results: dict[str, Any], path: Path) -> None:
     ax.set(ylabel="accuracy", ylim=(0, 1))
     ax.legend(fontsize=7, ncol=len(keys), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)
-    _savefig(fig, path)
+    save_figure(fig, path)
 
 
 def ablation_figure(run: Run, path: Path) -> bool:
@@ -245,7 +222,7 @@ def table2(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row_name = ARMS[arm].paper_row
         ref = PAPER_TABLE2.get(row_name or "")
         rows.append([row_name or "— (not in the paper)", arm,
-                     *[_pm(results["summary"][arm][m]) for m in TABLE2_METRICS],
+                     *[pm(results["summary"][arm][m], 4) for m in TABLE2_METRICS],
                      *([f"{v:.4f}" for v in ref] if ref else ["—"] * 4)])
     return header, rows
 
@@ -254,7 +231,7 @@ def extra_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     keys = [k for k in metric_names(results)
             if k.startswith("auc_") or k.startswith("acc_") or k == "ece"]
     header = ["arm", *keys]
-    rows = [[arm, *[_pm(results["summary"][arm][k], 3) for k in keys]] for arm in results["arms"]]
+    rows = [[arm, *[pm(results["summary"][arm][k], 3) for k in keys]] for arm in results["arms"]]
     return header, rows
 
 
@@ -319,6 +296,7 @@ def report_blocks(results: dict[str, Any], figures: list[tuple[str, Path]],
     blocks += [("h2", "Table 2: clean test metrics by training set"), ("table", *table2(results))]
     if FULL_METHOD in results["arms"]:  # an online-only comparison has its verdict above
         blocks += [("h2", "Verdicts: MLAdv (full method) against each baseline"),
+                   ("p", f"Rule fixed before the run: {RULE}"),
                    ("ul", [c["sentence"] for c in results["comparisons"]]
                     or ["No verdict yet: the full method and a baseline have not both finished."])]
     blocks += [("h2", "AUC and robustness (mean ± std over seeds)"),
