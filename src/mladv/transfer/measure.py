@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cam import aggregation
+from ..cam import aggregation, grad_cam
 from ..data import ImageSet
 from ..denoise import bm3d_denoise, energy_removed
 from ..fingerprint import data_sha1, key_digest
@@ -29,6 +29,15 @@ def file_name(name: str) -> str:
 def predictions(models: dict[str, nn.Module], images: Tensor) -> dict[str, Tensor]:
     """Each model's predicted class. Shape: ``N x C x H x W`` -> ``{key: N}``."""
     return {k: predict_logits(m, images).argmax(1) for k, m in models.items()}
+
+
+def figure_panels(source: nn.Module, test: ImageSet, advs: dict[str, Tensor], i: int,
+                  layer: str | None) -> tuple[Tensor, Tensor]:
+    """What Fig. 3 shows of the source model for test image ``i``: the Grad-CAM maps
+    (``(1 + A) x H x W``) and predicted classes (``1 + A``) of the clean image, then of each of
+    the ``A`` attacks' adversarial copies (in ``advs`` order)."""
+    imgs = torch.cat([test.images[i:i + 1]] + [adv[i:i + 1] for adv in advs.values()])
+    return grad_cam(source, imgs, layer=layer), predict_logits(source, imgs).argmax(1)
 
 
 def success_table(clean_pred: dict[str, Tensor], adv_pred: dict[str, Tensor],

@@ -6,12 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..cam import grad_cam
 from ..data import ImageSet
-from ..models import predict_logits
 from ..reporting import Block, csv_text, json_safe, write_report
 from ..utils import atomic_path, atomic_write_json, atomic_write_text
 from .claims import PAPER_TABLE1, PAPER_TARGETS, by_name
@@ -26,11 +23,13 @@ def pick_figure_image(source_pred: Tensor, labels: Tensor, index: Tensor) -> int
     return int(index[0])
 
 
-def fig3_grid(path: Path, source: nn.Module, test: ImageSet, advs: dict[str, Tensor],
-              denoised: dict[str, Tensor], index: Tensor, i: int, cfg: TransferConfig) -> None:
+def fig3_grid(path: Path, cam_pred: tuple[Tensor, Tensor], test: ImageSet,
+              advs: dict[str, Tensor], denoised: dict[str, Tensor], index: Tensor, i: int,
+              cfg: TransferConfig) -> None:
     """Fig. 3: one column per attack (and the clean image first); rows: the image, its noise
     amplified so that eps fills the grey range, its BM3D-denoised version, and the source
-    model's Grad-CAM of it overlaid."""
+    model's Grad-CAM of it overlaid. ``cam_pred``: the Grad-CAM maps and predicted classes of
+    the columns (:func:`mladv.transfer.measure.figure_panels`)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,8 +38,7 @@ def fig3_grid(path: Path, source: nn.Module, test: ImageSet, advs: dict[str, Ten
     clean = test.images[i:i + 1]
     names = ["clean", *advs]
     imgs = [clean] + [advs[t][i:i + 1] for t in advs]
-    cams = grad_cam(source, torch.cat(imgs), layer=cfg.cam.layer)
-    preds = predict_logits(source, torch.cat(imgs)).argmax(1)
+    cams, preds = cam_pred
     gain = 0.5 / cfg.eps_unit()
     fig, axes = plt.subplots(4, len(names), figsize=(1.9 * len(names), 8.2), squeeze=False)
     for c, (name, img) in enumerate(zip(names, imgs)):

@@ -27,7 +27,14 @@ from ..reuse import saved_with_key, train_or_reuse
 from ..utils import atomic_torch_save, atomic_write_text, prepare_output_dir, resolve_device
 from .claims import claims
 from .config import AttackSpec, ModelSpec, TransferConfig, dump_config
-from .measure import denoise_all, file_name, measure_attack, measure_bm3d, predictions
+from .measure import (
+    denoise_all,
+    figure_panels,
+    file_name,
+    measure_attack,
+    measure_bm3d,
+    predictions,
+)
 from .report import fig3_grid, pick_figure_image, write_reports
 
 Log = Callable[[str], None]
@@ -213,7 +220,8 @@ def run_transfer(cfg: TransferConfig, out: str | Path, *, log: Log = print) -> d
     results = assemble(cfg, train, test, infos, labels, attacks, bm3d)
     fig = out / "transfer_fig3.png"
     figure_image = pick_figure_image(clean_pred["source"], test.labels, index)
-    fig3_grid(fig, models["source"], test, advs, denoised, index, figure_image, cfg)
+    cam_pred = figure_panels(models["source"], test, advs, figure_image, cfg.cam.layer)
+    fig3_grid(fig, cam_pred, test, advs, denoised, index, figure_image, cfg)
     results["figure"] = {"path": fig.name, "test_index": figure_image,
                          "image": test.paths[figure_image]}
     results["wall_seconds"] = time.perf_counter() - wall
