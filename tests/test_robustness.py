@@ -6,6 +6,7 @@ import torch
 
 from mladv.robustness import (
     PadLogits,
+    RobustnessOptions,
     adversarial_accuracy,
     autoattack_accuracy,
     expected_calibration_error,
@@ -57,14 +58,16 @@ def test_attacks_lower_accuracy_and_autoattack_is_at_least_as_strong_as_pgd(tiny
 
 
 def test_robustness_report_has_every_number(tiny_trained):
+    """The clean numbers, the subset sizes, and one column per option (here no shift / chain)."""
     model, images, labels = tiny_trained
-    r = robustness_report(model, images[:20], labels[:20], n_images=8, n_autoattack=4,
-                          pgd_steps=3, mladv_options={"steps": 2}, square_queries=20)
-    assert r["n"] == 20 and r["n_robust"] == 8 and r["n_autoattack"] == 4
-    assert r["acc"] == pytest.approx(accuracy(model, images[:20], labels[:20]))
-    for key in ("ece", "pgd2", "pgd8", "mladv", "autoattack2"):
-        assert 0.0 <= r[key] <= 1.0, key
-    assert r["pgd8"] <= r["pgd2"]
+    opts = RobustnessOptions(attacks=("mladv",), pgd_eps=(2.0, 8.0), pgd_options={"steps": 3},
+                             mladv_options={"steps": 2}, max_images=8, autoattack_images=4,
+                             square_queries=20, noise_sigmas=(0.05,))
+    r = robustness_report(model, images[:20], labels[:20], opts)
+    assert set(r) == {"n", "n_robust", "n_autoattack", "accuracy", "ece", "acc_mladv",
+                      "acc_pgd_2", "acc_pgd_8", "acc_autoattack_2", "acc_noise_0.05"}
+    assert (r["n"], r["n_robust"], r["n_autoattack"]) == (20, 8, 4)
+    assert r["accuracy"] == accuracy(model, images[:20], labels[:20])
 
 
 def test_pad_logits_adds_a_column_below_every_logit_and_keeps_the_rest():

@@ -32,7 +32,7 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
 from .attacks import check_attack_options, make_attack
-from .crafting import craft
+from .augment import craft_shard
 from .data import ImageSet
 from .denoise import bm3d_denoise
 from .figures import adversarial_grid
@@ -109,10 +109,12 @@ def _accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
 
 
 def _bm3d(model: nn.Module, x: Tensor, y: Tensor, opts: CardOptions) -> dict[str, float]:
-    """Accuracy on BM3D-denoised clean and PGD (largest eps) images."""
+    """Accuracy on BM3D-denoised clean and PGD (largest eps) images, the PGD images seeded as
+    :func:`mladv.robustness.adversarial_accuracy` seeds the ``pgd_<E>`` column (batch ``b``:
+    ``derive_seed(seed, 0, b)``)."""
     eps = max(opts.pgd_eps)
     atk = make_attack("pgd", model, eps=eps / 255, steps=opts.pgd_steps, seed=opts.seed)
-    adv = craft(atk, x, y, batch_size=opts.batch_size, progress=False)
+    adv = craft_shard(atk, x, y, seed=opts.seed, shard=0, batch_size=opts.batch_size)
     workers = 1 if x.shape[0] < 4 else None
     return {"bm3d_clean": _accuracy(model, bm3d_denoise(x, opts.bm3d_sigma, workers=workers), y),
             f"bm3d_pgd_{eps:g}": _accuracy(model, bm3d_denoise(adv, opts.bm3d_sigma,

@@ -2,16 +2,21 @@
 itself (PGD at 2/255 and 8/255, MLAdv, and torchattacks' AutoAttack, which catches the gradient
 masking that can make adversarially trained models only *look* robust).
 
+This is the one evaluation path: the experiment's robustness columns are
+:func:`robustness_columns` (``mladv.experiment.evaluation`` only maps its config onto
+:class:`RobustnessOptions`), so the API reproduces a report's numbers exactly.
+
 Examples::
     >>> ece = expected_calibration_error(predict_logits(model, x).softmax(1), y)
     >>> acc = adversarial_accuracy(model, x, y, "pgd", eps=2/255)
-    >>> report = robustness_report(model, x, y, n_images=64, seed=0)   # every number at once
+    >>> report = robustness_report(model, x, y, RobustnessOptions(max_images=64), seed=0)
 """
 from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,8 +25,8 @@ from torch import Tensor, nn
 
 from .attacks import eval_mode, make_attack
 from .attacks.chain import ChainBounds, random_chain
-from .crafting import craft
-from .training import predict_logits
+from .augment import craft_shard, derive_seed
+from .models import predict_logits
 from .utils import model_device
 
 
@@ -56,15 +61,50 @@ def fixed_subset(n: int, k: int | None, seed: int = 0) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
 
 
+def stratified_order(labels: Tensor, n_classes: int, seed: int) -> list[int]:
+    """Every index of ``labels`` (``N``), dealt round-robin over the classes ``0 .. n_classes - 1``
+    from per-class shuffles drawn in class order from one generator seeded with ``seed``: any
+    prefix of ``k`` holds ``floor(k / K)`` or ``ceil(k / K)`` of each of the ``K`` classes (as
+    far as a class has images)."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    per_class = [idx[torch.randperm(len(idx), generator=gen)].tolist()
+                 for idx in (torch.nonzero(labels == c).flatten() for c in range(n_classes))]
+    return [lst[i] for i in range(max(map(len, per_class), default=0))
+            for lst in per_class if i < len(lst)]
+
+
+def stratified_subset(labels: Tensor, k: int | None, seed: int = 0,
+                      n_classes: int | None = None) -> Tensor:
+    """The first ``min(k, N)`` indices of :func:`stratified_order` (``n_classes`` default:
+    ``max(labels) + 1``), sorted; all ``N`` when ``k`` is None or ``>= N``. The robustness subset
+    of the experiment and of :func:`robustness_columns` (the same images for every model)."""
+    n = int(labels.shape[0])
+    if k is None or k >= n:
+        return torch.arange(n)
+    if k < 1:
+        raise ValueError(f"the subset size must be >= 1, got {k}")
+    classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    return torch.tensor(sorted(stratified_order(labels, classes, seed)[:k]), dtype=torch.long)
+
+
 def adversarial_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attack: str = "pgd",
                          *, eps: float = 8 / 255, seed: int = 0, batch_size: int = 64,
                          **options: Any) -> float:
     """Accuracy of ``model`` on images attacked white-box on ``model`` itself (registry attack
     ``attack`` with ``eps`` in [0, 1] units and its own defaults, e.g. PGD-10, step eps/4,
-    random start). Shape: images ``N x C x H x W`` in [0, 1], labels ``N`` -> a float."""
+    random start). Batch ``b`` of ``batch_size`` images is crafted with the attack seed
+    ``derive_seed(seed, 0, b)`` (:func:`mladv.augment.craft_shard`, shard 0): the seeding of
+    every robustness column of the experiment. Shape: images ``N x C x H x W`` in [0, 1],
+    labels ``N`` -> a float."""
     atk = make_attack(attack, model, eps=eps, seed=seed, **options)
-    adv = craft(atk, images, labels, batch_size=batch_size, progress=False)
-    return float((predict_logits(model, adv).argmax(1) == labels.cpu()).float().mean())
+    adv = craft_shard(atk, images, labels, seed=seed, shard=0, batch_size=batch_size)
+    return _accuracy(model, adv, labels)
+
+
+def _accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
+    """The fraction of ``images`` whose arg-max logit is the label."""
+    return float((predict_logits(model, images).argmax(1) == labels.cpu()).float().mean())
 
 
 def num_classes(model: nn.Module, images: Tensor) -> int:
@@ -116,43 +156,6 @@ def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *,
             out.append(atk(x, y).detach().cpu())
     adv = torch.cat(out) if out else images
     return float((predict_logits(model, adv).argmax(1) == labels.cpu()).float().mean())
-
-
-def robustness_report(model: nn.Module, images: Tensor, labels: Tensor, *,
-                      n_images: int | None = 64, n_autoattack: int | None = 32, seed: int = 0,
-                      pgd_steps: int = 10, mladv_options: dict[str, Any] | None = None,
-                      autoattack: bool = True, batch_size: int = 64,
-                      square_queries: int = 5000) -> dict[str, Any]:
-    """Every evaluation number of the experiment for one model on a test set:
-
-    ``acc`` and ``ece`` (15 bins) on all images; on a fixed subset of ``n_images`` (seeded):
-    ``pgd2`` / ``pgd8`` (own-model PGD-``pgd_steps`` at 2/255 and 8/255), ``mladv`` (own-model
-    MLAdv at 8/255, its defaults plus ``mladv_options``); on the first ``n_autoattack`` of that
-    subset: ``autoattack2`` (standard AutoAttack at 2/255; None when ``autoattack`` is False).
-    """
-    probs = predict_logits(model, images).softmax(1)
-    labels = labels.cpu()
-    sub = fixed_subset(images.shape[0], n_images, seed)
-    x, y = images[sub], labels[sub]
-    report: dict[str, Any] = {
-        "n": int(images.shape[0]), "n_robust": int(sub.shape[0]),
-        "acc": float((probs.argmax(1) == labels).float().mean()),
-        "ece": expected_calibration_error(probs, labels),
-        "pgd2": adversarial_accuracy(model, x, y, "pgd", eps=2 / 255, steps=pgd_steps, seed=seed,
-                                     batch_size=batch_size),
-        "pgd8": adversarial_accuracy(model, x, y, "pgd", eps=8 / 255, steps=pgd_steps, seed=seed,
-                                     batch_size=batch_size),
-        "mladv": adversarial_accuracy(model, x, y, "mladv", eps=8 / 255, seed=seed,
-                                      batch_size=batch_size, **(mladv_options or {})),
-        "autoattack2": None, "n_autoattack": 0,
-    }
-    if autoattack:
-        k = sub.shape[0] if n_autoattack is None else min(n_autoattack, sub.shape[0])
-        report["autoattack2"] = autoattack_accuracy(model, x[:k], y[:k], eps=2 / 255, seed=seed,
-                                                    batch_size=batch_size,
-                                                    square_queries=square_queries)
-        report["n_autoattack"] = int(k)
-    return report
 
 
 # -- acquisition shift: a chest-X-ray analogue of ImageNet-C ------------------------------------
@@ -213,3 +216,137 @@ def chain_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
     default) crafted on ``model`` itself; ``eps`` scales its bounds (8/255: the defaults)."""
     return adversarial_accuracy(model, images, labels, "chain", eps=eps, seed=seed,
                                 batch_size=batch_size, **options)
+
+
+# -- every robustness column at once: the one evaluation path (the experiment calls it) --------
+def noise_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
+                   sigmas: Sequence[float], *, seed: int = 0) -> dict[str, float]:
+    """``acc_noise_<sigma>``: accuracy on ``clip(images + sigma * z, 0, 1)``, ``z ~ N(0, 1)``
+    of shape ``N x C x H x W`` drawn from ``derive_seed(seed, 1000 + i)`` for the ``i``-th sigma
+    of ``sigmas``."""
+    out: dict[str, float] = {}
+    for i, sigma in enumerate(sigmas):
+        gen = torch.Generator().manual_seed(derive_seed(seed, 1000 + i))
+        noise = sigma * torch.randn(images.shape, generator=gen)
+        out[f"acc_noise_{sigma:g}"] = _accuracy(model, (images + noise).clamp(0, 1), labels)
+    return out
+
+
+@dataclass(frozen=True)
+class RobustnessOptions:
+    """The settings of :func:`robustness_columns`; eps in 1/255 units. The experiment's are its
+    config's ``robustness:`` section with the top-level ``eps``, ``pgd:`` / ``mladv:`` /
+    ``chain:`` options and ``split.seed`` as ``subset_seed``
+    (:func:`mladv.experiment.evaluation.robustness_options`)."""
+
+    attacks: tuple[str, ...] = ("mladv",)  # acc_<name> at ``eps``: "mladv" and/or "pgd"
+    eps: float = 8.0
+    pgd_eps: tuple[float, ...] = (2.0, 8.0)  # acc_pgd_<E>
+    pgd_options: Mapping[str, Any] = field(default_factory=dict)
+    mladv_options: Mapping[str, Any] = field(default_factory=dict)
+    chain_options: Mapping[str, Any] = field(default_factory=dict)
+    max_images: int | None = 64  # the stratified robustness subset (None: every image)
+    subset_seed: int = 0
+    autoattack_images: int = 0  # the first N of the subset's stratified order (0: off)
+    autoattack_eps: float = 2.0
+    square_queries: int = 5000  # 5000: the standard version
+    noise_sigmas: tuple[float, ...] = (0.02, 0.05)
+    acquisition_shift: bool = False  # shift_<transform>_<severity>, acc_shift_mean, acc_chain
+    ece_bins: int = 15
+    batch_size: int = 32
+
+    def check(self) -> None:
+        """One ``ValueError`` line naming the first bad option (before any compute)."""
+        bad = [a for a in self.attacks if a not in ("mladv", "pgd")]
+        if bad:
+            raise ValueError(f"attacks must be 'mladv' / 'pgd', got {bad}")
+        if any(not 0 < e <= 255 for e in (self.eps, *self.pgd_eps, self.autoattack_eps)):
+            raise ValueError("eps, pgd_eps and autoattack_eps are in 1/255 units, each in (0, 255]")
+        if any(s <= 0 for s in self.noise_sigmas):
+            raise ValueError(f"noise_sigmas must be > 0, got {list(self.noise_sigmas)}")
+        for name in ("square_queries", "ece_bins", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.autoattack_images < 0 or (self.max_images is not None and self.max_images < 1):
+            raise ValueError("autoattack_images must be >= 0 and max_images >= 1")
+
+
+def robustness_subsets(labels: Tensor, opts: RobustnessOptions, n_classes: int
+                       ) -> tuple[Tensor, Tensor]:
+    """(robustness subset, AutoAttack subset), sorted indices: the first ``max_images`` of
+    :func:`stratified_order` with ``subset_seed``, and the first ``min(autoattack_images,
+    n_robust)`` of that same order (a subset of the first, as class-balanced)."""
+    sub = stratified_subset(labels, opts.max_images, opts.subset_seed, n_classes)
+    k = min(opts.autoattack_images, int(sub.shape[0]))
+    auto = (stratified_subset(labels, k, opts.subset_seed, n_classes) if k
+            else torch.zeros(0, dtype=torch.long))
+    return sub, auto
+
+
+def robustness_columns(model: nn.Module, images: Tensor, labels: Tensor,
+                       opts: RobustnessOptions | None = None, *, seed: int = 0,
+                       n_classes: int | None = None) -> dict[str, float]:
+    """Every robustness column of the experiment (its ``result["robust"]``, bit for bit) for
+    ``model`` on ``images`` ``N x C x H x W`` in [0, 1] with ``labels`` ``N``; attacks crafted
+    white-box on ``model`` itself with attack seed ``seed``, batch ``b`` seeded
+    ``derive_seed(seed, 0, b)`` (:func:`adversarial_accuracy`):
+
+    - on the robustness subset (:func:`robustness_subsets`): ``acc_<attack>`` at ``eps``,
+      ``acc_pgd_<E>`` at each ``pgd_eps`` (``pgd_options``), ``acc_chain`` (adversarial chain at
+      its default bounds and ``chain_options``, with ``acquisition_shift``);
+    - on its AutoAttack part: ``acc_autoattack_<E>`` (:func:`autoattack_accuracy`, seed ``seed``);
+    - on every image: ``acc_noise_<sigma>`` (:func:`noise_accuracy`) and, with
+      ``acquisition_shift``, ``shift_<transform>_<severity>`` and their mean ``acc_shift_mean``
+      (:func:`acquisition_shift_accuracy` seeded ``derive_seed(seed, 2000)``).
+
+    ``n_classes`` (default: the model's) sets the classes the subset is stratified over."""
+    opts = opts or RobustnessOptions()
+    opts.check()
+    labels = labels.cpu()
+    k = num_classes(model, images) if n_classes is None else n_classes
+    sub, auto = robustness_subsets(labels, opts, k)
+    x, y = images[sub], labels[sub]
+    common = {"seed": seed, "batch_size": opts.batch_size}
+    out: dict[str, float] = {}
+    for name in opts.attacks:
+        extra = opts.mladv_options if name == "mladv" else opts.pgd_options
+        out[f"acc_{name}"] = adversarial_accuracy(model, x, y, name,
+                                                  **{**extra, "eps": opts.eps / 255, **common})
+    for e in opts.pgd_eps:
+        out[f"acc_pgd_{e:g}"] = adversarial_accuracy(
+            model, x, y, "pgd", **{**opts.pgd_options, "eps": e / 255, **common})
+    if auto.shape[0]:
+        out[f"acc_autoattack_{opts.autoattack_eps:g}"] = autoattack_accuracy(
+            model, images[auto], labels[auto], eps=opts.autoattack_eps / 255,
+            square_queries=opts.square_queries, **common)
+    out.update(noise_accuracy(model, images, labels, opts.noise_sigmas, seed=seed))
+    if opts.acquisition_shift:
+        shift = acquisition_shift_accuracy(model, images, labels, seed=derive_seed(seed, 2000))
+        out.update({key: v for key, v in shift.items() if key != "shift_mean"})
+        out["acc_shift_mean"] = shift["shift_mean"]
+        out["acc_chain"] = chain_accuracy(model, x, y,
+                                          **{**opts.chain_options, "eps": 8 / 255, **common})
+    return out
+
+
+def robustness_report(model: nn.Module, images: Tensor, labels: Tensor,
+                      opts: RobustnessOptions | None = None, *, seed: int = 0,
+                      n_classes: int | None = None) -> dict[str, Any]:
+    """:func:`robustness_columns` with the clean numbers on every image: ``n``, ``n_robust``,
+    ``n_autoattack``, ``accuracy`` and ``ece`` (``ece_bins`` bins; the experiment's
+    ``clean.ece``), then the columns.
+
+    Example (an experiment's ``acc_pgd_2`` of seed 0, ``robustness.max_images: 64``)::
+        >>> robustness_report(model, test.images, test.labels,
+        ...                   RobustnessOptions(pgd_eps=(2.0,), max_images=64, subset_seed=0))
+    """
+    opts = opts or RobustnessOptions()
+    opts.check()
+    k = num_classes(model, images) if n_classes is None else n_classes
+    sub, auto = robustness_subsets(labels.cpu(), opts, k)
+    probs = predict_logits(model, images).softmax(1)
+    return {"n": int(images.shape[0]), "n_robust": int(sub.shape[0]),
+            "n_autoattack": int(auto.shape[0]),
+            "accuracy": _accuracy(model, images, labels),
+            "ece": expected_calibration_error(probs, labels.cpu(), opts.ece_bins),
+            **robustness_columns(model, images, labels, opts, seed=seed, n_classes=k)}
