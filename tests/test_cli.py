@@ -41,8 +41,8 @@ def no_data(monkeypatch):
     """Fails the test if a command reads its data (errors must come before that)."""
     def forbidden(*args, **kwargs):
         raise AssertionError("the data was read before the error")
-    for module in ("train", "_common"):  # _common reads the data of attack and augment
-        monkeypatch.setattr(f"mladv.commands.{module}.load_source", forbidden)
+    for module in ("reuse", "crafting"):  # train's, and attack / augment / evaluate's reader
+        monkeypatch.setattr(f"mladv.{module}.load_source", forbidden)
 
 
 def test_train_then_attack_writes_lossless_tensors_and_metrics(ckpt, tmp_path, capsys):
@@ -97,7 +97,7 @@ def test_attack_and_augment_share_the_option_flags(ckpt, tmp_path, capsys, no_da
 
 @pytest.mark.parametrize("command", ["attack", "augment"])
 def test_attack_flags_are_declared_once_for_both_commands(command, capsys):
-    from mladv.commands._common import ATTACK_FLAGS
+    from mladv.commands._attack_flags import ATTACK_FLAGS
 
     assert run([command, "--help"]) == 0
     text = capsys.readouterr().out
@@ -215,7 +215,7 @@ def _interrupt(*args, **kwargs):
 def test_ctrl_c_in_train_says_nothing_was_kept_and_exits_130(tmp_path, capsys, monkeypatch):
     from mladv.commands.train import INTERRUPTED as TRAIN_INTERRUPTED
 
-    monkeypatch.setattr("mladv.commands.train.train_classifier", _interrupt)
+    monkeypatch.setattr("mladv.reuse.train_classifier", _interrupt)
     assert run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16",
                 "--out", str(tmp_path / "o")]) == 130
     err = capsys.readouterr().err
@@ -225,13 +225,13 @@ def test_ctrl_c_in_train_says_nothing_was_kept_and_exits_130(tmp_path, capsys, m
 
 
 def test_ctrl_c_in_attack_says_it_starts_again(ckpt, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("mladv.commands.attack.craft", _interrupt)
+    monkeypatch.setattr("mladv.crafting.craft", _interrupt)
     assert run(["attack", str(ckpt), "phantoms:12", "--out", str(tmp_path / "a")]) == 130
     assert "rerun the same command to start again" in capsys.readouterr().err
 
 
 def test_ctrl_c_in_a_resumable_command_says_what_was_kept(ckpt, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("mladv.commands.augment.craft_shards", _interrupt)
+    monkeypatch.setattr("mladv.augment.craft_shards", _interrupt)
     assert run(["augment", str(ckpt), "phantoms:12", "--out", str(tmp_path / "g")]) == 130
     assert capsys.readouterr().err.strip() == INTERRUPTED
 
@@ -241,7 +241,8 @@ def test_ctrl_c_under_torchrun_is_reported_by_rank_0_only(command, ckpt, tmp_pat
                                                           monkeypatch):
     from mladv.commands.train import INTERRUPTED as TRAIN_INTERRUPTED
 
-    monkeypatch.setattr(f"mladv.commands.{command}.init_from_env", _interrupt)
+    library = {"train": "mladv.reuse", "augment": "mladv.augment"}[command]
+    monkeypatch.setattr(f"{library}.init_from_env", _interrupt)
     args = ([command, "phantoms:6"] if command == "train" else [command, str(ckpt), "phantoms:6"])
     expected = TRAIN_INTERRUPTED if command == "train" else INTERRUPTED
     for rank, said in (("1", ""), ("0", expected)):

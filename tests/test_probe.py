@@ -44,8 +44,8 @@ def no_data(monkeypatch):
     """Fails the test if a command reads its data (errors must come before that)."""
     def forbidden(*args, **kwargs):
         raise AssertionError("the data was read before the error")
-    for module in ("train", "_common"):
-        monkeypatch.setattr(f"mladv.commands.{module}.load_source", forbidden)
+    for module in ("reuse", "crafting"):  # train's, and attack / augment / evaluate's reader
+        monkeypatch.setattr(f"mladv.{module}.load_source", forbidden)
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +267,7 @@ def test_the_command_line_formats_warnings_in_one_line(tmp_path, monkeypatch):
     def command(*args, **kwargs):
         seen.append(warnings.formatwarning(UserWarning("w"), UserWarning, "f.py", 1))
         raise ValueError("stop")
-    monkeypatch.setattr("mladv.commands.train.load_source", command)
+    monkeypatch.setattr("mladv.reuse.load_source", command)
     assert run(["train", "phantoms:4", "--out", str(tmp_path / "o")]) == 2
     assert seen == ["warning: w\n"]
 
@@ -295,7 +295,7 @@ def test_sigterm_stops_with_one_line_and_exit_143(tmp_path, capsys, monkeypatch)
     def killed(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises before this ends
-    monkeypatch.setattr("mladv.commands.train.load_source", killed)
+    monkeypatch.setattr("mladv.reuse.load_source", killed)
     before = signal.getsignal(signal.SIGTERM)
     assert run(["train", "phantoms:4", "--out", str(tmp_path / "o")]) == 143
     err = capsys.readouterr().err

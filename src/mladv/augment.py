@@ -9,6 +9,9 @@ what ran before it: a resumed run gives exactly what an uninterrupted one gives.
 
 Sharding is a function of ``(rank, world_size)`` (defaults ``0, 1``): under ``torchrun`` each
 rank can call :func:`craft_shards` with its own rank and write its own shards.
+
+:func:`augment_to_folder` is ``mladv augment``: a checkpoint's split crafted into shards on its
+model, then ``out/metrics.json``.
 """
 from __future__ import annotations
 
@@ -20,13 +23,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attacks import Attack
-from .crafting import craft
+from .attacks import Attack, make_attack
+from .crafting import attack_metrics, checkpoint_and_split, craft
 from .data import AdversarialDataset, ImageSet
 from .data.adversarial import SHARD_MANIFEST, WRITERS, shard_file
+from .distributed import barrier, init_from_env, is_main_process, rank_and_world
 from .fingerprint import data_sha1, model_sha1
 from .resume import differences, refuse_changed
-from .utils import atomic_torch_save, atomic_write_json, progress_bar
+from .utils import atomic_torch_save, atomic_write_json, output_dir, progress_bar, set_determinism
 
 SCALAR = (bool, int, float, str)
 FORMAT_VERSION = 1
@@ -178,3 +182,36 @@ def union(*sets: ImageSet) -> ImageSet:
     return ImageSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
                     list(first.classes), [p for s in sets for p in s.paths],
                     [g for s in sets for g in s.groups])
+
+
+def augment_to_folder(checkpoint: Path, data: str, name: str, options: dict[str, Any], *,
+                      split: str, shard_size: int, batch_size: int, seed: int, out: Path,
+                      device: str, skip_bad: bool) -> dict[str, Any] | None:
+    """``mladv augment``: adversarial copies (attack ``name`` with ``options``) of DATA's
+    ``split`` on CHECKPOINT's model, true labels kept, into ``out/shard-*.pt``
+    (:func:`craft_shards`: a rerun resumes), then ``out/metrics.json``. Under torchrun each rank
+    crafts its own shards and rank 0 merges them and measures. Returns ``metrics.json``'s
+    content (None on other ranks)."""
+    set_determinism(seed)
+    model_device = init_from_env(device)
+    # before any rank writes, rank 0 checks OUT, locks it (a second run on it is refused) and
+    # cleans the stale .tmp files of an interrupted run
+    with output_dir(out, enabled=is_main_process()):
+        barrier()
+        model, dataset, record = checkpoint_and_split(checkpoint, data, split,
+                                                      device=model_device, skip_bad=skip_bad)
+        rank, world = rank_and_world()
+        atk = make_attack(name, model, **options)
+        info = {"checkpoint": str(checkpoint), "data": data, "split": split, "options": options}
+        craft_shards(atk, dataset, out, shard_size=shard_size, seed=seed, batch_size=batch_size,
+                     info=info, desc=f"{name} {split}", rank=rank, world_size=world,
+                     progress=is_main_process())
+        barrier()
+        if not is_main_process():
+            return None
+        adv = load_shards(out)
+        metrics = attack_metrics(model, dataset.images, adv.images, dataset.labels)
+        result = {**info, "n": len(adv), "n_seen_in_training": record["n_seen_in_training"],
+                  "metrics": metrics}
+        atomic_write_json(result, out / "metrics.json")
+    return result

@@ -1,18 +1,33 @@
 """Crafting adversarial images in batches (the one loop: per-batch seeds and query counts are
-options), measuring them and saving them losslessly."""
+options), measuring them and saving them losslessly; which images a checkpoint is attacked on
+(:func:`checkpoint_and_split`) and ``mladv attack`` (:func:`attack_to_folder`)."""
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
-from .attacks import Attack
+from .attacks import Attack, make_attack
+from .data import ImageSet, choose_split, load_source
+from .distributed import is_main_process
+from .figures import to_uint8
 from .metrics import perturbation_norms, psnr, ssim, success_rate, total_variation
-from .models import predict_logits
-from .utils import atomic_torch_save, progress_bar
+from .models import ImageClassifier, load_checkpoint, predict_logits
+from .utils import (
+    atomic_path,
+    atomic_torch_save,
+    atomic_write_json,
+    output_dir,
+    progress_bar,
+    resolve_device,
+    set_determinism,
+)
 
 
 @overload
@@ -102,3 +117,57 @@ def save_adversarial(path: str | os.PathLike[str], adv: Tensor, labels: Tensor, 
     atomic_torch_save({"images": adv.float().cpu(), "labels": labels.cpu(), "paths": list(paths),
                        "classes": list(classes), "meta": meta,
                        **({"groups": list(groups)} if groups is not None else {})}, path)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def checkpoint_and_split(checkpoint: Path, data: str, split: str, *, device: torch.device,
+                         skip_bad: bool, note: Callable[[str], None] = _stderr
+                         ) -> tuple[ImageClassifier, ImageSet, dict[str, Any]]:
+    """CHECKPOINT's model on ``device`` and DATA read at the checkpoint's image size and
+    classes, cut to ``split`` by :func:`mladv.data.choose_split` (whose record is returned; its
+    note goes to ``note``, stderr by default, from the main process only)."""
+    model, ckpt = load_checkpoint(checkpoint, map_location=device)
+    dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
+                          seed=(ckpt.get("split") or {}).get("seed", 0))
+    dataset, record = choose_split(dataset, ckpt, split, checkpoint=checkpoint, data=data)
+    if record["note"] and is_main_process():
+        note(record["note"])
+    return model, dataset, record
+
+
+def attack_to_folder(checkpoint: Path, data: str, name: str, options: dict[str, Any], *,
+                     split: str, batch_size: int, seed: int, out: Path, png_previews: int,
+                     device: str, skip_bad: bool) -> dict[str, Any]:
+    """``mladv attack``: attack ``name`` with ``options`` (:func:`mladv.attacks.make_attack`
+    keywords) on CHECKPOINT's model over DATA's ``split``; writes ``out/adversarial.pt``
+    (float32, ``N x C x H x W``), ``out/metrics.json`` and ``png_previews`` 8-bit PNGs (lossy:
+    a warning says so). Returns :func:`attack_metrics`."""
+    with output_dir(out):
+        set_determinism(seed)
+        model, dataset, record = checkpoint_and_split(
+            checkpoint, data, split, device=resolve_device(device), skip_bad=skip_bad)
+        atk = make_attack(name, model, **options)
+        adv = craft(atk, dataset.images, dataset.labels, batch_size=batch_size, desc=name)
+        metrics = attack_metrics(model, dataset.images, adv, dataset.labels)
+        meta = {"attack": name, "options": options, "checkpoint": str(checkpoint), "data": data,
+                **record}
+        save_adversarial(out / "adversarial.pt", adv, dataset.labels, paths=dataset.paths,
+                         groups=dataset.groups, classes=dataset.classes, meta=meta)
+        atomic_write_json({**meta, "metrics": metrics}, out / "metrics.json")
+        if png_previews:
+            write_previews(adv[:png_previews], out / "previews")
+    return metrics
+
+
+def write_previews(adv: Tensor, folder: Path) -> None:
+    """``folder/00000.png``, ...: 8-bit previews of ``N x 1 x H x W`` images, with a warning
+    that rounding to 8 bits destroys much of an 8/255 perturbation."""
+    warnings.warn("PNG previews are 8-bit: rounding destroys much of an 8/255 perturbation; "
+                  "use adversarial.pt for anything but looking", stacklevel=2)
+    from PIL import Image
+    for i in range(adv.shape[0]):
+        with atomic_path(folder / f"{i:05d}.png") as tmp:
+            Image.fromarray(to_uint8(adv[i]).numpy()).save(tmp, format="PNG")

@@ -7,6 +7,10 @@ that key (saved as ``reuse_key``: settings plus the training data's fingerprint,
 :mod:`mladv.fingerprint`). Otherwise the model is trained from a fresh initialisation seeded with
 ``seed`` (or a pretrained backbone with a new head, see :func:`mladv.models.build_model`) and saved
 atomically, so an interrupted run never leaves half a checkpoint.
+
+:func:`train_and_save` is ``mladv train``: the flags checked before any data is read, the
+checkpoint's own train / test split, training (plain or with a per-batch attack), then
+``OUT/model.pt`` and ``OUT/metrics.json``.
 """
 from __future__ import annotations
 
@@ -18,12 +22,25 @@ from typing import Any
 
 import torch
 
-from .data import ImageSet
-from .models import ImageClassifier, build_model, load_checkpoint, save_checkpoint
-from .training import train_classifier
-from .utils import set_determinism
+from .adversarial_training import AdversarialBatch, check_advprop
+from .attacks import parse_options
+from .data import ImageSet, load_source, split_imageset
+from .distributed import init_from_env, is_main_process
+from .models import (
+    ImageClassifier,
+    build_model,
+    check_arch,
+    check_freeze,
+    check_image_size,
+    check_pretrained,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .training import accuracy, adversarial_from_options, train_classifier
+from .utils import atomic_write_json, output_dir, set_determinism
 
 Loader = Callable[[Path], tuple[ImageClassifier, dict[str, Any]]]
+Log = Callable[[str], None]
 
 
 def reusable(path: Path, key: dict[str, Any] | None, load: Loader
@@ -85,3 +102,103 @@ def train_or_reuse(path: Path, *, arch: str, data: ImageSet, image_size: int, se
                         epoch=train_kwargs.get("epochs"), metrics=metrics,
                         train_images=data.images, **fields)
     return model.eval(), metrics, False
+
+
+# -- mladv train --------------------------------------------------------------------------------
+def check_train(arch: str, image_size: int, lr: float, test_size: float, weights: str | None,
+                freeze_backbone: bool) -> None:
+    """The model and schedule flags of ``mladv train``, one ``ValueError`` line each, before any
+    data is read (a bad weights name or file, weights of another architecture, an offline
+    download: now)."""
+    check_arch(arch)
+    check_image_size(image_size, arch, option="--image-size")
+    if not lr > 0:
+        raise ValueError(f"--lr must be > 0, got {lr}")
+    if not 0 < test_size < 1:
+        raise ValueError(f"--test-size must be in (0, 1), got {test_size}")
+    check_freeze(weights, freeze_backbone, freeze_name="--freeze-backbone",
+                 weights_name="--weights")
+    if weights is not None:
+        check_pretrained(arch, weights, key="--weights")
+
+
+def per_batch_options(option: list[str], adv_eps: float | None) -> dict[str, Any]:
+    """``--option KEY=VALUE`` of the per-batch attack; a setting that has its own flag is refused
+    (``--option eps=0.01`` next to ``--adv-eps 2`` would mix units), as ``mladv attack`` does,
+    and ``--adv-eps`` below 0.5 looks like [0, 1] units, refused as the experiment does."""
+    if adv_eps is not None and 0 < adv_eps < 0.5:
+        raise ValueError(f"--adv-eps is in 1/255 units (1 means 1/255); {adv_eps:g} looks like "
+                         f"[0, 1] units: write {adv_eps * 255:.3g}")
+    options = parse_options(option)
+    own = {"eps": "--adv-eps", "steps": "--adv-steps", "fraction": "--adv-fraction",
+           "seed": "--seed"}
+    for key, flag in own.items():
+        if key in options:
+            raise ValueError(f"--option {key}=...: give it once, as {flag}")
+    return options
+
+
+def per_batch_adversary(adv_mode: str, *, arch: str, freeze_backbone: bool, seed: int,
+                        attack: str | None = None, adv_eps: float | None = None,
+                        adv_steps: int | None = None, adv_fraction: float | None = None,
+                        option: list[str] | None = None) -> AdversarialBatch | None:
+    """The per-batch attack of ``--adv-mode online`` / ``advprop`` (None for ``offline``); flags
+    left unset keep :func:`~mladv.training.adversarial_from_options`' defaults. A per-batch flag
+    with ``offline`` would do nothing and is refused, as is ``advprop`` where it would be plain
+    online training (:func:`~mladv.adversarial_training.check_advprop`)."""
+    flags = {"--adv-attack": attack, "--adv-eps": adv_eps, "--adv-steps": adv_steps,
+             "--adv-fraction": adv_fraction, "--option": option or None}
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given and adv_mode == "offline":  # they would do nothing: say so
+        raise ValueError(f"{given[0]} sets the per-batch attack: it needs --adv-mode online or "
+                         "advprop")
+    per_batch: dict[str, Any] = {"attack": attack, "adv_eps": adv_eps,  # unset: the defaults
+                                 "adv_steps": adv_steps, "adv_fraction": adv_fraction}
+    adversarial = adversarial_from_options(
+        adv_mode, **{k: v for k, v in per_batch.items() if v is not None},
+        options=per_batch_options(option or [], adv_eps), seed=seed)
+    if adv_mode == "advprop":
+        check_advprop(arch, freeze_backbone)
+    return adversarial
+
+
+def train_and_save(data: str, out: Path, *, arch: str, image_size: int, weights: str | None,
+                   freeze_backbone: bool, epochs: int, batch_size: int, lr: float, seed: int,
+                   test_size: float, device: str, skip_bad: bool,
+                   adversarial: dict[str, Any], log: Log = print) -> dict[str, Any] | None:
+    """``mladv train``: ``arch`` trained on ``data``'s train split (patient-aware, ``test_size``
+    held out, seeded with ``seed``), written to ``out/model.pt`` (recording its training images)
+    and ``out/metrics.json``. ``adversarial``: the keyword arguments of
+    :func:`per_batch_adversary` other than ``arch`` / ``freeze_backbone`` / ``seed``. Under
+    torchrun every rank trains and rank 0 writes. Returns the metrics (None on other ranks)."""
+    check_train(arch, image_size, lr, test_size, weights, freeze_backbone)
+    adv = per_batch_adversary(arch=arch, freeze_backbone=freeze_backbone, seed=seed, **adversarial)
+    set_determinism(seed)
+    dev = init_from_env(device)  # under torchrun: DDP process group, cuda:LOCAL_RANK
+    with output_dir(out, enabled=is_main_process()):  # rank 0 writes
+        dataset = load_source(data, image_size, skip_bad=skip_bad, seed=seed, progress=True)
+        train_set, test_set = split_imageset(dataset, test_size=test_size, seed=seed)
+        log(f"{data}: {len(train_set)} train / {len(test_set)} test images, "
+            f"classes {dataset.classes}")
+        model = build_model(arch, len(dataset.classes), weights=weights,
+                            freeze_backbone=freeze_backbone).to(dev)
+        start = time.perf_counter()
+        history = train_classifier(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr,
+                                   seed=seed, adversarial=adv)
+        if not is_main_process():  # every rank trained the same model; rank 0 evaluates, writes
+            return None
+        metrics = {"test_acc": accuracy(model, test_set.images, test_set.labels),
+                   "train_acc": history[-1]["train_acc"],
+                   "train_seconds": time.perf_counter() - start,
+                   "n_train": len(train_set), "n_test": len(test_set),
+                   "skipped": [p for p, _ in dataset.skipped]}
+        save_checkpoint(out / "model.pt", model, classes=dataset.classes, image_size=image_size,
+                        epoch=epochs, metrics=metrics, data=data, train_images=train_set.images,
+                        split={"seed": seed, "test_size": test_size},
+                        **(adv.checkpoint_extra() if adv is not None else {}))
+        atomic_write_json({"data": data, "arch": arch, "image_size": image_size,
+                           "weights": weights, "freeze_backbone": freeze_backbone, "seed": seed,
+                           "history": history,
+                           "adversarial": adv.describe() if adv is not None else None,
+                           **metrics}, out / "metrics.json")
+    return metrics

@@ -205,3 +205,27 @@ def check_attack_options(name: str, options: dict[str, Any]) -> None:
     given = {k: v for k, v in options.items()
              if not (k in _MODEL_SPECIFIC and v not in ("all-conv", "early-conv", None))}
     make_attack(name, _Throwaway(), **given)
+
+
+def options_from_flags(name: str, *, eps: float, seed: int, steps: int | None = None,
+                       flags: dict[str, Any] | None = None, pairs: Sequence[str] = ()
+                       ) -> dict[str, Any]:
+    """The :func:`make_attack` keywords of a command's attack flags: ``eps`` (1/255 units, in
+    (0, 255]), ``seed``, ``steps`` (None: the attack's), ``flags`` (the command's other flags
+    that are attack options, None where not given) and ``--option KEY=VALUE`` ``pairs``. Only
+    what was given, so the attack's own defaults apply to the rest; a setting given both as a
+    flag and in ``--option`` is refused, naming the flag. Names and values are checked here
+    (:func:`check_attack_options`), before any data or checkpoint is read."""
+    if not 0 < eps <= 255:
+        raise ValueError(f"--eps must be in (0, 255] (1/255 units), got {eps}")
+    extra = parse_options(list(pairs))
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    own = set(given) | {"eps", "seed"} | ({"steps"} if steps is not None else set())
+    twice = sorted(own & set(extra))
+    if twice:
+        flag = "--" + twice[0].replace("_", "-")
+        raise ValueError(f"--option {twice[0]}=...: give it once, as {flag}")
+    options = attack_options(name, eps=eps, seed=seed, steps=steps, options={**given, **extra})
+    check_attack_options(name, options)
+    return options
+

@@ -1,29 +1,13 @@
 """``mladv attack``: craft adversarial images with any attack and save them losslessly."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from ..attacks import make_attack
-from ..crafting import attack_metrics, craft, save_adversarial
-from ..figures import to_uint8
-from ..utils import (
-    atomic_path,
-    atomic_write_json,
-    output_dir,
-    resolve_device,
-    set_determinism,
-)
-from ._common import (
-    DATA_HELP,
-    AttackFlags,
-    checkpoint_and_split,
-    interrupt_message,
-    with_attack_flags,
-)
+from ..crafting import attack_to_folder
+from ._attack_flags import AttackFlags, with_attack_flags
+from ._common import DATA_HELP, interrupt_message
 
 INTERRUPTED = ("interrupted: adversarial.pt is written only when crafting ends (mladv attack "
                "does not resume); rerun the same command to start again")
@@ -52,34 +36,10 @@ def attack(
     if split not in ("test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
     options = flags.options(seed=seed, targeted=targeted or None)
-    name = flags.name
-    with output_dir(out):
-        _attack(checkpoint, data, name, options, split, batch_size, seed, out, png_previews,
-                device, skip_bad)
-
-
-def _attack(checkpoint: Path, data: str, name: str, options: dict[str, Any], split: str,
-            batch_size: int, seed: int, out: Path, png_previews: int, device: str,
-            skip_bad: bool) -> None:
-    set_determinism(seed)
-    model, dataset, record = checkpoint_and_split(checkpoint, data, split,
-                                                  device=resolve_device(device), skip_bad=skip_bad)
-    atk = make_attack(name, model, **options)
-    adv = craft(atk, dataset.images, dataset.labels, batch_size=batch_size, desc=name)
-    metrics = attack_metrics(model, dataset.images, adv, dataset.labels)
-    meta = {"attack": name, "options": options, "checkpoint": str(checkpoint), "data": data,
-            **record}
-    save_adversarial(out / "adversarial.pt", adv, dataset.labels, paths=dataset.paths,
-                     groups=dataset.groups, classes=dataset.classes, meta=meta)
-    atomic_write_json({**meta, "metrics": metrics}, out / "metrics.json")
-    if png_previews:
-        warnings.warn("PNG previews are 8-bit: rounding destroys much of an 8/255 perturbation; "
-                      "use adversarial.pt for anything but looking", stacklevel=1)
-        from PIL import Image
-        for i in range(min(png_previews, adv.shape[0])):
-            with atomic_path(out / "previews" / f"{i:05d}.png") as tmp:
-                Image.fromarray(to_uint8(adv[i]).numpy()).save(tmp, format="PNG")
-    typer.echo(f"{name}: success {metrics['success']:.3f}, SSIM {metrics['ssim']:.3f}, "
+    metrics = attack_to_folder(checkpoint, data, flags.name, options, split=split,
+                               batch_size=batch_size, seed=seed, out=out,
+                               png_previews=png_previews, device=device, skip_bad=skip_bad)
+    typer.echo(f"{flags.name}: success {metrics['success']:.3f}, SSIM {metrics['ssim']:.3f}, "
                f"Linf {metrics['linf_max'] * 255:.2f}/255; wrote {out / 'adversarial.pt'}")
 
 

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from ..attacks import make_attack
-from ..augment import craft_shards, load_shards
-from ..crafting import attack_metrics
-from ..distributed import barrier, init_from_env, is_main_process, rank_and_world
-from ..utils import atomic_write_json, output_dir, set_determinism
-from ._common import DATA_HELP, AttackFlags, checkpoint_and_split, with_attack_flags
+from ..augment import augment_to_folder
+from ._attack_flags import AttackFlags, with_attack_flags
+from ._common import DATA_HELP
 
 
 @with_attack_flags
@@ -34,39 +30,14 @@ def augment(
     if split not in ("train", "test", "all"):
         raise ValueError(f"--split must be 'train', 'test' or 'all', got {split!r}")
     options = flags.options(seed=seed)
-    name = flags.name
-    set_determinism(seed)
-    # under torchrun each rank crafts its own shards; rank 0 merges and writes the metrics
-    model_device = init_from_env(device)
-    # before any rank writes, rank 0 checks OUT, locks it (a second run on it is refused) and
-    # cleans the stale .tmp files of an interrupted run
-    with output_dir(out, enabled=is_main_process()):
-        barrier()
-        _augment(checkpoint, data, split, name, options, shard_size, batch_size, seed, out,
-                 model_device, skip_bad)
-
-
-def _augment(checkpoint: Path, data: str, split: str, name: str, options: dict[str, Any],
-             shard_size: int, batch_size: int, seed: int, out: Path, model_device: Any,
-             skip_bad: bool) -> None:
-    model, dataset, record = checkpoint_and_split(checkpoint, data, split, device=model_device,
-                                                  skip_bad=skip_bad)
-    rank, world = rank_and_world()
-    atk = make_attack(name, model, **options)
-    info = {"checkpoint": str(checkpoint), "data": data, "split": split, "options": options}
-    craft_shards(atk, dataset, out, shard_size=shard_size, seed=seed, batch_size=batch_size,
-                 info=info, desc=f"{name} {split}", rank=rank, world_size=world,
-                 progress=is_main_process())
-    barrier()
-    if not is_main_process():
-        return
-    adv = load_shards(out)
-    metrics = attack_metrics(model, dataset.images, adv.images, dataset.labels)
-    atomic_write_json({**info, "n": len(adv), "n_seen_in_training": record["n_seen_in_training"],
-                       "metrics": metrics}, out / "metrics.json")
-    typer.echo(f"{name}: {len(adv)} adversarial copies of the {split} split in {out}; success on "
-               f"the crafting model {metrics['success']:.3f}, SSIM {metrics['ssim']:.3f}, "
-               f"Linf {metrics['linf_max'] * 255:.2f}/255")
+    result = augment_to_folder(checkpoint, data, flags.name, options, split=split,
+                               shard_size=shard_size, batch_size=batch_size, seed=seed, out=out,
+                               device=device, skip_bad=skip_bad)
+    if result is not None:
+        m = result["metrics"]
+        typer.echo(f"{flags.name}: {result['n']} adversarial copies of the {split} split in "
+                   f"{out}; success on the crafting model {m['success']:.3f}, SSIM "
+                   f"{m['ssim']:.3f}, Linf {m['linf_max'] * 255:.2f}/255")
 
 
 def register(app: typer.Typer) -> None:

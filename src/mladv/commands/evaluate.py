@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 
 from ..attacks import parse_options
+from ..crafting import checkpoint_and_split
 from ..data import load_source, split_imageset
 from ..evaluate import (
     CardOptions,
@@ -16,7 +17,7 @@ from ..evaluate import (
 )
 from ..models import check_arch, check_image_size
 from ..utils import prepare_output_dir, resolve_device, set_determinism
-from ._common import DATA_HELP, checkpoint_and_split, interrupt_message
+from ._common import DATA_HELP, interrupt_message
 
 INTERRUPTED = ("interrupted: the report is written only when every number is measured (mladv "
                "evaluate does not resume); rerun the same command to start again")
