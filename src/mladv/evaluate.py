@@ -20,6 +20,8 @@ The card, for a model on labelled images:
 Examples::
     >>> card = report_card(model, images, labels, classes, CardOptions(max_images=64))
     >>> write_card(card, "runs/evaluate")   # report.json / .md / .html, shift.png
+
+``mladv evaluate`` is :func:`evaluate_to_folder` (a checkpoint, or ``--arch`` / ``--state-dict``).
 """
 from __future__ import annotations
 
@@ -33,12 +35,14 @@ from torch import Tensor, nn
 
 from .attacks import check_attack_options, make_attack
 from .augment import craft_shard
-from .data import ImageSet
+from .crafting import checkpoint_and_split
+from .data import ImageSet, load_source, split_imageset
 from .denoise import bm3d_denoise
 from .figures import adversarial_grid
 from .models import (
     ImageClassifier,
     check_arch,
+    check_image_size,
     head_name,
     predict_logits,
     pretrained_state_dict,
@@ -54,7 +58,13 @@ from .robustness import (
     expected_calibration_error,
     fixed_subset,
 )
-from .utils import atomic_path, atomic_write_json
+from .utils import (
+    atomic_path,
+    atomic_write_json,
+    prepare_output_dir,
+    resolve_device,
+    set_determinism,
+)
 
 
 @dataclass(frozen=True)
@@ -277,3 +287,63 @@ def write_card(card: dict[str, Any], out: str | os.PathLike[str],
     write_report(card_blocks(card, title, shown), title, folder / "report.md",
                  folder / "report.html")
     return [folder / n for n in ("report.json", "report.md", "report.html", *shown)]
+
+
+# -- mladv evaluate ---------------------------------------------------------------------------
+def command_inputs(inputs: list[str], arch: str | None, state_dict: Path | None
+                   ) -> tuple[str | None, str]:
+    """``(checkpoint, data)`` from ``mladv evaluate``'s positional arguments (``CHECKPOINT
+    DATA``, or ``DATA`` with ``--arch`` / ``--state-dict``); one line for a bad combination."""
+    if (arch is None) != (state_dict is None):
+        raise ValueError("--arch and --state-dict go together (a torchvision architecture "
+                         "name and a local state-dict file of it)")
+    if state_dict is not None:
+        if len(inputs) != 1:
+            raise ValueError(f"with --state-dict give DATA only, got {len(inputs)} arguments")
+        return None, inputs[0]
+    if len(inputs) != 2:
+        raise ValueError(f"expected CHECKPOINT DATA (or --arch NAME --state-dict FILE DATA), "
+                         f"got {len(inputs)} argument(s)")
+    return inputs[0], inputs[1]
+
+
+def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: CardOptions, *,
+                       arch: str | None = None, state_dict: Path | None = None,
+                       image_size: int | None = None, split: str | None = None,
+                       device: str = "auto", skip_bad: bool = False) -> dict[str, Any]:
+    """``mladv evaluate``: the report card (:func:`evaluate_imageset`) of CHECKPOINT's model on
+    DATA's ``split`` (default ``test``: its held-out split minus its training images), or of
+    ``arch`` loaded from ``state_dict`` on DATA at ``image_size`` (default 224; split default
+    ``all``, ``test``: the default 0.85 / 0.15 split's test part); written to ``out``
+    (:func:`write_card`, with ``examples.png`` when ``opts.chain``). Returns the card."""
+    if split not in (None, "test", "all"):
+        raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
+    if arch is not None:
+        check_arch(arch)
+    if image_size is not None:
+        check_image_size(image_size, arch, option="--image-size")
+    opts.check()
+    prepare_output_dir(out)
+    set_determinism(opts.seed)
+    dev = resolve_device(device)
+    if checkpoint is not None:
+        model, dataset, record = checkpoint_and_split(Path(checkpoint), data, split or "test",
+                                                      device=dev, skip_bad=skip_bad)
+        source = {"checkpoint": checkpoint, **{k: v for k, v in record.items() if k != "note"}}
+    else:
+        if arch is None or state_dict is None:
+            raise ValueError("--arch and --state-dict go together (a torchvision architecture "
+                             "name and a local state-dict file of it)")
+        model = model_from_state_dict(arch, state_dict).to(dev)
+        dataset = load_source(data, image_size or 224, skip_bad=skip_bad)
+        if (split or "all") == "test":
+            dataset = split_imageset(dataset, seed=0)[1]
+        source = {"arch": arch, "state_dict": str(state_dict), "split": split or "all"}
+    card = evaluate_imageset(model, dataset, opts)
+    card["source"] = {**source, "data": data}
+    if opts.chain:
+        example_figure(model, dataset.images, dataset.labels, list(dataset.classes),
+                       out / "examples.png", seed=opts.seed, **opts.chain_options)
+    write_card(card, out, figures=("examples.png",) if opts.chain else ())
+    return card
+

@@ -6,36 +6,11 @@ from pathlib import Path
 import typer
 
 from ..attacks import parse_options
-from ..crafting import checkpoint_and_split
-from ..data import load_source, split_imageset
-from ..evaluate import (
-    CardOptions,
-    evaluate_imageset,
-    example_figure,
-    model_from_state_dict,
-    write_card,
-)
-from ..models import check_arch, check_image_size
-from ..utils import prepare_output_dir, resolve_device, set_determinism
+from ..evaluate import CardOptions, command_inputs, evaluate_to_folder
 from ._common import DATA_HELP, interrupt_message
 
 INTERRUPTED = ("interrupted: the report is written only when every number is measured (mladv "
                "evaluate does not resume); rerun the same command to start again")
-
-
-def _inputs(inputs: list[str], arch: str | None, state_dict: Path | None) -> tuple[str | None, str]:
-    """``(checkpoint, data)`` from the positional arguments; one line for a bad combination."""
-    if (arch is None) != (state_dict is None):
-        raise ValueError("--arch and --state-dict go together (a torchvision architecture "
-                         "name and a local state-dict file of it)")
-    if state_dict is not None:
-        if len(inputs) != 1:
-            raise ValueError(f"with --state-dict give DATA only, got {len(inputs)} arguments")
-        return None, inputs[0]
-    if len(inputs) != 2:
-        raise ValueError(f"expected CHECKPOINT DATA (or --arch NAME --state-dict FILE DATA), "
-                         f"got {len(inputs)} argument(s)")
-    return inputs[0], inputs[1]
 
 
 @interrupt_message(INTERRUPTED)
@@ -75,39 +50,15 @@ def evaluate(
     """The robustness report card of a model: clean accuracy, macro-F1, ECE, own-model PGD,
     MLAdv, the adversarial chain, AutoAttack, acquisition shift, BM3D; OUT/report.json,
     OUT/report.md, OUT/report.html (self-contained), OUT/shift.png, OUT/examples.png."""
-    checkpoint, data = _inputs(inputs, arch, state_dict)
-    if split not in (None, "test", "all"):
-        raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
-    if arch is not None:
-        check_arch(arch)
-    if image_size is not None:
-        check_image_size(image_size, arch, option="--image-size")
+    checkpoint, data = command_inputs(inputs, arch, state_dict)
     opts = CardOptions(pgd_eps=tuple(pgd_eps), pgd_steps=pgd_steps, max_images=max_images,
                        mladv=mladv, chain=chain, shift=shift,
                        autoattack_images=autoattack_images, bm3d_images=bm3d_images,
                        batch_size=batch_size, seed=seed,
                        chain_options=parse_options(chain_option or []))
-    opts.check()
-    prepare_output_dir(out)
-    set_determinism(seed)
-    dev = resolve_device(device)
-    if checkpoint is not None:
-        model, dataset, record = checkpoint_and_split(Path(checkpoint), data, split or "test",
-                                                      device=dev, skip_bad=skip_bad)
-        source = {"checkpoint": checkpoint, **{k: v for k, v in record.items() if k != "note"}}
-    else:
-        assert arch is not None and state_dict is not None  # _inputs checked them
-        model = model_from_state_dict(arch, state_dict).to(dev)
-        dataset = load_source(data, image_size or 224, skip_bad=skip_bad)
-        if (split or "all") == "test":
-            dataset = split_imageset(dataset, seed=0)[1]
-        source = {"arch": arch, "state_dict": str(state_dict), "split": split or "all"}
-    card = evaluate_imageset(model, dataset, opts)
-    card["source"] = {**source, "data": data}
-    if chain:
-        example_figure(model, dataset.images, dataset.labels, list(dataset.classes),
-                       out / "examples.png", seed=seed, **opts.chain_options)
-    write_card(card, out, figures=("examples.png",) if chain else ())
+    card = evaluate_to_folder(checkpoint, data, out, opts, arch=arch, state_dict=state_dict,
+                              image_size=image_size, split=split, device=device,
+                              skip_bad=skip_bad)
     m = card["metrics"]
     typer.echo(f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f}"
                + "".join(f", {k} {m[k]:.3f}" for k in ("chain", "shift_mean") if k in m)
