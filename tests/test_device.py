@@ -145,8 +145,10 @@ def test_bf16_attack_under_amp_context_respects_the_budget(data):
 def test_to_device_on_cpu_is_a_no_op_copy():
     x = torch.rand(2, 1, 4, 4)
     assert to_device(x, torch.device("cpu"), pin_memory=True) is x
-    assert to_device(x, torch.device("cpu"), channels_last=True).is_contiguous(
-        memory_format=torch.channels_last)
+    rgb = torch.rand(2, 3, 4, 4)  # 1 channel is channels_last and contiguous at once: use 3
+    moved = to_device(rgb, torch.device("cpu"), channels_last=True)
+    assert moved.is_contiguous(memory_format=torch.channels_last) and not moved.is_contiguous()
+    assert torch.equal(moved, rgb)
 
 
 @cuda

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mladv.data import make_phantoms
+from mladv.data import ImageSet, make_phantoms
 from mladv.experiment.arms import mix_transform, rotation_transform, trivialaugment_transform
 from mladv.models import build_model
 from mladv.training import random_hflip, resolve_speed, train_classifier
@@ -73,3 +73,30 @@ def test_bad_speed_options_are_refused_before_training():
         train_classifier(build_model("tiny_cnn", 3), data, precision="fp16", progress=False)
     with pytest.raises(ValueError, match="channels_last must be True, False or 'auto'"):
         train_classifier(build_model("tiny_cnn", 3), data, channels_last="yes", progress=False)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_trains_in_that_format_and_restores_the_model(channels_last):
+    """3-channel images (a 1-channel tensor is channels_last and contiguous at once, so it could
+    not tell the formats apart): with ``channels_last=True`` every training forward gets a
+    channels_last batch and a channels_last first convolution, and the model is contiguous
+    again afterwards; with ``False`` the batches stay contiguous."""
+    data = make_phantoms(4, 16, seed=2)
+    data = ImageSet(data.images.repeat(1, 3, 1, 1) * torch.tensor([1.0, 0.9, 0.8]).view(1, 3, 1, 1),
+                    data.labels, data.classes, data.paths, data.groups)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3)
+    conv = model.net[0][0]
+    seen: list[tuple[bool, bool, bool]] = []
+
+    def hook(module, args):
+        if module.training:
+            (x,) = args
+            seen.append((x.is_contiguous(memory_format=torch.channels_last), x.is_contiguous(),
+                         conv.weight.is_contiguous(memory_format=torch.channels_last)))
+    model.register_forward_pre_hook(hook)
+    train_classifier(model, data, epochs=1, batch_size=6, lr=1e-3, progress=False,
+                     channels_last=channels_last)
+    assert seen == [(channels_last, not channels_last, channels_last)] * 2  # 12 images, 2 steps
+    assert conv.weight.is_contiguous()
+    assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
