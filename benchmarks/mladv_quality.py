@@ -80,7 +80,8 @@ BASELINES: dict[str, Callable[[nn.Module], Attack]] = {
 # Every variant is spelled out on top of BASE (the project's first reading, SPEC "Measured"),
 # so that changing MLAdv's defaults changes only the "mladv" row.
 BASE: dict[str, Any] = {
-    "steps": 10, "beta": 10.0, "gamma": None, "kernel_size": 3, "tau": 0.5, "style_weight": 1.0,
+    "steps": 10, "beta": 10.0, "gamma": None, "kernel_size": 3, "tau": None,
+    "realism_scale": 0.5, "style_weight": 1.0,
     "origin_weight": 1.0, "detail_weight": 1.0, "style_layers": "all-conv", "origin_layer": None,
     "style": "same-class", "projection": True, "balance": "grad-norm", "adv_loss": "log-p",
     "kappa": 0.0, "realism": "always", "detail_on": "image", "momentum": 0.0, "diversity": 0.0,
@@ -93,10 +94,12 @@ NEUTRAL: dict[str, Any] = {
     "flip": 0.0, "pre_steps": 0, "pre_lr": None, "keep": "last"}
 OFF = {"style_weight": 0.0, "origin_weight": 0.0, "detail_weight": 0.0}  # realism terms off
 GATE = {"realism": "after-success", "keep": "last-adversarial"}
+# eq. 2 as written, tau = 0.5 weighing L_adv (realism_scale is the normalised mixes' weight)
+LITERAL = {"balance": "literal", "tau": 0.5, "realism_scale": None}
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "mladv": None,  # MLAdv() as it is
     # how the terms are combined
-    "literal": {"balance": "literal"},
+    "literal": LITERAL,
     "grad-norm": {"balance": "grad-norm"},
     "grad-norm-b2": {"balance": "grad-norm", "beta": 2.0},
     "calibrated": {"balance": "calibrated"},
@@ -104,7 +107,7 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "margin-k5": {"balance": "grad-norm", "adv_loss": "margin", "kappa": 5.0},
     "gate-k2": {"balance": "grad-norm", "kappa": 2.0, **GATE},
     "gate-k5": {"balance": "grad-norm", "kappa": 5.0, **GATE},
-    "gate-k5-literal": {"balance": "literal", "kappa": 5.0, **GATE},
+    "gate-k5-literal": {**LITERAL, "kappa": 5.0, **GATE},
     "gate-k5-dtv": {"balance": "grad-norm", "kappa": 5.0, "detail_on": "delta", **GATE},
     "early-stop-k5": {**OFF, "kappa": 5.0, **GATE},
     # the two-phase pipeline of Fig. 2
@@ -132,17 +135,18 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
     "pi-k5-refine": {**OFF, "kernel_size": 5, "refine": 10},
     "pi-ti5-refine": {**OFF, "smoothing": 5, "refine": 10},
     "pi-k5-ti3-refine": {**OFF, "kernel_size": 5, "smoothing": 3, "refine": 10},
-    **{f"{k}dtv{tau}-refine": {**OFF, "detail_weight": 1.0, "detail_on": "delta", "tau": tau,
-                               "kernel_size": ks, "refine": 10}
-       for k, ks in (("", 3), ("k5-", 5)) for tau in (0.05, 0.1, 0.25)},
-    "k5-dtv0.1-mi-refine": {**OFF, "detail_weight": 1.0, "detail_on": "delta", "tau": 0.1,
+    **{f"{k}dtv{scale}-refine": {**OFF, "detail_weight": 1.0, "detail_on": "delta",
+                                 "realism_scale": scale, "kernel_size": ks, "refine": 10}
+       for k, ks in (("", 3), ("k5-", 5)) for scale in (0.05, 0.1, 0.25)},
+    "k5-dtv0.1-mi-refine": {**OFF, "detail_weight": 1.0, "detail_on": "delta", "realism_scale": 0.1,
                             "kernel_size": 5, "momentum": 1.0, "refine": 10},
-    "k5-all0.1-calibrated-refine": {"detail_on": "delta", "tau": 0.1, "kernel_size": 5,
+    "k5-all0.1-calibrated-refine": {"detail_on": "delta", "realism_scale": 0.1, "kernel_size": 5,
                                     "balance": "calibrated", "refine": 10},
-    "k5-all0.1-grad-norm-refine": {"detail_on": "delta", "tau": 0.1, "kernel_size": 5,
+    "k5-all0.1-grad-norm-refine": {"detail_on": "delta", "realism_scale": 0.1, "kernel_size": 5,
                                    "balance": "grad-norm", "refine": 10},
-    "k5-dtv0.1-so0.5-calibrated-refine": {"detail_on": "delta", "tau": 0.1, "kernel_size": 5,
-                                          "style_weight": 0.5, "origin_weight": 0.5,
+    "k5-dtv0.1-so0.5-calibrated-refine": {"detail_on": "delta", "realism_scale": 0.1,
+                                          "kernel_size": 5, "style_weight": 0.5,
+                                          "origin_weight": 0.5,
                                           "balance": "calibrated", "refine": 10},
 }
 

@@ -74,7 +74,7 @@ def test_attack_command_runs_the_class_default(ckpt, tmp_path):
     api_adv = MLAdv(model, eps=8 / 255, seed=0)(test.images, test.labels)
     assert torch.equal(cli_adv, api_adv)
     # what the command ran before the fix is a different attack
-    old = MLAdv(model, eps=8 / 255, seed=0, tau=0.5, style_weight=1, origin_weight=1,
+    old = MLAdv(model, eps=8 / 255, seed=0, realism_scale=0.5, style_weight=1, origin_weight=1,
                 detail_weight=1, balance="grad-norm")(test.images, test.labels)
     assert not torch.equal(cli_adv, old)
 
@@ -87,6 +87,11 @@ def test_attack_and_augment_share_the_option_flags(ckpt, tmp_path, capsys, no_da
         assert run([command, str(ckpt), "phantoms:12", "--attack", "pgd", "--tau", "0.3",
                     "--out", str(tmp_path / command)]) == 2
         one_line_error(capsys, "attack 'pgd' has no option 'tau'")
+        assert run([command, str(ckpt), "phantoms:12", "--tau", "0.3",
+                    "--out", str(tmp_path / command)]) == 2
+        one_line_error(capsys, "attack 'mladv': tau is eq. 2's weight of L_adv (balance='literal' "
+                       "only); with balance='grad-norm' the realism terms' weight relative to "
+                       "the adversarial one is realism_scale (e.g. realism_scale=0.3)")
         assert run([command, str(ckpt), "phantoms:12", "--steps", "3", "--option", "steps=2",
                     "--out", str(tmp_path / command)]) == 2
         one_line_error(capsys, "give it once, as --steps")
@@ -102,7 +107,7 @@ def test_attack_flags_are_declared_once_for_both_commands(command, capsys):
     assert run([command, "--help"]) == 0
     text = capsys.readouterr().out
     flags = ["--attack" if k == "name" else "--" + k.replace("_", "-") for k in ATTACK_FLAGS]
-    assert len(flags) == 10 and all(flag in text for flag in flags), flags
+    assert len(flags) == 11 and all(flag in text for flag in flags), flags
     assert "--flags" not in text and "--name" not in text
 
 

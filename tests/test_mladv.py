@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mladv.attacks import MLAdv, pifgsm
+from mladv.attacks import MLAdv, check_attack_options, pifgsm
 from mladv.attacks.mladv import same_class_partners
 from mladv.features import FeatureTap
 from mladv.models import predict_logits
@@ -198,6 +198,69 @@ def test_literal_balance_steps_along_the_sign_of_the_gradient_of_eq2():
     plain = MLAdv(model, eps=eps, steps=2, beta=1.0, projection=False, refine=0,
                   balance="literal", tau=tau, detail_weight=0, seed=0)(x, y)
     assert not torch.allclose(plain, expected, atol=1e-12)
+
+
+def _tv_by_hand(x_a):
+    """Eq. 6 per sample: squared differences to the lower and right neighbours."""
+    return ((x_a[..., :-1, :] - x_a[..., 1:, :]).pow(2).flatten(1).sum(1)
+            + (x_a[..., :, :-1] - x_a[..., :, 1:]).pow(2).flatten(1).sum(1))
+
+
+def _unit(g):
+    """``g / mean|g|`` per sample."""
+    return g / g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+
+
+def test_grad_norm_steps_along_the_sign_of_the_normalised_mix_by_hand():
+    """Two steps of the default balance equal two hand-computed signed steps down
+    ``g = g_adv/|g_adv| + s g_d/|g_d|`` (``s = realism_scale``, ``|.|`` the per-sample mean
+    absolute value, g_d the gradient of eq. 6 on the image)."""
+    model = _tiny_double_model()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 1, 12, 12, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    eps, scale = 8 / 255, 0.3
+    atk = MLAdv(model, eps=eps, steps=2, beta=1.0, projection=False, refine=0,
+                realism_scale=scale, detail_on="image", seed=0)
+    x_t = x
+    for _ in range(2):
+        xg = x_t.clone().requires_grad_(True)
+        l_adv = torch.log_softmax(model(xg), 1).gather(1, y[:, None]).sum()  # eq. 7
+        g = (_unit(torch.autograd.grad(l_adv, xg)[0])
+             + scale * _unit(torch.autograd.grad(_tv_by_hand(xg).sum(), xg)[0]))
+        x_t = (x + (x_t - atk.alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    assert torch.allclose(atk(x, y), x_t, atol=1e-12)
+    # the check can tell: another realism_scale gives another result
+    other = MLAdv(model, eps=eps, steps=2, beta=1.0, projection=False, refine=0,
+                  realism_scale=3.0, detail_on="image", seed=0)(x, y)
+    assert not torch.allclose(other, x_t, atol=1e-12)
+
+
+def test_tau_is_eq2s_weight_of_l_adv_and_realism_scale_the_weight_of_the_normalised_mix():
+    model = _tiny_double_model()
+    default = MLAdv(model)
+    assert (default.tau, default.realism_scale) == (None, 0.1)
+    literal = MLAdv(model, balance="literal")
+    assert (literal.tau, literal.realism_scale) == (0.1, None)
+    assert MLAdv(model, balance="literal", tau=0.5).tau == 0.5
+    assert MLAdv(model, balance="calibrated", realism_scale=0.25).realism_scale == 0.25
+
+
+@pytest.mark.parametrize("balance", ["grad-norm", "calibrated"])
+def test_tau_given_with_a_normalised_balance_is_one_line_naming_realism_scale(balance):
+    with pytest.raises(ValueError) as err:
+        check_attack_options("mladv", {"tau": 0.3, "balance": balance})
+    assert str(err.value) == (
+        f"attack 'mladv': tau is eq. 2's weight of L_adv (balance='literal' only); with "
+        f"balance='{balance}' the realism terms' weight relative to the adversarial one is "
+        f"realism_scale (e.g. realism_scale=0.3)")
+
+
+def test_realism_scale_given_with_literal_balance_is_one_line_naming_tau():
+    with pytest.raises(ValueError) as err:
+        check_attack_options("mladv", {"realism_scale": 0.3, "balance": "literal"})
+    assert str(err.value) == ("attack 'mladv': realism_scale applies to balance 'grad-norm' / "
+                              "'calibrated'; with balance='literal' eq. 2's weight of L_adv is tau")
 
 
 def test_style_term_on_a_model_without_conv_layers_is_refused():

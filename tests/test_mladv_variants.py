@@ -28,8 +28,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPS = 8 / 255
 # the first reading (SPEC "Measured"): every term of eq. 2 on, detail on the image, no fallback
-FULL = dict(style_weight=1.0, origin_weight=1.0, detail_weight=1.0, detail_on="image", tau=0.5,
-            kernel_size=3, refine=0)
+FULL = dict(style_weight=1.0, origin_weight=1.0, detail_weight=1.0, detail_on="image",
+            realism_scale=0.5, kernel_size=3, refine=0)
+# the same terms combined as eq. 2 is written, tau = 0.5 weighing L_adv
+FULL_LITERAL = dict({k: v for k, v in FULL.items() if k != "realism_scale"}, balance="literal",
+                    tau=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +102,7 @@ def test_realism_off_with_other_defaults_is_pifgsm(tiny):
     assert torch.equal(atk(x, y), pifgsm(model, eps=EPS, seed=0)(x, y))
 
 
-@pytest.mark.parametrize("opts", [{}, FULL, dict(FULL, balance="calibrated"),
-                                  dict(FULL, balance="literal")])
+@pytest.mark.parametrize("opts", [{}, FULL, dict(FULL, balance="calibrated"), FULL_LITERAL])
 def test_variant_with_neutral_knobs_is_mladv_bit_for_bit(tiny, opts):
     model, x, y = tiny
     ours = MLAdvVariant(model, seed=0, **opts)(x, y)
@@ -146,7 +148,8 @@ def test_default_needs_one_backward_pass_per_step_counted_by_a_hook(tiny):
 
 def test_calibrated_factors_reproduce_grad_norm_mix(tiny):
     """With the factors measured at a point, the one-pass gradient there equals the per-term
-    normalised mix (eq.: g_adv + tau * sum_k |g_adv|/|g_k| g_k, divided by |g_adv|)."""
+    normalised mix (eq.: g_adv + s * sum_k |g_adv|/|g_k| g_k, divided by |g_adv|, s the
+    realism_scale)."""
     model, x, y = tiny
     atk = MLAdv(model, balance="calibrated", style="self", seed=0, **FULL)
     grams, origin = atk._references(x, x)
@@ -180,7 +183,7 @@ def test_after_success_gates_terms_per_sample(tiny):
     gate = torch.zeros(len(x))
     gate[0] = 1.0
     _, l_adv, terms = atk._terms(xt, x, y, None, grams, origin, True, None)
-    g, _ = atk._combine(xt, l_adv, terms, gate, None)
+    g, _ = atk._combine(xt, l_adv, terms, (1.0 - gate, gate), None)
     g_adv = torch.autograd.grad(atk._terms(xt, x, y, None, grams, origin, True, None)[1].sum(),
                                 xt)[0]
     # not yet fooled: the adversarial direction alone; fooled: realism alone
@@ -188,6 +191,69 @@ def test_after_success_gates_terms_per_sample(tiny):
     g_det = torch.autograd.grad(detail_loss(xt).sum(), xt)[0]
     assert not torch.equal(g[0].sign(), g_adv[0].sign())
     assert (g[0] * g_det[0]).sum() > 0  # the realism mix pulls along the detail gradient
+
+
+def _double_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double()
+
+
+def _grads_by_hand(model, x_t, y):
+    """The gradients of eq. 7 (log p_y) and of eq. 6 (TV of the image) at ``x_t``, and which
+    samples ``x_t`` fools (``N`` bool)."""
+    xg = x_t.clone().requires_grad_(True)
+    logits = model(xg)
+    g_adv = torch.autograd.grad(torch.log_softmax(logits, 1).gather(1, y[:, None]).sum(), xg)[0]
+    tv = ((xg[..., :-1, :] - xg[..., 1:, :]).pow(2).sum()
+          + (xg[..., :, :-1] - xg[..., :, 1:]).pow(2).sum())
+    return g_adv, torch.autograd.grad(tv, xg)[0], logits.argmax(1) != y
+
+
+def _unit(g):
+    return g / g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+
+
+def test_after_success_gate_steps_each_sample_along_one_term_by_hand():
+    """Through MLAdv's loop and the variant's weight hook: per step, a sample the iterate
+    fools steps down the detail gradient alone, the others down the adversarial one alone."""
+    model = _double_model()
+    x = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    y = torch.cat([pred[:2], (pred[2:] + 1) % 3])  # samples 2, 3 fooled from the start
+    eps = 8 / 255
+    atk = MLAdvVariant(model, eps=eps, steps=3, beta=1.5, projection=False, refine=0,
+                       realism="after-success", kappa=0.0, realism_scale=0.3,
+                       detail_on="image", seed=0)
+    x_t = x
+    for _ in range(3):
+        g_adv, g_d, fools = _grads_by_hand(model, x_t, y)
+        g = torch.where(fools.view(-1, 1, 1, 1), g_d, g_adv)
+        x_t = (x + (x_t - atk.alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    assert torch.equal(atk(x, y), x_t)
+    # the check can tell: without the gate every sample mixes both terms
+    atk.realism = "always"
+    assert not torch.equal(atk(x, y), x_t)
+
+
+def test_momentum_steps_along_the_sign_of_the_accumulated_unit_gradients_by_hand():
+    """MI through MLAdv's loop and the variant's direction hook, realism off:
+    ``m_t = mu m_{t-1} + u_t / mean|u_t|`` with ``u_t = g_adv / mean|g_adv|``; steps along
+    sign(m_t)."""
+    model = _double_model()
+    x = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    eps, mu = 8 / 255, 0.5
+    atk = MLAdvVariant(model, eps=eps, steps=3, beta=1.5, projection=False, refine=0,
+                       momentum=mu, detail_weight=0, seed=0)
+    x_t, m = x, torch.zeros_like(x)
+    for _ in range(3):
+        m = mu * m + _unit(_unit(_grads_by_hand(model, x_t, y)[0]))
+        x_t = (x + (x_t - atk.alpha * m.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    assert torch.equal(atk(x, y), x_t)
+    atk.momentum = 0.0  # the check can tell: without momentum, another result
+    assert not torch.equal(atk(x, y), x_t)
 
 
 def test_detail_on_delta_is_zero_at_the_clean_image(tiny):
@@ -262,7 +328,7 @@ def test_two_phase_counts_passes_and_uses_only_cross_entropy_after(tiny):
 
 def test_keep_last_adversarial_never_loses_a_fooled_sample(tiny):
     model, x, y = tiny
-    opts = dict(realism="after-success", kappa=0.0, seed=0, **dict(FULL, tau=5.0))
+    opts = dict(realism="after-success", kappa=0.0, seed=0, **dict(FULL, realism_scale=5.0))
     last = MLAdvVariant(model, keep="last", **opts)(x, y)
     kept = MLAdvVariant(model, keep="last-adversarial", **opts)(x, y)
     assert fooled(model, kept, y) >= fooled(model, last, y)
@@ -311,7 +377,8 @@ def test_layer_choices(tiny):
 
 @pytest.mark.parametrize("bad", [dict(balance="magic"), dict(detail_on="noise"),
                                  dict(style_layers="late-conv"), dict(refine=-1), dict(steps=0),
-                                 dict(tau=-0.1), dict(style_weight=-1), dict(beta=0),
+                                 dict(realism_scale=-0.1), dict(tau=-0.1, balance="literal"),
+                                 dict(style_weight=-1), dict(beta=0),
                                  dict(kernel_size=4), dict(style="other-class")])
 def test_bad_options_raise_one_clear_error_naming_them(tiny, bad):
     name = "style_weight" if "style_weight" in bad else next(iter(bad))

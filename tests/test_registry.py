@@ -1,6 +1,8 @@
 """The one translation from CLI / YAML options to attack arguments, and the option checks."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -66,7 +68,11 @@ def test_unset_options_fall_back_to_the_class_defaults():
     ("mladv", {"steps": 2.5}, "attack 'mladv': steps must be int"),
     ("mladv", {"eps": -0.1}, "attack 'mladv': eps must be in"),
     ("mladv", {"balance": "foo"}, "attack 'mladv': balance must be one of"),
-    ("mladv", {"tau": -1}, "attack 'mladv': tau must be >= 0"),
+    ("mladv", {"tau": -1, "balance": "literal"}, "attack 'mladv': tau must be >= 0"),
+    ("mladv", {"realism_scale": -1}, "attack 'mladv': realism_scale must be >= 0"),
+    ("mladv", {"tau": 0.2}, "attack 'mladv': tau is eq. 2's weight of L_adv (balance='literal' "
+     "only); with balance='grad-norm' the realism terms' weight relative to the adversarial one "
+     "is realism_scale (e.g. realism_scale=0.2)"),
     ("mladv", {"beta": 0}, "attack 'mladv': beta must be > 0"),
     ("mladv", {"kernel_size": 4}, "attack 'mladv': kernel_size must be an odd"),
     ("mladv", {"projection": "yes"}, "attack 'mladv': projection must be bool"),
@@ -84,7 +90,7 @@ def test_unset_options_fall_back_to_the_class_defaults():
     ("fgsm", {"targeted": "no"}, "attack 'fgsm': targeted must be bool"),
 ])
 def test_check_attack_options_needs_no_model_and_names_the_option(name, options, message):
-    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
         check_attack_options(name, options)
 
 

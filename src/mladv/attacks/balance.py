@@ -2,12 +2,16 @@
 
 Each takes the per-sample terms of one forward pass (``L_adv`` and ``[(name, L_k)]``, each
 ``N``) or their gradients and gives the loss to differentiate or the descent direction.
+``adv_w`` / ``real_w`` (``N`` each, optional) weight the adversarial and the realism terms per
+sample; None is eq. 2's weight 1 for every sample (MLAdv itself never passes them: they are the
+hook :meth:`mladv.attacks.MLAdv._sample_weights` gives the variants).
 """
 from __future__ import annotations
 
 from torch import Tensor
 
 Terms = list[tuple[str, Tensor]]
+SampleWeights = tuple[Tensor, Tensor]  # per-sample (adversarial, realism) weights, ``N`` each
 
 
 def per_sample_mean_abs(g: Tensor) -> Tensor:
@@ -20,38 +24,45 @@ def per_sample_unit(g: Tensor) -> Tensor:
     return g / per_sample_mean_abs(g)
 
 
-def combine_eq2_literal(l_adv: Tensor, terms: Terms, tau: float, weights: dict[str, float],
-                        adv_w: Tensor, real_w: Tensor) -> Tensor:
-    """Eq. 2 as written: ``L_hybrid = sum_n (w_s L_s + w_o L_o + w_d L_d + tau L_adv)``.
-
-    ``adv_w`` / ``real_w`` (``N``, ones unless a variant gates the terms per sample) weight the
-    adversarial and the realism terms. Shape: ``l_adv`` and each term ``N`` -> scalar.
-    """
-    return (tau * adv_w * l_adv).sum() + sum(
-        (weights[name] * real_w * t).sum() for name, t in terms)
+def _per_sample(weight: Tensor | None, value: Tensor) -> Tensor:
+    """``weight * value`` with ``weight`` (``N``) broadcast over ``value``'s trailing
+    dimensions; ``value`` itself when ``weight`` is None."""
+    if weight is None:
+        return value
+    return weight.view(-1, *[1] * (value.dim() - 1)) * value
 
 
-def combine_grad_norm(g_adv: Tensor, grads: Terms, tau: float, weights: dict[str, float],
-                      adv_w: Tensor, real_w: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-term normalised gradients: ``g = g_adv/|g_adv| + tau * sum_k w_k g_k/|g_k|`` with
-    ``|.|`` the per-sample mean absolute value.
+def combine_eq2_literal(l_adv: Tensor, terms: Terms, tau: float, weights: dict[str, float], *,
+                        adv_w: Tensor | None = None, real_w: Tensor | None = None) -> Tensor:
+    """Eq. 2 as written: ``L_hybrid = sum_n (w_s L_s + w_o L_o + w_d L_d + tau L_adv)``, ``tau``
+    the weight of L_adv. Shape: ``l_adv`` and each term ``N`` -> scalar."""
+    return (tau * _per_sample(adv_w, l_adv)).sum() + sum(
+        (weights[name] * _per_sample(real_w, t)).sum() for name, t in terms)
+
+
+def combine_grad_norm(g_adv: Tensor, grads: Terms, scale: float, weights: dict[str, float], *,
+                      adv_w: Tensor | None = None, real_w: Tensor | None = None
+                      ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-term normalised gradients: ``g = g_adv/|g_adv| + scale * sum_k w_k g_k/|g_k|`` with
+    ``|.|`` the per-sample mean absolute value and ``scale`` MLAdv's ``realism_scale``.
 
     Returns the direction (``N x C x H x W``) and the per-sample factors ``|g_adv|/|g_k|``
     (``N`` per term; :func:`combine_calibrated` reuses them). ``grads``: ``[(name, g_k)]``.
     """
     scale_adv = per_sample_mean_abs(g_adv)
-    g = per_sample_unit(g_adv) * adv_w.view(-1, 1, 1, 1)
+    g = _per_sample(adv_w, per_sample_unit(g_adv))
     factors: dict[str, Tensor] = {}
     for name, g_k in grads:
         scale_k = per_sample_mean_abs(g_k)
-        g = g + tau * weights[name] * real_w.view(-1, 1, 1, 1) * g_k / scale_k
+        g = g + scale * weights[name] * _per_sample(real_w, g_k) / scale_k
         factors[name] = (scale_adv / scale_k).flatten()
     return g, factors
 
 
-def combine_calibrated(l_adv: Tensor, terms: Terms, tau: float, weights: dict[str, float],
-                       factors: dict[str, Tensor], adv_w: Tensor, real_w: Tensor) -> Tensor:
+def combine_calibrated(l_adv: Tensor, terms: Terms, scale: float, weights: dict[str, float],
+                       factors: dict[str, Tensor], *, adv_w: Tensor | None = None,
+                       real_w: Tensor | None = None) -> Tensor:
     """The grad-norm mix in ONE backward pass: the factors ``|g_adv|/|g_k|`` measured once scale
-    the losses, ``L = sum_n L_adv + tau * sum_k w_k f_k L_k``. Shape: ``N`` each -> scalar."""
-    return (adv_w * l_adv).sum() + tau * sum(
-        (weights[name] * real_w * factors[name] * t).sum() for name, t in terms)
+    the losses, ``L = sum_n L_adv + scale * sum_k w_k f_k L_k``. Shape: ``N`` each -> scalar."""
+    return _per_sample(adv_w, l_adv).sum() + scale * sum(
+        (_per_sample(real_w, weights[name] * factors[name]) * t).sum() for name, t in terms)

@@ -1,26 +1,50 @@
 """MLAdv: multi-loss hybrid adversarial function + heuristic projection (SPEC eqs. 1-10).
 
-The exploratory options measured in ``docs/method.md`` (input diversity, flips, TI smoothing,
-momentum, schedules, the two-phase pipeline, margin / after-success gates, ``keep``) live in
-:mod:`mladv.attacks.variants`; this class holds what the paper and the measured default need.
+This module holds the paper's method and the measured default only. The exploratory options
+measured in ``docs/method.md`` (input diversity, flips, TI smoothing, momentum, schedules, the
+two-phase pipeline, margin / after-success gates, ``keep``) live in
+:mod:`mladv.attacks.variants`, which plugs into :class:`MLAdv`'s one loop through its hooks:
+``_start`` (the first iterate), ``_plan`` (each step's realism switch, step sizes and input
+transform), ``_sample_weights`` (per-sample weights of the adversarial and realism terms),
+``_direction`` (the step direction from eq. 2's gradient) and ``_adv_loss`` (eq. 7).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, Unpack
+from typing import Literal, NamedTuple, Unpack
 
 import torch
 from torch import Tensor, nn
 
 from ..features import FeatureTap, conv_layers, default_origin_layer
 from ..losses import adversarial_loss, detail_loss, gram_matrix, origin_loss, style_loss
-from .balance import Terms, combine_calibrated, combine_eq2_literal, combine_grad_norm
+from .balance import (
+    SampleWeights,
+    Terms,
+    combine_calibrated,
+    combine_eq2_literal,
+    combine_grad_norm,
+)
 from .base import Attack, ComputeOptions, check_images
 from .projection import heuristic_projection, projection_kernel
 
 Balance = Literal["grad-norm", "literal", "calibrated"]
 StylePolicy = Literal["same-class", "self"]
 DetailOn = Literal["image", "delta"]
+Transform = Callable[[Tensor], Tensor]
+TAU_DEFAULT = 0.1  # eq. 2's tau when not given (balance="literal"); the paper's is 0.5
+REALISM_SCALE_DEFAULT = 0.1  # the measured default (docs/method.md, k5-dtv0.1-refine)
+
+
+class StepPlan(NamedTuple):
+    """What one iteration of eq. 9 does: whether the realism terms (eqs. 4-6) are computed,
+    the step ``alpha`` and projection factor ``gamma``, and the transform applied to the
+    model's input (None: the iterate itself)."""
+
+    realism: bool
+    alpha: float
+    gamma: float
+    transform: Transform | None = None
 
 
 def logit_margin(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -66,11 +90,13 @@ class MLAdv(Attack):
         A     <- A - alpha sign(g);  proj = gamma sign(W_o * P(A));  A <- A + proj
         x_t+1  = clip_[0,1](x + clip_[-eps,eps](x_t - alpha sign(g) + proj - x))
 
-    ``balance="literal"`` is eq. 2 exactly as written (:func:`combine_eq2_literal`; eq. 5's
-    origin term summed over elements, as SPEC writes it); measured on real chest X-rays it does
-    not attack (SPEC "Measured"). ``"grad-norm"`` normalises each term's gradient per sample,
-    ``g = g_adv/|g_adv| + tau * sum_k w_k g_k/|g_k|`` (one backward pass per term;
-    :func:`combine_grad_norm`); ``"calibrated"`` gives the same mix with ONE backward pass per
+    ``balance="literal"`` is eq. 2 exactly as written, ``tau`` weighing L_adv
+    (:func:`combine_eq2_literal`; eq. 5's origin term summed over elements, as SPEC writes it);
+    measured on real chest X-rays it does not attack (SPEC "Measured"). ``"grad-norm"``
+    normalises each term's gradient per sample, ``g = g_adv/|g_adv| + s * sum_k w_k g_k/|g_k|``
+    with ``s = realism_scale`` the weight of the realism terms relative to the adversarial one
+    (one backward pass per term; :func:`combine_grad_norm`); ``"calibrated"`` gives the same
+    mix with ONE backward pass per
     step: the factors ``|g_adv|/|g_k|`` are measured once (step 2, the first where the origin
     term has a gradient) and then scale the losses (:func:`combine_calibrated`); step 1 is the
     adversarial term alone. Outside ``literal`` the origin term is averaged over each layer's
@@ -79,10 +105,11 @@ class MLAdv(Attack):
 
     The defaults are the variant chosen by measurement on real chest X-rays, on a validation
     split (``benchmarks/mladv_quality.py``, ``docs/method.md``): the patch-wise update with a
-    5 x 5 projection kernel, the detail term on the perturbation (TV of delta) at ``tau = 0.1``
-    relative to the adversarial gradient, style and origin off (they cost a backward pass each
-    and lowered transfer), and up to 10 PGD steps for the few samples the big patch-wise steps
-    leave unfooled (``refine``). That is one backward pass through the model per step.
+    5 x 5 projection kernel, the detail term on the perturbation (TV of delta) at
+    ``realism_scale = 0.1`` relative to the adversarial gradient, style and origin off (they
+    cost a backward pass each and lowered transfer), and up to 10 PGD steps for the few samples
+    the big patch-wise steps leave unfooled (``refine``). That is one backward pass through the
+    model per step.
 
     The style reference ``"same-class"`` is another image of the same class **in the same
     batch**: results depend on the batch size and its composition, and a sample that is alone in
@@ -99,8 +126,12 @@ class MLAdv(Attack):
         beta: amplification factor (> 0); step ``alpha = beta * eps / steps``.
         gamma: projection factor (default ``alpha``).
         kernel_size: side of the projection kernel ``W_o`` (odd, >= 3).
-        tau: eq. 2's weight of L_adv (``literal``); otherwise the weight of the realism terms
-            relative to the adversarial one.
+        tau: eq. 2's weight of L_adv, with ``balance="literal"`` only (default 0.1; the
+            paper's is 0.5). Given with another balance: a ``ValueError`` naming
+            ``realism_scale``.
+        realism_scale: with ``balance="grad-norm"`` / ``"calibrated"``, the weight ``s`` of the
+            normalised realism gradients relative to the adversarial one (default 0.1, the
+            measured default). Given with ``balance="literal"``: a ``ValueError`` naming ``tau``.
         style_weight, origin_weight, detail_weight: ``w_s, w_o, w_d`` (>= 0); 0 switches a term
             off. The style and origin terms need Conv2d layers (or explicit layer names).
         style_layers: ``"all-conv"``, ``"early-conv"`` (the first third), or module names (S).
@@ -137,7 +168,8 @@ class MLAdv(Attack):
 
     def __init__(self, model: nn.Module, *, eps: float = 8 / 255, steps: int = 10,
                  beta: float = 10.0, gamma: float | None = None, kernel_size: int = 5,
-                 tau: float = 0.1, style_weight: float = 0.0, origin_weight: float = 0.0,
+                 tau: float | None = None, realism_scale: float | None = None,
+                 style_weight: float = 0.0, origin_weight: float = 0.0,
                  detail_weight: float = 1.0, style_layers: str | Sequence[str] = "all-conv",
                  origin_layer: str | Sequence[str] | None = None,
                  style: StylePolicy | Tensor = "same-class", mask: Tensor | None = None,
@@ -149,7 +181,7 @@ class MLAdv(Attack):
             raise ValueError(f"steps must be >= 1, got {steps}")
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
-        self.steps, self.beta, self.tau, self.refine = steps, beta, tau, refine
+        self.steps, self.beta, self.refine = steps, beta, refine
         self.alpha = beta * self.eps / steps
         self.gamma = self.alpha if gamma is None else float(gamma)
         self.kernel = projection_kernel(kernel_size)
@@ -157,6 +189,7 @@ class MLAdv(Attack):
         self.style, self.mask, self.projection = style, mask, projection
         self.balance, self.detail_on = balance, detail_on
         self._check_options()
+        self.tau, self.realism_scale = self._mix_weights(tau, realism_scale)
         layers = self._style_layer_names(model, style_layers)
         if style_weight > 0 and not layers:  # never drop the style term silently
             raise ValueError("style_weight > 0 but the model has no Conv2d layer to take style "
@@ -175,11 +208,32 @@ class MLAdv(Attack):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name, value in {**{f"{k}_weight": v for k, v in self.weights.items()},
-                            "tau": self.tau, "refine": self.refine, "gamma": self.gamma}.items():
+                            "refine": self.refine, "gamma": self.gamma}.items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if isinstance(self.style, str) and self.style not in ("same-class", "self"):
             raise ValueError(f"style must be 'same-class', 'self' or a tensor, got {self.style!r}")
+
+    def _mix_weights(self, tau: float | None, realism_scale: float | None
+                     ) -> tuple[float | None, float | None]:
+        """``(tau, realism_scale)``: the one ``balance`` uses (its default when None), the other
+        None. Each name has one meaning: ``tau`` is eq. 2's weight of L_adv (``literal``),
+        ``realism_scale`` the realism terms' weight in the normalised mix; giving the other one
+        is a ``ValueError`` naming the right one."""
+        literal = self.balance == "literal"
+        if literal and realism_scale is not None:
+            raise ValueError("realism_scale applies to balance 'grad-norm' / 'calibrated'; with "
+                             "balance='literal' eq. 2's weight of L_adv is tau")
+        if not literal and tau is not None:
+            raise ValueError(f"tau is eq. 2's weight of L_adv (balance='literal' only); with "
+                             f"balance={self.balance!r} the realism terms' weight relative to "
+                             f"the adversarial one is realism_scale (e.g. realism_scale={tau})")
+        name, value = (("tau", TAU_DEFAULT if tau is None else tau) if literal else
+                       ("realism_scale",
+                        REALISM_SCALE_DEFAULT if realism_scale is None else realism_scale))
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+        return (value, None) if literal else (None, value)
 
     @staticmethod
     def _origin_layer_names(model: nn.Module, layer: str | Sequence[str] | None) -> list[str]:
@@ -229,12 +283,6 @@ class MLAdv(Attack):
             grams = [gram_matrix(f).detach() for f in style_feats]
         return grams, origin
 
-    @torch.no_grad()
-    def _origin_features(self, images: Tensor) -> list[Tensor]:
-        with FeatureTap(self.model, self.origin_layers) as tap:
-            self.model(images)
-            return [f.detach() for f in tap.outputs(self.origin_layers)]
-
     def _targets(self, images: Tensor, labels: Tensor, target_labels: Tensor | None,
                  gen: torch.Generator) -> Tensor | None:
         """The classes to reach: ``target_labels``, or a random other class per sample."""
@@ -247,22 +295,15 @@ class MLAdv(Attack):
         return self.random_targets(labels, num_classes, gen)
 
     # -- one gradient -----------------------------------------------------------------------
-    def _adv_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
-        """Eq. 7 per sample (``N``)."""
-        return adversarial_loss(logits, labels, targets if self.targeted else None)
-
     def _terms(self, x_t: Tensor, images: Tensor, labels: Tensor, targets: Tensor | None,
                grams: list[Tensor], origin: list[Tensor], realism: bool,
-               transform: Callable[[Tensor], Tensor] | None = None
-               ) -> tuple[Tensor, Tensor, Terms]:
-        """One forward pass: logits, the per-sample L_adv and the realism terms ``[(name, L_k)]``
-        (each ``N``, unweighted). The hooks give the style / origin features of this pass.
-        ``transform`` (variants: input diversity) is applied to the model's input and to the
-        origin reference alike."""
+               transform: Transform | None = None) -> tuple[Tensor, Tensor, Terms]:
+        """One forward pass: logits (``N x K``), the per-sample L_adv of eq. 7 and the realism
+        terms ``[(name, L_k)]`` of eqs. 4-6 (each ``N``, unweighted; none when ``realism`` is
+        False). The hooks give the style / origin features of this pass. ``transform`` (the
+        step's plan, see :meth:`_plan`) is applied to the model's input."""
         style_layers = self.style_layers if realism else []
         origin_layers = self.origin_layers if realism else []
-        if origin_layers and transform is not None:
-            origin = self._origin_features(transform(images))
         reduction: Literal["mean", "sum"] = "sum" if self.balance == "literal" else "mean"
         with FeatureTap(self.model, style_layers + origin_layers) as tap:
             logits = self.model(x_t if transform is None else transform(x_t))
@@ -285,36 +326,40 @@ class MLAdv(Attack):
         self.backward_passes += share if through_model else 0.0
         return torch.autograd.grad(loss, x_t, retain_graph=retain)[0]
 
-    def _combine(self, x_t: Tensor, l_adv: Tensor, terms: Terms, gate: Tensor | None,
-                 factors: dict[str, Tensor] | None
+    def _combine(self, x_t: Tensor, l_adv: Tensor, terms: Terms,
+                 sample_weights: SampleWeights | None, factors: dict[str, Tensor] | None
                  ) -> tuple[Tensor, dict[str, Tensor] | None]:
-        """The descent direction from the terms of one forward pass, by ``balance``.
+        """The descent direction of eq. 2 from the terms of one forward pass, by ``balance``.
 
-        ``gate`` (``N``, variants only: 1 where realism replaces the adversarial term).
-        ``factors``: the calibrated per-sample term scales (None until measured). Returns the
-        direction ``N x C x H x W`` and the factors.
+        ``sample_weights``: per-sample ``(adversarial, realism)`` weights (``N`` each) from
+        :meth:`_sample_weights`; None weighs every sample alike, as eq. 2 does. ``factors``: the
+        calibrated per-sample term scales (None until measured). Returns the direction
+        ``N x C x H x W`` and the factors.
         """
-        adv_w = torch.ones_like(l_adv) if gate is None else 1.0 - gate
-        real_w = torch.ones_like(l_adv) if gate is None else gate
+        adv_w, real_w = (None, None) if sample_weights is None else sample_weights
         if self.balance == "literal":
-            total = combine_eq2_literal(l_adv, terms, self.tau, self.weights, adv_w, real_w)
+            assert self.tau is not None
+            total = combine_eq2_literal(l_adv, terms, self.tau, self.weights,
+                                        adv_w=adv_w, real_w=real_w)
             return self._grad(total, x_t, False), factors
+        assert self.realism_scale is not None
         if factors is not None:  # calibrated, after the calibration step: one backward pass
-            total = combine_calibrated(l_adv, terms, self.tau, self.weights, factors, adv_w,
-                                       real_w)
+            total = combine_calibrated(l_adv, terms, self.realism_scale, self.weights, factors,
+                                       adv_w=adv_w, real_w=real_w)
             return self._grad(total, x_t, False), factors
         # per-term gradients: grad-norm, and the calibration step of "calibrated"
         g_adv = self._grad(l_adv.sum(), x_t, retain=bool(terms))
         grads = [(name, self._grad(t.sum(), x_t, retain=i < len(terms) - 1,
                                    through_model=name != "detail"))
                  for i, (name, t) in enumerate(terms)]
-        g, measured = combine_grad_norm(g_adv, grads, self.tau, self.weights, adv_w, real_w)
+        g, measured = combine_grad_norm(g_adv, grads, self.realism_scale, self.weights,
+                                        adv_w=adv_w, real_w=real_w)
         return g, (measured if self.balance == "calibrated" and terms else factors)
 
-    def _fools(self, logits: Tensor, labels: Tensor, targets: Tensor | None,
-               kappa: float = 0.0) -> Tensor:
-        """``N`` bool: the sample fools the model by more than ``kappa`` (logit margin)."""
-        return logit_margin(logits, labels, targets if self.targeted else None) < -kappa
+    def _fools(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+        """The stop test of ``refine``: ``N`` bool, the sample fools the model (negative logit
+        margin; ``targets`` used in targeted mode only)."""
+        return logit_margin(logits, labels, targets if self.targeted else None) < 0
 
     # -- the loop (eq. 9) -------------------------------------------------------------------
     def forward(self, images: Tensor, labels: Tensor, style_images: Tensor | None = None,
@@ -329,27 +374,56 @@ class MLAdv(Attack):
         x_adv = self._loop(images, labels, targets, grams, origin, x_0, gen, mask)
         return self._refine(images, labels, targets, x_adv, mask) if self.refine else x_adv
 
-    def _start(self, images: Tensor, labels: Tensor, targets: Tensor | None,
-               grams: list[Tensor], origin: list[Tensor]) -> Tensor:
-        """The first iterate ``x_0`` (the clean images; variants may start elsewhere)."""
-        return images
-
     def _loop(self, images: Tensor, labels: Tensor, targets: Tensor | None, grams: list[Tensor],
               origin: list[Tensor], x_t: Tensor, gen: torch.Generator, mask: Tensor | None
               ) -> Tensor:
-        """The T iterations of eq. 9 from ``x_t``; returns the last iterate."""
+        """The T iterations of eq. 9 from ``x_t``; returns the last iterate. Each step: the
+        plan (:meth:`_plan`), one forward pass (eqs. 4-7), eq. 2's direction combined by
+        ``balance`` (:meth:`_combine`) and eq. 9's update (:meth:`_update`)."""
         kernel = self.kernel.to(images)
         amplified = x_t - images
         factors: dict[str, Tensor] | None = None
         for t in range(self.steps):
-            # "calibrated" measures its factors at step 2 (no origin gradient at x itself)
-            realism = self.balance != "calibrated" or t > 0
+            plan = self._plan(t, gen, images)
             x_in = x_t.detach().requires_grad_(True)
-            _, l_adv, terms = self._terms(x_in, images, labels, targets, grams, origin, realism)
-            g, factors = self._combine(x_in, l_adv, terms, None, factors)
-            x_t, amplified = self._update(x_t, images, g, amplified, kernel, mask, self.alpha,
-                                          self.gamma)
+            logits, l_adv, terms = self._terms(x_in, images, labels, targets, grams, origin,
+                                               plan.realism, plan.transform)
+            weights = self._sample_weights(x_t, logits, labels, targets, plan)
+            g, factors = self._combine(x_in, l_adv, terms, weights, factors)
+            x_t, amplified = self._update(x_t, images, self._direction(g), amplified, kernel,
+                                          mask, plan.alpha, plan.gamma)
         return x_t
+
+    # -- the hooks (the variants override them; MLAdv's are the paper's) ---------------------
+    def _adv_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+        """Eq. 7 per sample (``N x K`` logits -> ``N``)."""
+        return adversarial_loss(logits, labels, targets if self.targeted else None)
+
+    def _start(self, images: Tensor, labels: Tensor, targets: Tensor | None,
+               grams: list[Tensor], origin: list[Tensor]) -> Tensor:
+        """The first iterate ``x_0``: the clean images (``N x C x H x W``)."""
+        return images
+
+    def _realism_at(self, t: int) -> bool:
+        """Whether step ``t`` computes the realism terms: always, except that ``"calibrated"``
+        measures its factors at step 2 (the origin term has no gradient at x itself)."""
+        return self.balance != "calibrated" or t > 0
+
+    def _plan(self, t: int, gen: torch.Generator, images: Tensor) -> StepPlan:
+        """Step ``t`` of eq. 9: the realism terms as :meth:`_realism_at` says, the step
+        ``alpha = beta eps / T`` and projection factor ``gamma``, no input transform."""
+        return StepPlan(self._realism_at(t), self.alpha, self.gamma)
+
+    def _sample_weights(self, x_t: Tensor, logits: Tensor, labels: Tensor,
+                        targets: Tensor | None, plan: StepPlan) -> SampleWeights | None:
+        """Per-sample ``(adversarial, realism)`` weights of this step, from the iterate ``x_t``
+        and its logits: None, eq. 2 weighs every sample alike."""
+        return None
+
+    def _direction(self, g: Tensor) -> Tensor:
+        """The direction eq. 9 steps along from eq. 2's gradient ``g``: ``g`` itself (its
+        sign is taken in :meth:`_update`). Shape: ``N x C x H x W`` -> same."""
+        return g
 
     def _refine(self, images: Tensor, labels: Tensor, targets: Tensor | None, x_adv: Tensor,
                 mask: Tensor | None) -> Tensor:

@@ -6,19 +6,28 @@ diversity, flips, TI smoothing, momentum), step schedules, the two-phase pipelin
 hinged (margin) adversarial term, the after-success realism gate and ``keep``. With every knob at
 its neutral value it is :class:`MLAdv` exactly (tested bit for bit). None of them beat the
 default on the validation split; their table rows stay in ``docs/method.md``.
+
+The variants run :class:`MLAdv`'s one loop (eq. 9) and plug in through its hooks: ``_start``
+(the two-phase pipeline's first phase), ``_plan`` (input diversity / flips, schedules, no realism
+in the second phase), ``_sample_weights`` (the after-success gate, and the bookkeeping of
+``keep``), ``_direction`` (TI smoothing, momentum) and ``_adv_loss`` (the margin loss).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .balance import per_sample_unit
+from ..features import FeatureTap
+from .balance import SampleWeights, per_sample_unit
 from .base import full_precision
-from .mladv import MLAdv, logit_margin
+from .mladv import MLAdv, StepPlan, logit_margin
 
 AdvLoss = Literal["log-p", "margin"]
 Realism = Literal["always", "after-success"]
@@ -86,6 +95,17 @@ def transform(x: Tensor, params: Diversity | None) -> Tensor:
     return x.flip(-1) if params.flip else x
 
 
+@dataclass
+class _Run:
+    """One call's state: the momentum ``velocity`` (``N x C x H x W``) and, for
+    ``keep="last-adversarial"``, per sample the last iterate that fooled the model (``best``)
+    and whether there was one (``found``, ``N``)."""
+
+    velocity: Tensor
+    best: Tensor
+    found: Tensor
+
+
 class MLAdvVariant(MLAdv):
     """:class:`~mladv.attacks.MLAdv` with the exploratory options of ``docs/method.md``.
 
@@ -142,10 +162,17 @@ class MLAdvVariant(MLAdv):
         if not 0 < self.diversity_scale <= 1:
             raise ValueError(f"diversity_scale must be in (0, 1], got {self.diversity_scale}")
 
+    _run: _Run  # set at the start of each call's loop
+
     def _adv_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
         if self.adv_loss == "margin":
             return margin_loss(logits, labels, targets if self.targeted else None, self.kappa)
         return super()._adv_loss(logits, labels, targets)
+
+    def _fooled_by(self, logits: Tensor, labels: Tensor, targets: Tensor | None,
+                   kappa: float) -> Tensor:
+        """``N`` bool: the sample fools the model by more than ``kappa`` (logit margin)."""
+        return logit_margin(logits, labels, targets if self.targeted else None) < -kappa
 
     # -- input diversity (DI-FGSM) and flips ---------------------------------------------------
     def _diverse(self, gen: torch.Generator, height: int) -> Diversity | None:
@@ -161,6 +188,22 @@ class MLAdvVariant(MLAdv):
         flip = self.flip > 0 and torch.rand(1, generator=gen).item() < self.flip
         return None if resize is None and not flip else Diversity(resize, flip)
 
+    def _terms(self, x_t: Tensor, images: Tensor, labels: Tensor, targets: Tensor | None,
+               grams: list[Tensor], origin: list[Tensor], realism: bool,
+               transform: Callable[[Tensor], Tensor] | None = None
+               ) -> tuple[Tensor, Tensor, list[tuple[str, Tensor]]]:
+        """:meth:`MLAdv._terms`, with the origin reference (eq. 5) taken through the same input
+        transform as the iterate."""
+        if realism and self.origin_layers and transform is not None:
+            origin = self._origin_features(transform(images))
+        return super()._terms(x_t, images, labels, targets, grams, origin, realism, transform)
+
+    @torch.no_grad()
+    def _origin_features(self, images: Tensor) -> list[Tensor]:
+        with FeatureTap(self.model, self.origin_layers) as tap:
+            self.model(images)
+            return [f.detach() for f in tap.outputs(self.origin_layers)]
+
     # -- phase 1 of the two-phase pipeline (Fig. 2) --------------------------------------------
     def _start(self, images: Tensor, labels: Tensor, targets: Tensor | None,
                grams: list[Tensor], origin: list[Tensor]) -> Tensor:
@@ -172,9 +215,8 @@ class MLAdvVariant(MLAdv):
         factors: dict[str, Tensor] | None = None
         for t in range(self.pre_steps):
             x_t = (images + delta).clamp(0.0, 1.0)
-            # the origin term has no gradient at x itself: calibrate from the second step on
-            realism = self.balance != "calibrated" or t > 0
-            _, l_adv, terms = self._terms(x_t, images, labels, targets, grams, origin, realism)
+            _, l_adv, terms = self._terms(x_t, images, labels, targets, grams, origin,
+                                          self._realism_at(t))
             g, factors = self._combine(x_t, l_adv, terms, None, factors)
             delta.grad = g.detach()
             opt.step()
@@ -182,46 +224,56 @@ class MLAdvVariant(MLAdv):
                 delta.clamp_(-self.eps, self.eps)
         return (images + delta.detach()).clamp(0.0, 1.0)
 
-    # -- the loop (eq. 9 with the variants' options) -------------------------------------------
+    # -- MLAdv's loop (eq. 9) with the variants' hooks -----------------------------------------
     def _loop(self, images: Tensor, labels: Tensor, targets: Tensor | None, grams: list[Tensor],
               origin: list[Tensor], x_t: Tensor, gen: torch.Generator, mask: Tensor | None
               ) -> Tensor:
-        """The T iterations of eq. 9 from ``x_t``; returns the kept iterate (see ``keep``)."""
-        kernel = self.kernel.to(images)
-        amplified = x_t - images
-        velocity = torch.zeros_like(images)
-        best = x_t.clone()
+        """:meth:`MLAdv._loop` from ``x_t``; returns the kept iterate (see ``keep``)."""
         found = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        factors: dict[str, Tensor] | None = None
-        for t in range(self.steps):
-            di = self._diverse(gen, images.shape[-2])
-            # phase 2 of the two-phase pipeline is eq. 9 with the cross-entropy gradient alone
-            realism = not self.pre_steps and (self.balance != "calibrated" or t > 0)
-            x_in = x_t.detach().requires_grad_(True)
-            fn = None if di is None else (lambda v, d=di: transform(v, d))
-            logits, l_adv, terms = self._terms(x_in, images, labels, targets, grams, origin,
-                                               bool(realism), fn)
-            plain = None
-            if self.realism == "after-success" or self.keep == "last-adversarial":
-                with torch.no_grad():
-                    plain = logits.detach() if di is None else self.model(x_t)
-            gate = (self._fools(plain, labels, targets, self.kappa).float()
-                    if plain is not None and self.realism == "after-success" else None)
-            g, factors = self._combine(x_in, l_adv, terms, gate, factors)
-            if self.keep == "last-adversarial" and plain is not None:
-                fooled = self._fools(plain, labels, targets)
-                best[fooled], found = x_t[fooled], found | fooled
-            g, velocity = self._boost(g, velocity)
-            x_t, amplified = self._update(
-                x_t, images, g, amplified, kernel, mask,
-                self.alpha * schedule_factor(self.schedule, t, self.steps),
-                self.gamma * schedule_factor(self.gamma_schedule, t, self.steps))
+        self._run = _Run(torch.zeros_like(images), x_t.clone(), found)
+        x_t = super()._loop(images, labels, targets, grams, origin, x_t, gen, mask)
+        if self.keep == "last":
+            return x_t
+        with torch.no_grad():
+            final = self._fooled_by(self.model(x_t), labels, targets, 0.0) | ~self._run.found
+        best = self._run.best
+        best[final] = x_t[final]
+        return best
+
+    def _plan(self, t: int, gen: torch.Generator, images: Tensor) -> StepPlan:
+        """This step's input transform (drawn with ``gen``: DI, flips), the scheduled
+        ``alpha`` and ``gamma``; phase 2 of the two-phase pipeline is eq. 9 with the
+        cross-entropy gradient alone (no realism terms)."""
+        di = self._diverse(gen, images.shape[-2])
+        return StepPlan(
+            realism=not self.pre_steps and self._realism_at(t),
+            alpha=self.alpha * schedule_factor(self.schedule, t, self.steps),
+            gamma=self.gamma * schedule_factor(self.gamma_schedule, t, self.steps),
+            transform=None if di is None else partial(transform, params=di))
+
+    def _sample_weights(self, x_t: Tensor, logits: Tensor, labels: Tensor,
+                        targets: Tensor | None, plan: StepPlan) -> SampleWeights | None:
+        """``realism="after-success"``: per sample, ``(1 - gate, gate)`` with ``gate`` 1 once
+        ``x_t`` fools the model by ``kappa`` (its untransformed logits). ``keep=
+        "last-adversarial"``: records the samples ``x_t`` fools. None otherwise."""
+        if self.realism != "after-success" and self.keep != "last-adversarial":
+            return None
+        with torch.no_grad():
+            plain = logits.detach() if plan.transform is None else self.model(x_t)
         if self.keep == "last-adversarial":
-            with torch.no_grad():
-                final = self._fools(self.model(x_t), labels, targets) | ~found
-            best[final] = x_t[final]
-            return best
-        return x_t
+            fooled = self._fooled_by(plain, labels, targets, 0.0)
+            self._run.best[fooled] = x_t[fooled]
+            self._run.found |= fooled
+        if self.realism != "after-success":
+            return None
+        gate = self._fooled_by(plain, labels, targets, self.kappa).float()
+        return 1.0 - gate, gate
+
+    def _direction(self, g: Tensor) -> Tensor:
+        """TI smoothing, then momentum (``m <- mu m + g / mean|g|``): the direction the step
+        takes. Shape: ``N x C x H x W`` -> same."""
+        g, self._run.velocity = self._boost(g, self._run.velocity)
+        return g
 
     def _boost(self, g: Tensor, velocity: Tensor) -> tuple[Tensor, Tensor]:
         """TI smoothing, then momentum: the direction the step takes, and the new velocity."""

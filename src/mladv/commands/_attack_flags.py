@@ -25,7 +25,11 @@ ATTACK_FLAGS: dict[str, tuple[Any, Any]] = {  # parameter: (type with its typer 
     "style_weight": (Annotated[float | None, typer.Option(help="MLAdv w_s (0 = off).")], None),
     "origin_weight": (Annotated[float | None, typer.Option(help="MLAdv w_o (0 = off).")], None),
     "detail_weight": (Annotated[float | None, typer.Option(help="MLAdv w_d (0 = off).")], None),
-    "tau": (Annotated[float | None, typer.Option(help="MLAdv realism weight.")], None),
+    "realism_scale": (Annotated[float | None, typer.Option(
+        help="MLAdv weight of the realism terms relative to the adversarial one "
+        "(balance grad-norm / calibrated).")], None),
+    "tau": (Annotated[float | None, typer.Option(
+        help="MLAdv eq. 2 weight of L_adv (balance=literal only).")], None),
     "beta": (Annotated[float | None, typer.Option(help="MLAdv amplification factor.")], None),
     "projection": (Annotated[bool | None, typer.Option(
         "--projection/--no-projection", help="MLAdv heuristic projection (eq. 9).")], None),
