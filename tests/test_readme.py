@@ -3,8 +3,8 @@
 pytest-codeblocks (:func:`pytest_codeblocks.extract_from_file`) reads the blocks and their marks
 (``<!--pytest.mark.skip(...)-->``, ``<!--pytest-codeblocks:cont-->`` joins a block to the one
 before it). Each block runs in a fresh temporary folder, so its ``runs/...`` outputs never touch
-the checkout's: Python blocks with ``exec`` in a fresh namespace, shell blocks with ``bash -e``
-and the ``mladv`` of this interpreter's environment first on ``PATH``.
+the checkout's: Python blocks with ``exec`` in a fresh namespace (the global RNG state restored
+afterwards), shell blocks with ``bash -e`` and this environment's ``mladv`` first on ``PATH``.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import typer
 from pytest_codeblocks import CodeBlock, extract_from_file
 from typer.core import TyperGroup
@@ -54,7 +55,8 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_readme_block_runs(block: CodeBlock, scratch: Path) -> None:
     """Every Python and shell block of the README runs without error (skip-marked ones aside)."""
     if block.syntax == "python":
-        exec(compile(block.code, f"README.md:{block.lineno}", "exec"), {"__name__": "__main__"})
+        with torch.random.fork_rng():  # the suite's global RNG state is left as it was
+            exec(compile(block.code, f"README.md:{block.lineno}", "exec"), {"__name__": "__main__"})
         return
     done = _run_shell(block.code, scratch)
     assert done.returncode == 0, f"README.md:{block.lineno} failed:\n{done.stderr[-3000:]}"
