@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from mladv.models import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
+from mladv.models import (
+    ARCHITECTURES,
+    build_model,
+    head_name,
+    load_checkpoint,
+    pretrained_state_dict,
+    save_checkpoint,
+)
 
 
 @pytest.mark.parametrize("arch", ["tiny_cnn", "small_cnn", "resnet18", "mobilenet_v3_small"])
@@ -112,3 +119,45 @@ def test_paper_models_take_one_channel_batches(arch, size):
     model = build_model(arch, 3).eval()
     with torch.no_grad():
         assert model(torch.rand(2, 1, size, size)).shape == (2, 3)
+
+
+# -- state-dict files for pretrained backbones: wrappers and prefixes ----------------------------
+def _net_state(seed: int = 4) -> dict[str, torch.Tensor]:
+    """A small_cnn body's own state dict (keys ``0.0.weight``, ...), not the default init."""
+    torch.manual_seed(seed)
+    return build_model("small_cnn", 3).net.state_dict()
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda s: s,                                                   # plain torchvision-style
+    lambda s: {"state_dict": s},                                   # a training script's wrapper
+    lambda s: {f"module.{k}": v for k, v in s.items()},            # saved from DataParallel/DDP
+    lambda s: {f"net.{k}": v for k, v in s.items()},               # our ImageClassifier's keys
+    lambda s: {"state_dict": {f"module.net.{k}": v for k, v in s.items()}},  # DDP of ours, wrapped
+], ids=["plain", "wrapper", "module", "net", "wrapper-module-net"])
+def test_state_dict_file_is_unwrapped_and_its_prefixes_stripped(tmp_path, wrap):
+    state = _net_state()
+    torch.save(wrap(state), tmp_path / "w.pt")
+    got = pretrained_state_dict("small_cnn", tmp_path / "w.pt")
+    assert list(got) == list(state)
+    assert all(torch.equal(got[k], state[k]) for k in state)
+
+
+def test_a_prefix_only_some_keys_carry_is_kept(tmp_path):
+    state = _net_state()
+    mixed = {("module." + k if i == 0 else k): v for i, (k, v) in enumerate(state.items())}
+    torch.save(mixed, tmp_path / "w.pt")
+    assert list(pretrained_state_dict("small_cnn", tmp_path / "w.pt")) == list(mixed)
+
+
+def test_a_wrapped_prefixed_checkpoint_builds_the_same_backbone(tmp_path):
+    state = _net_state()
+    torch.save({"state_dict": {f"module.net.{k}": v for k, v in state.items()}},
+               tmp_path / "w.pt")
+    net = build_model("small_cnn", 3, weights=tmp_path / "w.pt").net
+    head = head_name(net) + "."  # the classifier head is new, the rest is the file's
+    body = {k: v for k, v in net.state_dict().items() if not k.startswith(head)}
+    assert list(body) == [k for k in state if not k.startswith(head)]
+    assert all(torch.equal(v, state[k]) for k, v in body.items())
+    assert not torch.equal(build_model("small_cnn", 3).net.state_dict()["0.0.weight"],
+                           state["0.0.weight"])  # not equal by chance
