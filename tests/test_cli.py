@@ -79,6 +79,36 @@ def test_attack_command_runs_the_class_default(ckpt, tmp_path):
     assert not torch.equal(cli_adv, old)
 
 
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory, tiny_trained):
+    """The conftest's trained small CNN (24 px phantoms) as a checkpoint: unlike ``ckpt`` (at
+    chance, so every image is fooled at once), MLAdv's main loop leaves some of its test images
+    unfooled at eps 2/255, so the refine steps change the result."""
+    from mladv.data import make_phantoms
+    from mladv.models import save_checkpoint
+
+    path = tmp_path_factory.mktemp("trained") / "model.pt"
+    save_checkpoint(path, tiny_trained[0], classes=make_phantoms(1, 24).classes, image_size=24)
+    return path
+
+
+def test_attack_command_equals_the_api_where_refine_changes_the_images(trained_ckpt, tmp_path):
+    """`mladv attack --eps 2` and `MLAdv(model, eps=2/255)` give the same tensor on a case where
+    refine runs: the same attack without refine gives other images."""
+    from mladv.attacks import MLAdv
+    from mladv.data import load_source, split_imageset
+    from mladv.models import load_checkpoint
+
+    assert run(["attack", str(trained_ckpt), "phantoms:12", "--eps", "2",
+                "--out", str(tmp_path / "a")]) == 0
+    cli_adv = AdversarialDataset(tmp_path / "a").to_imageset().images
+    model, _ = load_checkpoint(trained_ckpt)
+    _, test = split_imageset(load_source("phantoms:12", 24), seed=0)
+    assert torch.equal(cli_adv, MLAdv(model, eps=2 / 255, seed=0)(test.images, test.labels))
+    no_refine = MLAdv(model, eps=2 / 255, seed=0, refine=0)(test.images, test.labels)
+    assert not torch.equal(cli_adv, no_refine)
+
 def test_attack_and_augment_share_the_option_flags(ckpt, tmp_path, capsys, no_data):
     for command in ("attack", "augment"):
         assert run([command, str(ckpt), "phantoms:12", "--option", "steps=two",
