@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mladv.attacks import MLAdv, check_attack_options, pifgsm
-from mladv.attacks.mladv import same_class_partners
+from mladv.attacks.references import same_class_partners
 from mladv.features import FeatureTap
 from mladv.models import predict_logits
 

@@ -12,6 +12,30 @@ from torch import Tensor
 
 Terms = list[tuple[str, Tensor]]
 SampleWeights = tuple[Tensor, Tensor]  # per-sample (adversarial, realism) weights, ``N`` each
+TAU_DEFAULT = 0.1  # eq. 2's tau when not given (balance="literal"); the paper's is 0.5
+REALISM_SCALE_DEFAULT = 0.1  # the measured default (docs/method.md, k5-dtv0.1-refine)
+
+
+def mix_weights(balance: str, tau: float | None, realism_scale: float | None
+                ) -> tuple[float | None, float | None]:
+    """``(tau, realism_scale)``: the one ``balance`` uses (its default when None), the other
+    None. Each name has one meaning: ``tau`` is eq. 2's weight of L_adv (``"literal"``),
+    ``realism_scale`` the realism terms' weight in the normalised mixes (``"grad-norm"``,
+    ``"calibrated"``); giving the other one is a one-line ``ValueError`` naming the right one."""
+    literal = balance == "literal"
+    if literal and realism_scale is not None:
+        raise ValueError("realism_scale applies to balance 'grad-norm' / 'calibrated'; with "
+                         "balance='literal' eq. 2's weight of L_adv is tau")
+    if not literal and tau is not None:
+        raise ValueError(f"tau is eq. 2's weight of L_adv (balance='literal' only); with "
+                         f"balance={balance!r} the realism terms' weight relative to the "
+                         f"adversarial one is realism_scale (e.g. realism_scale={tau})")
+    name, value = (("tau", TAU_DEFAULT if tau is None else tau) if literal else
+                   ("realism_scale",
+                    REALISM_SCALE_DEFAULT if realism_scale is None else realism_scale))
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return (value, None) if literal else (None, value)
 
 
 def per_sample_mean_abs(g: Tensor) -> Tensor:

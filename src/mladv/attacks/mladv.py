@@ -1,12 +1,8 @@
 """MLAdv: multi-loss hybrid adversarial function + heuristic projection (SPEC eqs. 1-10).
 
-This module holds the paper's method and the measured default only. The exploratory options
-measured in ``docs/method.md`` (input diversity, flips, TI smoothing, momentum, schedules, the
-two-phase pipeline, margin / after-success gates, ``keep``) live in
-:mod:`mladv.attacks.variants`, which plugs into :class:`MLAdv`'s one loop through its hooks:
-``_start`` (the first iterate), ``_plan`` (each step's realism switch, step sizes and input
-transform), ``_sample_weights`` (per-sample weights of the adversarial and realism terms),
-``_direction`` (the step direction from eq. 2's gradient) and ``_adv_loss`` (eq. 7).
+The paper's method and the measured default only. The exploratory options of ``docs/method.md``
+live in :mod:`mladv.attacks.variants` and plug into :class:`MLAdv`'s one loop through its hooks
+(``_start``, ``_plan``, ``_sample_weights``, ``_direction``, ``_adv_loss``).
 """
 from __future__ import annotations
 
@@ -17,29 +13,27 @@ import torch
 from torch import Tensor, nn
 
 from ..features import FeatureTap, conv_layers, default_origin_layer
-from ..losses import adversarial_loss, detail_loss, gram_matrix, origin_loss, style_loss
+from ..losses import adversarial_loss, detail_loss, origin_loss, style_loss
 from .balance import (
     SampleWeights,
     Terms,
     combine_calibrated,
     combine_eq2_literal,
     combine_grad_norm,
+    mix_weights,
 )
-from .base import Attack, ComputeOptions, check_images
+from .base import Attack, ComputeOptions
 from .projection import heuristic_projection, projection_kernel
+from .references import StylePolicy, reference_features, style_reference
 
 Balance = Literal["grad-norm", "literal", "calibrated"]
-StylePolicy = Literal["same-class", "self"]
 DetailOn = Literal["image", "delta"]
 Transform = Callable[[Tensor], Tensor]
-TAU_DEFAULT = 0.1  # eq. 2's tau when not given (balance="literal"); the paper's is 0.5
-REALISM_SCALE_DEFAULT = 0.1  # the measured default (docs/method.md, k5-dtv0.1-refine)
 
 
 class StepPlan(NamedTuple):
-    """What one iteration of eq. 9 does: whether the realism terms (eqs. 4-6) are computed,
-    the step ``alpha`` and projection factor ``gamma``, and the transform applied to the
-    model's input (None: the iterate itself)."""
+    """One iteration of eq. 9: realism terms (eqs. 4-6) on or off, the step ``alpha``, the
+    projection factor ``gamma``, a transform of the model's input (None: the iterate)."""
 
     realism: bool
     alpha: float
@@ -60,22 +54,6 @@ def _float32(feats: list[Tensor]) -> list[Tensor]:
     """bf16 / fp16 features (bf16 autocast) cast to float32, differentiably: eq. 5's squared
     differences are summed in float32. float32 / float64 features are returned as they are."""
     return [f.float() if f.dtype in (torch.bfloat16, torch.float16) else f for f in feats]
-
-
-def same_class_partners(labels: Tensor, gen: torch.Generator) -> Tensor:
-    """For each sample, the index of another sample of the same class in the batch (itself when
-    it is alone in its class), drawn with ``gen``. Shape: ``N`` -> ``N``."""
-    idx = torch.arange(labels.shape[0])
-    labels_cpu = labels.cpu()
-    partner = idx.clone()
-    for c in torch.unique(labels_cpu):
-        members = idx[labels_cpu == c]
-        if len(members) < 2:
-            continue
-        # a random non-zero shift inside the class never maps a sample to itself
-        shift = torch.randint(1, len(members), (len(members),), generator=gen)
-        partner[members] = members[(torch.arange(len(members)) + shift) % len(members)]
-    return partner.to(labels.device)
 
 
 class MLAdv(Attack):
@@ -189,7 +167,7 @@ class MLAdv(Attack):
         self.style, self.mask, self.projection = style, mask, projection
         self.balance, self.detail_on = balance, detail_on
         self._check_options()
-        self.tau, self.realism_scale = self._mix_weights(tau, realism_scale)
+        self.tau, self.realism_scale = mix_weights(balance, tau, realism_scale)
         layers = self._style_layer_names(model, style_layers)
         if style_weight > 0 and not layers:  # never drop the style term silently
             raise ValueError("style_weight > 0 but the model has no Conv2d layer to take style "
@@ -214,27 +192,6 @@ class MLAdv(Attack):
         if isinstance(self.style, str) and self.style not in ("same-class", "self"):
             raise ValueError(f"style must be 'same-class', 'self' or a tensor, got {self.style!r}")
 
-    def _mix_weights(self, tau: float | None, realism_scale: float | None
-                     ) -> tuple[float | None, float | None]:
-        """``(tau, realism_scale)``: the one ``balance`` uses (its default when None), the other
-        None. Each name has one meaning: ``tau`` is eq. 2's weight of L_adv (``literal``),
-        ``realism_scale`` the realism terms' weight in the normalised mix; giving the other one
-        is a ``ValueError`` naming the right one."""
-        literal = self.balance == "literal"
-        if literal and realism_scale is not None:
-            raise ValueError("realism_scale applies to balance 'grad-norm' / 'calibrated'; with "
-                             "balance='literal' eq. 2's weight of L_adv is tau")
-        if not literal and tau is not None:
-            raise ValueError(f"tau is eq. 2's weight of L_adv (balance='literal' only); with "
-                             f"balance={self.balance!r} the realism terms' weight relative to "
-                             f"the adversarial one is realism_scale (e.g. realism_scale={tau})")
-        name, value = (("tau", TAU_DEFAULT if tau is None else tau) if literal else
-                       ("realism_scale",
-                        REALISM_SCALE_DEFAULT if realism_scale is None else realism_scale))
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-        return (value, None) if literal else (None, value)
-
     @staticmethod
     def _origin_layer_names(model: nn.Module, layer: str | Sequence[str] | None) -> list[str]:
         if layer is None:
@@ -254,34 +211,14 @@ class MLAdv(Attack):
     # -- references -------------------------------------------------------------------------
     def _style_reference(self, images: Tensor, labels: Tensor, style_images: Tensor | None,
                          gen: torch.Generator) -> Tensor:
-        ref = style_images if style_images is not None else self.style
-        if isinstance(ref, Tensor):
-            check_images(ref)
-            ref = ref.detach().to(images)
-            if ref.shape[0] not in (1, images.shape[0]) or ref.shape[1:] != images.shape[1:]:
-                raise ValueError(f"style images must have shape 1 x {tuple(images.shape[1:])} or "
-                                 f"{tuple(images.shape)}, got {tuple(ref.shape)}")
-            return ref
-        if ref == "self":
-            return images
-        return images[same_class_partners(labels, gen)]
+        """x_s of eq. 4 (:func:`~mladv.attacks.references.style_reference`)."""
+        style = style_images if style_images is not None else self.style
+        return style_reference(images, labels, style, gen)
 
-    @torch.no_grad()
     def _references(self, images: Tensor, style_ref: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """Style Grams of x_s and origin features of x (no forward pass when neither is used)."""
-        if not self.style_layers and not self.origin_layers:
-            return [], []
-        with FeatureTap(self.model, self.style_layers + self.origin_layers) as tap:
-            self.model(images)
-            origin = [f.detach() for f in tap.outputs(self.origin_layers)]
-            if style_ref is images:
-                style_feats = tap.outputs(self.style_layers)
-            else:
-                tap.clear()
-                self.model(style_ref)
-                style_feats = tap.outputs(self.style_layers)
-            grams = [gram_matrix(f).detach() for f in style_feats]
-        return grams, origin
+        """Style Grams of x_s and origin features of x (eqs. 4, 5)."""
+        return reference_features(self.model, self.style_layers, self.origin_layers, images,
+                                  style_ref)
 
     def _targets(self, images: Tensor, labels: Tensor, target_labels: Tensor | None,
                  gen: torch.Generator) -> Tensor | None:
@@ -357,8 +294,7 @@ class MLAdv(Attack):
         return g, (measured if self.balance == "calibrated" and terms else factors)
 
     def _fools(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
-        """The stop test of ``refine``: ``N`` bool, the sample fools the model (negative logit
-        margin; ``targets`` used in targeted mode only)."""
+        """``refine``'s stop test, ``N`` bool: the sample fools the model (logit margin < 0)."""
         return logit_margin(logits, labels, targets if self.targeted else None) < 0
 
     # -- the loop (eq. 9) -------------------------------------------------------------------
@@ -410,19 +346,16 @@ class MLAdv(Attack):
         return self.balance != "calibrated" or t > 0
 
     def _plan(self, t: int, gen: torch.Generator, images: Tensor) -> StepPlan:
-        """Step ``t`` of eq. 9: the realism terms as :meth:`_realism_at` says, the step
-        ``alpha = beta eps / T`` and projection factor ``gamma``, no input transform."""
+        """Step ``t``: realism per :meth:`_realism_at`, ``alpha = beta eps / T``, ``gamma``."""
         return StepPlan(self._realism_at(t), self.alpha, self.gamma)
 
     def _sample_weights(self, x_t: Tensor, logits: Tensor, labels: Tensor,
                         targets: Tensor | None, plan: StepPlan) -> SampleWeights | None:
-        """Per-sample ``(adversarial, realism)`` weights of this step, from the iterate ``x_t``
-        and its logits: None, eq. 2 weighs every sample alike."""
+        """Per-sample ``(adversarial, realism)`` weights: None, eq. 2 weighs samples alike."""
         return None
 
     def _direction(self, g: Tensor) -> Tensor:
-        """The direction eq. 9 steps along from eq. 2's gradient ``g``: ``g`` itself (its
-        sign is taken in :meth:`_update`). Shape: ``N x C x H x W`` -> same."""
+        """Eq. 9 steps along the sign of eq. 2's gradient ``g`` itself (``N x C x H x W``)."""
         return g
 
     def _refine(self, images: Tensor, labels: Tensor, targets: Tensor | None, x_adv: Tensor,
