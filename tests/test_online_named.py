@@ -142,6 +142,23 @@ def test_same_seed_same_batches_and_each_call_reseeds_the_attack(batch):
     assert torch.equal(b, _pgd(model.eval(), x, y, seed=8)) and not torch.equal(a, b)
 
 
+
+def test_online_defaults_madry_pgd_above_one_step_and_mladv_without_refine(batch):
+    """The module's documented online defaults, by name: ``pgd`` at ``steps > 1`` is Madry's
+    PGD (random start, ``alpha = 2.5 eps / steps``); ``mladv`` gets ``refine=0``."""
+    x, y = batch
+    model = _model().eval()
+    adv = AdversarialBatch("pgd", mode="online", eps=EPS, steps=4, seed=2)
+    adv.bind(model)
+    madry = make_attack("pgd", model, eps=EPS, steps=4, alpha=2.5 * EPS / 4, random_start=True,
+                        seed=2)
+    assert torch.equal(adv.craft(x, y), madry(x, y))
+    mladv = AdversarialBatch("mladv", mode="online", eps=EPS, seed=2)
+    assert mladv.attack_options == {"eps": EPS, "steps": 1, "refine": 0}
+    mladv.bind(model)
+    plain = make_attack("mladv", model, eps=EPS, steps=1, refine=0, seed=2)
+    assert torch.equal(mladv.craft(x, y), plain(x, y))
+
 # -- the experiment's path: grid fraction and pretrained weights reach every training --------
 EXPERIMENT = {"name": "mini-fraction", "data": "phantoms:8", "image_size": 16, "arch": "small_cnn",
               "seeds": 1, "arms": ["none", "pgd-advprop"],
