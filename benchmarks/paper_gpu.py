@@ -39,6 +39,8 @@ from typing import Any
 import torch
 import yaml
 
+from mladv.configbase import read_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"table2": ROOT / "configs" / "paper-gpu.yaml",
            "table1": ROOT / "configs" / "transfer-paper-gpu.yaml"}
@@ -50,6 +52,12 @@ FORWARD, MLADV_STEP = 1 / 3, 1.5
 STARTUP_S = {"cuda": 25.0, "cpu": 8.0}  # imports, CUDA context, data decode, report
 SMOKE = {"image_size": 32, "seeds": 2, "epochs": 2, "robust_images": 4, "test_images": 6,
          "rays_budget": 30, "gama_steps": 10}
+
+
+def read_config(part: str) -> dict[str, Any]:
+    """The YAML of ``part`` as ``mladv`` reads it (its ``extends:`` base merged under it), as a
+    mapping the sizing edits and writes out whole (the sized copy extends nothing)."""
+    return read_yaml(CONFIGS[part])[0]
 
 
 def count_images(data: str) -> int:
@@ -126,8 +134,8 @@ def table2_units(cfg: dict[str, Any], n: int, epochs: int) -> float:
 
 def table1_units(cfg: dict[str, Any], n: int, epochs: int, rays_budget: int) -> float:
     """Estimated cost of Table 1 (module doc), in ResNet50 fwd+bwd image units."""
-    n_tr = n * (1 - cfg["test_size"])
-    n_te = min(n - n_tr, cfg.get("max_test_images") or n)
+    n_tr = n * (1 - cfg["split"]["test_size"])
+    n_te = min(n - n_tr, cfg.get("max_images") or n)
     models = [cfg["source"], *cfg["targets"]]
     train = sum(ARCH_COST.get(m["arch"], 1.0) for m in models) * epochs * n_tr
     steps = sum(ATTACK_STEPS.get(a["name"], 10) for a in cfg["attacks"] if a["name"] != "rays")
@@ -151,7 +159,7 @@ def size_table1(cfg: dict[str, Any], n: int, rate: float, budget: float) -> dict
     """RayS's query budget first (at most a quarter of ``budget``, 100 .. the config's), then
     the largest epoch count (1 .. the config's) that fits."""
     rays = next((a for a in cfg["attacks"] if a["name"] == "rays"), None)
-    n_te = min(n * cfg["test_size"], cfg.get("max_test_images") or n)
+    n_te = min(n * cfg["split"]["test_size"], cfg.get("max_images") or n)
     queries = 0
     if rays is not None:
         most = int(rays.get("options", {}).get("budget", 10_000))
@@ -179,7 +187,7 @@ def smoke_config(part: str, cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["pgd"]["steps"] = 2
         cfg["robustness"].update(max_images=SMOKE["robust_images"], batch_size=8)
         return cfg
-    cfg["max_test_images"] = SMOKE["test_images"]
+    cfg["max_images"] = SMOKE["test_images"]
     for spec in (cfg["source"], *cfg["targets"]):
         spec.update(epochs=min(spec["epochs"], SMOKE["epochs"]), batch_size=16)
     for attack in cfg["attacks"]:
@@ -203,7 +211,7 @@ def command(part: str, config: Path, data: str, out: Path, device: str) -> list[
 def run_part(part: str, args: argparse.Namespace, device: torch.device,
              speed: dict[str, float], started: float) -> dict[str, Any]:
     """Size, print the plan, run with a hard stop at the budget, and summarise one part."""
-    cfg = yaml.safe_load(CONFIGS[part].read_text())
+    cfg = read_config(part)
     if args.smoke:
         cfg = smoke_config(part, cfg)
     n = count_images(args.data)
@@ -266,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               file=sys.stderr)
         raise SystemExit(2)
     count_images(args.data)  # a missing folder fails before any work
-    cfg0 = yaml.safe_load(CONFIGS[parts[0]].read_text())
+    cfg0 = read_config(parts[0])
     size = SMOKE["image_size"] if args.smoke else int(cfg0["image_size"])
     speed = calibrate(size, 16 if args.smoke else 64, device)
     print(f"[paper_gpu] device {device} "

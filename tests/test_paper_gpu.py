@@ -102,7 +102,7 @@ def test_gpu_run_on_a_cpu_refuses_with_one_line(tmp_path: Path) -> None:
 
 def test_epochs_are_the_largest_count_that_fits_the_budget() -> None:
     pg = _module()
-    cfg = yaml.safe_load((ROOT / "configs" / "paper-gpu.yaml").read_text())
+    cfg = pg.read_config("table2")
     n, rate = 1868, 900.0
     budget = pg.table2_units(cfg, n, 4) / rate + 1.0  # 4 epochs fit, 5 do not
     sized = pg.size_table2(cfg, n, rate, budget)
@@ -113,14 +113,14 @@ def test_epochs_are_the_largest_count_that_fits_the_budget() -> None:
 
 def test_nothing_fits_gives_one_epoch_and_says_so() -> None:
     pg = _module()
-    cfg = yaml.safe_load((ROOT / "configs" / "paper-gpu.yaml").read_text())
+    cfg = pg.read_config("table2")
     sized = pg.size_table2(cfg, 1868, 1.0, 1.0)
     assert sized["epochs"] == 1 and sized["fits"] is False
 
 
 def test_table2_cost_is_linear_in_epochs() -> None:
     pg = _module()
-    cfg = yaml.safe_load((ROOT / "configs" / "paper-gpu.yaml").read_text())
+    cfg = pg.read_config("table2")
     n_tr = 1868 * (1 - cfg["split"]["test_size"])
     n_sel = n_tr * (1 - cfg["online"]["selection"]["val_size"])
     grid = len(cfg["online"]["grid"]["eps"]) * len(cfg["online"]["grid"]["steps"])

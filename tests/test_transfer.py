@@ -20,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mini_config(**changes):
-    cfg = {"name": "mini", "data": "phantoms:12", "image_size": 24, "test_size": 0.3, "seed": 0,
-           "eps": 8, "source": {"arch": "small_cnn", "epochs": 2, "lr": 0.003},
+    cfg = {"name": "mini", "data": "phantoms:12", "image_size": 24, "split": {"test_size": 0.3},
+           "seed": 0, "eps": 8, "source": {"arch": "small_cnn", "epochs": 2, "lr": 0.003},
            "targets": [{"arch": "tiny_cnn", "epochs": 1, "lr": 0.01},
                        {"arch": "small_cnn", "name": "small_cnn-b", "epochs": 1, "lr": 0.003}],
            "attacks": ATTACKS, "batch_size": 8, "bm3d": {"max_images": 1, "workers": 2},

@@ -4,11 +4,16 @@ Every problem with a config file is ONE ``ValueError`` line naming the file, the
 key is in the file) and the key, e.g. ``configs/x.yaml:3: train.epochs: Input should be a valid
 integer``. Command-line flags are merged into the YAML mapping before validation, so they are
 checked the same way (a flag's key has no line).
+
+A config may start from another: ``extends: base.yaml`` (a path relative to the config's folder)
+reads the base first and lays the file's own settings over it, mapping by mapping (lists and
+plain values replace the base's). A base may extend another; a cycle is one ``ValueError`` line.
+A key a model lists in ``RENAMED`` fails with one line naming its new name.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -17,9 +22,11 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Unknown keys are refused and defaults are validated too."""
+    """Unknown keys are refused and defaults are validated too. ``RENAMED`` maps an old
+    top-level key to the name that replaced it (an old config fails naming the new key)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+    RENAMED: ClassVar[dict[str, str]] = {}
 
 
 def _loc_text(loc: tuple[int | str, ...]) -> str:
@@ -70,10 +77,47 @@ def error_line(exc: ValidationError, source: str, text: str | None = None,
     return f"{where}: {_loc_text(loc)}: {msg}{more}"
 
 
-def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
-    """The YAML mapping at ``path`` (``yaml.safe_load``) and its text; ``ValueError`` naming the
-    file (and the line) otherwise."""
-    path = Path(path)
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base``: mappings merge key by key (recursively), anything else in
+    ``over`` (a list, a value) replaces the base's. Neither input is changed."""
+    merged = dict(base)
+    for key, value in over.items():
+        below = merged.get(key)
+        if isinstance(below, dict) and isinstance(value, dict):
+            value = merge(below, value)
+        merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], str]:
+    """The YAML mapping at ``path`` with its ``extends:`` base merged under it (module doc), and
+    the file's own text; ``ValueError`` naming the file (and the line) otherwise."""
+    here = Path(path)
+    raw, text = _read_mapping(here)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw, text
+    chain = (*_chain, here.resolve())
+    below, _ = read_yaml(_base_path(here, base, chain), chain)
+    return merge(below, raw), text
+
+
+def _base_path(here: Path, base: object, chain: tuple[Path, ...]) -> Path:
+    """The file ``extends: base`` in ``here`` names (relative to ``here``'s folder); one
+    ``ValueError`` line for a non-string, a missing file or a cycle through ``chain``."""
+    if not isinstance(base, str):
+        raise ValueError(f"{here}: extends: expected a YAML file name, got {base!r}")
+    path = here.parent / base
+    if path.resolve() in chain:
+        loop = " -> ".join(p.name for p in (*chain, path))
+        raise ValueError(f"{here}: extends: {base} makes a cycle ({loop})")
+    if not path.is_file():
+        raise ValueError(f"{here}: extends: {path} does not exist")
+    return path
+
+
+def _read_mapping(path: Path) -> tuple[dict[str, Any], str]:
+    """The YAML mapping at ``path`` (``yaml.safe_load``) and its text, nothing merged."""
     if not path.is_file():
         raise ValueError(f"config {path} does not exist")
     text = path.read_text()
@@ -92,10 +136,23 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
     return raw, text
 
 
+def check_renamed(model: type[BaseModel], raw: dict[str, Any], source: str = "config",
+                  text: str | None = None) -> None:
+    """One ``ValueError`` line ``source[:line]: 'old' is now 'new'`` for the first top-level key
+    of ``raw`` that ``model.RENAMED`` lists (an old config, caught before anything runs)."""
+    renamed: dict[str, str] = getattr(model, "RENAMED", {})
+    old = next((key for key in raw if key in renamed), None)
+    if old is not None:
+        line = key_line(text, (old,)) if text is not None else None
+        where = f"{source}:{line}" if line is not None else source
+        raise ValueError(f"{where}: {old!r} is now {renamed[old]!r}")
+
+
 def validate(model: type[M], raw: dict[str, Any], source: str = "config",
              text: str | None = None, flags: frozenset[str] = frozenset()) -> M:
     """``model`` validated from ``raw``; ``ValueError`` with one line naming the key otherwise
     (and its line in ``text``, the YAML it was read from, unless a flag in ``flags`` set it)."""
+    check_renamed(model, raw, source, text)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

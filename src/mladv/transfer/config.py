@@ -6,7 +6,7 @@ Read with :func:`load_config` (strict: unknown keys, wrong types and bad attack 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -109,20 +109,40 @@ class CAMSpec(Strict):
     layer: str | None = None
 
 
+class SplitSpec(Strict):
+    """The patient-aware stratified split (ignored when ``test_data`` is given), spelled as the
+    experiment's ``split:``. ``seed`` defaults to the run's ``seed`` (a config without it
+    splits as before the section existed)."""
+
+    test_size: float = Field(default=0.15, gt=0, lt=1)
+    seed: int | None = None
+
+
 def _default_attacks() -> list[AttackSpec]:
     names = ("fgsm", "pgd", "mifgsm", "pifgsm", "gama", "rays", "mladv")
     return [AttackSpec(name=n) for n in names]
 
 
 class TransferConfig(Strict):
-    """Everything a transfer run depends on. ``eps`` is in 1/255 units, like ``--eps``."""
+    """Everything a transfer run depends on. ``eps`` is in 1/255 units, like ``--eps``.
+
+    Key names follow the experiment's config: ``split: {test_size, seed}`` and ``max_images``
+    (attack a seeded sample of at most that many test images; the experiment's
+    ``robustness.max_images``). ``seed`` stays ONE seed, unlike the experiment's ``seeds`` (a
+    count or list of training seeds to average over): Table 1 is one source model attacked once,
+    so one seed drives the data sample, the split (unless ``split.seed``), the test sample,
+    model ``i``'s training (``seed + i``) and the attacks. The old top-level ``test_size`` and
+    ``max_test_images`` fail with one line naming the new key (``RENAMED``)."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"test_size": "split.test_size",
+                                         "max_test_images": "max_images"}
 
     name: str = "transfer"
     data: str = "phantoms"
     test_data: str | None = None
     image_size: int = Field(default=128, ge=IMAGE_SIZE_MIN, le=IMAGE_SIZE_MAX)
-    test_size: float = Field(default=0.15, gt=0, lt=1)
-    max_test_images: int | None = Field(default=None, ge=1)
+    split: SplitSpec = Field(default_factory=lambda: SplitSpec())
+    max_images: int | None = Field(default=None, ge=1)
     seed: int = 0
     eps: float = Field(default=8.0, gt=0, le=255)
     source: ModelSpec
@@ -155,6 +175,17 @@ class TransferConfig(Strict):
             for spec in value if isinstance(value, list) else [value]:
                 check_image_size(size, spec.arch)
         return value
+
+    @model_validator(mode="after")
+    def _split_seed(self) -> TransferConfig:
+        """``split.seed`` left out is the run's ``seed`` (written so in ``config.yaml``)."""
+        if self.split.seed is None:
+            self.split = self.split.model_copy(update={"seed": self.seed})
+        return self
+
+    def split_seed(self) -> int:
+        """The split's seed: ``split.seed``, else the run's ``seed``."""
+        return self.seed if self.split.seed is None else self.split.seed
 
     def model_specs(self) -> list[tuple[str, ModelSpec]]:
         """``(key, spec)`` for the source and every target, keys unique (``source``, ``t1``...)."""

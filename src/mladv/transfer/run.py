@@ -42,16 +42,16 @@ Log = Callable[[str], None]
 
 def prepare_data(cfg: TransferConfig) -> tuple[ImageSet, ImageSet]:
     """``(train, test)``: the patient-aware split of ``data``, or all of ``data`` and
-    ``test_data``; the test set capped at ``max_test_images`` (a seeded sample)."""
+    ``test_data``; the test set capped at ``max_images`` (a sample seeded with ``seed``)."""
     data = load_source(cfg.data, cfg.image_size, seed=cfg.seed, progress=cfg.progress)
     if cfg.test_data:
         train = data
         test = load_source(cfg.test_data, cfg.image_size, classes=data.classes, seed=cfg.seed + 1)
     else:
-        train, test = split_imageset(data, test_size=cfg.test_size, seed=cfg.seed)
-    if cfg.max_test_images and len(test) > cfg.max_test_images:
+        train, test = split_imageset(data, test_size=cfg.split.test_size, seed=cfg.split_seed())
+    if cfg.max_images and len(test) > cfg.max_images:
         gen = torch.Generator().manual_seed(cfg.seed)
-        pick = torch.randperm(len(test), generator=gen)[:cfg.max_test_images].sort().values
+        pick = torch.randperm(len(test), generator=gen)[:cfg.max_images].sort().values
         test = test.subset(pick)
     return train, test
 
