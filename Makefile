@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test mutate clean
 
 setup: $(STAMP)
 
@@ -24,5 +24,14 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# Mutation testing of the modules that produce numbers (about 30 min on 2 cores; not in `test`):
+# mutmut once per module with that module's tests, report in docs/mutation.md.
+$(VENV)/.mutate-installed: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,mutate]'
+	touch $@
+
+mutate: $(VENV)/.mutate-installed
+	nice -n 19 $(BIN)/python benchmarks/mutate.py $(MODULES)
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache build/mutate

@@ -9,8 +9,9 @@ import math
 import pytest
 
 from experiment_helpers import hand_results
+from mladv.experiment import claims
 from mladv.experiment.chain_report import chain_moonshot, chain_table
-from mladv.experiment.claims import Comparison, cell, compare, moonshot_met
+from mladv.experiment.claims import Comparison, cell, compare, compare_arms, moonshot_met
 from mladv.experiment.online_report import moonshot, verdict_table
 
 WIDE = [0.25, 0.5, 0.75]           # mean 0.5, sample std 0.25
@@ -68,6 +69,34 @@ def test_nan_seeds_are_left_out_as_in_the_summary():
 def test_an_arm_without_a_finite_value_is_refused_naming_the_argument():
     with pytest.raises(ValueError, match="^baseline_values: no finite per-seed value"):
         compare(WIDE, [math.nan])
+
+
+def test_an_arm_without_a_finite_value_is_refused_naming_arm_values():
+    with pytest.raises(ValueError, match="^arm_values: no finite per-seed value"):
+        compare([math.nan], WIDE)
+
+
+@pytest.mark.parametrize("missing", ["arm", "baseline"])
+def test_compare_arms_is_none_when_either_arm_has_no_value_of_the_metric(missing):
+    present = "baseline" if missing == "arm" else "arm"
+    runs = hand_results({present: {"accuracy": WIDE}})["runs"]
+    assert compare_arms(runs, "arm", "baseline") is None
+
+
+def test_moonshot_lines_skip_arms_without_runs_and_go_on_after_one_seed_and_not_met():
+    """Arms in order: no runs (no line), one seed, no side metric (side gain n/a, NOT met),
+    better on clean (MET)."""
+    results = hand_results({"none": {"accuracy": WIDE, "side": FLAT},
+                            "single": {"accuracy": [0.5], "side": [0.5]},
+                            "no-side": {"accuracy": NARROW},
+                            "up": {"accuracy": [1.0, 1.25, 1.5], "side": FLAT}})
+    assert claims.moonshot(results, ["absent", "single", "no-side", "up"], "side", "side gain",
+                           0.1) == [
+        "`single`: one seed: fewer than two seeds finished, so no spread and no verdict.",
+        "`no-side`: clean gain over flips -0.1875 (0.2500): within spread; side gain n/a "
+        "(target >= +0.10). Target NOT met.",
+        "`up`: clean gain over flips +0.7500 (0.2500): better; side gain +0.000 "
+        "(target >= +0.10). Target MET."]
 
 
 def test_a_table_cell_reads_gain_spread_and_verdict():

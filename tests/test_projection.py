@@ -47,3 +47,24 @@ def test_projection_is_per_channel(channels):
     proj = heuristic_projection(a, 0.1, 0.02, projection_kernel(3))
     assert proj.shape == a.shape
     assert torch.count_nonzero(proj[0, 1:]) == 0
+
+
+def test_default_kernel_is_the_papers_3x3():
+    assert torch.equal(projection_kernel(), projection_kernel(3))
+
+
+def test_kernel_has_the_requested_dtype_and_device():
+    k = projection_kernel(3, dtype=torch.float64, device="meta")
+    assert (k.dtype, k.device.type) == (torch.float64, "meta")
+
+
+def test_5x5_projection_spreads_a_spike_over_its_24_neighbours_in_float64():
+    """Eq. 9 with w = 5 (padding 2, same size out) on a float64 ``A`` (the kernel follows it)."""
+    a = torch.zeros(1, 1, 7, 7, dtype=torch.float64)
+    a[0, 0, 3, 3] = 1.0
+    proj = heuristic_projection(a, 0.1, 0.02, projection_kernel(5))
+    expected = torch.full((5, 5), 0.02, dtype=torch.float64)
+    expected[2, 2] = 0.0
+    assert proj.dtype == torch.float64
+    assert torch.equal(proj[0, 0, 1:6, 1:6], expected)
+    assert torch.count_nonzero(proj) == 24

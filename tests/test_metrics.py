@@ -1,0 +1,155 @@
+"""mladv.metrics (attack metrics) and mladv.experiment.metrics (Table 2 / Fig. 5 metrics): each
+value against what it must equal, computed by hand on a few pixels / six labels."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+from sklearn.metrics import roc_curve
+
+from mladv.experiment.metrics import classification_metrics, mean_std, roc_per_class
+from mladv.metrics import perturbation_norms, psnr, ssim, success_rate, total_variation
+
+# --- mladv.metrics ------------------------------------------------------------------------------
+
+CLEAN_PRED, LABELS = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 1, 0])  # image 2 wrong
+
+
+def test_success_rate_is_the_share_of_correct_clean_images_misclassified_after_attack():
+    adv_pred = torch.tensor([1, 1, 0, 0])  # of the 3 correct: image 0 fooled, 1 and 3 not
+    assert success_rate(CLEAN_PRED, adv_pred, LABELS) == pytest.approx(1 / 3)
+
+
+def test_targeted_success_rate_is_the_share_of_correct_clean_images_sent_to_their_target():
+    adv_pred, target = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 1, 0, 2])
+    assert success_rate(CLEAN_PRED, adv_pred, LABELS, target) == pytest.approx(2 / 3)
+
+
+def test_success_rate_is_nan_when_no_clean_image_is_correct():
+    assert math.isnan(success_rate(torch.tensor([1, 0]), torch.tensor([1, 0]),
+                                   torch.tensor([0, 1])))
+
+
+def test_perturbation_norms_are_means_over_images_and_the_largest_linf():
+    clean = torch.zeros(2, 1, 2, 2)
+    adv = clean.clone()
+    adv[0, 0, 0] = torch.tensor([0.75, -0.5])  # image 1 unchanged
+    norms = perturbation_norms(clean, adv)
+    assert norms == pytest.approx({"l1": (1.25 / 4) / 2, "l2": math.sqrt(0.8125) / 2,
+                                   "linf": 0.75 / 2, "linf_max": 0.75})
+
+
+def test_perturbation_norms_of_no_images_have_linf_max_zero():
+    assert perturbation_norms(torch.zeros(0, 1, 2, 2), torch.zeros(0, 1, 2, 2))["linf_max"] == 0.0
+
+
+def test_ssim_is_the_mean_of_skimages_ssim_over_images_and_channels_with_a_7_window():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 2, 16, 16, generator=g)
+    adv = (clean + 0.1 * torch.rand(2, 2, 16, 16, generator=g)).clamp(0, 1)
+    by_hand = np.mean([structural_similarity(clean[i, c].numpy(), adv[i, c].numpy(),
+                                             data_range=1.0, win_size=7)
+                       for i in range(2) for c in range(2)])
+    assert ssim(clean, adv) == pytest.approx(float(by_hand), abs=1e-12)
+
+
+@pytest.mark.parametrize(("h", "w", "win"), [(6, 8, 5), (8, 5, 5), (9, 9, 7)])
+def test_ssim_window_is_the_largest_odd_size_up_to_7_that_fits(h, w, win):
+    g = torch.Generator().manual_seed(1)
+    clean, adv = torch.rand(1, 1, h, w, generator=g), torch.rand(1, 1, h, w, generator=g)
+    by_hand = structural_similarity(clean[0, 0].numpy(), adv[0, 0].numpy(), data_range=1.0,
+                                    win_size=win)
+    assert ssim(clean, adv) == pytest.approx(float(by_hand), abs=1e-12)
+
+
+def test_ssim_of_no_images_is_nan():
+    assert math.isnan(ssim(torch.zeros(0, 1, 8, 8), torch.zeros(0, 1, 8, 8)))
+
+
+def test_psnr_is_the_mean_over_images_of_10_log10_of_one_over_the_mse():
+    clean = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    adv = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.01)]).double()
+    assert psnr(clean, adv) == pytest.approx((20.0 + 40.0) / 2)
+
+
+def test_psnr_of_identical_images_is_inf():
+    assert psnr(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2)) == math.inf
+
+
+def test_total_variation_is_the_mean_per_image_of_vertical_plus_horizontal_steps():
+    delta = torch.zeros(2, 1, 2, 3)
+    delta[0, 0, 0, 1] = 1.0  # vertical steps 1, horizontal 2; image 1 flat
+    delta[1, 0, :, 2] = 0.5  # vertical 0, horizontal 2 x 0.5
+    assert total_variation(delta) == pytest.approx((3.0 + 1.0) / 2)
+
+
+# --- mladv.experiment.metrics -------------------------------------------------------------------
+
+CLASSES = ("a", "b", "c")
+Y = [0, 0, 1, 1, 2, 2]
+PROBS = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.2, 0.5, 0.3],
+                  [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.4, 0.1, 0.5]])  # predicts 0 1 1 1 2 2
+
+
+def test_classification_metrics_by_hand_on_six_images():
+    """Per class (support 2 each): precision 1, 2/3, 1; recall 1/2, 1, 1; F1 2/3, 4/5, 1;
+    AUC (pairs ranked right of 8) 7/8, 7/8, 8/8; weighted = plain means."""
+    m = classification_metrics(Y, PROBS, CLASSES)
+    assert m["accuracy"] == pytest.approx(5 / 6)
+    assert m["recall"] == pytest.approx(5 / 6)
+    assert m["precision"] == pytest.approx(8 / 9)
+    assert m["f1"] == pytest.approx((2 / 3 + 4 / 5 + 1) / 3)
+    assert m["auc_per_class"] == pytest.approx({"a": 7 / 8, "b": 7 / 8, "c": 1.0})
+    assert m["auc_macro"] == pytest.approx((7 / 8 + 7 / 8 + 1) / 3)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 2]]
+
+
+def test_classification_metrics_precision_counts_a_never_predicted_class_as_zero():
+    m = classification_metrics([0, 1], np.array([[0.9, 0.1], [0.8, 0.2]]), ("a", "b"))
+    assert m["precision"] == pytest.approx(0.25)  # class a: 1/2, class b: 0 (no warning)
+
+
+def test_two_class_macro_auc_is_the_auc_of_the_second_column():
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]])
+    m = classification_metrics([0, 0, 1, 1], probs, ("a", "b"))
+    assert m["auc_macro"] == pytest.approx(0.75)  # (0.3 > 0.1) + (0.8 > 0.1, 0.6) of 4 pairs
+
+
+def test_a_class_missing_from_the_labels_has_nan_auc_and_macro_averages_the_others():
+    y, probs = [0, 0, 1, 1], PROBS[:4]
+    m = classification_metrics(y, probs, CLASSES)
+    assert math.isnan(m["auc_per_class"]["c"])
+    assert m["auc_per_class"]["a"] == pytest.approx(1.0)  # 0.7, 0.3 over 0.2, 0.1
+    assert m["auc_per_class"]["b"] == pytest.approx(0.75)  # 0.5 < 0.6 only
+    assert m["auc_macro"] == pytest.approx((1.0 + 0.75) / 2)
+
+
+def test_one_label_only_gives_nan_macro_auc():
+    m = classification_metrics([1, 1], PROBS[:2], CLASSES)
+    assert math.isnan(m["auc_macro"])
+
+
+@pytest.mark.parametrize("shape", [(6, 2), (5, 3), (6,)])
+def test_probs_of_the_wrong_shape_is_one_line_naming_probs(shape):
+    with pytest.raises(ValueError, match=r"^probs must have shape \(6, 3\)"):
+        classification_metrics(Y, np.full(shape, 1 / 3), CLASSES)
+
+
+def test_roc_per_class_is_sklearns_one_vs_rest_curve_and_empty_where_a_class_is_absent():
+    curves = roc_per_class([0, 0, 1, 1], PROBS[:4])
+    for i in (0, 1):
+        fpr, tpr, _ = roc_curve([int(v == i) for v in [0, 0, 1, 1]], PROBS[:4, i])
+        assert np.array_equal(curves[i][0], fpr) and np.array_equal(curves[i][1], tpr)
+    assert curves[2][0].size == 0 and curves[2][1].size == 0
+    assert len(curves) == 3
+
+
+def test_mean_std_is_the_mean_and_sample_std_leaving_nan_and_none_out():
+    assert mean_std([1.0, float("nan"), 2.0, None, 6.0]) == {
+        "mean": 3.0, "std": pytest.approx(math.sqrt(7.0)), "n": 3}
+
+
+def test_mean_std_of_one_seed_has_no_std_and_of_none_no_mean():
+    assert mean_std([0.5]) == {"mean": 0.5, "std": None, "n": 1}
+    assert mean_std([]) == {"mean": None, "std": None, "n": 0}
