@@ -53,7 +53,8 @@ class Module:
 MODULES: dict[str, Module] = {
     "claims": Module("src/mladv/experiment/claims.py", ("tests/test_claims.py",)),
     "projection": Module("src/mladv/attacks/projection.py", ("tests/test_projection.py",)),
-    "balance": Module("src/mladv/attacks/balance.py", ("tests/test_mladv.py",),
+    "balance": Module("src/mladv/attacks/balance.py",
+                      ("tests/test_balance.py", "tests/test_mladv.py"),
                       "balance or tau or grad_norm or realism"),
     "metrics": Module("src/mladv/metrics.py", ("tests/test_metrics.py",)),
     "experiment_metrics": Module("src/mladv/experiment/metrics.py", ("tests/test_metrics.py",)),
@@ -182,9 +183,10 @@ def survived(entry: dict[str, Any], equivalent: dict[str, str]) -> tuple[int, in
 
 def table_rows(results: dict[str, Any], equivalent: dict[str, str]) -> list[str]:
     """One Markdown row per module, and a total row."""
-    rows = ["| module | tests | mutants | killed | survived | no tests | timeout | equivalent "
-            "| surviving non-equivalent | minutes |", "|---|---|---|---|---|---|---|---|---|---|"]
-    sums = [0, 0, 0, 0, 0, 0, 0, 0]
+    rows = ["| module | tests | mutants | killed | survived | no tests | timeout | not run "
+            "| equivalent | surviving non-equivalent | minutes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    sums = [0] * 9
     for name in MODULES:
         if name not in results:
             continue
@@ -194,17 +196,16 @@ def table_rows(results: dict[str, Any], equivalent: dict[str, str]) -> list[str]
         eq = len(e["survivors"]) - left
         values = [sum(c.values()), c.get("killed", 0),
                   c.get("survived", 0) + c.get("suspicious", 0), c.get("no tests", 0),
-                  c.get("timeout", 0), eq, left, base]
+                  c.get("timeout", 0), c.get("not checked", 0), eq, left, base]
         sums = [a + b for a, b in zip(sums, values, strict=True)]
         tests = " ".join(f"`{t.removeprefix('tests/')}`" for t in e["tests"])
         tests += f" `-k {e['keyword']}`" if e["keyword"] else ""
         share = f"{left} / {base} ({100 * left / max(base, 1):.0f} %)"
-        rows.append(f"| `{e['path'].removeprefix('src/mladv/')}` | {tests} | {values[0]} | "
-                    f"{values[1]} | {values[2]} | {values[3]} | {values[4]} | {values[5]} | "
-                    f"{share} | {e['seconds'] / 60:.1f} |")
-    share = f"{sums[6]} / {sums[7]} ({100 * sums[6] / max(sums[7], 1):.1f} %)"
-    rows.append(f"| **all** | | {sums[0]} | {sums[1]} | {sums[2]} | {sums[3]} | {sums[4]} | "
-                f"{sums[5]} | **{share}** | |")
+        cells = " | ".join(str(v) for v in values[:7])
+        rows.append(f"| `{e['path'].removeprefix('src/mladv/')}` | {tests} | {cells} | {share} | "
+                    f"{e['seconds'] / 60:.1f} |")
+    share = f"{sums[7]} / {sums[8]} ({100 * sums[7] / max(sums[8], 1):.1f} %)"
+    rows.append(f"| **all** | | {' | '.join(str(v) for v in sums[:7])} | **{share}** | |")
     return rows
 
 
