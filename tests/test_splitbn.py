@@ -90,3 +90,37 @@ def test_a_model_without_batchnorm_has_no_twins_and_is_itself():
     x = torch.rand(2, 1, 16, 16)
     assert len(split.twins) == 0 and split.twin_state_dict() == {}
     torch.testing.assert_close(split(x, adversarial=True), model(x))
+
+
+def test_bad_mask_message_gives_the_batch_size_dtype_and_shape():
+    split = SplitBN(build_model("small_cnn", 3))
+    with pytest.raises(ValueError) as err:
+        split(torch.rand(2, 1, 16, 16), adv_mask=torch.tensor([1, 0, 1]))
+    assert str(err.value) == "adv_mask must be a bool tensor of shape (2,), got torch.int64 (3,)"
+
+
+@pytest.mark.parametrize("all_adversarial", [True, False])
+def test_a_mask_of_one_value_is_one_pass_through_that_bn(all_adversarial):
+    torch.manual_seed(0)
+    split = SplitBN(build_model("small_cnn", 3)).eval()
+    with torch.no_grad():
+        for twin in split.twins:
+            twin.running_mean.add_(0.5)
+        x = torch.rand(3, 1, 16, 16)
+        out = split(x, adv_mask=torch.full((3,), all_adversarial))
+        assert torch.equal(out, split(x, adversarial=all_adversarial))
+
+
+def test_foreign_twin_state_names_the_first_three_missing_and_unexpected_keys():
+    split = SplitBN(build_model("small_cnn", 3))
+    own = sorted(split.twin_state_dict())
+    assert len(own) >= 4
+    with pytest.raises(ValueError) as err:
+        split.load_twin_state_dict({})
+    assert str(err.value) == ("twin BatchNorm state does not fit this model: missing "
+                              f"{own[:3]}, unexpected []")
+    extra = {**split.twin_state_dict(), **{k: torch.zeros(1) for k in "abcd"}}
+    with pytest.raises(ValueError) as err:
+        split.load_twin_state_dict(extra)
+    assert str(err.value) == ("twin BatchNorm state does not fit this model: missing [], "
+                              "unexpected ['a', 'b', 'c']")
