@@ -1,6 +1,7 @@
 """mladv.metrics (attack metrics) and mladv.experiment.metrics (Table 2 / Fig. 5 metrics): each
 value against what it must equal, computed by hand on a few pixels / six labels."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -32,9 +33,9 @@ def test_success_rate_is_nan_when_no_clean_image_is_correct():
 
 
 def test_perturbation_norms_are_means_over_images_and_the_largest_linf():
-    clean = torch.zeros(2, 1, 2, 2)
+    clean = torch.full((2, 1, 2, 2), 0.125)
     adv = clean.clone()
-    adv[0, 0, 0] = torch.tensor([0.75, -0.5])  # image 1 unchanged
+    adv[0, 0, 0] += torch.tensor([0.75, -0.5])  # image 1 unchanged
     norms = perturbation_norms(clean, adv)
     assert norms == pytest.approx({"l1": (1.25 / 4) / 2, "l2": math.sqrt(0.8125) / 2,
                                    "linf": 0.75 / 2, "linf_max": 0.75})
@@ -54,7 +55,8 @@ def test_ssim_is_the_mean_of_skimages_ssim_over_images_and_channels_with_a_7_win
     assert ssim(clean, adv) == pytest.approx(float(by_hand), abs=1e-12)
 
 
-@pytest.mark.parametrize(("h", "w", "win"), [(6, 8, 5), (8, 5, 5), (9, 9, 7)])
+@pytest.mark.parametrize(("h", "w", "win"), [(6, 8, 5), (8, 6, 5), (8, 5, 5), (5, 8, 5),
+                                             (9, 9, 7)])
 def test_ssim_window_is_the_largest_odd_size_up_to_7_that_fits(h, w, win):
     g = torch.Generator().manual_seed(1)
     clean, adv = torch.rand(1, 1, h, w, generator=g), torch.rand(1, 1, h, w, generator=g)
@@ -63,14 +65,22 @@ def test_ssim_window_is_the_largest_odd_size_up_to_7_that_fits(h, w, win):
     assert ssim(clean, adv) == pytest.approx(float(by_hand), abs=1e-12)
 
 
-def test_ssim_of_no_images_is_nan():
-    assert math.isnan(ssim(torch.zeros(0, 1, 8, 8), torch.zeros(0, 1, 8, 8)))
+def test_ssim_of_no_images_is_nan_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(ssim(torch.zeros(0, 1, 8, 8), torch.zeros(0, 1, 8, 8)))
 
 
 def test_psnr_is_the_mean_over_images_of_10_log10_of_one_over_the_mse():
     clean = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
     adv = torch.stack([torch.full((1, 4, 4), 0.1), torch.full((1, 4, 4), 0.01)]).double()
     assert psnr(clean, adv) == pytest.approx((20.0 + 40.0) / 2)
+
+
+def test_psnr_takes_the_mse_over_each_whole_image_before_the_log():
+    clean = torch.zeros(1, 2, 1, 2, dtype=torch.float64)
+    adv = torch.tensor([[[[0.1, 0.1]], [[0.3, 0.3]]]], dtype=torch.float64)  # mse 0.05
+    assert psnr(clean, adv) == pytest.approx(10 * math.log10(20.0))
 
 
 def test_psnr_of_identical_images_is_inf():
@@ -82,6 +92,12 @@ def test_total_variation_is_the_mean_per_image_of_vertical_plus_horizontal_steps
     delta[0, 0, 0, 1] = 1.0  # vertical steps 1, horizontal 2; image 1 flat
     delta[1, 0, :, 2] = 0.5  # vertical 0, horizontal 2 x 0.5
     assert total_variation(delta) == pytest.approx((3.0 + 1.0) / 2)
+
+
+def test_total_variation_by_hand_on_a_3x3_delta():
+    delta = torch.tensor([[[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.25]]]])
+    # vertical: 0.5 + 0.5 + 0.25 (columns); horizontal: 0.5 + 0 + 0.25 (rows)
+    assert total_variation(delta) == pytest.approx(2.0)
 
 
 # --- mladv.experiment.metrics -------------------------------------------------------------------
