@@ -121,8 +121,10 @@ def test_classification_metrics_by_hand_on_six_images():
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 2]]
 
 
-def test_classification_metrics_precision_counts_a_never_predicted_class_as_zero():
-    m = classification_metrics([0, 1], np.array([[0.9, 0.1], [0.8, 0.2]]), ("a", "b"))
+def test_classification_metrics_precision_counts_a_never_predicted_class_as_zero_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics([0, 1], np.array([[0.9, 0.1], [0.8, 0.2]]), ("a", "b"))
     assert m["precision"] == pytest.approx(0.25)  # class a: 1/2, class b: 0 (no warning)
 
 
@@ -139,10 +141,13 @@ def test_a_class_missing_from_the_labels_has_nan_auc_and_macro_averages_the_othe
     assert m["auc_per_class"]["a"] == pytest.approx(1.0)  # 0.7, 0.3 over 0.2, 0.1
     assert m["auc_per_class"]["b"] == pytest.approx(0.75)  # 0.5 < 0.6 only
     assert m["auc_macro"] == pytest.approx((1.0 + 0.75) / 2)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]  # K x K, class c too
 
 
-def test_one_label_only_gives_nan_macro_auc():
-    m = classification_metrics([1, 1], PROBS[:2], CLASSES)
+def test_one_label_only_gives_nan_macro_auc_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics([1, 1], PROBS[:2], CLASSES)
     assert math.isnan(m["auc_macro"])
 
 
@@ -153,17 +158,22 @@ def test_probs_of_the_wrong_shape_is_one_line_naming_probs(shape):
 
 
 def test_roc_per_class_is_sklearns_one_vs_rest_curve_and_empty_where_a_class_is_absent():
-    curves = roc_per_class([0, 0, 1, 1], PROBS[:4])
-    for i in (0, 1):
-        fpr, tpr, _ = roc_curve([int(v == i) for v in [0, 0, 1, 1]], PROBS[:4, i])
-        assert np.array_equal(curves[i][0], fpr) and np.array_equal(curves[i][1], tpr)
-    assert curves[2][0].size == 0 and curves[2][1].size == 0
+    y = [0, 0, 2, 2]  # class 1 absent
+    curves = roc_per_class(y, PROBS[:4])
     assert len(curves) == 3
+    for i in (0, 2):
+        fpr, tpr, _ = roc_curve([int(v == i) for v in y], PROBS[:4, i])
+        assert np.array_equal(curves[i][0], fpr) and np.array_equal(curves[i][1], tpr)
+    assert curves[1][0].size == 0 and curves[1][1].size == 0
 
 
 def test_mean_std_is_the_mean_and_sample_std_leaving_nan_and_none_out():
     assert mean_std([1.0, float("nan"), 2.0, None, 6.0]) == {
         "mean": 3.0, "std": pytest.approx(math.sqrt(7.0)), "n": 3}
+
+
+def test_mean_std_of_two_seeds_has_their_sample_std():
+    assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2.0)), "n": 2}
 
 
 def test_mean_std_of_one_seed_has_no_std_and_of_none_no_mean():
