@@ -51,6 +51,26 @@ def test_report_card_holds_every_number(tiny_trained):
     assert all(0.0 <= v <= 1.0 for v in m.values())
 
 
+def test_report_card_uses_the_experiments_evaluation_path(tiny_trained):
+    """The card's PGD and AutoAttack columns equal mladv.robustness's (the experiment's path):
+    the same class-stratified subset, the same per-batch seeds."""
+    from mladv.robustness import RobustnessOptions, robustness_columns
+    model, x, y = tiny_trained
+    x, y = x[::10], y[::10]  # 4 images per class (the first 12 are all of class 0)
+    card = report_card(model, x, y, ["a", "b", "c"],
+                       CardOptions(pgd_eps=(2.0,), pgd_steps=2, max_images=6, mladv=False,
+                                   chain=False, shift=False, autoattack_images=3,
+                                   square_queries=5, seed=3))["metrics"]
+    cols = robustness_columns(model, x, y, RobustnessOptions(
+        attacks=(), pgd_eps=(2.0,), pgd_options={"steps": 2}, max_images=6, subset_seed=3,
+        autoattack_images=3, square_queries=5, noise_sigmas=()), seed=3, n_classes=3)
+    assert card["pgd_2"] == cols["acc_pgd_2"]
+    assert card["autoattack_2"] == cols["acc_autoattack_2"]
+    full = report_card(model, x, y, ["a", "b", "c"], CardOptions(
+        pgd_eps=(2.0,), pgd_steps=2, max_images=None, mladv=False, chain=False, shift=False))
+    assert full["n_robust"] == 12  # max_images None: every image
+
+
 def test_evaluate_a_checkpoint_writes_json_markdown_and_figure(ckpt, tmp_path, capsys):
     out = tmp_path / "card"
     assert run(["evaluate", str(ckpt), "phantoms:12", *QUICK, "--out", str(out)]) == 0

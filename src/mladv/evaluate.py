@@ -6,7 +6,8 @@ The card, for a model on labelled images:
 
 - clean: ``accuracy``, ``macro_f1`` (unweighted mean of per-class F1), ``ece`` (15 bins, Guo et
   al. 2017) on every image;
-- white-box, crafted on the model itself, on a fixed seeded subset of ``max_images``:
+- white-box, crafted on the model itself, on the experiment's class-stratified seeded subset
+  of ``max_images`` (:func:`mladv.robustness.robustness_subsets`):
   ``pgd_<E>`` (PGD-``pgd_steps``, step E/4, random start, at each E/255 of ``pgd_eps``),
   ``mladv`` (MLAdv at 8/255, its defaults), ``chain`` (the adversarial chain at its default
   bounds, one step), ``autoattack_<E>`` (standard AutoAttack on the first ``autoattack_images``
@@ -51,12 +52,13 @@ from .reporting import Block, json_safe, write_report
 from .robustness import (
     SHIFT_SEVERITIES,
     SHIFT_TRANSFORMS,
+    RobustnessOptions,
     acquisition_shift_accuracy,
     adversarial_accuracy,
     autoattack_accuracy,
     chain_accuracy,
     expected_calibration_error,
-    fixed_subset,
+    robustness_subsets,
 )
 from .utils import (
     atomic_path,
@@ -143,7 +145,11 @@ def report_card(model: nn.Module, images: Tensor, labels: Tensor, classes: list[
         "accuracy": float((probs.argmax(1) == labels).float().mean()),
         "macro_f1": macro_f1(probs.argmax(1), labels, len(classes)),
         "ece": expected_calibration_error(probs, labels, opts.ece_bins)}
-    sub = fixed_subset(images.shape[0], opts.max_images, opts.seed)
+    # the experiment's subsets (mladv.robustness): class-stratified, AutoAttack's images its
+    # first ``autoattack_images`` in the same order
+    sub, auto = robustness_subsets(labels, RobustnessOptions(
+        max_images=opts.max_images, subset_seed=opts.seed,
+        autoattack_images=opts.autoattack_images), len(classes))
     x, y = images[sub], labels[sub]
     common = {"seed": opts.seed, "batch_size": opts.batch_size}
     for eps in opts.pgd_eps:
@@ -154,10 +160,9 @@ def report_card(model: nn.Module, images: Tensor, labels: Tensor, classes: list[
     if opts.chain:
         m["chain"] = chain_accuracy(model, x, y, **common, **opts.chain_options)
     if opts.autoattack_images:
-        k = min(opts.autoattack_images, x.shape[0])
         m[f"autoattack_{opts.autoattack_eps:g}"] = autoattack_accuracy(
-            model, x[:k], y[:k], eps=opts.autoattack_eps / 255, square_queries=opts.square_queries,
-            **common)
+            model, images[auto], labels[auto], eps=opts.autoattack_eps / 255,
+            square_queries=opts.square_queries, **common)
     if opts.shift:
         m.update(acquisition_shift_accuracy(model, images, labels, severities=opts.severities,
                                             seed=opts.seed))
@@ -220,8 +225,8 @@ def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
     blocks: list[Block] = [
         ("h", title),
         ("p", f"{card['n']} images, classes {card['classes']}; white-box attacks on "
-              f"{card['n_robust']} of them (fixed subset, seed {o['seed']}), crafted on the "
-              f"model itself."),
+              f"{card['n_robust']} of them (class-stratified subset, seed {o['seed']}), "
+              f"crafted on the model itself."),
         ("table", ["metric", "accuracy / value"], rows)]
     shifts = [t for t in SHIFT_TRANSFORMS if any(k.startswith(f"shift_{t}_") for k in m)]
     if shifts:
