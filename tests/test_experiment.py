@@ -13,6 +13,7 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 
 import mladv.experiment.run as run_mod
 from experiment_helpers import hand_results, run_quietly
+from mladv.attacks.registry import options_from_flags
 from mladv.cli import main
 from mladv.data import write_phantoms
 from mladv.experiment import ARMS, FULL_METHOD, classification_metrics, load_config, run_experiment
@@ -267,7 +268,7 @@ def _write(tmp_path, text):
     ("train: {epochs: two}\n", r"c\.yaml:1: train\.epochs: Input should be a valid integer"),
     ("train: {epoch: 2}\n", r"c\.yaml:1: train\.epoch: unknown key"),
     ("arms: [none, flips]\n", r"arms: unknown arm 'flips'; valid arms: none, rotation, mixup"),
-    ("mladv: {stpes: 3}\n", r"mladv: 'stpes' is not a MLAdv option; valid: steps"),
+    ("mladv: {stpes: 3}\n", r"c\.yaml:1: mladv: attack 'mladv' has no option 'stpes'; it takes "),
     ("mladv: {eps: 3}\n", r"mladv: 'eps' is set by the experiment"),
     ("mladv: {steps: two}\n", r"c\.yaml:1: mladv: attack 'mladv': steps must be int, got 'two'"),
     ("mladv: {steps: 0}\n", r"mladv: attack 'mladv': .*steps"),
@@ -283,6 +284,47 @@ def test_bad_config_gives_one_error_naming_the_key(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as info:
         load_config(_write(tmp_path, text))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("section, options", [
+    ("mladv", {"precision": "bf16"}), ("mladv", {"channels_last": True}),
+    ("pgd", {"precision": "bf16"}), ("chain", {"precision": "bf16"}),
+])
+def test_config_accepts_the_options_the_cli_accepts(section, options):
+    """One checker (the registry's): the compute options every attack takes are accepted."""
+    assert getattr(validate_config({section: options}), section) == options
+
+
+@pytest.mark.parametrize("section", ["mladv", "pgd", "chain"])
+def test_config_refuses_an_unknown_option_with_the_cli_message(section):
+    with pytest.raises(ValueError) as from_config:
+        validate_config({section: {"speed": 3}})
+    with pytest.raises(ValueError) as from_cli:
+        options_from_flags(section, eps=8, seed=0, pairs=["speed=3"])
+    assert str(from_config.value) == f"config: {section}: {from_cli.value}"
+
+
+FULL_CPU_RESUME_KEY = {  # configs/full-cpu.yaml's key before the one checker: a run resumes on it
+    "arch": "resnet18",
+    "arm_options": {"central_symmetry_p": 0.5, "cutmix_alpha": 1.0, "mixup_alpha": 0.2,
+                    "rotation_degrees": 15.0, "trivialaugment_bins": 31},
+    "augment": {"batch_size": 32, "shard_size": 256}, "eps": 8.0, "image_size": 64,
+    "mladv": {"steps": 5},
+    "online": {"grid": {"eps": [1.0, 2.0], "fraction": [None], "steps": [1]},
+               "selection": {"rule": "max-val-accuracy", "seed": 0, "val_size": 0.15}},
+    "pgd": {"steps": 10},
+    "robustness": {"attacks": ["mladv"], "autoattack_eps": 2.0, "autoattack_images": 16,
+                   "autoattack_square_queries": 5000, "batch_size": 48, "ece_bins": 15,
+                   "max_images": 96, "noise_sigmas": [0.05], "pgd_eps": [2.0, 8.0]},
+    "split": {"seed": 0, "test_size": 0.15},
+    "train": {"batch_size": 32, "epochs": 10, "lr": 0.002, "weight_decay": 0.0001},
+}
+
+
+def test_full_cpu_resume_key_is_unchanged():
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "configs" / "full-cpu.yaml"
+    assert load_config(path).resume_key() == FULL_CPU_RESUME_KEY
 
 
 def test_flags_override_the_yaml_and_are_validated(tmp_path):
