@@ -216,3 +216,136 @@ def test_advprop_trains_every_batchnorm_architecture(arch, tmp_path):
                     **adv.checkpoint_extra())
     plain, _ = load_checkpoint(tmp_path / "m.pt")
     torch.testing.assert_close(plain.state_dict()[f"{first}.running_mean"], main_mean)
+
+
+# -- defaults, option translation and refusals, value by value (issue 16 mutation testing) -----
+def test_online_attack_options_are_the_documented_defaults_with_options_on_top():
+    from mladv.adversarial_training import online_attack_options
+
+    assert online_attack_options("pgd", 0.1, 1) == {"eps": 0.1, "steps": 1, "alpha": 0.1,
+                                                    "random_start": False}
+    assert online_attack_options("pgd", 0.1, 2) == {"eps": 0.1, "steps": 2, "alpha": 0.125,
+                                                    "random_start": True}
+    assert online_attack_options("fgsm", 0.1, 1) == {"eps": 0.1}
+    assert online_attack_options("mladv", 0.1, 1, {"refine": 3}) == {"eps": 0.1, "steps": 1,
+                                                                     "refine": 3}
+
+
+def test_defaults_of_the_batch_and_of_the_option_translation():
+    assert adversarial_from_options() is None  # mode "offline"
+    expected = {"attack": "pgd", "eps": 1.0, "steps": 1, "fraction": None, "options": {}}
+    made = adversarial_from_options("online")
+    assert made is not None and made.describe() == {"mode": "online", **expected}
+    assert made.seed == 0
+    plain = AdversarialBatch()
+    assert plain.describe() == {"mode": "advprop", **expected} and plain.seed == 0
+    assert plain.trainable is None  # before bind
+
+
+def test_option_translation_passes_mode_and_seed_and_accepts_adv_eps_255():
+    made = adversarial_from_options("online", adv_eps=255, seed=5)
+    assert made is not None and (made.mode, made.eps, made.seed) == ("online", 1.0, 5)
+    with pytest.raises(ValueError, match=r"^adv_eps must be in \(0, 255\] \(1/255 units\), "
+                                         r"got 255.5$"):
+        adversarial_from_options("online", adv_eps=255.5)
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("bogus", "adversarial mode must be one of ('online', 'advprop'), got 'bogus'"),
+    ("offline", "adversarial mode must be one of ('online', 'advprop'), got 'offline' (offline "
+                "copies are crafted before training: mladv augment)")])
+def test_a_batch_mode_refusal_is_exactly_one_line(mode, message):
+    with pytest.raises(ValueError) as err:
+        AdversarialBatch("pgd", mode=mode)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("eps", [0.0, 1.5])
+def test_eps_outside_0_1_is_refused_and_1_accepted(eps):
+    with pytest.raises(ValueError) as err:
+        AdversarialBatch("pgd", eps=eps)
+    assert str(err.value) == f"eps must be in (0, 1] ([0, 1] units, e.g. 1/255), got {eps:g}"
+    assert AdversarialBatch("pgd", eps=1.0).eps == 1.0
+
+
+@pytest.mark.parametrize("steps", [True, 2.0])
+def test_steps_that_are_not_an_int_are_refused(steps):
+    with pytest.raises(ValueError, match=r"^adv_steps must be an integer >= 1, got "):
+        AdversarialBatch("pgd", steps=steps)
+
+
+def test_crafting_before_bind_is_one_line():
+    with pytest.raises(RuntimeError) as err:
+        AdversarialBatch("pgd").craft(torch.rand(1, 1, 8, 8), torch.tensor([0]))
+    assert str(err.value) == "AdversarialBatch.bind(model) must be called before crafting"
+
+
+def test_soft_labels_are_attacked_at_their_arg_max_and_the_dtype_is_kept():
+    seen: list[torch.Tensor] = []
+
+    def factory(model):
+        def attack(x, y):
+            seen.append(y)
+            return x.double()
+        return attack
+
+    adv = AdversarialBatch(factory, mode="online")
+    adv.bind(build_model("tiny_cnn", 3))
+    soft = torch.tensor([[0.1, 0.7, 0.2], [0.0, 0.0, 1.0]])
+    out = adv.craft(torch.rand(2, 1, 8, 8), soft)
+    assert torch.equal(seen[0], torch.tensor([1, 2])) and out.dtype == torch.float32
+
+
+def test_describe_names_a_factory_and_rounds_eps_to_6_decimals_of_1_255():
+    def my_factory(model):
+        return lambda x, y: x
+
+    class Factory:
+        def __call__(self, model):
+            return lambda x, y: x
+
+    assert AdversarialBatch(my_factory, eps=2.5000004 / 255).describe()["attack"] == "my_factory"
+    assert AdversarialBatch(Factory()).describe()["attack"] == "Factory"
+    assert AdversarialBatch("pgd", eps=2.5000004 / 255).describe()["eps"] == 2.5
+
+
+def test_an_online_batch_has_no_twin_state_in_its_checkpoint():
+    adv = AdversarialBatch("pgd", mode="online")
+    adv.bind(build_model("small_cnn", 3))
+    assert adv.twin_state_dict() is None
+    assert adv.checkpoint_extra() == {"adversarial": adv.describe()}
+
+
+def test_check_advprop_refuses_a_frozen_backbone_and_a_model_without_batchnorm():
+    from mladv.adversarial_training import check_advprop
+
+    check_advprop("small_cnn")  # has BatchNorm: no error
+    with pytest.raises(ValueError) as err:
+        check_advprop("small_cnn", True, mode_name="mode", freeze_name="freeze")
+    assert str(err.value) == ("mode advprop with freeze: the frozen backbone's BatchNorm layers "
+                              "do not train, so advprop would be plain online training; use "
+                              "--adv-mode online")
+    with pytest.raises(ValueError) as err:
+        check_advprop("tiny_cnn")
+    assert str(err.value) == ("--adv-mode advprop: tiny_cnn has no BatchNorm layer to give a "
+                              "twin, so advprop would be plain online training; use --adv-mode "
+                              "online")
+
+
+def test_check_advprop_leaves_the_global_random_state_as_it_was():
+    from mladv.adversarial_training import check_advprop
+
+    torch.manual_seed(3)
+    check_advprop("small_cnn")
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_the_doubled_batch_mask_is_made_on_the_images_device_not_the_default_one():
+    adv = AdversarialBatch(lambda model: lambda x, y: x, mode="online")
+    adv.bind(build_model("tiny_cnn", 3))
+    images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    with torch.device("meta"):  # the default device: a tensor made without device= lands here
+        x_in, y_in, mask, _ = adv(images, labels)
+    assert (x_in.device.type, y_in.device.type, mask.device.type) == ("cpu", "cpu", "cpu")
