@@ -26,7 +26,7 @@ from mladv.experiment.arms import (
 )
 from mladv.experiment.config import ArmOptions, validate_config
 from mladv.experiment.metrics import mean_std
-from mladv.experiment.report import full_method_verdict
+from mladv.experiment.report import augment_table, full_method_verdict
 from mladv.experiment.state import quiet_log
 from mladv.models import build_model, save_checkpoint
 
@@ -254,6 +254,41 @@ def test_mladv_arms_switch_terms_and_keep_class_defaults():
     assert atk.projection is False and atk.eps == pytest.approx(4 / 255)
     with pytest.raises(ValueError, match="does not craft"):
         make_adversary("mixup", model, eps=4 / 255, seed=1, pgd_options={}, mladv_options={})
+
+
+# -- strict JSON --------------------------------------------------------------------------------
+def strict_json(text: str):
+    """``json.loads`` that refuses NaN / Infinity (RFC 8259 JSON has neither)."""
+    def refuse(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_experiment_json_is_strict_with_a_nan_metric(tmp_path, monkeypatch):
+    """A NaN metric (e.g. macro AUC with a class absent) is written as null, in the per-run
+    result and in results.json, and the report still reads it."""
+    real = run_mod.classification_metrics
+
+    def with_nan(*args, **kwargs):
+        return {**real(*args, **kwargs), "auc_macro": math.nan}
+    monkeypatch.setattr(run_mod, "classification_metrics", with_nan)
+    out = tmp_path / "run"
+    run_experiment(validate_config({**MINI, "arms": ["none"]}), out, log=quiet_log)
+    per_run = strict_json((out / "seed-0" / "results" / "none.json").read_text())
+    assert per_run["clean"]["auc_macro"] is None
+    results = strict_json((out / "results.json").read_text())
+    assert results["runs"][0]["metrics"]["auc_macro"] is None
+    assert results["summary"]["none"]["auc_macro"] == {"mean": None, "std": None, "n": 0}
+
+
+def test_augment_table_shows_an_infinite_or_null_psnr_as_inf():
+    """x'_train that left an image unchanged has PSNR inf: null in JSON, ``inf`` in the text."""
+    crafted = {"success": 0.5, "ssim": 0.9, "l1": 1 / 255, "linf_max": 4 / 255}
+    results = {"arms": ["pgd-adv", "ls"],
+               "runs": [{"arm": "pgd-adv", "augment": {**crafted, "psnr": None}},
+                        {"arm": "ls", "augment": {**crafted, "psnr": math.inf}}]}
+    assert augment_table(results)[1] == [["pgd-adv", "0.500", "0.900", "inf", "1.00", "4.00"],
+                                         ["ls", "0.500", "0.900", "inf", "1.00", "4.00"]]
 
 
 # -- config errors ------------------------------------------------------------------------------

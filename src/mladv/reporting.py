@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .utils import atomic_write_text
+from .utils import json_safe as json_safe  # strict JSON: NaN / inf -> null
 
 Block = tuple[Any, ...]
 
@@ -121,14 +122,3 @@ def csv_text(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     writer.writerow(head)
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN / inf -> None, recursively, so the JSON written is strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -192,9 +193,24 @@ def atomic_write_text(text: str, path: str | os.PathLike[str]) -> None:
         tmp.write_text(text)
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN / inf -> None, recursively (dicts, lists, tuples), so the JSON written is strict JSON
+    (RFC 8259 has no NaN or Infinity)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``obj`` as indented JSON through :func:`atomic_path`."""
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
+    """Write ``obj`` as indented strict JSON through :func:`atomic_path`: every non-finite float
+    (NaN, inf, e.g. the PSNR of an unchanged image) is written as ``null`` (:func:`json_safe`),
+    so any JSON parser reads every file the package writes."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write_text(text + "\n", path)
 
 
 # -- downloads, warnings ------------------------------------------------------------------------

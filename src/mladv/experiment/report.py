@@ -15,7 +15,7 @@ import numpy as np
 
 from ..augment import load_shards
 from ..figures import adversarial_grid, save_figure
-from ..reporting import Block, csv_text, pm
+from ..reporting import Block, csv_text, fmt, pm
 from ..reporting import write_report as write_blocks
 from ..utils import atomic_write_json, atomic_write_text
 from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
@@ -235,9 +235,17 @@ def extra_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _seed_mean(values: Sequence[float | None], scale: float = 1.0) -> float | None:
+    """``scale`` x the mean over seeds, NaN / null left out (as :func:`.metrics.mean_std`);
+    None when no value is left."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return scale * float(np.mean(vals)) if vals else None
+
+
 def augment_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """How strong and how visible x'_train was, against the base model (mean over seeds)."""
-    keys = ("success", "ssim", "psnr", "l1", "linf_max")
+    """How strong and how visible x'_train was, against the base model (mean over seeds). A
+    PSNR written as ``null`` was infinite (an image x'_train left unchanged; strict JSON has no
+    inf): it shows as ``inf``, like every infinite number (:func:`mladv.reporting.fmt`)."""
     header = ["arm", "success on base model", "SSIM", "PSNR (dB)", "mean abs δ (x255)",
               "max abs δ (x255)"]
     rows = []
@@ -245,10 +253,11 @@ def augment_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         vals = [r["augment"] for r in results["runs"] if r["arm"] == arm and "augment" in r]
         if not vals:
             continue
-        means = {k: float(np.mean([v[k] for v in vals])) for k in keys}
-        rows.append([arm, f"{means['success']:.3f}", f"{means['ssim']:.3f}",
-                     f"{means['psnr']:.1f}", f"{means['l1'] * 255:.2f}",
-                     f"{means['linf_max'] * 255:.2f}"])
+        psnrs = [math.inf if v["psnr"] is None else v["psnr"] for v in vals]
+        rows.append([arm, fmt(_seed_mean([v["success"] for v in vals]), 3),
+                     fmt(_seed_mean([v["ssim"] for v in vals]), 3), fmt(_seed_mean(psnrs), 1),
+                     fmt(_seed_mean([v["l1"] for v in vals], 255), 2),
+                     fmt(_seed_mean([v["linf_max"] for v in vals], 255), 2)])
     return header, rows
 
 
