@@ -80,6 +80,20 @@ def test_attack_command_runs_the_class_default(ckpt, tmp_path):
 
 
 
+def test_rays_psnr_of_unchanged_images_is_null_in_json_and_inf_in_text(ckpt, tmp_path, capsys):
+    """RayS leaves the images the model already gets wrong unchanged (its first query is the
+    clean image; this checkpoint is at chance): mean PSNR inf, reported one way (null in the
+    strict JSON of metrics.json, ``inf`` in the text)."""
+    capsys.readouterr()
+    assert run(["attack", str(ckpt), "phantoms:12", "--attack", "rays", "--option", "budget=1",
+                "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "metrics.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    metrics = json.loads(text)["metrics"]
+    assert metrics["psnr"] is None
+    assert "PSNR inf dB, Linf " in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def trained_ckpt(tmp_path_factory, tiny_trained):
     """The conftest's trained small CNN (24 px phantoms) as a checkpoint: unlike ``ckpt`` (at

@@ -24,7 +24,7 @@ from mladv.fingerprint import (
     unseen_indices,
 )
 from mladv.models import build_model
-from mladv.reporting import json_safe, to_html, to_markdown
+from mladv.reporting import fmt, json_safe, pm, to_html, to_markdown
 from mladv.reuse import saved_with_key, train_or_reuse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,6 +72,17 @@ def test_report_blocks_render_to_markdown_and_self_contained_html(tmp_path):
     with pytest.raises(ValueError, match="unknown report block 'img'"):
         to_markdown([("img", "f.png")])
     assert json_safe({"a": [math.nan, 1.0], "b": math.inf}) == {"a": [None, 1.0], "b": None}
+
+
+def test_one_number_format_for_reports():
+    """``fmt``: fixed decimals, ``n/a`` for a missing or NaN value, ``inf`` for an infinite one
+    (a PSNR of unchanged images, null in the JSON files)."""
+    assert [fmt(0.12345), fmt(0.5, 1, sign=True), fmt(-0.5, 2, sign=True)] == ["0.123", "+0.5",
+                                                                               "-0.50"]
+    assert [fmt(None), fmt(math.nan), fmt(math.inf, 1), fmt(-math.inf)] == ["n/a", "n/a", "inf",
+                                                                          "-inf"]
+    assert pm({"mean": 0.5, "std": 0.25, "n": 2}, 2) == "0.50 ± 0.25"
+    assert [pm({"mean": 0.5, "std": None, "n": 1}), pm(None)] == ["0.500", "n/a"]
 
 
 def test_fingerprints_follow_content_not_identity():

@@ -41,7 +41,10 @@ def ssim(clean: Tensor, adv: Tensor) -> float:
 
 
 def psnr(clean: Tensor, adv: Tensor) -> float:
-    """Mean PSNR in dB over images (``data_range=1``); inf for identical images."""
+    """Mean PSNR in dB over images (``data_range=1``): ``10 log10(1 / MSE)``; inf when an image
+    is unchanged (MSE 0: RayS leaves the images it cannot fool as they are), NaN for no images.
+    Reported one way: ``null`` in JSON (:func:`mladv.utils.atomic_write_json`, strict JSON),
+    ``inf`` in text (:func:`mladv.reporting.fmt`)."""
     mse = (adv - clean).flatten(1).double().pow(2).mean(1)
     return (10 * torch.log10(1.0 / mse)).mean().item()
 

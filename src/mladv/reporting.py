@@ -100,7 +100,8 @@ def write_report(blocks: Sequence[Block], title: str, md_path: Path, html_path: 
 
 def fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
     """A number for a report: ``digits`` decimals (with a ``+`` / ``-`` sign when ``sign``);
-    ``n/a`` for None or NaN."""
+    ``n/a`` for None or NaN; ``inf`` / ``-inf`` for an infinity (e.g. the PSNR of an unchanged
+    image, which JSON files hold as ``null``)."""
     if v is None or math.isnan(v):
         return "n/a"
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"

@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 
 from ..crafting import attack_to_folder
+from ..reporting import fmt
 from ._attack_flags import AttackFlags, with_attack_flags
 from ._common import DATA_HELP, interrupt_message
 
@@ -31,7 +32,8 @@ def attack(
     device: str = typer.Option("auto"),
     skip_bad: bool = typer.Option(False),
 ) -> None:
-    """Attack CHECKPOINT's model on DATA; write OUT/adversarial.pt (float32) and OUT/metrics.json.
+    """Attack CHECKPOINT's model on DATA; write OUT/adversarial.pt (float32) and OUT/metrics.json
+    (strict JSON: an infinite PSNR, an image left unchanged, is null there and 'inf' here).
     Attack options not given keep the attack's defaults (for mladv: the measured default)."""
     if split not in ("test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
@@ -39,8 +41,9 @@ def attack(
     metrics = attack_to_folder(checkpoint, data, flags.name, options, split=split,
                                batch_size=batch_size, seed=seed, out=out,
                                png_previews=png_previews, device=device, skip_bad=skip_bad)
-    typer.echo(f"{flags.name}: success {metrics['success']:.3f}, SSIM {metrics['ssim']:.3f}, "
-               f"Linf {metrics['linf_max'] * 255:.2f}/255; wrote {out / 'adversarial.pt'}")
+    typer.echo(f"{flags.name}: success {fmt(metrics['success'])}, SSIM {fmt(metrics['ssim'])}, "
+               f"PSNR {fmt(metrics['psnr'], 1)} dB, Linf {fmt(metrics['linf_max'] * 255, 2)}/255; "
+               f"wrote {out / 'adversarial.pt'}")
 
 
 def register(app: typer.Typer) -> None:
