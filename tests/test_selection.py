@@ -4,6 +4,9 @@ the validation images, and the rule takes the best validation score, ties to the
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -99,3 +102,25 @@ def test_select_online_chooses_the_best_validation_score_ties_to_the_first(tmp_p
     assert out["choices"] == {"pgd-online": {
         "point": {"eps": chosen, "steps": 1, "fraction": None},
         "val_accuracy": accuracies[chosen]}}
+
+
+def test_selection_so_far_is_none_then_the_finished_points_then_selection_json(spied, tmp_path):
+    """``selection_so_far`` on a copy of the run's folder: None before the flips point; while the
+    grid runs, the header, no choices, the finished points' scores and the counts; at the end
+    ``selection.json`` as written."""
+    run, out, *_ = spied
+    view = SimpleNamespace(cfg=run.cfg, train=run.train, out=tmp_path)
+    assert sel_mod.selection_so_far(view) is None
+    shutil.copytree(run.out / "selection", tmp_path / "selection")
+    done = json.loads((run.out / "selection" / "selection.json").read_text())
+    assert sel_mod.selection_so_far(view) == done
+    (tmp_path / "selection" / "selection.json").unlink()
+    (tmp_path / "selection" / "pgd-online" / "eps4-steps1-fracall.json").unlink()
+    header = {k: done[k] for k in ("rule", "rule_text", "val_size", "seed", "n_train", "n_val")}
+    assert sel_mod.selection_so_far(view) == {
+        **header, "choices": {}, "scores": {"pgd-online": done["scores"]["pgd-online"][:1]},
+        "finished": 1, "planned": 2, "flips": done["flips"]}
+    (tmp_path / "selection" / "pgd-online" / "eps1-steps1-fracall.json").unlink()
+    assert sel_mod.selection_so_far(view) == {**header, "choices": {}, "scores": {},
+                                              "finished": 0, "planned": 2, "flips": done["flips"]}
+    assert out["scores"] == done["scores"]
