@@ -11,11 +11,13 @@ import pytest
 import torch
 from pydantic import Field
 
-from mladv.attacks import pgd
+from mladv.attacks import make_attack, pgd
 from mladv.configbase import Strict, key_line, load_yaml_config
 from mladv.crafting import craft
 from mladv.data import make_phantoms
 from mladv.fingerprint import (
+    attack_fingerprint,
+    attack_settings,
     data_sha1,
     file_sha1,
     image_hashes,
@@ -83,6 +85,26 @@ def test_one_number_format_for_reports():
                                                                           "-inf"]
     assert pm({"mean": 0.5, "std": 0.25, "n": 2}, 2) == "0.50 ± 0.25"
     assert [pm({"mean": 0.5, "std": None, "n": 1}), pm(None)] == ["0.500", "n/a"]
+
+
+@pytest.mark.parametrize("name, option, value", [
+    ("pgd", "steps", 3), ("pgd", "alpha", 1 / 255), ("pgd", "random_start", False),
+    ("pgd", "seed", 1), ("mifgsm", "decay", 0.5), ("mifgsm", "steps", 3),
+    ("fgsm", "precision", "bf16"), ("chain", "rotation", 10.0), ("chain", "steps", 2),
+    ("mladv", "style_weight", 0.5), ("rays", "budget", 7), ("gama", "steps", 3),
+    ("pifgsm", "kernel_size", 5),
+])
+def test_attack_fingerprint_follows_every_option_and_not_the_model(name, option, value):
+    """One fingerprint of an attack (shards record its settings, transfer's reuse key holds it):
+    attacks differing only in one option differ; equal ones (on another model) agree."""
+    torch.manual_seed(0)
+    model, other = build_model("tiny_cnn", 3), build_model("tiny_cnn", 3)
+    base = make_attack(name, model)
+    assert attack_fingerprint(make_attack(name, other)) == attack_fingerprint(base)
+    changed = make_attack(name, model, **{option: value})
+    assert attack_fingerprint(changed) != attack_fingerprint(base)
+    if option != "seed":  # shards keep the seed apart, in the manifest
+        assert attack_settings(changed) != attack_settings(base)
 
 
 def test_fingerprints_follow_content_not_identity():

@@ -95,6 +95,25 @@ def test_miniature_run_produces_every_column_and_resumes(tmp_path):
             res["attacks"][title]["success"]["source"], nan_ok=True)
 
 
+def test_crafted_images_are_reused_only_for_the_same_attack_settings(tmp_path):
+    """The reuse key holds the attack's one fingerprint (``attack_fingerprint``): the same
+    settings reuse the saved images, another value of any option crafts again."""
+    from mladv.data import make_phantoms
+    from mladv.transfer.config import AttackSpec, TransferConfig
+    from mladv.transfer.run import obtain_attack
+
+    cfg = TransferConfig.model_validate(mini_config(batch_size=4))
+    torch.manual_seed(0)
+    source, test = build_model("tiny_cnn", 3), make_phantoms(1, 16, seed=0)
+
+    def resumed(options):
+        spec = AttackSpec(name="pgd", options=options)
+        return obtain_attack(cfg, spec, source, "source-fp", test, tmp_path)["resumed"]
+    assert [resumed({"steps": 2}), resumed({"steps": 2}), resumed({"steps": 3}),
+            resumed({"steps": 3, "random_start": False}), resumed({"steps": 3})] == [
+        False, True, False, False, False]
+
+
 def test_target_with_other_classes_is_refused_naming_both(tmp_path):
     ckpt = tmp_path / "other.pt"
     save_checkpoint(ckpt, build_model("tiny_cnn", 2), classes=["cat", "dog"], image_size=24)

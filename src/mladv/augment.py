@@ -28,11 +28,11 @@ from .crafting import attack_metrics, checkpoint_and_split, craft
 from .data import AdversarialDataset, ImageSet
 from .data.adversarial import SHARD_MANIFEST, WRITERS, shard_file
 from .distributed import barrier, init_from_env, is_main_process, rank_and_world
+from .fingerprint import attack_settings as attack_settings  # its old home
 from .fingerprint import data_sha1, model_sha1
 from .resume import differences, refuse_changed
 from .utils import atomic_torch_save, atomic_write_json, output_dir, progress_bar, set_determinism
 
-SCALAR = (bool, int, float, str)
 FORMAT_VERSION = 1
 
 
@@ -54,24 +54,6 @@ def shards_for_rank(num_shards: int, rank: int = 0, world_size: int = 1) -> list
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return list(range(rank, num_shards, world_size))
-
-
-def attack_settings(attack: Attack) -> dict[str, Any]:
-    """The attack's JSON-able hyper-parameters (its ``vars`` without the model, seed and tensors),
-    recorded in the manifest: shards crafted with other settings are refused, not mixed."""
-    out: dict[str, Any] = {"class": type(attack).__name__}
-    for key, value in sorted(vars(attack).items()):
-        if key in ("model", "seed", "inner"):
-            continue
-        if isinstance(value, (bool, int, float, str)) or value is None:
-            out[key] = value
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, SCALAR) for v in value):
-            out[key] = list(value)
-        elif isinstance(value, dict) and all(isinstance(v, SCALAR) for v in value.values()):
-            out[key] = dict(value)
-        elif isinstance(value, Tensor) and value.numel() <= 64:
-            out[key] = value.flatten().tolist()
-    return out
 
 
 def _manifest(data: ImageSet, attack: Attack, *, shard_size: int, seed: int, batch_size: int,

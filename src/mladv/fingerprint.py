@@ -10,12 +10,17 @@ short SHA-256 of its JSON (:func:`key_digest`); a file (e.g. pretrained weights)
 Single images: :func:`image_hashes` gives one short fingerprint per image (of the image
 quantised to 16 bits); checkpoints record their training images this way (``trained_on``).
 
+Attacks: :func:`attack_settings` (every hyper-parameter, JSON-able) is what a shard manifest
+records, and :func:`attack_fingerprint` (those settings and the seed) is what the transfer
+study's reuse key holds: one definition for both.
+
 This module imports nothing of mladv (not even for type checking: :func:`data_sha1` takes any
 object with ``images`` and ``labels``), so any module, ``mladv.data`` included, can use it
 without an import cycle.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -92,3 +97,46 @@ def unseen_indices(images: Tensor, trained_on: Iterable[str]) -> list[int]:
     in ``trained_on`` (a checkpoint's record of its training images), in order."""
     seen = set(trained_on)
     return [i for i, h in enumerate(image_hashes(images)) if h not in seen]
+
+
+SCALAR = (bool, int, float, str)
+_NOT_SETTINGS = ("model", "seed", "inner")  # the model, the seed (kept apart), torchattacks' copy
+
+
+def _setting(value: Any) -> tuple[bool, Any]:
+    """``(True, JSON-able form)`` of one attack attribute, ``(False, None)`` for what is not a
+    setting (a module, a large tensor, a callable)."""
+    if isinstance(value, SCALAR) or value is None:
+        return True, value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, SCALAR) for v in value):
+        return True, list(value)
+    if isinstance(value, dict) and all(isinstance(v, SCALAR) for v in value.values()):
+        return True, dict(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.asdict(value)  # e.g. the chain's bounds
+        if all(isinstance(v, SCALAR) or v is None for v in fields.values()):
+            return True, fields
+    if isinstance(value, Tensor) and value.numel() <= 64:
+        return True, value.flatten().tolist()
+    return False, None
+
+
+def attack_settings(attack: Any) -> dict[str, Any]:
+    """An attack's JSON-able hyper-parameters: its class name and ``vars`` without the model,
+    the seed and torchattacks' inner object (whose options the wrapper keeps as
+    ``inner_options``); scalars, lists / dicts of scalars, dataclasses of scalars, tensors of at
+    most 64 values. A shard manifest records them: shards crafted with other settings are
+    refused, not mixed."""
+    out: dict[str, Any] = {"class": type(attack).__name__}
+    for key, value in sorted(vars(attack).items()):
+        kept, setting = _setting(value)
+        if kept and key not in _NOT_SETTINGS:
+            out[key] = setting
+    return out
+
+
+def attack_fingerprint(attack: Any) -> str:
+    """:func:`key_digest` of ``{"settings": attack_settings(attack), "seed": attack.seed}``: two
+    attacks that differ in any option (or seed) differ here, equal ones agree (whatever their
+    device or ``repr``)."""
+    return key_digest({"settings": attack_settings(attack), "seed": getattr(attack, "seed", None)})

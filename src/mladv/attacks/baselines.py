@@ -33,6 +33,7 @@ class TorchAttack(Attack):
         super().__init__(model, eps=eps, targeted=targeted, seed=seed, precision=precision,
                          channels_last=channels_last)
         self.inner = attack_cls(model, eps=eps, **kwargs)
+        self.inner_options = dict(kwargs)  # alpha, steps, ...: the settings kept by the wrapper
         self.name = attack_cls.__name__
 
     def forward(self, images: Tensor, labels: Tensor, target_labels: Tensor | None = None

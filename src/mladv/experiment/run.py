@@ -42,11 +42,11 @@ from typing import Any
 import torch
 
 from ..adversarial_training import AdversarialBatch
-from ..augment import attack_settings, craft_shards, load_shards, union
+from ..augment import craft_shards, load_shards, union
 from ..crafting import attack_metrics
 from ..data import ImageSet, load_source, split_imageset
 from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
-from ..fingerprint import data_sha1
+from ..fingerprint import attack_settings, data_sha1
 from ..models import ImageClassifier, check_pretrained, load_checkpoint
 from ..resume import differences
 from ..reuse import train_or_reuse

@@ -21,7 +21,7 @@ from ..cam import grad_cam
 from ..crafting import craft
 from ..data import ImageSet, load_source, split_imageset
 from ..denoise import select_for_bm3d
-from ..fingerprint import data_sha1, file_sha1, key_digest, model_sha1
+from ..fingerprint import attack_fingerprint, data_sha1, file_sha1, key_digest, model_sha1
 from ..models import check_pretrained, load_checkpoint
 from ..reuse import saved_with_key, train_or_reuse
 from ..utils import atomic_torch_save, atomic_write_text, prepare_output_dir, resolve_device
@@ -150,8 +150,8 @@ def obtain_attack(cfg: TransferConfig, spec: AttackSpec, source: nn.Module, sour
     Returns ``adv`` (``N x C x H x W``), ``seconds`` and ``queries`` (``N`` or None)."""
     options = attack_options(spec.name, eps=cfg.eps, seed=cfg.seed, options=spec.options)
     attack = make_attack(spec.name, source, **options)
-    key = key_digest({"attack": repr(attack), "source": source_fp, "test": data_sha1(test),
-                      "batch_size": cfg.batch_size})
+    key = key_digest({"attack": attack_fingerprint(attack), "source": source_fp,
+                      "test": data_sha1(test), "batch_size": cfg.batch_size})
     path = folder / f"{file_name(spec.title)}.pt"
     saved = saved_with_key(path, key)
     if saved is not None:
