@@ -124,3 +124,152 @@ def test_selection_so_far_is_none_then_the_finished_points_then_selection_json(s
     assert sel_mod.selection_so_far(view) == {**header, "choices": {}, "scores": {},
                                               "finished": 0, "planned": 2, "flips": done["flips"]}
     assert out["scores"] == done["scores"]
+
+
+# -- the pieces, value by value (issue 16 mutation testing) -------------------------------------
+OPTIONS = {"pgd": {"targeted": False, "steps": 7}, "mladv": {"style_weight": 2.0},
+           "chain": {"rotation": 5.0}}
+
+
+@pytest.mark.parametrize("arm, attack, mode, options", [
+    ("pgd-online", "pgd", "online", {"targeted": False}),
+    ("mladv-advprop", "mladv", "advprop", {"style_weight": 2.0}),
+    ("chain-online", "chain", "online", {"rotation": 5.0})])
+def test_online_batch_is_the_arms_attack_at_the_grid_point_with_the_configs_options(
+        arm, attack, mode, options):
+    cfg = validate_config({**CONFIG, **OPTIONS, "arms": ["none", arm]})
+    point = {"eps": 4, "steps": 2, "fraction": 0.5}
+    adv = sel_mod.online_batch(cfg, arm, point, seed=7)
+    assert adv.describe() == {"mode": mode, "attack": attack, "eps": 4.0, "steps": 2,
+                              "fraction": 0.5, "options": options}
+    assert adv.seed == 7
+
+
+def test_point_name_spells_eps_steps_and_fraction():
+    assert point_name({"eps": 2, "steps": 3, "fraction": 0.5}) == "eps2-steps3-frac0.5"
+    assert point_name({"eps": 0.5, "steps": 1, "fraction": None}) == "eps0.5-steps1-fracall"
+
+
+def test_choose_refuses_an_unknown_rule_and_an_empty_grid_in_one_line():
+    with pytest.raises(ValueError) as err:
+        sel_mod.choose([{"val_accuracy": 1.0}], "min-loss")
+    assert str(err.value) == ("unknown selection rule 'min-loss'; valid: "
+                              + ", ".join(sel_mod.SELECTION_RULES))
+    with pytest.raises(ValueError) as err:
+        sel_mod.choose([], "max-val-accuracy")
+    assert str(err.value) == "no grid point was scored"
+
+
+def test_choose_keeps_the_first_of_exactly_equal_scores():
+    scored = [{"id": 0, "val_accuracy": 0.5}, {"id": 1, "val_accuracy": 0.5 + 1e-9}]
+    assert sel_mod.choose(scored, "max-val-accuracy")["id"] == 0
+
+
+def test_selection_json_holds_the_header_hashes_grid_choices_scores_and_flips(tmp_path,
+                                                                             monkeypatch):
+    """With a validation share (0.5) that splits differently from the default 0.15."""
+    cfg = validate_config({**CONFIG, "online": {"grid": {"eps": [1, 4]},
+                                                "selection": {"val_size": 0.5, "seed": 1}}})
+    run = prepare(cfg, tmp_path / "run", quiet_log)
+
+    def fake_train_point(run, arm, point, train, val):
+        acc = 0.5 if point is None else 0.25 * point["eps"]
+        return {"arm": arm, "point": point, "val_accuracy": acc, "val_loss": 1.0 - acc,
+                "history": [{"epoch": 1}], "train_wall_s": 2.0, "extra": 1}
+    monkeypatch.setattr(sel_mod, "train_point", fake_train_point)
+    out = select_online(run)
+    train, val = split_imageset(run.train, test_size=0.5, seed=1)
+    assert len(val) != len(split_imageset(run.train, test_size=0.15, seed=1)[1])
+    points = [{"eps": e, "steps": 1, "fraction": None} for e in (1, 4)]
+    assert out == {
+        "rule": "max-val-accuracy", "rule_text": sel_mod.SELECTION_RULES["max-val-accuracy"],
+        "val_size": 0.5, "seed": 1, "n_train": len(train), "n_val": len(val),
+        "train_sha1": sel_mod.data_sha1(train), "val_sha1": sel_mod.data_sha1(val),
+        "grid": {"eps": [1, 4], "steps": [1], "fraction": [None]},
+        "choices": {"pgd-online": {"point": points[1], "val_accuracy": 1.0}},
+        "scores": {"pgd-online": [{"point": p, "val_accuracy": 0.25 * p["eps"],
+                                   "val_loss": 1.0 - 0.25 * p["eps"], "train_wall_s": 2.0}
+                                  for p in points]},
+        "flips": {"val_accuracy": 0.5, "history": [{"epoch": 1}], "train_wall_s": 2.0}}
+    assert json.loads((run.out / "selection" / "selection.json").read_text()) == out
+
+
+def test_scored_point_reads_a_finished_point_and_saves_a_new_one(tmp_path, monkeypatch):
+    run = prepare(validate_config(CONFIG), tmp_path / "run", quiet_log)
+    logged: list[str] = []
+    run.log = logged.append
+    result = {"arm": "none", "val_accuracy": 0.75}
+    monkeypatch.setattr(sel_mod, "train_point", lambda *a: result)
+    train, val = split_imageset(run.train, test_size=0.25, seed=0)
+    assert sel_mod.scored_point(run, "none", None, train, val) == result
+    path = run.out / "selection" / "none" / "flips.json"
+    assert json.loads(path.read_text()) == result
+    assert logged == [f"[selection] none flips: training on {len(train)} images, validating on "
+                      f"{len(val)}", "[selection] none flips: validation accuracy 0.7500"]
+    path.write_text(json.dumps({"read": "back"}))
+    assert sel_mod.scored_point(run, "none", None, train, val) == {"read": "back"}
+
+
+class _Spies:
+    """Stand-ins for build_model / train_classifier / predict_logits in train_point: they record
+    their arguments; training calls the transform over two epochs of batches; the model scores
+    the validation images right the first time and wrong after."""
+
+    def __init__(self, monkeypatch, n_classes: int) -> None:
+        self.built: list[tuple] = []
+        self.trained: dict = {}
+        self.gens: list = []
+        self.scores = 0
+        self.n_classes = n_classes
+        monkeypatch.setattr(sel_mod, "build_model", self.build)
+        monkeypatch.setattr(sel_mod, "train_classifier", self.train)
+        monkeypatch.setattr(sel_mod, "predict_logits", self.predict)
+
+    def build(self, *args, **kwargs):
+        self.built.append((args, kwargs))
+        return torch.nn.Linear(1, 1)
+
+    def train(self, model, data, **kwargs):
+        self.trained = {"data": data, **kwargs}
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(2 * kwargs["transform"].steps_per_epoch):
+            kwargs["transform"](data.images[:1], data.labels[:1], gen)
+        return [{"epoch": 1}, {"epoch": 2}]
+
+    def predict(self, model, images):
+        self.scores += 1
+        return torch.eye(self.n_classes)[self.labels] * (1 if self.scores == 1 else -1)
+
+
+@pytest.mark.parametrize("n_train, steps_per_epoch", [(17, 2), (32, 2)])
+def test_train_point_builds_trains_and_scores_as_configured(tmp_path, monkeypatch, n_train,
+                                                            steps_per_epoch):
+    cfg = validate_config({**CONFIG, "train": {"epochs": 2, "batch_size": 16, "lr": 0.01,
+                                               "weight_decay": 0.001}})
+    run = prepare(cfg, tmp_path / "run", quiet_log)
+    run.cfg = cfg.model_copy(update={"weights": "w.pt", "freeze_backbone": True})
+    spies = _Spies(monkeypatch, len(run.train.classes))
+    train = run.train.subset([i % len(run.train) for i in range(n_train)])
+    val = run.train.subset([0, 1, 2, 3])
+    spies.labels = val.labels
+    seen: list = []
+    monkeypatch.setattr(sel_mod, "batch_transform", lambda arm, opts, k: (
+        seen.append((arm, opts, k)) or (lambda x, y, gen: (spies.gens.append(gen) or (x, y)))))
+    point = {"eps": 4, "steps": 1, "fraction": None}
+    out = sel_mod.train_point(run, "pgd-online", point, train, val)
+    assert spies.built == [((cfg.arch, len(train.classes)),
+                            {"weights": "w.pt", "freeze_backbone": True})]
+    t = spies.trained
+    assert (t["data"], t["epochs"], t["batch_size"], t["lr"], t["weight_decay"], t["seed"],
+            t["progress"], t["desc"]) == (train, 2, 16, 0.01, 0.001, 0, False,
+                                          "select pgd-online eps4-steps1-fracall")
+    assert t["transform"].steps_per_epoch == steps_per_epoch
+    assert t["adversarial"].describe()["eps"] == 4.0
+    assert seen == [("pgd-online", run.cfg.arm_options, len(train.classes))]
+    assert all(g is not None for g in spies.gens) and len(spies.gens) == 2 * steps_per_epoch
+    assert spies.scores == 2  # at the start of epoch 2, and after training
+    assert (out["arm"], out["point"], out["val_accuracy"]) == ("pgd-online", point, 0.0)
+    assert out["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(
+        -torch.eye(len(train.classes))[val.labels], val.labels)))
+    assert [h["val_accuracy"] for h in out["history"]] == [1.0, 0.0]
+    assert "train_wall_s" in out
