@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 import torchvision
 
 from mladv.cli import main
-from mladv.evaluate import CardOptions, macro_f1, model_from_state_dict, report_card
+from mladv.evaluate import (
+    CardOptions,
+    card_blocks,
+    macro_f1,
+    model_from_state_dict,
+    report_card,
+)
 from mladv.models import load_checkpoint
 from mladv.robustness import SHIFT_SEVERITIES, SHIFT_TRANSFORMS
 
@@ -36,6 +43,22 @@ def test_macro_f1_is_the_unweighted_mean_of_per_class_f1():
     # class 0: P 1/2 R 1/2 F1 1/2; class 1: P 1 R 1/2 F1 2/3; class 2: P 2/3 R 1 F1 4/5
     assert macro_f1(pred, labels, 3) == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 3)
     assert macro_f1(pred, labels, 4) == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 4)
+
+
+def test_card_text_formats_numbers_through_the_one_formatter():
+    """Four decimals as before ``reporting.fmt`` took over; a NaN (AutoAttack with no image
+    left) reads ``n/a``, as in every other report."""
+    card = {"n": 12, "n_robust": 6, "classes": ["a", "b"],
+            "options": {"ece_bins": 15, "pgd_steps": 10, "pgd_eps": [2.0], "autoattack_eps": 2.0,
+                        "autoattack_images": 16, "bm3d_sigma": 0.1, "seed": 0,
+                        "severities": [0.5, 1.0]},
+            "metrics": {"accuracy": 0.83333, "macro_f1": 0.8, "ece": 0.04321, "pgd_2": 0.5,
+                        "autoattack_2": math.nan, "shift_gamma_0.5": 0.9, "shift_gamma_1": 0.8}}
+    tables = [b[2] for b in card_blocks(card) if b[0] == "table"]
+    assert tables == [[["accuracy", "0.8333"], ["macro-F1", "0.8000"], ["ECE (15 bins)", "0.0432"],
+                       ["PGD-10 at 2/255", "0.5000"],
+                       ["AutoAttack (standard) at 2/255 on 6 images", "n/a"]],
+                      [["gamma", "0.9000", "0.8000"]]]
 
 
 def test_report_card_holds_every_number(tiny_trained):

@@ -1,6 +1,7 @@
 """``mladv transfer`` in miniature, its config checks, and the 1-channel torchattacks wrappers."""
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from mladv.attacks import fgsm, mifgsm, pgd, pifgsm
 from mladv.cli import main
 from mladv.models import build_model, save_checkpoint
 from mladv.transfer import load_config, run_transfer
+from mladv.transfer.report import bm3d_cam_table, main_table, models_table, paper_table
 
 ATTACKS = [{"name": "fgsm"}, {"name": "pgd", "options": {"steps": 2}},
            {"name": "mifgsm", "options": {"steps": 2}}, {"name": "pifgsm", "options": {"steps": 2}},
@@ -112,6 +114,48 @@ def test_crafted_images_are_reused_only_for_the_same_attack_settings(tmp_path):
     assert [resumed({"steps": 2}), resumed({"steps": 2}), resumed({"steps": 3}),
             resumed({"steps": 3, "random_start": False}), resumed({"steps": 3})] == [
         False, True, False, False, False]
+
+
+def hand_results():
+    """A small ``transfer.json``-shaped result: a missing (None) and a NaN success, an infinite
+    PSNR (RayS leaves unfooled images unchanged), RayS queries."""
+    nan = math.nan
+
+    def attack(name, source, target, psnr, queries=None):
+        a = {"name": name, "success": {"source": source, "t1": target, "blackbox_avg": target},
+             "seconds_per_image": 0.0123, "l1": 1.5 / 255, "l2": 0.12345, "linf_max": 8 / 255,
+             "ssim": 0.98765, "psnr": psnr, "cam_aggregation": 0.4321}
+        if queries is not None:
+            a["queries"] = {"mean": queries, "median": queries, "max": int(queries)}
+        return a
+    return {
+        "models": {"source": {"label": "small_cnn", "clean_acc": 0.875, "clean_acc_bm3d": 0.75,
+                              "train_seconds": 12.4},
+                   "t1": {"label": "tiny_cnn", "clean_acc": 0.5, "clean_acc_bm3d": nan}},
+        "attacks": {"PGD": attack("pgd", 1.0, None, 38.04),
+                    "RayS": attack("rays", 0.5, nan, math.inf, queries=17.5),
+                    "MLAdv": attack("mladv", nan, 0.3333, 40.0)},
+        "bm3d": {"attacks": {t: {"success": {"source": 0.125, "blackbox_avg": nan},
+                                 "energy_removed": 0.6666} for t in ("PGD", "RayS", "MLAdv")}},
+        "cam": {"top": 0.2},
+    }
+
+
+def test_report_tables_format_numbers_as_before_through_the_one_formatter():
+    """The tables' text (written by the old ``_f`` before it went; now ``reporting.fmt``):
+    % with one decimal, 1/255 units, ``n/a`` for None / NaN, ``inf`` for an infinite PSNR."""
+    results = hand_results()
+    assert main_table(results)[1] == [
+        ["PGD", "100.0", "n/a", "n/a", "0.012", "—", "1.50", "0.12", "8.00", "0.988", "38.0"],
+        ["RayS", "50.0", "n/a", "n/a", "0.012", "18", "1.50", "0.12", "8.00", "0.988", "inf"],
+        ["MLAdv", "n/a", "33.3", "33.3", "0.012", "—", "1.50", "0.12", "8.00", "0.988", "40.0"]]
+    assert bm3d_cam_table(results)[1] == [[t, "12.5", "n/a", "66.7", "43.2"]
+                                          for t in ("PGD", "RayS", "MLAdv")]
+    assert [row[6:] for row in paper_table(results)[1]] == [
+        ["n/a", "n/a", "n/a"], ["n/a", "n/a", "n/a"], ["50.0", "n/a", "n/a"],
+        ["n/a", "33.3", "-30.6"]]
+    assert models_table(results)[1] == [["source", "small_cnn", "87.5", "75.0", "12"],
+                                        ["target", "tiny_cnn", "50.0", "n/a", "n/a"]]
 
 
 def test_target_with_other_classes_is_refused_naming_both(tmp_path):

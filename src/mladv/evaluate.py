@@ -39,7 +39,7 @@ from .augment import craft_shard
 from .crafting import checkpoint_and_split
 from .data import ImageSet, load_source, split_imageset
 from .denoise import bm3d_denoise
-from .figures import adversarial_grid
+from .figures import adversarial_grid, save_figure
 from .models import (
     ImageClassifier,
     check_arch,
@@ -48,7 +48,7 @@ from .models import (
     predict_logits,
     pretrained_state_dict,
 )
-from .reporting import Block, json_safe, write_report
+from .reporting import Block, fmt, write_report
 from .robustness import (
     SHIFT_SEVERITIES,
     SHIFT_TRANSFORMS,
@@ -61,7 +61,6 @@ from .robustness import (
     robustness_subsets,
 )
 from .utils import (
-    atomic_path,
     atomic_write_json,
     prepare_output_dir,
     resolve_device,
@@ -211,8 +210,8 @@ def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
     """The card as report blocks (:mod:`mladv.reporting`): headline table, shift table, the
     ``figures`` (``shift.png``, ``examples.png``) that were written."""
     m, o = card["metrics"], card["options"]
-    rows = [["accuracy", f"{m['accuracy']:.4f}"], ["macro-F1", f"{m['macro_f1']:.4f}"],
-            [f"ECE ({o['ece_bins']} bins)", f"{m['ece']:.4f}"]]
+    rows = [["accuracy", fmt(m["accuracy"], 4)], ["macro-F1", fmt(m["macro_f1"], 4)],
+            [f"ECE ({o['ece_bins']} bins)", fmt(m["ece"], 4)]]
     names = {**{f"pgd_{e:g}": f"PGD-{o['pgd_steps']} at {e:g}/255" for e in o["pgd_eps"]},
              "mladv": "MLAdv at 8/255", "chain": "adversarial chain (default bounds, 1 step)",
              f"autoattack_{o['autoattack_eps']:g}":
@@ -221,7 +220,7 @@ def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
              "shift_mean": "acquisition shift, mean over transforms and severities",
              "bm3d_clean": f"BM3D-denoised clean (sigma {o['bm3d_sigma']:g})",
              f"bm3d_pgd_{max(o['pgd_eps'], default=0):g}": "BM3D-denoised PGD (largest eps)"}
-    rows += [[label, f"{m[key]:.4f}"] for key, label in names.items() if key in m]
+    rows += [[label, fmt(m[key], 4)] for key, label in names.items() if key in m]
     blocks: list[Block] = [
         ("h", title),
         ("p", f"{card['n']} images, classes {card['classes']}; white-box attacks on "
@@ -235,7 +234,7 @@ def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
                    ("p", "Accuracy under each transform alone, parameters drawn at random inside "
                          "severity x its default bounds (mladv.attacks.chain.ChainBounds)."),
                    ("table", ["transform", *[f"severity {s:g}" for s in sev]],
-                    [[t, *[f"{m[f'shift_{t}_{s:g}']:.4f}" for s in sev]] for t in shifts])]
+                    [[t, *[fmt(m[f"shift_{t}_{s:g}"], 4) for s in sev]] for t in shifts])]
     captions = {"shift.png": "accuracy under acquisition shift, by severity",
                 "examples.png": "one test image per class: clean, random chain, adversarial "
                                 "chain, and each chain's difference from the clean image"}
@@ -262,9 +261,7 @@ def shift_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
            xticks=list(sev))
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
 def example_figure(model: nn.Module, images: Tensor, labels: Tensor, classes: list[str],
@@ -284,7 +281,7 @@ def write_card(card: dict[str, Any], out: str | os.PathLike[str],
     shift numbers, ``out/shift.png``; ``figures``: other PNGs already in ``out`` to show."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(json_safe(card), folder / "report.json")
+    atomic_write_json(card, folder / "report.json")  # strict JSON: NaN / inf -> null
     shown = figures
     if any(k.startswith("shift_") for k in card["metrics"]):
         shift_figure(card, folder / "shift.png")

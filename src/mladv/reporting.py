@@ -98,12 +98,14 @@ def write_report(blocks: Sequence[Block], title: str, md_path: Path, html_path: 
     atomic_write_text(to_html(blocks, title, md_path.parent), html_path)
 
 
-def fmt(v: float | None, digits: int = 3, sign: bool = False) -> str:
-    """A number for a report: ``digits`` decimals (with a ``+`` / ``-`` sign when ``sign``);
-    ``n/a`` for None or NaN; ``inf`` / ``-inf`` for an infinity (e.g. the PSNR of an unchanged
-    image, which JSON files hold as ``null``)."""
+def fmt(v: float | None, digits: int = 3, sign: bool = False, scale: float = 1.0) -> str:
+    """A number for a report: ``scale * v`` (e.g. 100 for a percentage, 255 for 1/255 units)
+    with ``digits`` decimals (with a ``+`` / ``-`` sign when ``sign``); ``n/a`` for None or NaN;
+    ``inf`` / ``-inf`` for an infinity (e.g. the PSNR of an unchanged image, which JSON files
+    hold as ``null``)."""
     if v is None or math.isnan(v):
         return "n/a"
+    v = v * scale
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 

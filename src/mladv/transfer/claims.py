@@ -3,9 +3,9 @@ entry per claim with what the paper said, what we measured, held or not, and one
 saying so and by how much."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from ..reporting import fmt
 from .config import DISPLAY
 
 # SPEC, Table 1: attack success % crafted on ResNet50 (COVID-19 set, 224 px)
@@ -22,8 +22,10 @@ def by_name(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def _pct(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+def _pct(v: float | None) -> str:
+    """A share in % (one decimal, :func:`mladv.reporting.fmt`), ``n/a`` when missing."""
+    text = fmt(v, 1, scale=100)
+    return text if text == "n/a" else f"{text}%"
 
 
 def claims(results: dict[str, Any]) -> list[dict[str, Any]]:

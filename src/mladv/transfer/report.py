@@ -2,15 +2,15 @@
 ``.csv`` and the Markdown / HTML report (written by :mod:`mladv.reporting`)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from ..data import ImageSet
-from ..reporting import Block, csv_text, json_safe, write_report
-from ..utils import atomic_path, atomic_write_json, atomic_write_text
+from ..figures import save_figure
+from ..reporting import Block, csv_text, fmt, write_report
+from ..utils import atomic_write_json, atomic_write_text
 from .claims import PAPER_TABLE1, PAPER_TARGETS, by_name
 from .config import DISPLAY, TransferConfig
 
@@ -60,15 +60,12 @@ def fig3_grid(path: Path, cam_pred: tuple[Tensor, Tensor], test: ImageSet,
     fig.suptitle(f"true class: {test.classes[int(test.labels[i])]}  (eps = {cfg.eps:g}/255)",
                  fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
-def _f(v: Any, scale: float = 1.0, digits: int = 1) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v * scale:.{digits}f}"
+def _pct(v: float | None) -> str:
+    """A share in % with one decimal, ``n/a`` when missing (:func:`mladv.reporting.fmt`)."""
+    return fmt(v, 1, scale=100)
 
 
 def main_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -82,11 +79,11 @@ def main_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for title, a in results["attacks"].items():
         s = a["success"]
-        rows.append([title, _f(s["source"], 100)] + [_f(s[k], 100) for k in targets]
-                    + [_f(s["blackbox_avg"], 100), _f(a["seconds_per_image"], 1, 3),
-                       _f(a["queries"]["mean"], 1, 0) if "queries" in a else "—",
-                       _f(a["l1"], 255, 2), _f(a["l2"], 1, 2), _f(a["linf_max"], 255, 2),
-                       _f(a["ssim"], 1, 3), _f(a["psnr"], 1, 1)])
+        rows.append([title, _pct(s["source"])] + [_pct(s[k]) for k in targets]
+                    + [_pct(s["blackbox_avg"]), fmt(a["seconds_per_image"], 3),
+                       fmt(a["queries"]["mean"], 0) if "queries" in a else "—",
+                       fmt(a["l1"], 2, scale=255), fmt(a["l2"], 2),
+                       fmt(a["linf_max"], 2, scale=255), fmt(a["ssim"], 3), fmt(a["psnr"], 1)])
     return head, rows
 
 
@@ -97,8 +94,8 @@ def bm3d_cam_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     rows = []
     for title, a in results["attacks"].items():
         b = results["bm3d"]["attacks"][title]
-        rows.append([title, _f(b["success"]["source"], 100), _f(b["success"]["blackbox_avg"], 100),
-                     _f(b["energy_removed"], 100), _f(a["cam_aggregation"], 100)])
+        rows.append([title, _pct(b["success"]["source"]), _pct(b["success"]["blackbox_avg"]),
+                     _pct(b["energy_removed"]), _pct(a["cam_aggregation"])])
     return head, rows
 
 
@@ -112,14 +109,14 @@ def paper_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         w = ours["success"]["source"] if ours else float("nan")
         bb = ours["success"]["blackbox_avg"] if ours else float("nan")
         rows.append([DISPLAY[name]] + [f"{v:.1f}" for v in vals]
-                    + [_f(w, 100), _f(bb, 100), _f(100 * bb - vals[4], 1) if ours else "n/a"])
+                    + [_pct(w), _pct(bb), fmt(100 * bb - vals[4], 1) if ours else "n/a"])
     return head, rows
 
 
 def models_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["role", "model", "clean test accuracy", "clean accuracy after BM3D", "train s"]
-    rows = [["source" if k == "source" else "target", m["label"], _f(m["clean_acc"], 100),
-             _f(m["clean_acc_bm3d"], 100), _f(m.get("train_seconds"), 1, 0)]
+    rows = [["source" if k == "source" else "target", m["label"], _pct(m["clean_acc"]),
+             _pct(m["clean_acc_bm3d"]), fmt(m.get("train_seconds"), 0)]
             for k, m in results["models"].items()]
     return head, rows
 
@@ -184,7 +181,7 @@ def csv_rows(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
 def write_reports(results: dict[str, Any], out: Path) -> None:
     """``transfer.json``, ``transfer.csv``, ``transfer.md`` and self-contained ``transfer.html``
     (the Fig. 3 grid, already in ``out``, embedded)."""
-    atomic_write_json(json_safe(results), out / "transfer.json")
+    atomic_write_json(results, out / "transfer.json")  # strict JSON: NaN / inf -> null
     head, rows = csv_rows(results)
     atomic_write_text(csv_text(head, [[row[h] for h in head] for row in rows]),
                       out / "transfer.csv")
