@@ -219,3 +219,42 @@ def test_bad_options_are_one_line_errors_naming_the_option(test_split):
                        (RobustnessOptions(batch_size=0), "batch_size")):
         with pytest.raises(ValueError, match=name):
             robustness_columns(model, test.images, test.labels, opts)
+
+
+# -- the config mapping and the helpers, value by value (issue 16 mutation testing) ------------
+def test_every_non_default_setting_reaches_the_options():
+    cfg = validate_config({**CONFIG, "eps": 4.0, "chain": {"rotation": 5.0},
+                           "robustness": {**CONFIG["robustness"], "autoattack_eps": 4.0,
+                                          "ece_bins": 10}})
+    assert evaluation.robustness_options(cfg) == RobustnessOptions(
+        attacks=("mladv", "pgd"), eps=4.0, pgd_eps=(2.0, 8.0), pgd_options={"steps": 3},
+        mladv_options={"steps": 2}, chain_options={"rotation": 5.0}, max_images=13,
+        subset_seed=3, autoattack_images=4, autoattack_eps=4.0, square_queries=10,
+        noise_sigmas=(0.1, 0.5), acquisition_shift=True, ece_bins=10, batch_size=5)
+
+
+def test_calibration_is_the_ece_with_the_given_bins():
+    from mladv.robustness import expected_calibration_error
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(50, 3, generator=g, dtype=torch.float64), 1)
+    labels = torch.randint(0, 3, (50,), generator=g)
+    got = evaluation.calibration(probs.numpy(), labels, 4)
+    assert got == expected_calibration_error(probs.float(), labels, 4)
+    assert got != expected_calibration_error(probs.float(), labels, 15)
+
+
+def test_own_model_accuracy_is_adversarial_accuracy_with_eps_in_1_255_units(monkeypatch):
+    calls: list = []
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return 0.25
+    monkeypatch.setattr(evaluation, "adversarial_accuracy", spy)
+    model = torch.nn.Identity()
+    images = ImageSet(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), ["a", "b"], ["", ""],
+                      ["p0", "p1"])
+    assert evaluation.own_model_accuracy(model, images, "pgd", 2.0, 7, {"steps": 3, "eps": 9},
+                                         5) == 0.25
+    assert calls == [((model, images.images, images.labels, "pgd"),
+                      {"steps": 3, "eps": 2.0 / 255, "seed": 7, "batch_size": 5})]
