@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -104,13 +105,20 @@ def prepare(name: str, module: Module) -> Path:
     return folder
 
 
-def mutmut(folder: Path, *args: str,
-           timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the mutmut next to this Python in ``folder`` with one torch / BLAS thread."""
+def mutmut(folder: Path, *args: str, timeout: float | None = None) -> str:
+    """Run the mutmut next to this Python in ``folder`` with one torch / BLAS thread; its
+    stdout and stderr. Past ``timeout`` seconds its whole process group (the workers it forked
+    included) is stopped and the results so far stand."""
     exe = Path(sys.executable).with_name("mutmut")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    return subprocess.run([str(exe), *args], cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    with subprocess.Popen([str(exe), *args], cwd=folder, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True) as proc:
+        try:
+            return proc.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.communicate()
+            return f"stopped after {timeout:.0f} s"
 
 
 def statuses(folder: Path, module: Module) -> dict[str, str]:
@@ -146,23 +154,21 @@ def changed_lines(diff: str) -> str:
                      if ln[:1] in "-+" and not ln.startswith(("---", "+++")))
 
 
-def run_module(name: str, timeout: float) -> dict[str, Any]:
-    """Mutate one module with its tests; counts per status and every survivor with its diff."""
+def run_module(name: str, timeout: float, resume: bool = False) -> dict[str, Any]:
+    """Mutate one module with its tests; counts per status and every survivor with its diff.
+    ``resume``: go on with the mutants an interrupted run left unchecked (same code and tests:
+    the folder is not refreshed)."""
     module = MODULES[name]
-    folder = prepare(name, module)
+    folder = WORK / name if resume and (WORK / name / "mutants").is_dir() else prepare(name, module)
     start = time.monotonic()
-    try:
-        proc = mutmut(folder, "run", "--max-children", "1", timeout=timeout)
-        tail = (proc.stdout + proc.stderr)[-2000:]
-    except subprocess.TimeoutExpired:
-        tail = f"stopped after {timeout:.0f} s"
+    tail = mutmut(folder, "run", "--max-children", "1", timeout=timeout)[-2000:]
     found = statuses(folder, module)
     counts: dict[str, int] = {}
     for status in found.values():
         counts[status] = counts.get(status, 0) + 1
     survivors = []
     for key in sorted(k for k, s in found.items() if s in ("survived", "no tests", "suspicious")):
-        diff = mutmut(folder, "show", key).stdout
+        diff = mutmut(folder, "show", key)
         survivors.append({"name": key, "status": found[key], "line": file_line(module, diff, key),
                           "diff": changed_lines(diff)})
     if not found:
@@ -238,7 +244,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help=f"some of {', '.join(MODULES)} (default all)")
     parser.add_argument("--report", action="store_true", help="only rewrite docs/mutation.md")
-    parser.add_argument("--timeout-min", type=float, default=15.0, help="per module (default 15)")
+    parser.add_argument("--timeout-min", type=float, default=15.0,
+                        help="per module (default 15); past it the unchecked mutants are 'not run'")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue interrupted runs (build/mutate/<module> kept as it is)")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -246,7 +255,7 @@ def main() -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for name in [] if args.report else (args.modules or list(MODULES)):
         print(f"mutating {name} ...", flush=True)
-        results[name] = run_module(name, args.timeout_min * 60)
+        results[name] = run_module(name, args.timeout_min * 60, args.resume)
         print(f"  {results[name]['counts']} in {results[name]['seconds']} s", flush=True)
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     write_report(results)
