@@ -78,8 +78,8 @@ def test_psnr_is_the_mean_over_images_of_10_log10_of_one_over_the_mse():
 
 
 def test_psnr_takes_the_mse_over_each_whole_image_before_the_log():
-    clean = torch.zeros(1, 2, 1, 2, dtype=torch.float64)
-    adv = torch.tensor([[[[0.1, 0.1]], [[0.3, 0.3]]]], dtype=torch.float64)  # mse 0.05
+    clean = torch.zeros(1, 1, 1, 2, dtype=torch.float64)
+    adv = torch.tensor([[[[0.1, 0.3]]]], dtype=torch.float64)  # mse 0.05, not per pixel
     assert psnr(clean, adv) == pytest.approx(10 * math.log10(20.0))
 
 
