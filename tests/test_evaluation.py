@@ -225,9 +225,9 @@ def test_bad_options_are_one_line_errors_naming_the_option(test_split):
 def test_every_non_default_setting_reaches_the_options():
     cfg = validate_config({**CONFIG, "eps": 4.0, "chain": {"rotation": 5.0},
                            "robustness": {**CONFIG["robustness"], "autoattack_eps": 4.0,
-                                          "ece_bins": 10}})
+                                          "ece_bins": 10, "pgd_eps": [4]}})
     assert evaluation.robustness_options(cfg) == RobustnessOptions(
-        attacks=("mladv", "pgd"), eps=4.0, pgd_eps=(2.0, 8.0), pgd_options={"steps": 3},
+        attacks=("mladv", "pgd"), eps=4.0, pgd_eps=(4.0,), pgd_options={"steps": 3},
         mladv_options={"steps": 2}, chain_options={"rotation": 5.0}, max_images=13,
         subset_seed=3, autoattack_images=4, autoattack_eps=4.0, square_queries=10,
         noise_sigmas=(0.1, 0.5), acquisition_shift=True, ece_bins=10, batch_size=5)
