@@ -231,10 +231,13 @@ def write_report(results: dict[str, Any]) -> None:
     """docs/mutation.md from the results and the notes (equivalents, the counts before)."""
     notes = tomllib.loads(NOTES.read_text()) if NOTES.exists() else {}
     equivalent: dict[str, str] = notes.get("equivalent", {})
-    missing = [n for n in MODULES if n not in results]
+    missing = [f"`{n}`" for n in MODULES if n not in results]
+    missing += [f"`{n}` in part ({results[n]['counts']['not checked']} of "
+                f"{sum(results[n]['counts'].values())} mutants not run: `--resume`)"
+                for n in MODULES if results.get(n, {}).get("counts", {}).get("not checked")]
     text = [notes.get("header", "# Mutation testing").rstrip(), "",
             "## Now", "", *table_rows(results, equivalent), "",
-            "Not yet run: " + (", ".join(f"`{n}`" for n in missing) if missing else "none") + ".",
+            "Not yet run: " + (", ".join(missing) if missing else "none") + ".",
             "", notes.get("before", "").rstrip(), "",
             "## Every survivor", "", *survivor_lines(results, equivalent), ""]
     REPORT.write_text("\n".join(text).replace("\n\n\n", "\n\n"))
