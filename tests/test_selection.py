@@ -192,6 +192,9 @@ def test_selection_json_holds_the_header_hashes_grid_choices_scores_and_flips(tm
                                   for p in points]},
         "flips": {"val_accuracy": 0.5, "history": [{"epoch": 1}], "train_wall_s": 2.0}}
     assert json.loads((run.out / "selection" / "selection.json").read_text()) == out
+    (run.out / "selection" / "selection.json").unlink()
+    partial = sel_mod.selection_so_far(run)
+    assert partial is not None and (partial["n_train"], partial["n_val"]) == (len(train), len(val))
 
 
 def test_scored_point_reads_a_finished_point_and_saves_a_new_one(tmp_path, monkeypatch):
@@ -213,7 +216,7 @@ def test_scored_point_reads_a_finished_point_and_saves_a_new_one(tmp_path, monke
 class _Spies:
     """Stand-ins for build_model / train_classifier / predict_logits in train_point: they record
     their arguments; training calls the transform over two epochs of batches; the model scores
-    the validation images right the first time and wrong after."""
+    the validation images right, wrong, right, ... (one call per record)."""
 
     def __init__(self, monkeypatch, n_classes: int) -> None:
         self.built: list[tuple] = []
@@ -232,25 +235,25 @@ class _Spies:
     def train(self, model, data, **kwargs):
         self.trained = {"data": data, **kwargs}
         gen = torch.Generator().manual_seed(0)
-        for _ in range(2 * kwargs["transform"].steps_per_epoch):
+        for _ in range(3 * kwargs["transform"].steps_per_epoch):
             kwargs["transform"](data.images[:1], data.labels[:1], gen)
-        return [{"epoch": 1}, {"epoch": 2}]
+        return [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
 
     def predict(self, model, images):
         self.scores += 1
-        return torch.eye(self.n_classes)[self.labels] * (1 if self.scores == 1 else -1)
+        return torch.eye(self.n_classes)[self.labels] * (1 if self.scores % 2 else -1)
 
 
 @pytest.mark.parametrize("n_train, steps_per_epoch", [(17, 2), (32, 2)])
 def test_train_point_builds_trains_and_scores_as_configured(tmp_path, monkeypatch, n_train,
                                                             steps_per_epoch):
-    cfg = validate_config({**CONFIG, "train": {"epochs": 2, "batch_size": 16, "lr": 0.01,
+    cfg = validate_config({**CONFIG, "train": {"epochs": 3, "batch_size": 16, "lr": 0.01,
                                                "weight_decay": 0.001}})
     run = prepare(cfg, tmp_path / "run", quiet_log)
     run.cfg = cfg.model_copy(update={"weights": "w.pt", "freeze_backbone": True})
     spies = _Spies(monkeypatch, len(run.train.classes))
     train = run.train.subset([i % len(run.train) for i in range(n_train)])
-    val = run.train.subset([0, 1, 2, 3])
+    val = run.train.subset([int((run.train.labels == c).nonzero()[0]) for c in range(3)])
     spies.labels = val.labels
     seen: list = []
     monkeypatch.setattr(sel_mod, "batch_transform", lambda arm, opts, k: (
@@ -261,15 +264,16 @@ def test_train_point_builds_trains_and_scores_as_configured(tmp_path, monkeypatc
                             {"weights": "w.pt", "freeze_backbone": True})]
     t = spies.trained
     assert (t["data"], t["epochs"], t["batch_size"], t["lr"], t["weight_decay"], t["seed"],
-            t["progress"], t["desc"]) == (train, 2, 16, 0.01, 0.001, 0, False,
+            t["progress"], t["desc"]) == (train, 3, 16, 0.01, 0.001, 0, False,
                                           "select pgd-online eps4-steps1-fracall")
     assert t["transform"].steps_per_epoch == steps_per_epoch
+    assert t["transform"].calls == 3 * steps_per_epoch
     assert t["adversarial"].describe()["eps"] == 4.0
     assert seen == [("pgd-online", run.cfg.arm_options, len(train.classes))]
-    assert all(g is not None for g in spies.gens) and len(spies.gens) == 2 * steps_per_epoch
-    assert spies.scores == 2  # at the start of epoch 2, and after training
-    assert (out["arm"], out["point"], out["val_accuracy"]) == ("pgd-online", point, 0.0)
+    assert all(g is not None for g in spies.gens) and len(spies.gens) == 3 * steps_per_epoch
+    assert spies.scores == 3  # at the start of epochs 2 and 3, and after training
+    assert (out["arm"], out["point"], out["val_accuracy"]) == ("pgd-online", point, 1.0)
     assert out["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(
-        -torch.eye(len(train.classes))[val.labels], val.labels)))
-    assert [h["val_accuracy"] for h in out["history"]] == [1.0, 0.0]
+        torch.eye(len(train.classes))[val.labels], val.labels)))
+    assert [h["val_accuracy"] for h in out["history"]] == [1.0, 0.0, 1.0]
     assert "train_wall_s" in out
