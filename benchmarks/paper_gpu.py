@@ -40,6 +40,7 @@ import torch
 import yaml
 
 from mladv.configbase import read_yaml
+from mladv.utils import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"table2": ROOT / "configs" / "paper-gpu.yaml",
@@ -241,15 +242,23 @@ def run_part(part: str, args: argparse.Namespace, device: torch.device,
     except subprocess.TimeoutExpired:
         rc, timed_out = None, True
     if part == "table2" and timed_out:  # the report of the (seed, arm) runs that finished
-        subprocess.run([*cmd, "--report-only"], check=False, timeout=60)
+        try:
+            subprocess.run([*cmd, "--report-only"], check=False, timeout=120)
+        except subprocess.TimeoutExpired:
+            print(f"[paper_gpu] {part}: the report of the finished runs did not finish in "
+                  f"120 s; rerun the command to resume", file=sys.stderr, flush=True)
     return {"plan": plan, "wall_s": round(time.perf_counter() - wall, 1), "returncode": rc,
             "stopped_at_budget": timed_out, "out": str(run_out),
-            "results": _results(run_out)}
+            "results": _results(run_out, part)}
 
 
-def _results(folder: Path) -> Any:
-    """The run's ``results.json`` (as written), or ``None`` when it did not get that far."""
-    path = folder / "results.json"
+REPORTS = {"table2": ("results.json", "report.md"), "table1": ("transfer.json", "transfer.md")}
+
+
+def _results(folder: Path, part: str) -> Any:
+    """The run's results (``results.json`` of ``mladv experiment``, ``transfer.json`` of
+    ``mladv transfer``, as written), or ``None`` when it did not get that far."""
+    path = folder / REPORTS[part][0]
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -289,12 +298,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.budget_s = budget_total / len(parts) * (i + 1)  # each part: its share, cumulative
         summary[part] = run_part(part, args, device, speed, started)
         summary[part]["calibration"] = speed
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(summary, summary_path)
     summary["wall_s_last_command"] = round(time.perf_counter() - started, 1)
     summary["torch"] = torch.__version__
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(summary, summary_path)
     print(f"[paper_gpu] wrote {summary_path} "
           f"({summary['wall_s_last_command']} s, budget {budget_total:.0f} s)", flush=True)
+    failed = [p for p in parts if summary[p]["returncode"] not in (0, None)]
+    if failed:  # a budget stop (None) resumes; a failed study is an error
+        print(f"[paper_gpu] failed: {', '.join(failed)} (its error is above)", file=sys.stderr)
+        raise SystemExit(1)
     return summary
 
 

@@ -11,7 +11,7 @@
 #   benchmarks/paper_gpu.sh data-cache/cxr3-full runs/paper-gpu table1   # command 2, <= 5 min
 # Each command measures the GPU, prints its plan and time estimate, sizes epochs / RayS queries
 # to fit, stops at its budget (a rerun resumes) and merges OUT_DIR/summary.json; the reports are
-# OUT_DIR/table2/report.md and OUT_DIR/table1/report.md (commit them under docs/results/paper-gpu/).
+# OUT_DIR/table2/report.md and OUT_DIR/table1/transfer.md (commit them under docs/results/paper-gpu/).
 # Python: $PYTHON, else .venv/bin/python, else python3 with src/ on PYTHONPATH (a machine without
 # the project's packages needs them as wheels; the first check below names a missing one).
 #   benchmarks/paper_gpu.sh phantoms:10 /tmp/paper-smoke all --smoke                 # CPU, < 3 min
