@@ -320,6 +320,8 @@ def test_check_advprop_refuses_a_frozen_backbone_and_a_model_without_batchnorm()
     from mladv.adversarial_training import check_advprop
 
     check_advprop("small_cnn")  # has BatchNorm: no error
+    with pytest.raises(ValueError, match="^--adv-mode advprop with --freeze-backbone: "):
+        check_advprop("small_cnn", True)
     with pytest.raises(ValueError) as err:
         check_advprop("small_cnn", True, mode_name="mode", freeze_name="freeze")
     assert str(err.value) == ("mode advprop with freeze: the frozen backbone's BatchNorm layers "
