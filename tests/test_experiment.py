@@ -57,7 +57,8 @@ def test_mini_experiment_has_every_metric_for_every_arm(mini_run):
     out, results = mini_run
     saved = json.loads((out / "results.json").read_text())
     assert [(r["arm"], r["seed"]) for r in saved["runs"]] == [("none", 0), (FULL_METHOD, 0)]
-    expected = {"accuracy", "recall", "precision", "f1", "auc_macro", "auc_covid_like",
+    expected = {"accuracy", "recall", "precision", "f1", "balanced_accuracy", "macro_f1",
+                "auc_macro", "auc_covid_like",
                 "auc_normal", "auc_pneumonia_like", "ece", "acc_mladv", "acc_pgd", "acc_noise_0.02",
                 "acc_noise_0.05"}
     for r in saved["runs"]:
@@ -65,6 +66,8 @@ def test_mini_experiment_has_every_metric_for_every_arm(mini_run):
         assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
         cm = np.asarray(r["confusion_matrix"])
         assert cm.shape == (3, 3) and cm.sum() == saved["n_test"]
+        recall = [cm[i, i] / cm[i].sum() for i in range(3) if cm[i].sum()]
+        assert r["metrics"]["balanced_accuracy"] == pytest.approx(sum(recall) / len(recall))
     full = next(r for r in saved["runs"] if r["arm"] == FULL_METHOD)
     assert full["n_train"] == 2 * saved["n_train"]  # x_train ∪ x'_train
     assert full["augment"]["linf_max"] <= 8 / 255 + 1e-6

@@ -9,7 +9,12 @@ import torch
 from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_curve
 
-from mladv.experiment.metrics import classification_metrics, mean_std, roc_per_class
+from mladv.experiment.metrics import (
+    balanced_metrics,
+    classification_metrics,
+    mean_std,
+    roc_per_class,
+)
 from mladv.metrics import perturbation_norms, psnr, ssim, success_rate, total_variation
 
 # --- mladv.metrics ------------------------------------------------------------------------------
@@ -119,6 +124,39 @@ def test_classification_metrics_by_hand_on_six_images():
     assert m["auc_per_class"] == pytest.approx({"a": 7 / 8, "b": 7 / 8, "c": 1.0})
     assert m["auc_macro"] == pytest.approx((7 / 8 + 7 / 8 + 1) / 3)
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 2]]
+
+
+def test_balanced_accuracy_and_macro_f1_by_hand_on_unbalanced_classes():
+    """Supports 4 / 1 / 1 (rows true): recalls 3/4, 1, 0 -> balanced accuracy 7/12 where plain
+    accuracy is 4/6; F1 per class 2*3/(4+4) = 3/4, 2*1/(1+2) = 2/3, 0 -> macro-F1
+    (3/4 + 2/3) / 3."""
+    m = balanced_metrics([[3, 1, 0], [0, 1, 0], [1, 0, 0]])
+    assert m == {"balanced_accuracy": pytest.approx(7 / 12),
+                 "macro_f1": pytest.approx((3 / 4 + 2 / 3 + 0) / 3)}
+
+
+def test_balanced_metrics_agree_with_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
+    cm = np.zeros((3, 3), dtype=int)
+    np.add.at(cm, (y, pred), 1)
+    m = balanced_metrics(cm)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+
+
+def test_balanced_metrics_skip_an_absent_class_in_recall_and_count_it_zero_in_f1():
+    m = balanced_metrics([[2, 0, 0], [0, 0, 0], [0, 0, 2]])  # class b neither present nor predicted
+    assert m == {"balanced_accuracy": 1.0, "macro_f1": pytest.approx(2 / 3)}
+    with pytest.raises(ValueError, match="K x K"):
+        balanced_metrics([[1, 2]])
+
+
+def test_classification_metrics_hold_balanced_accuracy_and_macro_f1():
+    m = classification_metrics(Y, PROBS, CLASSES)
+    assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 1) / 3)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 4 / 5 + 1) / 3)
 
 
 def test_classification_metrics_precision_counts_a_never_predicted_class_as_zero_silently():

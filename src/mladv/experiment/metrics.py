@@ -2,7 +2,8 @@
 
 Accuracy, recall / precision / F1 weighted by class support (the paper's recall equals its
 accuracy, which is what weighted recall gives), per-class and macro one-vs-rest ROC AUC (as
-MedMNIST reports it), the confusion matrix, and mean ± std over seeds.
+MedMNIST reports it), the confusion matrix, balanced accuracy and macro-F1 (from the
+confusion matrix: the classes are unbalanced), and mean ± std over seeds.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def classification_metrics(labels: Sequence[int] | np.ndarray, probs: np.ndarray
 
     Returns:
         ``accuracy``, ``recall``, ``precision``, ``f1`` (support-weighted; classes never
-        predicted count 0 precision), ``auc_macro`` (one-vs-rest, macro over classes),
+        predicted count 0 precision), ``balanced_accuracy`` and ``macro_f1``
+        (:func:`balanced_metrics`), ``auc_macro`` (one-vs-rest, macro over classes),
         ``auc_per_class`` (``{class: AUC}``), ``confusion_matrix`` (rows true, columns predicted).
     """
     y = np.asarray(labels, dtype=int)
@@ -61,10 +63,28 @@ def classification_metrics(labels: Sequence[int] | np.ndarray, probs: np.ndarray
     else:  # a class missing from the test labels: average over the defined per-class AUCs
         vals = [v for v in per_class.values() if not math.isnan(v)]
         macro = float(np.mean(vals)) if vals else float("nan")
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
     return {"accuracy": float(accuracy_score(y, pred)), "recall": float(recall),
-            "precision": float(precision), "f1": float(f1), "auc_macro": macro,
-            "auc_per_class": per_class,
-            "confusion_matrix": confusion_matrix(y, pred, labels=list(range(k))).tolist()}
+            "precision": float(precision), "f1": float(f1), **balanced_metrics(cm),
+            "auc_macro": macro, "auc_per_class": per_class, "confusion_matrix": cm.tolist()}
+
+
+def balanced_metrics(cm: Sequence[Sequence[int]] | np.ndarray) -> dict[str, float]:
+    """``balanced_accuracy`` (the unweighted mean of per-class recall over the classes present)
+    and ``macro_f1`` (the unweighted mean of per-class F1 over all ``K`` classes, 0 for a class
+    neither present nor predicted, as scikit-learn's ``zero_division=0``) of a ``K x K``
+    confusion matrix (rows true, columns predicted). Per class ``i``: recall ``C_ii / sum_j C_ij``,
+    precision ``C_ii / sum_j C_ji``, F1 ``2 C_ii / (sum_j C_ij + sum_j C_ji)``."""
+    c = np.asarray(cm, dtype=float)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] == 0:
+        raise ValueError(f"confusion matrix must be K x K, got shape {c.shape}")
+    tp, true, pred = np.diag(c), c.sum(1), c.sum(0)
+    present = true > 0
+    recall = tp[present] / true[present]
+    denom = true + pred
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"balanced_accuracy": float(recall.mean()) if present.any() else float("nan"),
+            "macro_f1": float(f1.mean())}
 
 
 def roc_per_class(labels: Sequence[int], probs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -21,7 +21,7 @@ from ..utils import atomic_write_json, atomic_write_text
 from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
 from .chain_report import chain_blocks
 from .claims import RULE, Comparison, compare_arms
-from .metrics import TABLE2_METRICS, mean_std, roc_per_class
+from .metrics import TABLE2_METRICS, balanced_metrics, mean_std, roc_per_class
 from .online_report import curve_figure, online_blocks
 from .selection import selection_so_far
 from .state import Run
@@ -40,9 +40,12 @@ PAPER_TABLE2: dict[str, tuple[float, float, float, float]] = {
 
 # -- collecting ---------------------------------------------------------------------------------
 def flat_metrics(result: dict[str, Any], classes: Sequence[str]) -> dict[str, float]:
-    """One (seed, arm) result as flat ``metric -> value`` (Table 2, AUCs, robustness)."""
+    """One (seed, arm) result as flat ``metric -> value`` (Table 2, balanced accuracy and
+    macro-F1 from the confusion matrix (also for results written before they were recorded),
+    AUCs, robustness)."""
     clean = result["clean"]
     row = {m: clean[m] for m in TABLE2_METRICS}
+    row.update(balanced_metrics(clean["confusion_matrix"]))
     row["auc_macro"] = clean["auc_macro"]
     if "ece" in clean:
         row["ece"] = clean["ece"]
@@ -229,7 +232,8 @@ def table2(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def extra_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     keys = [k for k in metric_names(results)
-            if k.startswith("auc_") or k.startswith("acc_") or k == "ece"]
+            if k.startswith("auc_") or k.startswith("acc_")
+            or k in ("ece", "balanced_accuracy", "macro_f1")]
     header = ["arm", *keys]
     rows = [[arm, *[pm(results["summary"][arm][k], 3) for k in keys]] for arm in results["arms"]]
     return header, rows
