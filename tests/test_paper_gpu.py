@@ -31,7 +31,7 @@ def _module() -> ModuleType:
     return module
 
 
-def _run(*args: str, timeout: float = 1500) -> Proc:
+def _run(*args: str, timeout: float = 2400) -> Proc:
     env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, check=False)
@@ -41,7 +41,7 @@ def _run(*args: str, timeout: float = 1500) -> Proc:
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Proc, Path]:
     out = tmp_path_factory.mktemp("paper-gpu")
     # a generous budget: the smoke test checks the pipeline, not this machine's speed
-    proc = _run("phantoms:6", str(out), "all", "--smoke", "--budget-s", "1200")
+    proc = _run("phantoms:6", str(out), "all", "--smoke", "--budget-s", "1800")
     return proc, out
 
 
