@@ -69,3 +69,12 @@ def require_cxr3(root: Path = CXR3, env: Mapping[str, str] = os.environ) -> Path
 @pytest.fixture()
 def cxr3_root() -> Path:
     return require_cxr3()
+
+
+@pytest.fixture()
+def no_data(monkeypatch):
+    """Fails the test if a command reads its data (errors must come before that)."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the data was read before the error")
+    for module in ("reuse", "crafting"):  # train's, and attack / augment / evaluate's reader
+        monkeypatch.setattr(f"mladv.{module}.load_source", forbidden)

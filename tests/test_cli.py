@@ -6,25 +6,11 @@ import sys
 import pytest
 import torch
 
-from mladv.cli import INTERRUPTED, main
+from cli_helpers import one_line_error, run
+from mladv.cli import INTERRUPTED
 from mladv.data import AdversarialDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(args):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return exc.value.code
-
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith("error: "), err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +20,6 @@ def ckpt(tmp_path_factory, one_thread):
     assert run(["train", "phantoms:12", "--arch", "tiny_cnn", "--image-size", "24",
                 "--epochs", "1", "--out", str(out)]) == 0
     return out / "model.pt"
-
-
-@pytest.fixture()
-def no_data(monkeypatch):
-    """Fails the test if a command reads its data (errors must come before that)."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the data was read before the error")
-    for module in ("reuse", "crafting"):  # train's, and attack / augment / evaluate's reader
-        monkeypatch.setattr(f"mladv.{module}.load_source", forbidden)
 
 
 def test_train_then_attack_writes_lossless_tensors_and_metrics(ckpt, tmp_path, capsys):

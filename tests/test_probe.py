@@ -13,8 +13,8 @@ import torch
 import torchvision
 from PIL import Image
 
+from cli_helpers import one_line_error, run
 from mladv.augment import _check_or_write_manifest
-from mladv.cli import main
 from mladv.data import load_source
 from mladv.data.cache import decode_uint8
 from mladv.data.folder import read_image
@@ -22,30 +22,6 @@ from mladv.models import build_model, pretrained_state_dict
 from mladv.utils import one_line_warning, output_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run(args):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return exc.value.code
-
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith("error: "), err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
-@pytest.fixture()
-def no_data(monkeypatch):
-    """Fails the test if a command reads its data (errors must come before that)."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the data was read before the error")
-    for module in ("reuse", "crafting"):  # train's, and attack / augment / evaluate's reader
-        monkeypatch.setattr(f"mladv.{module}.load_source", forbidden)
 
 
 @pytest.fixture(scope="module")
