@@ -142,16 +142,6 @@ def test_advprop_with_a_frozen_backbone_is_refused(tmp_path, capsys, no_data):
     one_line_error(capsys, "--adv-mode advprop with --freeze-backbone")
 
 
-def test_the_advprop_check_draws_no_random_number():
-    from mladv.adversarial_training import check_advprop
-
-    torch.manual_seed(3)
-    check_advprop("small_cnn")
-    after = torch.rand(3)
-    torch.manual_seed(3)
-    assert torch.equal(after, torch.rand(3))
-
-
 # -- 5: exporting attack output keeps the patient groups --------------------------------------
 def test_export_of_attack_output_writes_patient_ids_not_paths(tmp_path):
     rows = [(f"{c}{i}.png", c, f"patient-{c}{i // 2}") for c in "abc" for i in range(6)]
