@@ -153,6 +153,17 @@ def test_balanced_metrics_skip_an_absent_class_in_recall_and_count_it_zero_in_f1
         balanced_metrics([[1, 2]])
 
 
+def test_balanced_metrics_of_one_class_are_its_recall_and_f1():
+    assert balanced_metrics([[3]]) == {"balanced_accuracy": 1.0, "macro_f1": 1.0}
+
+
+def test_balanced_metrics_of_no_image_are_nan_and_zero_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" on the way
+        m = balanced_metrics([[0, 0], [0, 0]])
+    assert math.isnan(m["balanced_accuracy"]) and m["macro_f1"] == 0.0
+
+
 def test_classification_metrics_hold_balanced_accuracy_and_macro_f1():
     m = classification_metrics(Y, PROBS, CLASSES)
     assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 1) / 3)
