@@ -14,10 +14,15 @@ def run(args: list[str]) -> int | str | None:
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
-    """stderr is one ``error: ...`` line, no traceback, holding every needle."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    assert err.startswith("error: "), err
+    """stderr ends with one ``error: ...`` line holding every needle, no traceback; the lines
+    before it, if any, are the command's own progress log (``mladv.logs``: unindented lines,
+    no other error). Returns the error line (with its newline)."""
+    lines = capsys.readouterr().err.splitlines(keepends=True)
+    text = "".join(lines)
+    assert lines and "Traceback" not in text, text
+    err = lines[-1]
+    assert err.startswith("error: ") and err.endswith("\n"), text
+    assert not any(line.startswith(("error", " ")) for line in lines[:-1]), text
     for needle in needles:
-        assert needle in err, err
+        assert needle in err, text
     return err

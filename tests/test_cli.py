@@ -245,7 +245,7 @@ def test_ctrl_c_in_train_says_nothing_was_kept_and_exits_130(tmp_path, capsys, m
     assert run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16",
                 "--out", str(tmp_path / "o")]) == 130
     err = capsys.readouterr().err
-    assert err.strip() == TRAIN_INTERRUPTED and "Traceback" not in err
+    assert err.splitlines()[-1] == TRAIN_INTERRUPTED and "Traceback" not in err
     assert "no checkpoint was written" in err and "resume" not in err.replace("not resume", "")
     assert not (tmp_path / "o" / "model.pt").exists()
 
@@ -420,3 +420,30 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("crash")
     assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_train_rerun_with_the_same_settings_reuses_the_finished_model(ckpt, capsys):
+    before = ckpt.read_bytes()
+    assert run(["train", "phantoms:12", "--arch", "tiny_cnn", "--image-size", "24",
+                "--epochs", "1", "--out", str(ckpt.parent)]) == 0
+    assert ckpt.read_bytes() == before  # not trained again
+    assert json.loads((ckpt.parent / "metrics.json").read_text())["reused"] is True
+    assert "trained with these settings already; reused" in capsys.readouterr().err
+
+
+def test_train_rerun_with_other_settings_is_refused_naming_them(ckpt, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "model.pt").write_bytes(ckpt.read_bytes())
+    assert run(["train", "phantoms:12", "--arch", "tiny_cnn", "--image-size", "24",
+                "--epochs", "2", "--lr", "0.01", "--out", str(out)]) == 2
+    one_line_error(capsys, "model.pt: holds a trained model made with other settings",
+                   "epochs: 1 there, 2 now", "lr: 0.001 there, 0.01 now")
+    assert (out / "model.pt").read_bytes() == ckpt.read_bytes()
+
+
+def test_train_logs_to_stderr_and_to_log_txt(ckpt):
+    lines = (ckpt.parent / "log.txt").read_text().splitlines()
+    assert lines[0].endswith("phantoms:12: 30 train / 6 test images, classes "
+                             "['covid_like', 'normal', 'pneumonia_like']")
+    assert lines[0][:4].isdigit() and lines[0][19:21] == "  "  # YYYY-MM-DD HH:MM:SS  line

@@ -111,6 +111,8 @@ def test_resume_after_interruption_gives_identical_results(mini_run, tmp_path, m
     resumed = run_experiment(validate_config(MINI), tmp_path / "run", log=quiet_log)
     assert len(calls) == 2  # the finished arm was not run again
     assert _without_timings(resumed) == _without_timings(uninterrupted)
+    log = (tmp_path / "run" / "log.txt").read_text()  # both sittings, appended
+    assert log.count("mini: ") == 2 and "[seed 0] none: accuracy" in log
 
 
 def test_rerun_with_other_settings_is_refused(mini_run, tmp_path):

@@ -176,8 +176,21 @@ def test_train_or_reuse_reuses_only_with_the_same_key(tmp_path):
     assert not reused and meta["n_train"] == len(data) and len(meta["history"]) == 1
     again, _, reused = train_or_reuse(path, key={"v": 1}, **kw)
     assert reused and model_sha1(again) == model_sha1(first)
-    _, _, reused = train_or_reuse(path, key={"v": 2}, **kw)
-    assert not reused
+
+
+def test_train_or_reuse_refuses_a_checkpoint_made_with_other_settings(tmp_path):
+    """The resume contract: a finished model is never trained over; the refusal names the
+    setting that differs and leaves the checkpoint as it was."""
+    data = make_phantoms(2, 16, seed=0)
+    kw = {"arch": "tiny_cnn", "data": data, "image_size": 16, "seed": 0,
+          "device": torch.device("cpu"), "epochs": 1, "batch_size": 8, "progress": False}
+    path = tmp_path / "m.pt"
+    train_or_reuse(path, key={"v": 1, "lr": 0.1}, **kw)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"m\.pt: holds a trained model made with other settings "
+                       r"\(v: 1 there, 2 now\); rerun with those settings"):
+        train_or_reuse(path, key={"v": 2, "lr": 0.1}, **kw)
+    assert path.read_bytes() == before
 
 
 def test_train_or_reuse_builds_on_pretrained_weights(tmp_path):
@@ -215,6 +228,14 @@ def test_saved_with_key_reuses_only_the_same_key(tmp_path):
     torch.save({"images": torch.ones(2, 1, 4, 4), "key": "abc"}, path)
     saved = saved_with_key(path, "abc")
     assert saved is not None and torch.equal(saved["images"], torch.ones(2, 1, 4, 4))
-    assert saved_with_key(path, "abd") is None  # made another way: the caller makes it again
-    torch.save([1, 2], path)
-    assert saved_with_key(path, "abc") is None  # not a keyed dict
+
+
+def test_saved_with_key_refuses_a_piece_made_another_way_naming_the_setting(tmp_path):
+    path = tmp_path / "piece.pt"
+    torch.save({"images": torch.ones(1), "key": "abc", "settings": {"eps": 8, "steps": 2}}, path)
+    with pytest.raises(ValueError, match=r"piece\.pt: holds a finished piece made with other "
+                       r"settings \(steps: 2 there, 3 now\); rerun with those settings"):
+        saved_with_key(path, "abd", {"eps": 8, "steps": 3})
+    torch.save([1, 2], path)  # not a keyed dict: refused too, never overwritten
+    with pytest.raises(ValueError, match=r"key: not a keyed piece there, abc now"):
+        saved_with_key(path, "abc")

@@ -86,6 +86,8 @@ def test_miniature_run_produces_every_column_and_resumes(tmp_path):
     html = (out / "transfer.html").read_text()
     assert "data:image/png;base64," in html and "63.9" in html  # figure embedded, paper beside
     assert "ResNet101" in (out / "transfer.md").read_text()
+    log = (out / "log.txt").read_text()  # the one logger: progress also in OUT/log.txt
+    assert "data phantoms" in log and "RayS: white-box" in log
 
     # the rerun reuses the checkpoints, the adversarial images and the BM3D outputs
     with pytest.warns(UserWarning, match="BM3D"):
@@ -99,7 +101,8 @@ def test_miniature_run_produces_every_column_and_resumes(tmp_path):
 
 def test_crafted_images_are_reused_only_for_the_same_attack_settings(tmp_path):
     """The reuse key holds the attack's one fingerprint (``attack_fingerprint``): the same
-    settings reuse the saved images, another value of any option crafts again."""
+    settings reuse the saved images; another value of any option is refused, naming it (the
+    resume contract of both studies), and crafts in a fresh folder."""
     from mladv.data import make_phantoms
     from mladv.transfer.config import AttackSpec, TransferConfig
     from mladv.transfer.run import obtain_attack
@@ -108,12 +111,18 @@ def test_crafted_images_are_reused_only_for_the_same_attack_settings(tmp_path):
     torch.manual_seed(0)
     source, test = build_model("tiny_cnn", 3), make_phantoms(1, 16, seed=0)
 
-    def resumed(options):
+    def resumed(options, folder=tmp_path):
         spec = AttackSpec(name="pgd", options=options)
-        return obtain_attack(cfg, spec, source, "source-fp", test, tmp_path)["resumed"]
-    assert [resumed({"steps": 2}), resumed({"steps": 2}), resumed({"steps": 3}),
-            resumed({"steps": 3, "random_start": False}), resumed({"steps": 3})] == [
-        False, True, False, False, False]
+        return obtain_attack(cfg, spec, source, "source-fp", test, folder)["resumed"]
+    assert [resumed({"steps": 2}), resumed({"steps": 2})] == [False, True]
+    with pytest.raises(ValueError, match=r"PGD\.pt: holds a finished piece made with other "
+                       r"settings \(attack\.inner_options\.steps: 2 there, 3 now\)"):
+        resumed({"steps": 3})
+    with pytest.raises(ValueError,
+                       match=r"attack\.inner_options\.random_start: true there, false now"):
+        resumed({"steps": 2, "random_start": False})
+    assert [resumed({"steps": 3}, tmp_path / "b"), resumed({"steps": 3}, tmp_path / "b")] == [
+        False, True]
 
 
 def hand_results():
@@ -248,7 +257,11 @@ def test_pretrained_source_arrives_frozen_is_reused_and_retrained_on_new_weights
 
     again, info2 = obtain()  # same weights file: the checkpoint is reused
     assert info2["resumed"] is True and info2["fingerprint"] == info["fingerprint"]
-    other = _pretrained_file(tmp_path, seed=8)  # same path, other content: trained again
+    other = _pretrained_file(tmp_path, seed=8)  # same path, other content: refused, naming it
+    with pytest.raises(ValueError, match=r"source-small_cnn\.pt: holds a trained model made "
+                       r"with other settings \(weights_sha1: "):
+        obtain()
+    (tmp_path / "models" / "source-small_cnn.pt").unlink()  # deleted: trained again
     third, info3 = obtain()
     assert info3["resumed"] is False and info3["fingerprint"] != info["fingerprint"]
     assert torch.equal(third.net.state_dict()[backbone[0]], other[backbone[0]])

@@ -1,6 +1,12 @@
-"""The resume contract both studies (``experiment``, ``transfer``) and ``augment`` share: a run
-folder records the settings it was made with; a rerun with other settings is refused with one
-line naming each differing key (:func:`refuse_changed`), never two settings cut at a width.
+"""The resume contract of every job that writes a run folder (``experiment``, ``transfer``,
+``train``, ``augment``): a finished piece made with the same settings is reused; a rerun with
+other settings is never allowed to throw finished work away silently: it is refused with one
+line naming each differing key (:func:`refuse_changed`: ``KEY: OLD there, NEW now``), never two
+settings cut at a width, and says what to do. A change that nothing finished depends on goes
+on (the experiment's ``run.json`` marker, :func:`differences`). The pieces record their
+settings: a checkpoint's ``reuse_key`` (:func:`mladv.reuse.reusable`), a saved piece's
+``settings`` (:func:`mladv.reuse.saved_with_key`), a shard folder's manifest
+(:mod:`mladv.augment`).
 """
 from __future__ import annotations
 

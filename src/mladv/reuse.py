@@ -1,16 +1,19 @@
 """Train a model, or reuse the checkpoint a previous run left: the one train-or-reuse step of
-both studies (``experiment`` and ``transfer``); and reuse any other finished piece saved with its
-key (:func:`saved_with_key`).
+both studies (``experiment`` and ``transfer``) and of ``mladv train``; and reuse any other
+finished piece saved with its key (:func:`saved_with_key`).
 
-A checkpoint is reused when it exists and, if a reuse ``key`` is given, when it was trained with
-that key (saved as ``reuse_key``: settings plus the training data's fingerprint, see
-:mod:`mladv.fingerprint`). Otherwise the model is trained from a fresh initialisation seeded with
-``seed`` (or a pretrained backbone with a new head, see :func:`mladv.models.build_model`) and saved
+The resume contract (:mod:`mladv.resume`), the same everywhere: a finished piece made with the
+same settings is reused; one made with other settings is never thrown away silently: the rerun
+is refused with one line naming each differing setting (``KEY: OLD there, NEW now``) and what to
+do. A checkpoint records its settings as ``reuse_key`` (settings plus the training data's
+fingerprint, see :mod:`mladv.fingerprint`); another piece records them as ``settings`` beside
+its ``key`` digest. A missing piece is made from a fresh initialisation seeded with ``seed`` (or
+a pretrained backbone with a new head, see :func:`mladv.models.build_model`) and saved
 atomically, so an interrupted run never leaves half a checkpoint.
 
 :func:`train_and_save` is ``mladv train``: the flags checked before any data is read, the
-checkpoint's own train / test split, training (plain or with a per-batch attack), then
-``OUT/model.pt`` and ``OUT/metrics.json``.
+checkpoint's own train / test split, training (plain or with a per-batch attack) through
+:func:`train_or_reuse`, then ``OUT/model.pt`` and ``OUT/metrics.json``.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from .adversarial_training import AdversarialBatch, check_advprop
 from .attacks import parse_options
 from .data import ImageSet, load_source, split_imageset
 from .distributed import init_from_env, is_main_process
+from .fingerprint import data_sha1
+from .logs import Log, run_log, stderr_log
 from .models import (
     ImageClassifier,
     build_model,
@@ -36,34 +41,52 @@ from .models import (
     load_checkpoint,
     save_checkpoint,
 )
+from .resume import differences, refuse_changed
 from .training import accuracy, adversarial_from_options, train_classifier
 from .utils import atomic_write_json, output_dir, set_determinism
 
 Loader = Callable[[Path], tuple[ImageClassifier, dict[str, Any]]]
-Log = Callable[[str], None]
+
+
+REMAKE_HINT = "rerun with those settings, choose another output folder, or delete the file"
 
 
 def reusable(path: Path, key: dict[str, Any] | None, load: Loader
              ) -> tuple[ImageClassifier, dict[str, Any]] | None:
     """``(model in eval mode, checkpoint)`` when ``path`` holds a checkpoint made with ``key``
-    (any checkpoint when ``key`` is None), else None."""
+    (any checkpoint when ``key`` is None); None when there is none. A checkpoint made with
+    another key is refused (``ValueError`` naming the differing settings, see
+    :func:`mladv.resume.refuse_changed`), never retrained over."""
     if not path.is_file():
         return None
     model, ckpt = load(path)
     if key is not None and ckpt.get("reuse_key") != key:
-        return None
+        refuse_changed(path, differences(ckpt.get("reuse_key"), key) or ["reuse_key"],
+                       what="a trained model", hint=REMAKE_HINT + " to train it again")
     return model.eval(), ckpt
 
 
-def saved_with_key(path: Path, key: str) -> dict[str, Any] | None:
+def saved_with_key(path: Path, key: str, settings: dict[str, Any] | None = None
+                   ) -> dict[str, Any] | None:
     """The dict saved at ``path`` (``torch.load(..., weights_only=True)``, on the CPU) when its
-    ``key`` field equals ``key``; None when there is no file or it was made another way (the
-    caller makes it again and saves it with ``key``, atomically). Finished pieces that are not
-    models (adversarial images, BM3D outputs) are reused this way."""
+    ``key`` field equals ``key``; None when there is no file (the caller makes it and saves it
+    with ``key`` and ``settings``, atomically). A piece made another way is refused
+    (``ValueError`` naming the settings that differ from its saved ``settings``). Finished
+    pieces that are not models (adversarial images, BM3D outputs) are reused this way."""
     if not path.is_file():
         return None
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    return dict(saved) if isinstance(saved, dict) and saved.get("key") == key else None
+    if isinstance(saved, dict) and saved.get("key") == key:
+        return dict(saved)
+    old = saved.get("settings") if isinstance(saved, dict) else None
+    diff = differences(old, settings) if old is not None and settings is not None else []
+    refuse_changed(path, diff or [f"key: {_old_key(saved)} there, {key} now"],
+                   what="a finished piece", hint=REMAKE_HINT + " to make it again")
+    return None
+
+
+def _old_key(saved: Any) -> str:
+    return str(saved.get("key")) if isinstance(saved, dict) else "not a keyed piece"
 
 
 def train_or_reuse(path: Path, *, arch: str, data: ImageSet, image_size: int, seed: int,
@@ -75,6 +98,10 @@ def train_or_reuse(path: Path, *, arch: str, data: ImageSet, image_size: int, se
     """The model at ``path`` if reusable (see :func:`reusable`), else ``arch`` trained on
     ``data`` with ``train_classifier(**train_kwargs)`` from seed ``seed`` and saved there (when
     ``write``: under DDP only rank 0 writes) with ``extra`` checkpoint fields.
+
+    An ``adversarial`` (:class:`mladv.adversarial_training.AdversarialBatch`) among
+    ``train_kwargs`` adds its ``checkpoint_extra()`` after training (advprop's twin BatchNorm
+    state as trained).
 
     ``weights`` / ``freeze_backbone`` go to :func:`mladv.models.build_model`: a pretrained
     backbone (torchvision weights name or local state-dict file) under a new head, frozen if
@@ -96,6 +123,9 @@ def train_or_reuse(path: Path, *, arch: str, data: ImageSet, image_size: int, se
                "train_cpu_s": round(time.process_time() - cpu, 3)}
     if write:
         fields: dict[str, Any] = dict(extra or {})
+        adversarial = train_kwargs.get("adversarial")
+        if adversarial is not None:  # how it was trained, and advprop's trained twins
+            fields.update(adversarial.checkpoint_extra())
         if key is not None:
             fields["reuse_key"] = key
         save_checkpoint(path, model, classes=data.classes, image_size=image_size,
@@ -165,40 +195,44 @@ def per_batch_adversary(adv_mode: str, *, arch: str, freeze_backbone: bool, seed
 def train_and_save(data: str, out: Path, *, arch: str, image_size: int, weights: str | None,
                    freeze_backbone: bool, epochs: int, batch_size: int, lr: float, seed: int,
                    test_size: float, device: str, skip_bad: bool,
-                   adversarial: dict[str, Any], log: Log = print) -> dict[str, Any] | None:
+                   adversarial: dict[str, Any], log: Log = stderr_log) -> dict[str, Any] | None:
     """``mladv train``: ``arch`` trained on ``data``'s train split (patient-aware, ``test_size``
-    held out, seeded with ``seed``), written to ``out/model.pt`` (recording its training images)
-    and ``out/metrics.json``. ``adversarial``: the keyword arguments of
-    :func:`per_batch_adversary` other than ``arch`` / ``freeze_backbone`` / ``seed``. Under
-    torchrun every rank trains and rank 0 writes. Returns the metrics (None on other ranks)."""
+    held out, seeded with ``seed``) through :func:`train_or_reuse`, written to ``out/model.pt``
+    (recording its training images and, as ``reuse_key``, every setting and the data's
+    fingerprint) and ``out/metrics.json``. Rerunning the same command reuses the finished model;
+    other settings on the same ``out`` are refused, naming them. ``adversarial``: the keyword
+    arguments of :func:`per_batch_adversary` other than ``arch`` / ``freeze_backbone`` /
+    ``seed``. Under torchrun every rank trains and rank 0 writes. Returns the metrics (None on
+    other ranks)."""
     check_train(arch, image_size, lr, test_size, weights, freeze_backbone)
     adv = per_batch_adversary(arch=arch, freeze_backbone=freeze_backbone, seed=seed, **adversarial)
-    set_determinism(seed)
     dev = init_from_env(device)  # under torchrun: DDP process group, cuda:LOCAL_RANK
     with output_dir(out, enabled=is_main_process()):  # rank 0 writes
+        log = run_log(log, out, main_process=is_main_process())
+        set_determinism(seed)
         dataset = load_source(data, image_size, skip_bad=skip_bad, seed=seed, progress=True)
         train_set, test_set = split_imageset(dataset, test_size=test_size, seed=seed)
         log(f"{data}: {len(train_set)} train / {len(test_set)} test images, "
             f"classes {dataset.classes}")
-        model = build_model(arch, len(dataset.classes), weights=weights,
-                            freeze_backbone=freeze_backbone).to(dev)
-        start = time.perf_counter()
-        history = train_classifier(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr,
-                                   seed=seed, adversarial=adv)
+        settings = {"data": data, "arch": arch, "image_size": image_size, "weights": weights,
+                    "freeze_backbone": freeze_backbone, "epochs": epochs,
+                    "batch_size": batch_size, "lr": lr, "seed": seed, "test_size": test_size,
+                    "adversarial": adv.describe() if adv is not None else None}
+        key = {**settings, "train_sha1": data_sha1(train_set), "test_sha1": data_sha1(test_set)}
+        model, trained, reused = train_or_reuse(
+            out / "model.pt", arch=arch, data=train_set, image_size=image_size, seed=seed,
+            device=dev, key=key, write=is_main_process(), weights=weights,
+            freeze_backbone=freeze_backbone, epochs=epochs, batch_size=batch_size, lr=lr,
+            adversarial=adv, extra={"data": data, "split": {"seed": seed, "test_size": test_size}})
+        if reused:
+            log(f"{out / 'model.pt'}: trained with these settings already; reused")
         if not is_main_process():  # every rank trained the same model; rank 0 evaluates, writes
             return None
         metrics = {"test_acc": accuracy(model, test_set.images, test_set.labels),
-                   "train_acc": history[-1]["train_acc"],
-                   "train_seconds": time.perf_counter() - start,
+                   "train_acc": trained["history"][-1]["train_acc"],
+                   "train_seconds": trained["train_wall_s"], "reused": reused,
                    "n_train": len(train_set), "n_test": len(test_set),
                    "skipped": [p for p, _ in dataset.skipped]}
-        save_checkpoint(out / "model.pt", model, classes=dataset.classes, image_size=image_size,
-                        epoch=epochs, metrics=metrics, data=data, train_images=train_set.images,
-                        split={"seed": seed, "test_size": test_size},
-                        **(adv.checkpoint_extra() if adv is not None else {}))
-        atomic_write_json({"data": data, "arch": arch, "image_size": image_size,
-                           "weights": weights, "freeze_backbone": freeze_backbone, "seed": seed,
-                           "history": history,
-                           "adversarial": adv.describe() if adv is not None else None,
-                           **metrics}, out / "metrics.json")
+        atomic_write_json({**settings, "history": trained["history"], **metrics},
+                          out / "metrics.json")
     return metrics

@@ -50,14 +50,14 @@ def train(
 ) -> None:
     """Train ARCH on DATA's train split; write OUT/model.pt and OUT/metrics.json. The checkpoint
     records the training images (fingerprints), so 'mladv attack --split test' can leave them
-    out on any data."""
+    out on any data. Rerunning the same command reuses the finished model; other settings on
+    the same OUT are refused, naming them (use another --out)."""
     adversarial = {"adv_mode": adv_mode, "attack": adv_attack, "adv_eps": adv_eps,
                    "adv_steps": adv_steps, "adv_fraction": adv_fraction, "option": option}
     metrics = train_and_save(data, out, arch=arch, image_size=image_size, weights=weights,
                              freeze_backbone=freeze_backbone, epochs=epochs,
                              batch_size=batch_size, lr=lr, seed=seed, test_size=test_size,
-                             device=device, skip_bad=skip_bad, adversarial=adversarial,
-                             log=typer.echo)
+                             device=device, skip_bad=skip_bad, adversarial=adversarial)
     if metrics is not None:
         typer.echo(f"test accuracy {metrics['test_acc']:.4f}; wrote {out / 'model.pt'}")
 

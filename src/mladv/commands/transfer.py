@@ -27,7 +27,7 @@ def transfer(
     cfg = load_config(config, {"data": data, "test_data": test_data, "device": device,
                                "threads": threads})
     out = out or Path("runs") / cfg.name
-    results = run_transfer(cfg, out, log=typer.echo)
+    results = run_transfer(cfg, out)  # progress on stderr and in OUT/log.txt
     head, rows = main_table(results)
     keep = head.index("black-box avg") + 1
     typer.echo(" | ".join(head[:keep]))

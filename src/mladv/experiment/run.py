@@ -47,18 +47,19 @@ from ..crafting import attack_metrics
 from ..data import ImageSet, load_source, split_imageset
 from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..fingerprint import attack_settings, data_sha1
+from ..logs import Log, run_log, stderr_log
 from ..models import ImageClassifier, check_pretrained, load_checkpoint
-from ..resume import differences
+from ..resume import differences, refuse_changed
 from ..reuse import train_or_reuse
 from ..training import predict_logits
-from ..utils import atomic_torch_save, atomic_write_json, atomic_write_text, prepare_output_dir
+from ..utils import atomic_write_json, atomic_write_text, prepare_output_dir
 from .arms import ARMS, batch_transform, make_adversary
 from .config import ExperimentConfig, dump_config
 from .evaluation import calibration, robust_subset, robustness
 from .metrics import classification_metrics
 from .report import collect_results, write_report
 from .selection import online_arms, online_batch, select_online
-from .state import Log, Run, Timer, quiet_log, stderr_log
+from .state import Run, Timer
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -86,15 +87,14 @@ def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = stderr_log) -> Ru
     """Load the data, check the run folder against a previous run, save the resolved config."""
     out = Path(out)
     device = init_from_env(cfg.device)  # also joins the torchrun process group, if any
-    if not is_main_process():
-        log = quiet_log
     train, test, info = load_data(cfg)
+    log = run_log(log, out, main_process=is_main_process())  # also OUT/log.txt
     run = Run(cfg, out, device, train, test, info, robust_subset(test, cfg), log)
     key = {"config": cfg.resume_key(), "classes": train.classes,
            "train_sha1": data_sha1(train), "test_sha1": data_sha1(test)}
     marker, diff = out / "run.json", []
     if marker.is_file():
-        diff = _differences(json.loads(marker.read_text()), key)
+        diff = differences(json.loads(marker.read_text()), key)
         if diff:
             check_rerun(out, diff)
             log(f"{out}: settings changed since the last run ({'; '.join(diff[:4])}); nothing "
@@ -136,16 +136,10 @@ def check_rerun(out: Path, diff: list[str]) -> None:
     line says what differs and what to do."""
     pieces = finished_pieces(out, diff)
     if pieces:
-        raise ValueError(f"{out} holds {len(pieces)} finished piece(s) (e.g. "
-                         f"{pieces[0].relative_to(out)}) made with other settings "
-                         f"({'; '.join(diff[:4])}); rerun with those settings, choose another "
-                         f"--out, or delete those pieces to redo them with the new settings")
-
-
-def _differences(old: Any, new: Any) -> list[str]:
-    """``KEY: OLD there, NEW now`` per differing setting (:func:`mladv.resume.differences`, the
-    one resume contract of both studies)."""
-    return differences(old, new)
+        refuse_changed(out, diff, what=f"{len(pieces)} finished piece(s) (e.g. "
+                       f"{pieces[0].relative_to(out)})",
+                       hint="rerun with those settings, choose another --out, or delete those "
+                       "pieces to redo them with the new settings")
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -180,20 +174,11 @@ def train_model(run: Run, seed: int, data: ImageSet, arm: str, path: Path,
         transform=batch_transform(arm, cfg.arm_options, len(run.classes)),
         progress=cfg.progress and is_main_process(), desc=f"seed {seed} {arm}: train",
         adversarial=adversarial)
-    if not reused and adversarial is not None and is_main_process():
-        add_to_checkpoint(path, adversarial.checkpoint_extra())
     if not reused and is_distributed():  # every rank goes on with rank 0's weights and buffers
         barrier()
         model, ckpt = load_model(run, path)
         return model, dict(ckpt["metrics"])
     return model, meta
-
-
-def add_to_checkpoint(path: Path, fields: dict[str, Any]) -> None:
-    """Add ``fields`` to the checkpoint at ``path`` (rewritten atomically)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    ckpt.update(fields)
-    atomic_torch_save(ckpt, path)
 
 
 def base_model(run: Run, seed: int) -> tuple[ImageClassifier, dict[str, Any]]:
@@ -296,6 +281,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *,
     if is_main_process():
         prepare_output_dir(out)
     run = prepare(cfg, out, log)
+    log = run.log
     log(f"{cfg.name}: {len(run.train)} train / {len(run.test)} test images, classes "
         f"{run.classes}; arms {cfg.arms}; seeds {cfg.seed_list()}; out {run.out}")
     start = time.perf_counter()

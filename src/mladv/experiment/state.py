@@ -3,9 +3,8 @@ and the :class:`Timer`. Both ``run.py`` and ``report.py`` import it; neither imp
 for it."""
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,19 +13,11 @@ from typing import Any
 import torch
 
 from ..data import ImageSet
+from ..logs import Log, quiet_log, stderr_log
 from ..models import ImageClassifier
 from .config import ExperimentConfig
 
-Log = Callable[[str], None]
-
-
-def stderr_log(msg: str) -> None:
-    """The default log: one line to stderr."""
-    print(msg, file=sys.stderr, flush=True)
-
-
-def quiet_log(msg: str) -> None:
-    """The log of ranks other than 0."""
+__all__ = ["Log", "Run", "Timer", "quiet_log", "stderr_log"]
 
 
 @dataclass

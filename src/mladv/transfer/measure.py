@@ -78,18 +78,20 @@ def denoise_all(cfg: TransferConfig, test: ImageSet, advs: dict[str, Tensor], in
     out, todo = {}, []
     for name, images in sources.items():
         path = folder / f"{file_name(name)}.pt"
-        key = key_digest({**common, "of": keys.get(name, "clean")})
-        saved = saved_with_key(path, key)
+        settings = {**common, "of": keys.get(name, "clean")}
+        key = key_digest(settings)
+        saved = saved_with_key(path, key, settings)
         if saved is not None:
             out[name] = saved["images"]
             continue
-        todo.append((name, images, path, key))
+        todo.append((name, images, path, settings))
     if todo:
         stacked = torch.cat([images for _, images, _, _ in todo])
         denoised = bm3d_denoise(stacked, sigma, workers=cfg.bm3d.workers,
                                 profile=cfg.bm3d.profile, progress=cfg.progress)
-        for (name, _, path, key), chunk in zip(todo, torch.split(denoised, len(index))):
-            atomic_torch_save({"images": chunk, "key": key}, path)
+        for (name, _, path, settings), chunk in zip(todo, torch.split(denoised, len(index))):
+            atomic_torch_save({"images": chunk, "key": key_digest(settings),
+                               "settings": settings}, path)
             out[name] = chunk
     return out
 

@@ -8,7 +8,6 @@ and reused when the same command is run again; a piece whose key differs is made
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,15 @@ from ..cam import grad_cam
 from ..crafting import craft
 from ..data import ImageSet, load_source, split_imageset
 from ..denoise import select_for_bm3d
-from ..fingerprint import attack_fingerprint, data_sha1, file_sha1, key_digest, model_sha1
+from ..fingerprint import (
+    attack_fingerprint,
+    attack_settings,
+    data_sha1,
+    file_sha1,
+    key_digest,
+    model_sha1,
+)
+from ..logs import Log, run_log, stderr_log
 from ..models import check_pretrained, load_checkpoint
 from ..reuse import saved_with_key, train_or_reuse
 from ..utils import atomic_torch_save, atomic_write_text, prepare_output_dir, resolve_device
@@ -36,8 +43,6 @@ from .measure import (
     predictions,
 )
 from .report import fig3_grid, pick_figure_image, write_reports
-
-Log = Callable[[str], None]
 
 
 def prepare_data(cfg: TransferConfig) -> tuple[ImageSet, ImageSet]:
@@ -112,7 +117,7 @@ def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, trai
 
 
 def obtain_models(cfg: TransferConfig, train: ImageSet, folder: Path, device: torch.device,
-                  log: Log = print
+                  log: Log = stderr_log
                   ) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]], dict[str, str]]:
     """The source and target models, keyed ``source``, ``t1``, ...; checkpoints are loaded (and
     their classes checked) before anything is trained."""
@@ -150,17 +155,19 @@ def obtain_attack(cfg: TransferConfig, spec: AttackSpec, source: nn.Module, sour
     Returns ``adv`` (``N x C x H x W``), ``seconds`` and ``queries`` (``N`` or None)."""
     options = attack_options(spec.name, eps=cfg.eps, seed=cfg.seed, options=spec.options)
     attack = make_attack(spec.name, source, **options)
-    key = key_digest({"attack": attack_fingerprint(attack), "source": source_fp,
-                      "test": data_sha1(test), "batch_size": cfg.batch_size})
+    common = {"source": source_fp, "test": data_sha1(test), "batch_size": cfg.batch_size}
+    key = key_digest({"attack": attack_fingerprint(attack), **common})
+    settings = {"attack": {"name": spec.name, **attack_settings(attack),
+                           "seed": getattr(attack, "seed", None)}, **common}
     path = folder / f"{file_name(spec.title)}.pt"
-    saved = saved_with_key(path, key)
+    saved = saved_with_key(path, key, settings)
     if saved is not None:
         return {**saved, "resumed": True}
     start = time.perf_counter()
     adv, queries = craft(attack, test.images, test.labels, batch_size=cfg.batch_size,
                          progress=cfg.progress, desc=spec.title, record_queries=True)
     result = {"adv": adv, "seconds": time.perf_counter() - start, "queries": queries,
-              "key": key, "repr": repr(attack)}
+              "key": key, "settings": settings, "repr": repr(attack)}
     atomic_torch_save(result, path)
     return {**result, "resumed": False}
 
@@ -178,7 +185,8 @@ def attack_row(spec: AttackSpec, res: dict[str, Any], measured: dict[str, Any],
     return row
 
 
-def run_transfer(cfg: TransferConfig, out: str | Path, *, log: Log = print) -> dict[str, Any]:
+def run_transfer(cfg: TransferConfig, out: str | Path, *, log: Log = stderr_log
+                 ) -> dict[str, Any]:
     """Run (or resume) the transfer experiment into ``out``; returns the results dict also
     written as ``transfer.json`` (and ``transfer.csv``, ``transfer.md``, ``transfer.html``)."""
     wall = time.perf_counter()
@@ -189,6 +197,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, *, log: Log = print) -> d
     check_weights(cfg)
     atomic_write_text(dump_config(cfg), out / "config.yaml")
     train, test = prepare_data(cfg)
+    log = run_log(log, out)  # also OUT/log.txt, as the experiment's
     log(f"data {cfg.data}: {len(train)} train / {len(test)} test images, classes {train.classes}")
 
     models, infos, labels = obtain_models(cfg, train, out / "models", device, log)
