@@ -24,7 +24,7 @@ import torch
 
 from _common import environment
 from mladv.experiment.config import load_config
-from mladv.experiment.evaluation import autoattack_subset, own_model_accuracy
+from mladv.experiment.measure import autoattack_subset, own_model_accuracy
 from mladv.experiment.run import load_data
 from mladv.models import load_checkpoint
 

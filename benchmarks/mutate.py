@@ -68,7 +68,7 @@ MODULES: dict[str, Module] = {
     "selection": Module("src/mladv/experiment/selection.py", ("tests/test_selection.py",)),
     "robustness": Module("src/mladv/robustness.py",
                          ("tests/test_robustness.py", "tests/test_evaluation.py")),
-    "evaluation": Module("src/mladv/experiment/evaluation.py",
+    "evaluation": Module("src/mladv/experiment/measure.py",
                          ("tests/test_robustness.py", "tests/test_evaluation.py")),
 }
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchattacks
 
-import mladv.experiment.evaluation as evaluation
+import mladv.experiment.measure as evaluation
 from mladv.attacks import make_attack
 from mladv.augment import craft_shard, derive_seed
 from mladv.data import ImageSet
@@ -58,7 +58,7 @@ def test_split(tiny_trained) -> tuple[torch.nn.Module, ImageSet]:
 
 
 def old_experiment_robustness(model, test: ImageSet, cfg, seed: int) -> dict[str, float]:
-    """The experiment's robustness columns as ``experiment/evaluation.py`` computed them before
+    """The experiment's robustness columns as ``experiment/measure.py`` computed them before
     they moved to ``mladv.robustness`` (commit aa06808), from the primitives: the reference the
     running experiments' numbers come from."""
     rob = cfg.robustness

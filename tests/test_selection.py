@@ -16,7 +16,7 @@ from mladv.data import split_imageset
 from mladv.experiment.config import validate_config
 from mladv.experiment.run import prepare
 from mladv.experiment.selection import point_name, select_online
-from mladv.experiment.state import quiet_log
+from mladv.experiment.state import quiet_log, selection_so_far
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,18 +110,18 @@ def test_selection_so_far_is_none_then_the_finished_points_then_selection_json(s
     ``selection.json`` as written."""
     run, out, *_ = spied
     view = SimpleNamespace(cfg=run.cfg, train=run.train, out=tmp_path)
-    assert sel_mod.selection_so_far(view) is None
+    assert selection_so_far(view) is None
     shutil.copytree(run.out / "selection", tmp_path / "selection")
     done = json.loads((run.out / "selection" / "selection.json").read_text())
-    assert sel_mod.selection_so_far(view) == done
+    assert selection_so_far(view) == done
     (tmp_path / "selection" / "selection.json").unlink()
     (tmp_path / "selection" / "pgd-online" / "eps4-steps1-fracall.json").unlink()
     header = {k: done[k] for k in ("rule", "rule_text", "val_size", "seed", "n_train", "n_val")}
-    assert sel_mod.selection_so_far(view) == {
+    assert selection_so_far(view) == {
         **header, "choices": {}, "scores": {"pgd-online": done["scores"]["pgd-online"][:1]},
         "finished": 1, "planned": 2, "flips": done["flips"]}
     (tmp_path / "selection" / "pgd-online" / "eps1-steps1-fracall.json").unlink()
-    assert sel_mod.selection_so_far(view) == {**header, "choices": {}, "scores": {},
+    assert selection_so_far(view) == {**header, "choices": {}, "scores": {},
                                               "finished": 0, "planned": 2, "flips": done["flips"]}
     assert out["scores"] == done["scores"]
 
@@ -193,7 +193,7 @@ def test_selection_json_holds_the_header_hashes_grid_choices_scores_and_flips(tm
         "flips": {"val_accuracy": 0.5, "history": [{"epoch": 1}], "train_wall_s": 2.0}}
     assert json.loads((run.out / "selection" / "selection.json").read_text()) == out
     (run.out / "selection" / "selection.json").unlink()
-    partial = sel_mod.selection_so_far(run)
+    partial = selection_so_far(run)
     assert partial is not None and (partial["n_train"], partial["n_val"]) == (len(train), len(val))
 
 

@@ -3,7 +3,7 @@ itself (PGD at 2/255 and 8/255, MLAdv, and torchattacks' AutoAttack, which catch
 masking that can make adversarially trained models only *look* robust).
 
 This is the one evaluation path: the experiment's robustness columns are
-:func:`robustness_columns` (``mladv.experiment.evaluation`` only maps its config onto
+:func:`robustness_columns` (``mladv.experiment.measure`` only maps its config onto
 :class:`RobustnessOptions`), so the API reproduces a report's numbers exactly.
 
 Examples::
@@ -237,7 +237,7 @@ class RobustnessOptions:
     """The settings of :func:`robustness_columns`; eps in 1/255 units. The experiment's are its
     config's ``robustness:`` section with the top-level ``eps``, ``pgd:`` / ``mladv:`` /
     ``chain:`` options and ``split.seed`` as ``subset_seed``
-    (:func:`mladv.experiment.evaluation.robustness_options`)."""
+    (:func:`mladv.experiment.measure.robustness_options`)."""
 
     attacks: tuple[str, ...] = ("mladv",)  # acc_<name> at ``eps``: "mladv" and/or "pgd"
     eps: float = 8.0

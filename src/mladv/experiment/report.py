@@ -23,8 +23,7 @@ from .chain_report import chain_blocks
 from .claims import RULE, Comparison, compare_arms
 from .metrics import TABLE2_METRICS, balanced_metrics, mean_std, roc_per_class
 from .online_report import curve_figure, online_blocks
-from .selection import selection_so_far
-from .state import Run
+from .state import Run, selection_so_far
 
 # SPEC "Reference figures from the paper", Table 2 (ResNet50, COVID-19 Radiography Database).
 PAPER_TABLE2: dict[str, tuple[float, float, float, float]] = {

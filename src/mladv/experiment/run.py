@@ -55,7 +55,7 @@ from ..training import predict_logits
 from ..utils import atomic_write_json, atomic_write_text, prepare_output_dir
 from .arms import ARMS, batch_transform, make_adversary
 from .config import ExperimentConfig, dump_config
-from .evaluation import calibration, robust_subset, robustness
+from .measure import calibration, robust_subset, robustness
 from .metrics import classification_metrics
 from .report import collect_results, write_report
 from .selection import online_arms, online_batch, select_online

@@ -14,7 +14,6 @@ every seed, trained then on the full training set.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,17 +27,22 @@ from ..models import build_model
 from ..training import BatchTransform, predict_logits, train_classifier
 from ..utils import atomic_write_json, set_determinism
 from .arms import ARMS, batch_transform, online_options
-from .config import SELECTION_RULES, ExperimentConfig, SelectionConfig
-from .state import Run, Timer
+from .config import SELECTION_RULES, ExperimentConfig
+from .state import (
+    FLIPS_KEYS,
+    SCORE_KEYS,
+    Run,
+    Timer,
+    online_arms,
+    pick,
+    point_name,
+    selection_dir,
+    selection_header,
+)
+
+__all__ = ["choose", "online_arms", "online_batch", "point_name", "select_online"]
 
 TIE = 1e-9
-SCORE_KEYS = ("point", "val_accuracy", "val_loss", "train_wall_s")  # a grid point's summary
-FLIPS_KEYS = ("val_accuracy", "history", "train_wall_s")  # the flips reference's summary
-
-
-def online_arms(cfg: ExperimentConfig) -> list[str]:
-    """The arms of ``cfg`` whose settings the validation grid decides, in config order."""
-    return [a for a in cfg.arms if ARMS[a].online]
 
 
 def online_batch(cfg: ExperimentConfig, arm: str, point: dict[str, Any],
@@ -52,12 +56,6 @@ def online_batch(cfg: ExperimentConfig, arm: str, point: dict[str, Any],
     if adv is None:  # an online arm's mode is never "offline"
         raise ValueError(f"arm {arm!r} is not an online arm")
     return adv
-
-
-def point_name(point: dict[str, Any]) -> str:
-    """``{"eps": 1, "steps": 1, "fraction": None}`` -> ``eps1-steps1-fracall``."""
-    frac = "all" if point["fraction"] is None else f"{point['fraction']:g}"
-    return f"eps{point['eps']:g}-steps{point['steps']}-frac{frac}"
 
 
 def choose(scored: list[dict[str, Any]], rule: str) -> dict[str, Any]:
@@ -136,10 +134,6 @@ def cfg_seed(cfg: ExperimentConfig) -> int:
     return cfg.online.selection.seed
 
 
-def selection_dir(run: Run) -> Path:
-    return run.out / "selection"
-
-
 def scored_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageSet,
                  val: ImageSet) -> dict[str, Any]:
     """A finished grid point from its file, or trained now and saved atomically."""
@@ -157,40 +151,6 @@ def scored_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageS
     return result
 
 
-def _pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: d[k] for k in keys}
-
-
-def _header(sel: SelectionConfig, train: ImageSet, val: ImageSet) -> dict[str, Any]:
-    """The fields ``selection.json`` opens with: the rule and the validation split."""
-    return {"rule": sel.rule, "rule_text": SELECTION_RULES[sel.rule], "val_size": sel.val_size,
-            "seed": sel.seed, "n_train": len(train), "n_val": len(val)}
-
-
-def selection_so_far(run: Run) -> dict[str, Any] | None:
-    """``selection.json`` when the search has finished; while it runs, the same layout built
-    from the finished points (``choices`` empty, ``finished`` / ``planned`` point counts); None
-    before the flips point has finished."""
-    folder = selection_dir(run)
-    if (folder / "selection.json").is_file():
-        return dict(json.loads((folder / "selection.json").read_text()))
-    if not (folder / "none" / "flips.json").is_file():
-        return None
-    cfg, sel = run.cfg, run.cfg.online.selection
-    train, val = split_imageset(run.train, test_size=sel.val_size, seed=sel.seed)
-    flips = json.loads((folder / "none" / "flips.json").read_text())
-    scores: dict[str, list[dict[str, Any]]] = {}
-    for arm in online_arms(cfg):
-        paths = [folder / arm / f"{point_name(p)}.json" for p in cfg.online.grid.points()]
-        done = [json.loads(p.read_text()) for p in paths if p.is_file()]
-        if done:
-            scores[arm] = [_pick(d, SCORE_KEYS) for d in done]
-    return {**_header(sel, train, val), "choices": {}, "scores": scores,
-            "finished": sum(map(len, scores.values())),
-            "planned": len(online_arms(cfg)) * len(cfg.online.grid.points()),
-            "flips": _pick(flips, FLIPS_KEYS)}
-
-
 def select_online(run: Run) -> dict[str, Any]:
     """Search the grid for every online arm of the run (resumable), choose by the config's rule,
     write ``selection/selection.json`` and return it. Reads only ``run.train``."""
@@ -201,12 +161,13 @@ def select_online(run: Run) -> dict[str, Any]:
     grid, choices = {}, {}
     for arm in online_arms(cfg):
         scored = [scored_point(run, arm, p, train, val) for p in cfg.online.grid.points()]
-        grid[arm] = [_pick(s, SCORE_KEYS) for s in scored]
+        grid[arm] = [pick(s, SCORE_KEYS) for s in scored]
         best = choose(scored, sel.rule)
         choices[arm] = {"point": best["point"], "val_accuracy": best["val_accuracy"]}
-    out = {**_header(sel, train, val), "train_sha1": data_sha1(train), "val_sha1": data_sha1(val),
+    out = {**selection_header(sel, train, val), "train_sha1": data_sha1(train),
+           "val_sha1": data_sha1(val),
            "grid": cfg.online.grid.model_dump(mode="json"), "choices": choices, "scores": grid,
-           "flips": _pick(flips, FLIPS_KEYS)}
+           "flips": pick(flips, FLIPS_KEYS)}
     if is_main_process():
         atomic_write_json(out, selection_dir(run) / "selection.json")
     barrier()

@@ -1,8 +1,10 @@
-"""What the steps of an experiment run share: the :class:`Run` (config, folder, device, data)
-and the :class:`Timer`. Both ``run.py`` and ``report.py`` import it; neither imports the other
-for it."""
+"""What the steps of an experiment run share: the :class:`Run` (config, folder, device, data),
+the :class:`Timer`, and the readers of a run folder's progress (:func:`selection_so_far`). Both
+``run.py`` and ``report.py`` import it; neither imports the other for it, and the report never
+imports the trainers (``selection.py``) to read what they left."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,12 +14,16 @@ from typing import Any
 
 import torch
 
-from ..data import ImageSet
+from ..data import ImageSet, split_imageset
 from ..logs import Log, quiet_log, stderr_log
 from ..models import ImageClassifier
-from .config import ExperimentConfig
+from .arm_table import ARMS
+from .config import SELECTION_RULES, ExperimentConfig, SelectionConfig
 
 __all__ = ["Log", "Run", "Timer", "quiet_log", "stderr_log"]
+
+SCORE_KEYS = ("point", "val_accuracy", "val_loss", "train_wall_s")  # a grid point's summary
+FLIPS_KEYS = ("val_accuracy", "history", "train_wall_s")  # the flips reference's summary
 
 
 @dataclass
@@ -62,3 +68,54 @@ class Run:
 
     def seed_dir(self, seed: int) -> Path:
         return self.out / f"seed-{seed}"
+
+
+# -- readers of a run folder (reports read progress here, never through the trainers) ---------
+def online_arms(cfg: ExperimentConfig) -> list[str]:
+    """The arms of ``cfg`` whose settings the validation grid decides, in config order."""
+    return [a for a in cfg.arms if ARMS[a].online]
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """``{"eps": 1, "steps": 1, "fraction": None}`` -> ``eps1-steps1-fracall``."""
+    frac = "all" if point["fraction"] is None else f"{point['fraction']:g}"
+    return f"eps{point['eps']:g}-steps{point['steps']}-frac{frac}"
+
+
+def selection_dir(run: Run) -> Path:
+    return run.out / "selection"
+
+
+def pick(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``d`` restricted to ``keys``, in that order."""
+    return {k: d[k] for k in keys}
+
+
+def selection_header(sel: SelectionConfig, train: ImageSet, val: ImageSet) -> dict[str, Any]:
+    """The fields ``selection.json`` opens with: the rule and the validation split."""
+    return {"rule": sel.rule, "rule_text": SELECTION_RULES[sel.rule], "val_size": sel.val_size,
+            "seed": sel.seed, "n_train": len(train), "n_val": len(val)}
+
+
+def selection_so_far(run: Run) -> dict[str, Any] | None:
+    """``selection.json`` when the search has finished; while it runs, the same layout built
+    from the finished points (``choices`` empty, ``finished`` / ``planned`` point counts); None
+    before the flips point has finished."""
+    folder = selection_dir(run)
+    if (folder / "selection.json").is_file():
+        return dict(json.loads((folder / "selection.json").read_text()))
+    if not (folder / "none" / "flips.json").is_file():
+        return None
+    cfg, sel = run.cfg, run.cfg.online.selection
+    train, val = split_imageset(run.train, test_size=sel.val_size, seed=sel.seed)
+    flips = json.loads((folder / "none" / "flips.json").read_text())
+    scores: dict[str, list[dict[str, Any]]] = {}
+    for arm in online_arms(cfg):
+        paths = [folder / arm / f"{point_name(p)}.json" for p in cfg.online.grid.points()]
+        done = [json.loads(p.read_text()) for p in paths if p.is_file()]
+        if done:
+            scores[arm] = [pick(d, SCORE_KEYS) for d in done]
+    return {**selection_header(sel, train, val), "choices": {}, "scores": scores,
+            "finished": sum(map(len, scores.values())),
+            "planned": len(online_arms(cfg)) * len(cfg.online.grid.points()),
+            "flips": pick(flips, FLIPS_KEYS)}

@@ -1,4 +1,5 @@
-"""Scoring one arm's model beyond clean accuracy: calibration and robustness, through
+"""The experiment's measuring step (as ``transfer/measure.py`` is the transfer study's): one
+arm's model scored beyond clean accuracy, calibration and robustness, through
 :func:`mladv.robustness.robustness_columns` (the one evaluation path; this module only maps
 the config onto :class:`~mladv.robustness.RobustnessOptions`, so the public API given the same
 model, test split and options reproduces every column exactly).
