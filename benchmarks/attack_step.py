@@ -45,7 +45,7 @@ from _common import environment, timed
 from mladv.attacks import make_attack, parse_options
 from mladv.attacks.base import Attack
 from mladv.data import DataError, ImageSet, load_source, split_imageset
-from mladv.fingerprint import unseen_indices
+from mladv.data.split import choose_split
 from mladv.models import build_model, load_checkpoint, save_checkpoint
 from mladv.training import train_classifier
 from mladv.utils import resolve_device
@@ -81,16 +81,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _held_out(data: ImageSet, trained_on: list[str] | None) -> ImageSet:
-    """The images of ``data`` a checkpoint did not train on (its ``trained_on`` record), else
-    the held-out part of the split this script trains on."""
-    if trained_on is None:
-        return split_imageset(data, test_size=0.25, seed=0)[1]
-    keep = unseen_indices(data.images, trained_on)
-    if not keep:
-        raise SystemExit("error: the checkpoint was trained on every image of --data; "
-                         "give images it did not see")
-    return data.subset(keep)
+def _held_out(data: ImageSet, ckpt: dict[str, Any], checkpoint: str, source: str) -> ImageSet:
+    """The checkpoint's own test split of ``data`` without any image it trained on: the
+    library's one held-out selection (:func:`mladv.data.split.choose_split`, as ``mladv attack
+    --split test``)."""
+    try:
+        return choose_split(data, ckpt, "test", checkpoint=checkpoint, data=source)[0]
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def _model_and_batch(args: argparse.Namespace, device: torch.device
@@ -100,7 +98,7 @@ def _model_and_batch(args: argparse.Namespace, device: torch.device
         model, ckpt = load_checkpoint(args.checkpoint)
         size = args.size or int(ckpt["image_size"])
         data = load_source(args.data, size, classes=list(ckpt["classes"]))
-        held_out = _held_out(data, ckpt.get("trained_on"))
+        held_out = _held_out(data, ckpt, args.checkpoint, args.data)
         info: dict[str, Any] = {"model": args.checkpoint, "arch": ckpt["arch"]}
     else:
         size = args.size or 128

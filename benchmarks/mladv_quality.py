@@ -41,6 +41,7 @@ from mladv.attacks import MLAdv, MLAdvVariant, mifgsm, pgd, pifgsm
 from mladv.attacks.base import Attack
 from mladv.data import ImageSet, load_folder, split_imageset
 from mladv.figures import adversarial_grid
+from mladv.fingerprint import attack_settings  # the one settings record (also the shards')
 from mladv.metrics import ssim, total_variation
 from mladv.models import build_model, load_checkpoint, predict_logits, save_checkpoint
 from mladv.training import train_classifier
@@ -252,12 +253,6 @@ def choose_default(val: dict[str, dict[str, Any]]) -> str:
     margin = best["blackbox_std"]
     tied = {k: v for k, v in pool.items() if v["blackbox_avg"] >= best["blackbox_avg"] - margin}
     return max(tied, key=lambda k: (tied[k].get("backward_per_step", 9.0) <= 1.1, tied[k]["ssim"]))
-
-
-def attack_settings(atk: Attack) -> dict[str, Any]:
-    """Every attribute of an attack but its model (tensors as lists)."""
-    return {k: (v.tolist() if isinstance(v, Tensor) else v) for k, v in vars(atk).items()
-            if k not in ("model", "backward_passes", "last_targets")}
 
 
 def is_default(name: str, model: nn.Module) -> bool:
