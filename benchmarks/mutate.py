@@ -66,6 +66,8 @@ MODULES: dict[str, Module] = {
                                    ("tests/test_adversarial_training.py",
                                     "tests/test_online_named.py", "tests/test_splitbn.py")),
     "selection": Module("src/mladv/experiment/selection.py", ("tests/test_selection.py",)),
+    "experiment_state": Module("src/mladv/experiment/state.py",
+                               ("tests/test_experiment_state.py", "tests/test_selection.py")),
     "robustness": Module("src/mladv/robustness.py",
                          ("tests/test_robustness.py", "tests/test_evaluation.py")),
     "evaluation": Module("src/mladv/experiment/measure.py",

@@ -277,3 +277,27 @@ def test_train_point_builds_trains_and_scores_as_configured(tmp_path, monkeypatc
         torch.eye(len(train.classes))[val.labels], val.labels)))
     assert [h["val_accuracy"] for h in out["history"]] == [1.0, 0.0, 1.0]
     assert "train_wall_s" in out
+
+
+def test_selection_so_far_header_counts_the_validation_split_of_the_configured_seed(tmp_path):
+    """The partial header's ``n_train`` / ``n_val`` come from the config's validation split
+    (``online.selection.seed``), not another seed's: with patients of 1 to 4 images, the split's
+    sizes depend on the seed."""
+    from mladv.data import ImageSet
+    from mladv.experiment.state import FLIPS_KEYS
+
+    sizes = [1, 4, 2, 3, 1, 4, 1, 2, 3, 1, 4, 2] * 2
+    groups = [f"p{i}" for i, n in enumerate(sizes) for _ in range(n)]
+    labels = torch.tensor([int(g[1:]) % 3 for g in groups])
+    n = len(groups)
+    data = ImageSet(torch.rand(n, 1, 4, 4), labels, ["a", "b", "c"], [""] * n, groups)
+    cfg = validate_config({**CONFIG, "online": {"grid": {"eps": [1]},
+                                                "selection": {"val_size": 0.25, "seed": 5}}})
+    counts = {s: len(split_imageset(data, test_size=0.25, seed=s)[1]) for s in (0, 5)}
+    assert counts[0] != counts[5]  # the data make the seed visible
+    (tmp_path / "selection" / "none").mkdir(parents=True)
+    (tmp_path / "selection" / "none" / "flips.json").write_text(
+        json.dumps({k: 0.5 if k == "val_accuracy" else [] for k in FLIPS_KEYS}))
+    view = SimpleNamespace(cfg=cfg, train=data, out=tmp_path)
+    got = selection_so_far(view)
+    assert (got["seed"], got["n_val"], got["n_train"]) == (5, counts[5], n - counts[5])
