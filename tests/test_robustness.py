@@ -1,11 +1,15 @@
 """Calibration and own-model robustness numbers (ECE by hand, PGD / MLAdv / AutoAttack)."""
 from __future__ import annotations
 
+import inspect
 import math
+from collections import Counter
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torchattacks
 
 import mladv.robustness as rob
 from mladv.attacks.chain import ChainBounds, random_chain
@@ -257,3 +261,289 @@ def test_the_report_passes_its_bins_seed_and_classes(monkeypatch):
     assert report["acc_pgd_2"] == 0.25
     rob.robustness_report(model, x, y, opts, n_classes=5)
     assert [k for _, k in cols] == [{"seed": 0, "n_classes": 3}, {"seed": 0, "n_classes": 5}]
+
+
+# -- the last survivors of issue 16's mutation run: arguments as the callee binds them ----------
+class _Rows(torch.nn.Module):
+    """Returns row ``i`` of ``logits`` for image ``i`` of a batch, whatever the image holds."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits[:x.shape[0]]
+
+
+def _plain(value):
+    return value.tolist() if isinstance(value, torch.Tensor) else value
+
+
+def _bound_spy(monkeypatch, name: str, value):
+    """Replaces ``rob.<name>`` by a spy returning ``value`` that records each call's arguments as
+    the real function binds them (defaults applied; tensors as lists): what the callee receives,
+    however the call is spelled."""
+    signature, calls = inspect.signature(getattr(rob, name)), []
+
+    def spy(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append({k: _plain(v) for k, v in bound.arguments.items()})
+        return value
+    monkeypatch.setattr(rob, name, spy)
+    return calls
+
+
+SPIED = {"adversarial_accuracy": 0.5, "autoattack_accuracy": 0.25, "chain_accuracy": 0.75,
+         "noise_accuracy": {}, "acquisition_shift_accuracy": {"shift_mean": 0.5}}
+WIRED = rob.RobustnessOptions(attacks=(), pgd_eps=(2.0, 8.0), pgd_options={"steps": 3},
+                              chain_options={"rotation": 5.0}, max_images=4, subset_seed=1,
+                              autoattack_images=2, autoattack_eps=4.0, square_queries=9,
+                              noise_sigmas=(), acquisition_shift=True, batch_size=7)
+
+
+def _wired_calls(monkeypatch, name: str):
+    """The calls of ``name`` by ``robustness_columns`` (every attack spied) with ``WIRED``, attack
+    seed 2, on 6 images of the 3 classes; and the images and labels of the robustness subset."""
+    calls = {n: _bound_spy(monkeypatch, n, v) for n, v in SPIED.items()}
+    x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    model = _Rows(torch.zeros(6, 3))
+    rob.robustness_columns(model, x, y, WIRED, seed=2, n_classes=3)
+    sub, auto = rob.robustness_subsets(y, WIRED, 3)
+    return calls[name], model, (x[sub].tolist(), y[sub].tolist()), (x[auto].tolist(),
+                                                                   y[auto].tolist())
+
+
+def test_the_columns_run_pgd_at_each_pgd_eps_in_1_255_units_with_its_options(monkeypatch):
+    calls, model, (x, y), _ = _wired_calls(monkeypatch, "adversarial_accuracy")
+    assert calls == [{"model": model, "images": x, "labels": y, "attack": "pgd", "eps": e / 255,
+                      "seed": 2, "batch_size": 7, "options": {"steps": 3}} for e in (2.0, 8.0)]
+
+
+def test_the_columns_run_autoattack_on_its_images_at_its_eps_and_square_queries(monkeypatch):
+    calls, model, _, (x, y) = _wired_calls(monkeypatch, "autoattack_accuracy")
+    assert calls == [{"model": model, "images": x, "labels": y, "eps": 4.0 / 255, "seed": 2,
+                      "batch_size": 7, "square_queries": 9}]
+
+
+def test_the_columns_run_the_chain_at_8_255_with_its_options(monkeypatch):
+    calls, model, (x, y), _ = _wired_calls(monkeypatch, "chain_accuracy")
+    assert calls == [{"model": model, "images": x, "labels": y, "eps": 8 / 255, "seed": 2,
+                      "batch_size": 7, "options": {"rotation": 5.0}}]
+
+
+@pytest.fixture()
+def fake_autoattack(monkeypatch):
+    """torchattacks.AutoAttack replaced by a recorder of its arguments (defaults applied), of its
+    four attacks' ``n_queries`` and of the size and devices of each batch it attacks; it returns
+    ``returns(x)`` (set ``fake_autoattack.returns``; default the images unchanged)."""
+    signature = inspect.signature(torchattacks.AutoAttack)
+    rec = SimpleNamespace(built=[], returns=lambda x: x)
+
+    class Fake:
+        def __init__(self, *args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            self.args, self.batches, self.devices = dict(bound.arguments), [], []
+            self._autoattack = SimpleNamespace(
+                attacks=[SimpleNamespace(n_queries=None) for _ in range(4)])
+            rec.built.append(self)
+
+        def queries(self):
+            return [a.n_queries for a in self._autoattack.attacks]
+
+        def __call__(self, x, y):
+            self.batches.append(x.shape[0])
+            self.devices.append((x.device.type, y.device.type))
+            return rec.returns(x)
+    monkeypatch.setattr(torchattacks, "AutoAttack", Fake)
+    return rec
+
+
+def _five_classes_no_attribute():
+    """65 images of 2 x 2 px and a 5-class linear model without a ``num_classes`` attribute,
+    seeded: ``z(x) = W (x - 1/2)``, so ``z(1 - x) = -z(x)``."""
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(5, 4, generator=g))
+        model[1].bias.copy_(-model[1].weight.sum(1) / 2)
+    return model, torch.rand(65, 1, 2, 2, generator=g), torch.randint(0, 5, (65,), generator=g)
+
+
+def test_autoattack_defaults_are_standard_linf_2_255_seed_0_batches_of_64_5000_queries(
+        fake_autoattack):
+    model, x, y = _five_classes_no_attribute()
+    rob.autoattack_accuracy(model, x, y)
+    (atk,) = fake_autoattack.built
+    assert isinstance(atk.args.pop("model"), PadLogits)
+    assert atk.args == {"norm": "Linf", "eps": 2 / 255, "version": "standard", "n_classes": 5,
+                        "seed": 0, "verbose": False}
+    assert atk.batches == [64, 1] and atk.queries() == [None, None, None, 5000]
+
+
+def test_autoattack_passes_its_eps_seed_batch_size_and_square_queries(fake_autoattack):
+    model, x, y = _five_classes_no_attribute()
+    rob.autoattack_accuracy(model, x[:5], y[:5], eps=0.1, seed=3, batch_size=2, square_queries=7)
+    (atk,) = fake_autoattack.built
+    assert (atk.args["eps"], atk.args["seed"], atk.batches) == (0.1, 3, [2, 2, 1])
+    assert atk.queries() == [None, None, None, 7]
+
+
+def test_square_is_the_last_of_the_standard_autoattack_s_attacks():
+    """What ``square_queries`` relies on: ``attacks[-1]`` is Square, 5000 queries by default."""
+    atk = torchattacks.AutoAttack(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4)),
+                                  norm="Linf", eps=2 / 255, version="standard", n_classes=4)
+    names = [type(a).__name__ for a in atk._autoattack.attacks]
+    assert names == ["APGD", "APGDT", "FAB", "Square"]
+    assert atk._autoattack.attacks[-1].n_queries == 5000
+
+
+def test_autoattack_accuracy_is_each_image_s_arg_max_on_what_the_attack_returns(fake_autoattack):
+    """The fake attack returns ``1 - x``; the labels are the model's classes on those (all 5
+    classes among them): 1.0; on the clean images (``z(x) = -z(1 - x)``) it would be 0."""
+    fake_autoattack.returns = lambda x: 1 - x
+    model, x, _ = _five_classes_no_attribute()
+    y = model(1 - x).argmax(1)
+    assert len(set(y.tolist())) == 5 and int((model(x).argmax(1) == y).sum()) == 0
+    assert rob.autoattack_accuracy(model, x, y) == 1.0
+
+
+class _OnMeta(torch.nn.Module):
+    """A 3-class model whose device (its one buffer's) is ``meta``; its logits are zeros on the
+    CPU whatever it is given: a stand-in for a model on a GPU."""
+
+    num_classes = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("where", torch.empty(0, device="meta"))
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 3)
+
+
+def test_autoattack_sends_each_batch_to_the_model_s_device(fake_autoattack):
+    fake_autoattack.returns = lambda x: torch.zeros(x.shape)
+    rob.autoattack_accuracy(_OnMeta(), torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 2]),
+                            batch_size=2)
+    assert fake_autoattack.built[0].devices == [("meta", "meta")] * 2
+
+
+class _Counted(torch.nn.Module):
+    """Zero logits of ``width`` columns; records the batch size of each call."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width, self.calls = width, []
+
+    def forward(self, x):
+        self.calls.append(x.shape[0])
+        return torch.zeros(x.shape[0], self.width)
+
+
+def test_num_classes_is_the_model_s_attribute_without_running_it():
+    model = _Counted(4)
+    model.num_classes = 3
+    assert rob.num_classes(model, torch.zeros(2, 1, 2, 2)) == 3 and model.calls == []
+
+
+def test_num_classes_without_the_attribute_is_the_output_width_on_one_image():
+    model = _Counted(4)
+    assert rob.num_classes(model, torch.zeros(2, 1, 2, 2)) == 4 and model.calls == [1]
+
+
+def test_adversarial_accuracy_defaults_pgd_at_8_255_seed_0_shard_0_batches_of_64(monkeypatch):
+    model, x, y = _FirstClass(), torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])
+    built = _bound_spy(monkeypatch, "make_attack", "the attack")
+    crafted = _bound_spy(monkeypatch, "craft_shard", x)
+    assert rob.adversarial_accuracy(model, x, y) == 0.5
+    assert built == [{"name": "pgd", "model": model, "options": {"eps": 8 / 255, "seed": 0}}]
+    assert crafted == [{"attack": "the attack", "images": x.tolist(), "labels": y.tolist(),
+                        "seed": 0, "shard": 0, "batch_size": 64, "bar": None}]
+
+
+def test_adversarial_accuracy_passes_its_attack_eps_seed_batch_size_and_options(monkeypatch):
+    model, x, y = _FirstClass(), torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])
+    built = _bound_spy(monkeypatch, "make_attack", "the attack")
+    crafted = _bound_spy(monkeypatch, "craft_shard", x)
+    rob.adversarial_accuracy(model, x, y, "mladv", eps=0.1, seed=3, batch_size=5, steps=2)
+    assert built == [{"name": "mladv", "model": model,
+                      "options": {"eps": 0.1, "seed": 3, "steps": 2}}]
+    assert (crafted[0]["seed"], crafted[0]["shard"], crafted[0]["batch_size"]) == (3, 0, 5)
+
+
+def test_shift_accuracy_compares_each_image_s_arg_max_with_its_label():
+    """Images 0..4 predicted 0, 1, 2, 0, 1 (whatever the shift does) with those labels: 1.0."""
+    model = _Rows(torch.eye(3)[[0, 1, 2, 0, 1]])
+    x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    out = rob.acquisition_shift_accuracy(model, x, y, transforms=("bias",), severities=(1.0,))
+    assert out == {"shift_bias_1": 1.0, "shift_mean": 1.0}
+
+
+def test_the_report_ece_uses_ece_bins():
+    """Confidences 0.9 (right) and 0.6 (wrong): one bin |1/2 - 0.75| = 0.25; 15 bins 0.35."""
+    model = _Rows(torch.tensor([[0.9, 0.1], [0.6, 0.4]]).log())
+    opts = rob.RobustnessOptions(attacks=(), pgd_eps=(), max_images=None, noise_sigmas=(),
+                                 ece_bins=1)
+    report = rob.robustness_report(model, torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), opts)
+    assert report["ece"] == pytest.approx(0.25, abs=1e-6)
+
+
+def test_the_report_counts_the_subsets_over_its_n_classes(monkeypatch):
+    """6 images of classes 0 / 1 / 2 stratified over 2 classes: the 4 of classes 0 and 1."""
+    _spy(monkeypatch, "robustness_columns", {})
+    opts = rob.RobustnessOptions(max_images=5, autoattack_images=5)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    report = rob.robustness_report(_Rows(torch.zeros(6, 3)), torch.zeros(6, 1, 2, 2), y, opts,
+                                   n_classes=2)
+    assert (report["n"], report["n_robust"], report["n_autoattack"]) == (6, 4, 4)
+
+
+def test_robustness_subsets_draw_both_with_subset_seed_over_n_classes():
+    """Classes 0 / 1 / 2 of 3 / 3 / 2 images over 2 classes: the first 5 of the order seeded 7
+    hold 3 of class 0 and 2 of class 1, AutoAttack's first 3 two and one."""
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    opts = rob.RobustnessOptions(max_images=5, subset_seed=7, autoattack_images=3)
+    sub, auto = rob.robustness_subsets(y, opts, 2)
+    order = rob.stratified_order(y, 2, 7)
+    assert (sub.tolist(), auto.tolist()) == (sorted(order[:5]), sorted(order[:3]))
+    assert Counter(y[sub].tolist()) == {0: 3, 1: 2} and Counter(y[auto].tolist()) == {0: 2, 1: 1}
+
+
+def test_empty_subsets_are_still_index_tensors():
+    """No AutoAttack image, or a class range that holds no image: an empty ``long`` tensor, which
+    indexes (an empty float tensor would not)."""
+    y = torch.tensor([1, 1, 1])
+    _, auto = rob.robustness_subsets(y, rob.RobustnessOptions(autoattack_images=0), 2)
+    none = rob.stratified_subset(y, 2, n_classes=1)
+    for empty in (auto, none):
+        assert empty.dtype == torch.long and y[empty].shape == (0,)
+
+
+def test_a_subset_of_all_images_or_more_is_all_of_them_even_of_no_image():
+    y = torch.tensor([1, 1, 1])
+    assert rob.stratified_subset(y, 3, n_classes=1).tolist() == [0, 1, 2]
+    assert rob.stratified_subset(torch.zeros(0, dtype=torch.long), 0).tolist() == []
+    assert rob.fixed_subset(0, 0).tolist() == []
+
+
+def test_a_subset_of_one_image_is_the_first_of_the_order():
+    y = torch.tensor([1, 0, 1, 0])
+    assert rob.stratified_subset(y, 1).tolist() == [rob.stratified_order(y, 2, 0)[0]]
+
+
+def test_stratified_subset_defaults_to_seed_0():
+    y = torch.tensor([0, 1] * 4)
+    by_seed = {s: rob.stratified_subset(y, 4, seed=s).tolist() for s in (0, 1)}
+    assert rob.stratified_subset(y, 4).tolist() == by_seed[0] != by_seed[1]
+
+
+def test_the_subset_is_stratified_over_classes_below_n_classes_only():
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert Counter(y[rob.stratified_subset(y, 5, n_classes=2)].tolist()) == {0: 2, 1: 2}
+
+
+def test_the_order_over_no_class_is_empty():
+    assert rob.stratified_order(torch.tensor([0, 1]), 0, seed=0) == []
