@@ -351,6 +351,12 @@ def test_train_with_local_weights_and_frozen_backbone(tmp_path, capsys):
         same = torch.equal(model.net.state_dict()[k], v) if not k.startswith(head) else None
         assert same in (True, None), k
     assert model.net.state_dict()[f"{head}.weight"].shape[0] == 3
+    torch.save(build_model("tiny_cnn", 5).net.state_dict(), tmp_path / "w.pth")  # other content
+    capsys.readouterr()
+    assert run(["train", "phantoms:6", "--arch", "tiny_cnn", "--image-size", "16", "--epochs", "1",
+                "--weights", str(tmp_path / "w.pth"), "--freeze-backbone", "--lr", "0.05",
+                "--out", str(tmp_path / "o")]) == 2  # same path, other weights: refused
+    one_line_error(capsys, "holds a trained model made with other settings (weights_sha1: ")
 
 
 def test_weights_errors_come_before_the_data_loads(tmp_path, capsys, no_data):
