@@ -239,3 +239,24 @@ def test_saved_with_key_refuses_a_piece_made_another_way_naming_the_setting(tmp_
     torch.save([1, 2], path)  # not a keyed dict: refused too, never overwritten
     with pytest.raises(ValueError, match=r"key: not a keyed piece there, abc now"):
         saved_with_key(path, "abc")
+
+
+def test_a_checkpoint_that_records_no_settings_is_refused_naming_settings(tmp_path):
+    """A checkpoint without ``reuse_key`` (an older ``mladv train``, or one made elsewhere) is
+    not trained over; the whole record differs, so the key named is ``settings``."""
+    data = make_phantoms(2, 16, seed=0)
+    kw = {"arch": "tiny_cnn", "data": data, "image_size": 16, "seed": 0,
+          "device": torch.device("cpu"), "epochs": 1, "batch_size": 8, "progress": False}
+    path = tmp_path / "m.pt"
+    train_or_reuse(path, **kw)  # no key: saved without reuse_key
+    with pytest.raises(ValueError, match=r"m\.pt: holds a trained model made with other settings "
+                       r"\(settings: null there, \{\"v\": 1\} now\)"):
+        train_or_reuse(path, key={"v": 1}, **kw)
+
+
+def test_weights_sha1_is_the_content_of_a_local_file_and_none_for_a_name(tmp_path):
+    from mladv.fingerprint import file_sha1, weights_sha1
+
+    (tmp_path / "w.pth").write_bytes(b"abc")
+    assert weights_sha1(tmp_path / "w.pth") == file_sha1(tmp_path / "w.pth")
+    assert weights_sha1("IMAGENET1K_V1") is None and weights_sha1(None) is None

@@ -79,6 +79,13 @@ def file_sha1(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def weights_sha1(weights: str | os.PathLike[str] | None) -> str | None:
+    """:func:`file_sha1` of a local state-dict file given as pretrained weights; None for a
+    torchvision weights name (or no weights): what a reuse key holds beside the name, so the
+    same path with other content is another recipe."""
+    return file_sha1(weights) if weights is not None and os.path.isfile(weights) else None
+
+
 def image_hashes(images: Tensor) -> list[str]:
     """One short fingerprint per image of an ``N x C x H x W`` batch in [0, 1]: SHA-1 (first 16
     hex digits) of the image quantised to 16 bits, so the same file loaded at the same size gives

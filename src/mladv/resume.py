@@ -18,11 +18,13 @@ from typing import Any
 def differences(old: Any, new: Any, path: str = "") -> list[str]:
     """The settings that differ between ``old`` (recorded by an earlier run) and ``new``, one
     ``"KEY: OLD there, NEW now"`` per differing leaf, nested keys dotted (``attack.eps``), in
-    key order; ``[]`` when they are equal. Each value is cut at 60 characters, never the key."""
+    key order; ``[]`` when they are equal. Each value is cut at 60 characters, never the key;
+    where a whole record differs in kind (one side is not a dict, e.g. none was recorded) the
+    key is ``settings``."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for k in sorted(set(old) | set(new), key=str)
                 for d in differences(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
-    return [] if old == new else [f"{path}: {_brief(old)} there, {_brief(new)} now"]
+    return [] if old == new else [f"{path or 'settings'}: {_brief(old)} there, {_brief(new)} now"]
 
 
 def _brief(value: Any) -> str:

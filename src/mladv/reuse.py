@@ -29,7 +29,7 @@ from .adversarial_training import AdversarialBatch, check_advprop
 from .attacks import parse_options
 from .data import ImageSet, load_source, split_imageset
 from .distributed import init_from_env, is_main_process
-from .fingerprint import data_sha1, file_sha1
+from .fingerprint import data_sha1, weights_sha1
 from .logs import Log, run_log, stderr_log
 from .models import (
     ImageClassifier,
@@ -61,7 +61,7 @@ def reusable(path: Path, key: dict[str, Any] | None, load: Loader
         return None
     model, ckpt = load(path)
     if key is not None and ckpt.get("reuse_key") != key:
-        refuse_changed(path, differences(ckpt.get("reuse_key"), key) or ["reuse_key"],
+        refuse_changed(path, differences(ckpt.get("reuse_key"), key),
                        what="a trained model", hint=REMAKE_HINT + " to train it again")
     return model.eval(), ckpt
 
@@ -218,8 +218,7 @@ def train_and_save(data: str, out: Path, *, arch: str, image_size: int, weights:
                     "freeze_backbone": freeze_backbone, "epochs": epochs,
                     "batch_size": batch_size, "lr": lr, "seed": seed, "test_size": test_size,
                     "adversarial": adv.describe() if adv is not None else None}
-        local = weights if weights is not None and Path(weights).is_file() else None
-        key = {**settings, "weights_sha1": file_sha1(local) if local else None,  # its content
+        key = {**settings, "weights_sha1": weights_sha1(weights),  # a local file's content
                "train_sha1": data_sha1(train_set), "test_sha1": data_sha1(test_set)}
         model, trained, reused = train_or_reuse(
             out / "model.pt", arch=arch, data=train_set, image_size=image_size, seed=seed,

@@ -84,14 +84,13 @@ def denoise_all(cfg: TransferConfig, test: ImageSet, advs: dict[str, Tensor], in
         if saved is not None:
             out[name] = saved["images"]
             continue
-        todo.append((name, images, path, settings))
+        todo.append((name, images, path, settings, key))
     if todo:
-        stacked = torch.cat([images for _, images, _, _ in todo])
+        stacked = torch.cat([images for _, images, *_ in todo])
         denoised = bm3d_denoise(stacked, sigma, workers=cfg.bm3d.workers,
                                 profile=cfg.bm3d.profile, progress=cfg.progress)
-        for (name, _, path, settings), chunk in zip(todo, torch.split(denoised, len(index))):
-            atomic_torch_save({"images": chunk, "key": key_digest(settings),
-                               "settings": settings}, path)
+        for (name, _, path, settings, key), chunk in zip(todo, torch.split(denoised, len(index))):
+            atomic_torch_save({"images": chunk, "key": key, "settings": settings}, path)
             out[name] = chunk
     return out
 

@@ -24,9 +24,9 @@ from ..fingerprint import (
     attack_fingerprint,
     attack_settings,
     data_sha1,
-    file_sha1,
     key_digest,
     model_sha1,
+    weights_sha1,
 )
 from ..logs import Log, run_log, stderr_log
 from ..models import check_pretrained, load_checkpoint
@@ -81,9 +81,8 @@ def train_key(cfg: TransferConfig, spec: ModelSpec, train: ImageSet, seed: int
            "seed": seed, "image_size": cfg.image_size, "classes": train.classes,
            "train": data_sha1(train), "n_train": len(train)}
     if spec.weights:
-        local = Path(spec.weights).is_file()
         key.update(weights=spec.weights, freeze_backbone=spec.freeze_backbone,
-                   weights_sha1=file_sha1(spec.weights) if local else None)
+                   weights_sha1=weights_sha1(spec.weights))
     return key
 
 
