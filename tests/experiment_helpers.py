@@ -9,7 +9,7 @@ import pytest
 from mladv.experiment import run_experiment
 from mladv.experiment.config import validate_config
 from mladv.experiment.metrics import mean_std
-from mladv.experiment.state import quiet_log
+from mladv.logs import quiet_log
 
 
 def run_quietly(factory: pytest.TempPathFactory, name: str,

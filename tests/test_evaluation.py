@@ -17,7 +17,8 @@ from mladv.attacks import make_attack
 from mladv.augment import craft_shard, derive_seed
 from mladv.data import ImageSet
 from mladv.experiment.config import validate_config
-from mladv.experiment.state import Run, quiet_log
+from mladv.experiment.state import Run
+from mladv.logs import quiet_log
 from mladv.robustness import (
     RobustnessOptions,
     acquisition_shift_accuracy,

@@ -27,7 +27,7 @@ from mladv.experiment.arms import (
 from mladv.experiment.config import ArmOptions, validate_config
 from mladv.experiment.metrics import mean_std
 from mladv.experiment.report import augment_table, full_method_verdict
-from mladv.experiment.state import quiet_log
+from mladv.logs import quiet_log
 from mladv.models import build_model, save_checkpoint
 
 MINI = {"name": "mini", "data": "phantoms:12", "image_size": 16, "arch": "tiny_cnn", "seeds": 1,

@@ -15,7 +15,7 @@ from mladv.experiment.config import validate_config
 from mladv.experiment.online_report import best_classic, cost_multiplier, moonshot
 from mladv.experiment.run import prepare, report_experiment
 from mladv.experiment.selection import choose, select_online
-from mladv.experiment.state import quiet_log
+from mladv.logs import quiet_log
 from mladv.models import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")

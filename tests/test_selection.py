@@ -15,8 +15,9 @@ import mladv.experiment.selection as sel_mod
 from mladv.data import split_imageset
 from mladv.experiment.config import validate_config
 from mladv.experiment.run import prepare
-from mladv.experiment.selection import point_name, select_online
-from mladv.experiment.state import quiet_log, selection_so_far
+from mladv.experiment.selection import select_online
+from mladv.experiment.state import point_name, selection_so_far
+from mladv.logs import quiet_log
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -58,8 +58,8 @@ from .config import ExperimentConfig, dump_config
 from .measure import calibration, robust_subset, robustness
 from .metrics import classification_metrics
 from .report import collect_results, write_report
-from .selection import online_arms, online_batch, select_online
-from .state import Run, Timer
+from .selection import online_batch, select_online
+from .state import Run, Timer, online_arms
 
 
 # -- data ---------------------------------------------------------------------------------------

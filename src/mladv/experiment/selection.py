@@ -40,8 +40,6 @@ from .state import (
     selection_header,
 )
 
-__all__ = ["choose", "online_arms", "online_batch", "point_name", "select_online"]
-
 TIE = 1e-9
 
 

@@ -15,12 +15,10 @@ from typing import Any
 import torch
 
 from ..data import ImageSet, split_imageset
-from ..logs import Log, quiet_log, stderr_log
+from ..logs import Log, stderr_log
 from ..models import ImageClassifier
 from .arm_table import ARMS
 from .config import SELECTION_RULES, ExperimentConfig, SelectionConfig
-
-__all__ = ["Log", "Run", "Timer", "quiet_log", "stderr_log"]
 
 SCORE_KEYS = ("point", "val_accuracy", "val_loss", "train_wall_s")  # a grid point's summary
 FLIPS_KEYS = ("val_accuracy", "history", "train_wall_s")  # the flips reference's summary
