@@ -8,12 +8,13 @@ STAMP   := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# Re-installs only when pyproject.toml changed (or the venv is missing).
-$(STAMP): pyproject.toml
+# pyproject.toml holds ranges; constraints.txt the exact tested versions (torch 2.14.1 and
+# torchvision 0.29.1 from this machine's disk). Re-installs when either changed (or the venv is
+# missing).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: setup
@@ -27,7 +28,7 @@ test: setup
 # Mutation testing of the modules that produce numbers (about 30 min on 2 cores; not in `test`):
 # mutmut once per module with that module's tests, report in docs/mutation.md.
 $(VENV)/.mutate-installed: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[dev,mutate]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,mutate]'
 	touch $@
 
 mutate: $(VENV)/.mutate-installed
