@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from ..tasks import Task, check_targets, check_task
 from .cache import CacheOption, as_float, cached_uint8, upright
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -43,15 +44,20 @@ class DataError(ValueError):
 
 @dataclass
 class ImageSet:
-    """An in-memory labelled image set.
+    """An in-memory labelled image set, for a multiclass or a multilabel task
+    (:mod:`mladv.tasks`).
 
     Attributes:
         images: ``N x 1 x H x W`` float32 in [0, 1].
-        labels: ``N`` int64 class indices into ``classes``.
-        classes: class names, sorted as ImageFolder sorts them.
+        labels: multiclass: ``N`` int64 class indices into ``classes``; multilabel: ``N x K``
+            float32, 1 / 0 per finding in ``classes``, NaN = unknown.
+        classes: class names, sorted as ImageFolder sorts them; multilabel: the finding names,
+            one per column of ``labels``.
         paths: the source file of each image ("" for generated images).
         groups: a patient/group key per image (the path when none is known).
-        skipped: files left out with ``skip_bad`` and why.
+        skipped: files left out with ``skip_bad`` (or, multilabel, listed rows whose image is
+            absent) and why.
+        task: ``"multiclass"`` (default) or ``"multilabel"``.
     """
 
     images: Tensor
@@ -60,17 +66,24 @@ class ImageSet:
     paths: list[str]
     groups: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    task: Task = "multiclass"
+
+    def __post_init__(self) -> None:
+        if self.task == "multilabel":  # multiclass sets are checked where they are built
+            check_targets(self.labels, self.task, len(self.classes))
+        else:
+            check_task(self.task)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def subset(self, index: Iterable[int] | Tensor) -> ImageSet:
-        """The images at ``index``, in that order."""
+        """The images at ``index``, in that order (task and classes kept)."""
         idx = torch.as_tensor(list(index) if not isinstance(index, Tensor) else index,
                               dtype=torch.long)
         return ImageSet(self.images[idx], self.labels[idx], list(self.classes),
                         [self.paths[i] for i in idx.tolist()],
-                        [self.groups[i] for i in idx.tolist()])
+                        [self.groups[i] for i in idx.tolist()], task=self.task)
 
 
 def _to_float_array(img: Image.Image, path: Path | str = "") -> np.ndarray:
@@ -215,6 +228,40 @@ def check_classes(where: str | os.PathLike[str], classes: Sequence[str]) -> None
         raise DataError(f"{where}: {found}; a classifier needs at least two classes")
 
 
+def read_squares(files: Sequence[Path], image_size: int, *, where: str | os.PathLike[str],
+                 skip_bad: bool = False, progress: bool = False, cache: CacheOption = None
+                 ) -> tuple[list[Tensor], list[int], list[tuple[str, str]]]:
+    """Read ``files`` as ``1 x image_size x image_size`` squares (the loop every loader shares,
+    through the uint8 cache of :func:`load_files`): ``(images, kept, skipped)`` with ``kept`` the
+    index into ``files`` of each image read. With ``skip_bad`` an unreadable file goes to
+    ``skipped`` (path, why) and one warning names them; otherwise its ``DataError`` is raised."""
+    eight_bit = (cached_uint8(files, cache)
+                 if all(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files) else None)
+    seq: Iterable[Path] = files
+    if progress:
+        from tqdm.auto import tqdm
+        seq = tqdm(files, desc=f"loading {Path(where).name}", unit="img",
+                   disable=None)  # drawn on a terminal only
+    images: list[Tensor] = []
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for i, path in enumerate(seq):
+        try:
+            arr = read_image(path) if eight_bit is None else as_float(eight_bit[i])
+            images.append(resize_square(arr, image_size, str(path)))
+        except DataError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((str(path), str(exc)))
+            continue
+        kept.append(i)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable file(s) under {where}: "
+                      + "; ".join(p for p, _ in skipped[:10])
+                      + (" ..." if len(skipped) > 10 else ""), stacklevel=4)
+    return images, kept, skipped
+
+
 def load_files(items: Sequence[tuple[Path, int, str]], classes: list[str], image_size: int, *,
                where: str | os.PathLike[str], skip_bad: bool = False, progress: bool = False,
                cache: CacheOption = None) -> ImageSet:
@@ -227,37 +274,44 @@ def load_files(items: Sequence[tuple[Path, int, str]], classes: list[str], image
     the resize runs after it as before, so the images are bit-identical either way.
     """
     check_classes(where, classes)
-    files = [path for path, _, _ in items]
-    eight_bit = (cached_uint8(files, cache)
-                 if all(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files) else None)
-    seq: Iterable[tuple[Path, int, str]] = items
-    if progress:
-        from tqdm.auto import tqdm
-        seq = tqdm(items, desc=f"loading {Path(where).name}", unit="img",
-                   disable=None)  # drawn on a terminal only
-    images, labels, paths, groups, skipped = [], [], [], [], []
-    for i, (path, label, group) in enumerate(seq):
-        try:
-            arr = read_image(path) if eight_bit is None else as_float(eight_bit[i])
-            images.append(resize_square(arr, image_size, str(path)))
-        except DataError as exc:
-            if not skip_bad:
-                raise
-            skipped.append((str(path), str(exc)))
-            continue
-        labels.append(label)
-        paths.append(str(path))
-        groups.append(group)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable file(s) under {where}: "
-                      + "; ".join(p for p, _ in skipped[:10])
-                      + (" ..." if len(skipped) > 10 else ""), stacklevel=3)
+    images, kept, skipped = read_squares([path for path, _, _ in items], image_size,
+                                         where=where, skip_bad=skip_bad, progress=progress,
+                                         cache=cache)
+    labels = [items[i][1] for i in kept]
+    paths = [str(items[i][0]) for i in kept]
+    groups = [items[i][2] for i in kept]
     label_t = torch.tensor(labels, dtype=torch.long)
     empty = [c for i, c in enumerate(classes) if not (label_t == i).any()]
     if empty:
         raise DataError(f"{where}: no readable image left in class(es) {empty}")
     warn_small_classes(where, classes, label_t)
     return ImageSet(torch.stack(images), label_t, list(classes), paths, groups, skipped)
+
+
+def load_multilabel_files(items: Sequence[tuple[Path, str]], targets: np.ndarray,
+                          findings: Sequence[str], image_size: int, *,
+                          where: str | os.PathLike[str], skip_bad: bool = False,
+                          progress: bool = False, cache: CacheOption = None,
+                          absent: Sequence[tuple[str, str]] = ()) -> ImageSet:
+    """Read ``(path, group)`` items with their ``N x K`` targets (1 / 0 / NaN = unknown, one
+    column per name in ``findings``) into a multilabel :class:`ImageSet` of ``image_size``
+    squares, through the same reading loop and uint8 cache as :func:`load_files`. ``absent``
+    (rows a loader left out, with why) is carried into ``ImageSet.skipped``."""
+    if not findings:
+        raise DataError(f"{where}: no finding selected; a multilabel set needs at least one")
+    if targets.shape != (len(items), len(findings)):
+        raise DataError(f"{where}: {targets.shape} targets for {len(items)} images and "
+                        f"{len(findings)} findings")
+    if not items:
+        raise DataError(f"{where}: no image to load")
+    images, kept, skipped = read_squares([path for path, _ in items], image_size, where=where,
+                                         skip_bad=skip_bad, progress=progress, cache=cache)
+    if not kept:
+        raise DataError(f"{where}: no readable image")
+    labels = torch.from_numpy(np.ascontiguousarray(targets[kept], dtype=np.float32))
+    return ImageSet(torch.stack(images), labels, list(findings),
+                    [str(items[i][0]) for i in kept], [items[i][1] for i in kept],
+                    list(absent) + skipped, task="multilabel")
 
 
 def list_images(folder: Path) -> list[Path]:
