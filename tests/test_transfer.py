@@ -1,4 +1,4 @@
-"""``mladv transfer`` in miniature, its config checks, and the 1-channel torchattacks wrappers."""
+"""``mladv transfer`` in miniature, its config checks, and the 1-channel baselines."""
 import csv
 import json
 import math
@@ -38,7 +38,7 @@ def write_yaml(path, cfg):
 
 
 @pytest.mark.parametrize("make", [fgsm, pgd, mifgsm, pifgsm])
-def test_torchattacks_wrappers_keep_one_channel(make):
+def test_baselines_keep_one_channel(make):
     torch.manual_seed(0)
     model = build_model("tiny_cnn", 3)
     x, y = torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2])

@@ -129,12 +129,14 @@ def _setting(value: Any) -> tuple[bool, Any]:
 
 
 def attack_settings(attack: Any) -> dict[str, Any]:
-    """An attack's JSON-able hyper-parameters: its class name and ``vars`` without the model,
-    the seed and torchattacks' inner object (whose options the wrapper keeps as
-    ``inner_options``); scalars, lists / dicts of scalars, dataclasses of scalars, tensors of at
-    most 64 values. A shard manifest records them: shards crafted with other settings are
-    refused, not mixed."""
-    out: dict[str, Any] = {"class": type(attack).__name__}
+    """An attack's JSON-able hyper-parameters: its class name (or its class's
+    ``settings_class``: mladv's FGSM / PGD / MI-FGSM record ``"TorchAttack"``, the wrapper they
+    replaced, so committed reuse keys hold) and ``vars`` without the model, the seed and
+    torchattacks' inner object (whose options the wrapper keeps as ``inner_options``); scalars,
+    lists / dicts of scalars, dataclasses of scalars, tensors of at most 64 values. A shard
+    manifest records them: shards crafted with other settings are refused, not mixed."""
+    out: dict[str, Any] = {"class": getattr(type(attack), "settings_class",
+                                            type(attack).__name__)}
     for key, value in sorted(vars(attack).items()):
         kept, setting = _setting(value)
         if kept and key not in _NOT_SETTINGS:
