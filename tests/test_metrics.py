@@ -50,24 +50,65 @@ def test_perturbation_norms_of_no_images_have_linf_max_zero():
     assert perturbation_norms(torch.zeros(0, 1, 2, 2), torch.zeros(0, 1, 2, 2))["linf_max"] == 0.0
 
 
-def test_ssim_is_the_mean_of_skimages_ssim_over_images_and_channels_with_a_7_window():
+def wang_ssim(x: np.ndarray, y: np.ndarray, win: int = 11) -> float:
+    """Wang et al. (IEEE TIP 2004) written out in numpy: 11 x 11 Gaussian weights (sigma 1.5,
+    normalised), population (co)variances, C1 = 0.01^2, C2 = 0.03^2 (L = 1), the map averaged
+    over the pixels ``(win - 1) / 2`` from the border; pixels near the border read a mirrored
+    image ('symmetric', d c b a | a b c d), which only images under 11 px a side reach."""
+    t = np.arange(-5, 6)
+    g = np.exp(-t ** 2 / (2 * 1.5 ** 2))
+    k = np.outer(g, g) / g.sum() ** 2
+
+    def mean(z: np.ndarray) -> np.ndarray:
+        return (np.lib.stride_tricks.sliding_window_view(np.pad(z, 5, mode="symmetric"),
+                                                         (11, 11)) * k).sum((-1, -2))
+
+    mx, my = mean(x), mean(y)
+    vx, vy, cxy = mean(x * x) - mx ** 2, mean(y * y) - my ** 2, mean(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    m = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    c = (win - 1) // 2
+    return float(m[c:m.shape[0] - c, c:m.shape[1] - c].mean())
+
+
+def test_ssim_is_wangs_formula_with_an_11x11_gaussian_window_averaged_over_images_channels():
     g = torch.Generator().manual_seed(0)
-    clean = torch.rand(2, 2, 16, 16, generator=g)
-    adv = (clean + 0.1 * torch.rand(2, 2, 16, 16, generator=g)).clamp(0, 1)
-    by_hand = np.mean([structural_similarity(clean[i, c].numpy(), adv[i, c].numpy(),
-                                             data_range=1.0, win_size=7)
+    clean = torch.rand(2, 2, 24, 20, generator=g, dtype=torch.float64)
+    adv = (clean + 0.1 * torch.rand(2, 2, 24, 20, generator=g, dtype=torch.float64)).clamp(0, 1)
+    by_hand = np.mean([wang_ssim(clean[i, c].numpy(), adv[i, c].numpy())
                        for i in range(2) for c in range(2)])
-    assert ssim(clean, adv) == pytest.approx(float(by_hand), abs=1e-12)
+    assert ssim(clean, adv) == pytest.approx(float(by_hand), abs=1e-10)
+
+
+def test_ssim_is_not_the_7x7_uniform_window():
+    g = torch.Generator().manual_seed(0)
+    clean = torch.rand(1, 1, 24, 24, generator=g, dtype=torch.float64)
+    adv = (clean + 0.2 * torch.rand(1, 1, 24, 24, generator=g, dtype=torch.float64)).clamp(0, 1)
+    uniform = structural_similarity(clean[0, 0].numpy(), adv[0, 0].numpy(), data_range=1.0,
+                                    win_size=7)
+    assert abs(ssim(clean, adv) - uniform) > 1e-3
+
+
+def test_ssim_of_two_flat_images_is_the_luminance_term_by_hand():
+    # flat: variances and covariance 0, so SSIM = (2 a b + C1) / (a^2 + b^2 + C1)
+    a, b = torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), 0.25)
+    c1 = 0.01 ** 2
+    assert ssim(a, b) == pytest.approx((2 * 0.5 * 0.25 + c1) / (0.25 + 0.0625 + c1), abs=1e-12)
+
+
+def test_ssim_of_an_image_with_itself_is_one():
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert ssim(x, x) == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize(("h", "w", "win"), [(6, 8, 5), (8, 6, 5), (8, 5, 5), (5, 8, 5),
-                                             (9, 9, 7)])
-def test_ssim_window_is_the_largest_odd_size_up_to_7_that_fits(h, w, win):
+                                             (9, 9, 9), (12, 13, 11)])
+def test_ssim_of_an_image_under_11_px_averages_the_largest_odd_interior_that_fits(h, w, win):
     g = torch.Generator().manual_seed(1)
-    clean, adv = torch.rand(1, 1, h, w, generator=g), torch.rand(1, 1, h, w, generator=g)
-    by_hand = structural_similarity(clean[0, 0].numpy(), adv[0, 0].numpy(), data_range=1.0,
-                                    win_size=win)
-    assert ssim(clean, adv) == pytest.approx(float(by_hand), abs=1e-12)
+    clean = torch.rand(1, 1, h, w, generator=g, dtype=torch.float64)
+    adv = torch.rand(1, 1, h, w, generator=g, dtype=torch.float64)
+    by_hand = wang_ssim(clean[0, 0].numpy(), adv[0, 0].numpy(), win)
+    assert ssim(clean, adv) == pytest.approx(by_hand, abs=1e-10)
 
 
 def test_ssim_of_no_images_is_nan_without_a_warning():

@@ -29,13 +29,27 @@ def perturbation_norms(clean: Tensor, adv: Tensor) -> dict[str, float]:
 
 
 def ssim(clean: Tensor, adv: Tensor) -> float:
-    """Mean structural similarity (scikit-image, ``data_range=1``) over images and channels."""
+    """Mean structural similarity over images and channels with Wang et al.'s Gaussian window
+    (Wang, Bovik, Sheikh & Simoncelli, IEEE TIP 2004; as torchmetrics' SSIM): per pixel
+
+        SSIM = (2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2)),
+
+    the means, variances and covariance weighted by an 11 x 11 Gaussian (sigma 1.5), population
+    (not sample) covariances, ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``, ``L = 1``; averaged over
+    the pixels whose window lies inside the image. Computed by scikit-image's
+    ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    data_range=1.0)`` in float64. (Until 2026-12 this was scikit-image's default 7 x 7 uniform
+    window, whose numbers are not comparable with papers.) An image under 11 px a side keeps the
+    Gaussian but averages over the ``w x w`` interior, ``w`` the largest odd size that fits.
+
+    Shape: ``clean``, ``adv`` ``N x C x H x W`` in [0, 1]; NaN for ``N = 0``."""
     from skimage.metrics import structural_similarity
 
-    a, b = clean.detach().cpu().numpy(), adv.detach().cpu().numpy()
-    win = min(7, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
+    a, b = clean.detach().cpu().double().numpy(), adv.detach().cpu().double().numpy()
+    win = min(11, a.shape[-1] - (1 - a.shape[-1] % 2), a.shape[-2] - (1 - a.shape[-2] % 2))
     vals = [structural_similarity(a[i, c], b[i, c], data_range=1.0,  # type: ignore[no-untyped-call]
-                                  win_size=win)
+                                  gaussian_weights=True, sigma=1.5,
+                                  use_sample_covariance=False, win_size=win)
             for i in range(a.shape[0]) for c in range(a.shape[1])]
     return float(np.mean(vals)) if vals else float("nan")
 
