@@ -17,6 +17,7 @@ import torchvision
 from torch import Tensor, nn
 
 from .fingerprint import image_hashes
+from .tasks import Task, check_task
 from .utils import (
     Precision,
     amp_context,
@@ -112,6 +113,7 @@ class ImageClassifier(nn.Module):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.arch = arch
         self.num_classes = num_classes
+        self.task: Task = "multiclass"  # set from the checkpoint by load_checkpoint
         self.weights: str | None = None
         self.frozen = False
         self.net = ARCHITECTURES[arch](num_classes)
@@ -295,9 +297,11 @@ def predict_logits(model: nn.Module, images: Tensor, batch_size: int = 128, *,
 def save_checkpoint(path: str | os.PathLike[str], model: ImageClassifier, *, classes: list[str],
                     image_size: int, epoch: int | None = None,
                     metrics: dict[str, Any] | None = None, train_images: Tensor | None = None,
-                    **extra: Any) -> None:
+                    task: str = "multiclass", **extra: Any) -> None:
     """Write a checkpoint dict (``state_dict``, ``arch``, ``classes``, ``image_size``, ``epoch``,
-    ``metrics``, ``weights``, ``freeze_backbone``) atomically. ``train_images`` (``N x C x H x
+    ``metrics``, ``weights``, ``freeze_backbone``, ``task``) atomically. ``task`` is
+    ``"multiclass"`` (``classes`` are the softmax's classes) or ``"multilabel"`` (``classes`` are
+    the finding names, one sigmoid each; :mod:`mladv.tasks`). ``train_images`` (``N x C x H x
     W``) are recorded as ``trained_on``, one fingerprint each
     (:func:`mladv.fingerprint.image_hashes`), so a later evaluation can leave out the images the
     model was trained on."""
@@ -306,7 +310,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: ImageClassifier, *, cla
     atomic_torch_save({"state_dict": state, "arch": model.arch, "classes": list(classes),
                        "image_size": int(image_size), "epoch": epoch, "metrics": metrics or {},
                        "weights": model.weights, "freeze_backbone": model.frozen,
-                       **record, **extra}, path)
+                       "task": check_task(task), **record, **extra}, path)
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
@@ -334,6 +338,17 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     return ckpt
 
 
+def checkpoint_task(ckpt: Mapping[str, Any], path: str | os.PathLike[str] = "checkpoint"
+                    ) -> Task:
+    """The task a checkpoint's model solves: its ``task`` field; checkpoints written before
+    multilabel support have none and are ``"multiclass"``. One ``ValueError`` naming ``path``
+    for an unknown value."""
+    try:
+        return check_task(str(ckpt.get("task", "multiclass")))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
 def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
                     arch: str | None = None, num_classes: int | None = None
                     ) -> tuple[ImageClassifier, dict[str, Any]]:
@@ -358,6 +373,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
         raise ValueError(f"checkpoint {path} does not fit a {ckpt['arch']} with {n} classes: "
                          f"{str(exc).splitlines()[-1].strip()}") from None
     model.weights = ckpt.get("weights")
+    model.task = checkpoint_task(ckpt, path)
     if ckpt.get("freeze_backbone"):  # further training keeps the backbone as it was trained
         model.freeze_backbone()
     return model.to(map_location), ckpt

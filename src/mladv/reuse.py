@@ -117,6 +117,7 @@ def train_or_reuse(path: Path, *, arch: str, data: ImageSet, image_size: int, se
     set_determinism(seed)
     model = build_model(arch, len(data.classes), weights=weights,
                         freeze_backbone=freeze_backbone).to(device)
+    model.task = data.task
     history = train_classifier(model, data, seed=seed, **train_kwargs)
     metrics = {"history": history, "n_train": len(data),
                "train_wall_s": round(time.perf_counter() - wall, 3),
@@ -130,7 +131,7 @@ def train_or_reuse(path: Path, *, arch: str, data: ImageSet, image_size: int, se
             fields["reuse_key"] = key
         save_checkpoint(path, model, classes=data.classes, image_size=image_size,
                         epoch=train_kwargs.get("epochs"), metrics=metrics,
-                        train_images=data.images, **fields)
+                        train_images=data.images, task=data.task, **fields)
     return model.eval(), metrics, False
 
 

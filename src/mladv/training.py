@@ -18,6 +18,7 @@ pass ``adversarial=AdversarialBatch(...)`` to :func:`train_classifier`.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -29,6 +30,7 @@ from .adversarial_training import MODES, AdversarialBatch, adversarial_from_opti
 from .data import ImageSet
 from .distributed import all_reduce_sum, is_distributed, rank_and_world, rank_batch
 from .models import predict_logits
+from .tasks import Task, known_mask, masked_bce
 from .utils import PRECISIONS, Precision, amp_context, model_device, progress_bar
 
 BatchTransform = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
@@ -165,7 +167,8 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
                 copies = x.shape[0] // n_local
             with amp_context(device, precision):
                 logits = net(x) if adversarial is None else adversarial.forward(net, x, adv_mask)
-                loss, row = _loss_and_totals(logits, y, weight, world / (len(idx) * copies))
+                loss, row = _loss_and_totals(logits, y, weight, world / (len(idx) * copies),
+                                             task=data.task)
             opt.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             opt.step()
@@ -173,9 +176,12 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
             totals += row
             bar.update(1)
             if rank == 0 and (step % 25 == 0 or step == steps_per_epoch - 1):
-                bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0].item() / totals[2].item():.3f}")
+                bar.set_postfix(epoch=epoch + 1,
+                                loss=f"{totals[0].item() / max(totals[2].item(), 1.0):.3f}")
         total_loss, correct, seen = all_reduce_sum(totals).tolist()
-        history.append({"epoch": epoch + 1, "loss": total_loss / seen, "train_acc": correct / seen})
+        nothing = seen == 0  # multilabel: no known finding in the whole epoch
+        history.append({"epoch": epoch + 1, "loss": math.nan if nothing else total_loss / seen,
+                        "train_acc": math.nan if nothing else correct / seen})
     bar.close()
     if channels_last:
         model.to(memory_format=torch.contiguous_format)
@@ -208,13 +214,24 @@ def _local_batch(images: Tensor, labels: Tensor, idx: Tensor, transform: BatchTr
     return x, y, weight
 
 
-def _loss_and_totals(logits: Tensor, y: Tensor, weight: Tensor | None,
-                     scale: float) -> tuple[Tensor, Tensor]:
+def _loss_and_totals(logits: Tensor, y: Tensor, weight: Tensor | None, scale: float, *,
+                     task: Task = "multiclass") -> tuple[Tensor, Tensor]:
     """The loss to back-propagate and this step's ``(loss sum, correct, seen)`` row (float64).
 
-    Without ``weight``: mean cross-entropy (hard ``N`` or soft ``N x K`` labels). With it (DDP):
-    ``scale * sum_i w_i CE_i``, ``scale = world / (global rows)``, so the gradient DDP averages
-    over ranks equals the single-process mean's."""
+    multiclass, without ``weight``: mean cross-entropy (hard ``N`` or soft ``N x K`` labels).
+    With it (DDP): ``scale * sum_i w_i CE_i``, ``scale = world / (global rows)``, so the gradient
+    DDP averages over ranks equals the single-process mean's.
+
+    multilabel (``y`` ``N x K``, NaN = unknown, :func:`mladv.tasks.masked_bce`): each image's
+    loss is its mean binary cross-entropy over its *known* findings,
+    ``L_i = sum_k m_ik l_ik / max(1, sum_k m_ik)`` (0 for an image with none known), and the
+    batch loss the mean (or the weighted sum, as above) of ``L_i`` over images; with every
+    finding known this is the mean BCE over all ``N x K`` entries. ``correct`` / ``seen`` count
+    known entries (``train_acc``: the per-finding accuracy at the 0.5 threshold) and the loss
+    total is ``sum_i L_i * (known entries of i)`` so that ``loss / seen`` is the mean BCE per known
+    entry when rows have equal counts."""
+    if task == "multilabel":
+        return _multilabel_loss(logits, y, weight, scale)
     hard = y if y.dim() == 1 else y.argmax(1)
     hits = logits.detach().argmax(1) == hard
     if weight is None:
@@ -226,6 +243,21 @@ def _loss_and_totals(logits: Tensor, y: Tensor, weight: Tensor | None,
     row = torch.stack([(per_sample.detach().double() * weight).sum(),
                        (hits.double() * weight).sum(), weight.sum().double()])
     return (per_sample * weight).sum() * scale, row
+
+
+def _multilabel_loss(logits: Tensor, y: Tensor, weight: Tensor | None,
+                     scale: float) -> tuple[Tensor, Tensor]:
+    """The multilabel branch of :func:`_loss_and_totals` (see there)."""
+    known = known_mask(y)
+    counts = known.sum(1).to(logits.dtype)
+    per_image = masked_bce(logits, y, reduction="none").sum(1) / counts.clamp(min=1)
+    hits = ((logits.detach() >= 0) == (y == 1)) & known
+    w = torch.ones_like(per_image) if weight is None else weight.to(per_image.dtype)
+    row = torch.stack([(per_image.detach().double() * counts.double() * w.double()).sum(),
+                       (hits.double().sum(1) * w.double()).sum(),
+                       (counts.double() * w.double()).sum()])
+    loss = per_image.mean() if weight is None else (per_image * w).sum() * scale
+    return loss, row
 
 
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
