@@ -118,6 +118,7 @@ def train_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageSe
         history = train_classifier(
             model, train, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
             lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, seed=seed, transform=curve,
+            precision=cfg.train.precision, channels_last=cfg.train.channels_last,
             progress=cfg.progress and is_main_process(), adversarial=adv,
             desc=f"select {arm} {point_name(point) if point else ''}".rstrip())
     curve.record()
