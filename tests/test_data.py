@@ -129,57 +129,6 @@ def test_non_square_images_are_centre_cropped(tmp_path):
     assert data.images.mean() > 0.9
 
 
-def _dicom(path, arr, bits_stored=16, signed=False, **attrs):
-    pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = generate_uid()
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Rows, ds.Columns = arr.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
-    ds.SamplesPerPixel, ds.PixelRepresentation = 1, int(signed)
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = arr.astype(np.int16 if signed else np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def test_dicom_without_window_is_scaled_by_its_stored_range(tmp_path):
-    arr = (np.arange(36 * 36).reshape(36, 36) % 3000 + 500).astype(np.uint16)  # 12-bit values
-    out = read_image(_dicom(tmp_path / "x.dcm", arr, bits_stored=12))
-    assert out.shape == (36, 36)
-    np.testing.assert_allclose(out, arr / 4095, rtol=0, atol=1e-7)  # not stretched to [0, 1]
-    assert out.min() > 0.1 and out.max() < 0.86
-
-
-def test_signed_dicom_is_offset_by_half_its_range(tmp_path):
-    arr = np.array([[-2048, 0], [2047, 100]]).repeat(18, 0).repeat(18, 1)
-    out = read_image(_dicom(tmp_path / "s.dcm", arr, bits_stored=12, signed=True))
-    np.testing.assert_allclose(out, (arr + 2048) / 4095, atol=1e-7)
-
-
-def test_dicom_window_is_applied_after_the_rescale(tmp_path):
-    arr = np.arange(36 * 36).reshape(36, 36).astype(np.uint16)
-    path = _dicom(tmp_path / "w.dcm", arr, bits_stored=12, RescaleSlope=2, RescaleIntercept=-100,
-                  WindowCenter=1000, WindowWidth=801)
-    hu = arr * 2.0 - 100
-    expected = np.clip((hu - 999.5) / 800 + 0.5, 0, 1)  # PS3.3 C.11.2.1.2.1, linear
-    np.testing.assert_allclose(read_image(path), expected, atol=1e-6)
-    assert (read_image(path) == 0).any() and (read_image(path) == 1).any()
-
-
-def test_monochrome1_dicom_is_inverted(tmp_path):
-    arr = np.full((36, 36), 1000, dtype=np.uint16)
-    path = _dicom(tmp_path / "m.dcm", arr, bits_stored=12, PhotometricInterpretation="MONOCHROME1")
-    np.testing.assert_allclose(read_image(path), 1 - 1000 / 4095, atol=1e-7)
-
-
 def test_eight_bit_image_and_its_sixteen_bit_copy_load_equal(tmp_path):
     arr8 = np.random.default_rng(0).integers(20, 200, (40, 48), dtype=np.uint8)  # not full range
     for c in ("a", "b"):

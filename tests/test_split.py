@@ -1,8 +1,12 @@
 from collections import Counter
 
+import numpy as np
 import pytest
+import torch
 
-from mladv.data import split_imageset, stratified_split
+from mladv.data import ImageSet, load_source, split_imageset, stratified_split
+from mladv.data.split import multilabel_split
+from nih_helpers import require_nih14
 
 
 def test_split_is_stratified_and_about_15_percent():
@@ -39,3 +43,64 @@ def test_cxr3_split_is_patient_disjoint(cxr3_root):
     train, test = split_imageset(data, seed=0)
     assert not set(train.groups) & set(test.groups)
     assert 0.12 < len(test) / len(data) < 0.18
+
+
+# -- multilabel ------------------------------------------------------------------------------------
+def _random_multilabel(n_patients=60, per_patient=2, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n_patients * per_patient, k)) < 0.3).astype(np.float32)
+    groups = [f"p{i // per_patient}" for i in range(n_patients * per_patient)]
+    return targets, groups
+
+
+def test_multilabel_split_keeps_each_patient_on_one_side():
+    targets, groups = _random_multilabel()
+    train, test = multilabel_split(targets, groups, seed=0)
+    assert not {groups[i] for i in train} & {groups[i] for i in test}
+    assert sorted(train + test) == list(range(len(groups)))
+
+
+def test_multilabel_split_is_seeded():
+    targets, groups = _random_multilabel()
+    assert multilabel_split(targets, groups, seed=3) == multilabel_split(targets, groups, seed=3)
+    assert multilabel_split(targets, groups, seed=3) != multilabel_split(targets, groups, seed=4)
+
+
+def test_multilabel_split_puts_a_finding_with_two_positive_patients_on_both_sides():
+    targets = np.zeros((40, 2), dtype=np.float32)
+    targets[[0, 1], 0] = 1  # finding 0: two positive patients only (0.15 x 2 < 1 per side)
+    targets[::3, 1] = 1
+    groups = [str(i) for i in range(40)]
+    for seed in range(5):
+        train, test = multilabel_split(targets, groups, seed=seed)
+        assert targets[train, 0].sum() == 1 and targets[test, 0].sum() == 1
+
+
+def test_multilabel_split_counts_unknown_as_negative_for_the_patient():
+    nan = float("nan")
+    # finding 1 is known positive for patients 0 and 1 only; NaN elsewhere must not count
+    targets = np.array([[1, 1], [0, 1]] + [[i % 2, nan] for i in range(38)], dtype=np.float32)
+    groups = [str(i) for i in range(40)]
+    train, test = multilabel_split(targets, groups, seed=0)
+    assert np.nansum(targets[train, 1]) == 1 and np.nansum(targets[test, 1]) == 1
+
+
+def test_split_imageset_dispatches_on_the_multilabel_task():
+    targets, groups = _random_multilabel(n_patients=20, per_patient=1, k=3)
+    data = ImageSet(torch.zeros(20, 1, 4, 4), torch.from_numpy(targets), ["a", "b", "c"],
+                    [""] * 20, groups, task="multilabel")
+    train, test = split_imageset(data, seed=0)
+    assert train.task == test.task == "multilabel" and tuple(test.labels.shape)[1] == 3
+    expected = multilabel_split(targets, groups, seed=0)[1]
+    assert test.groups == [groups[i] for i in expected]
+
+
+def test_nih14_split_keeps_findings_with_two_positive_patients_on_both_sides():
+    data = load_source(f"nih:{require_nih14()}", 32)
+    train, test = split_imageset(data, test_size=0.15, seed=0)
+    assert not set(train.groups) & set(test.groups)
+    assert abs(len(test) / len(data) - 0.15) < 0.02
+    for k, finding in enumerate(data.classes):
+        patients = {g for g, y in zip(data.groups, data.labels[:, k].tolist()) if y == 1}
+        if len(patients) >= 2:
+            assert train.labels[:, k].sum() > 0 and test.labels[:, k].sum() > 0, finding

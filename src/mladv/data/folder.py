@@ -8,9 +8,10 @@ stored at 8 or 16 bits loads to the same values (an 8-bit value ``v`` and its 16
   composited on black);
 - 16-bit images (PNG / TIFF mode ``I;16``): ``v / 65535``. A 12-bit image stored in a 16-bit
   PNG therefore loads dark (at most 4095/65535); that is what the file says;
-- DICOM: the first VOI window of the file (Window Center / Width, DICOM PS3.3 C.11.2.1.2, after
-  the modality rescale) when present, otherwise the stored range, ``v / (2**BitsStored - 1)``;
-  MONOCHROME1 is inverted;
+- DICOM (:mod:`mladv.data.dicom`): ``dicom_mode="voi"`` runs the grayscale pipeline -- modality
+  LUT, then the VOI LUT (a VOI LUT Sequence before the first window), then MONOCHROME1 /
+  Presentation LUT Shape polarity -- scaled by the VOI output range; without a VOI (or with
+  ``dicom_mode="raw"``) the stored range, ``v / (2**BitsStored - 1)``;
 - float images must already lie in [0, 1]; 32-bit integer images are refused.
 """
 from __future__ import annotations
@@ -21,7 +22,6 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..tasks import Task, check_targets, check_task
 from .cache import CacheOption, as_float, cached_uint8, upright
+from .dicom import DicomError, DicomMode, check_dicom_mode, read_dicom
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
@@ -108,57 +109,6 @@ def _to_float_array(img: Image.Image, path: Path | str = "") -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / np.float32(255)
 
 
-def _first(value: Any) -> float:
-    """A DICOM attribute that may be multi-valued -> its first value as float."""
-    try:
-        return float(value[0])
-    except TypeError:
-        return float(value)
-
-
-def dicom_window(arr: np.ndarray, center: float, width: float, function: str = "LINEAR"
-                 ) -> np.ndarray:
-    """DICOM VOI windowing (PS3.3 C.11.2.1.2) to [0, 1].
-
-    ``LINEAR``: ``(x - (c - 0.5)) / (w - 1) + 0.5``; ``LINEAR_EXACT``: ``(x - c) / w + 0.5``;
-    ``SIGMOID``: ``1 / (1 + exp(-4 (x - c) / w))``; clipped to [0, 1]. Shape preserved.
-    """
-    x = arr.astype(np.float64)
-    if function == "SIGMOID":
-        out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    elif function == "LINEAR_EXACT":
-        out = (x - center) / width + 0.5
-    else:
-        out = (x - (center - 0.5)) / (width - 1.0) + 0.5
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def _read_dicom(path: Path) -> np.ndarray:
-    """One DICOM frame in [0, 1]: its first VOI window if present, else its stored range."""
-    try:
-        import pydicom
-        from pydicom.pixels.processing import apply_modality_lut
-    except ImportError as exc:  # pragma: no cover - pydicom is a declared dependency
-        raise DataError(f"{path}: reading DICOM needs pydicom (pip install pydicom)") from exc
-    ds = pydicom.dcmread(path)
-    arr = np.asarray(ds.pixel_array)
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]
-    if int(getattr(ds, "SamplesPerPixel", 1)) > 1 and arr.ndim == 3:
-        arr = arr.mean(-1)
-    width = _first(ds.WindowWidth) if "WindowWidth" in ds and "WindowCenter" in ds else 0.0
-    if width >= 1.0:
-        out = dicom_window(np.asarray(apply_modality_lut(arr, ds)), _first(ds.WindowCenter),
-                           width, str(getattr(ds, "VOILUTFunction", "LINEAR")).upper())
-    else:
-        bits = int(getattr(ds, "BitsStored", 8 * arr.dtype.itemsize))
-        offset = 2.0 ** (bits - 1) if int(getattr(ds, "PixelRepresentation", 0)) == 1 else 0.0
-        out = np.clip((arr.astype(np.float64) + offset) / (2.0**bits - 1), 0, 1).astype(np.float32)
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        out = 1.0 - out
-    return out
-
-
 def warn_small_classes(where: str | os.PathLike[str], classes: Sequence[str],
                        labels: Tensor) -> None:
     """Warn, naming the label, about a class with fewer than two images (a typo in a CSV label
@@ -170,14 +120,15 @@ def warn_small_classes(where: str | os.PathLike[str], classes: Sequence[str],
                       "a label?)", stacklevel=3)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], *, dicom_mode: DicomMode = "voi") -> np.ndarray:
     """Read one image file as a 2-D float32 array in [0, 1], scaled by bit depth (module doc);
-    ``DataError`` naming the file if it cannot be read."""
+    ``DataError`` naming the file if it cannot be read. ``dicom_mode`` (``"voi"`` or ``"raw"``)
+    applies to DICOM files (:func:`mladv.data.dicom.read_dicom`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
         if suffix in DICOM_EXTENSIONS:
-            return _read_dicom(path)
+            return read_dicom(path, dicom_mode)
         if suffix not in IMAGE_EXTENSIONS:
             raise DataError(f"{path}: not an image file (extension {suffix or 'none'}; expected "
                             f"one of {sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS)})")
@@ -186,6 +137,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             return _to_float_array(upright(img), path)
     except DataError:
         raise
+    except DicomError as exc:
+        raise DataError(str(exc)) from None
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except UnidentifiedImageError:
@@ -196,10 +149,10 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
 
 
-def read_image_tensor(path: str | os.PathLike[str]) -> Tensor:
+def read_image_tensor(path: str | os.PathLike[str], *, dicom_mode: DicomMode = "voi") -> Tensor:
     """:func:`read_image` as a ``1 x H x W`` float32 tensor: a 16-bit-aware ``loader`` for
     ``torchvision.datasets.ImageFolder`` (whose default PIL loader drops 16-bit PNGs to 8 bits)."""
-    return torch.from_numpy(np.ascontiguousarray(read_image(path)))[None]
+    return torch.from_numpy(np.ascontiguousarray(read_image(path, dicom_mode=dicom_mode)))[None]
 
 
 def resize_square(arr: np.ndarray, size: int, path: str = "") -> Tensor:
@@ -229,7 +182,8 @@ def check_classes(where: str | os.PathLike[str], classes: Sequence[str]) -> None
 
 
 def read_squares(files: Sequence[Path], image_size: int, *, where: str | os.PathLike[str],
-                 skip_bad: bool = False, progress: bool = False, cache: CacheOption = None
+                 skip_bad: bool = False, progress: bool = False, cache: CacheOption = None,
+                 dicom_mode: DicomMode = "voi"
                  ) -> tuple[list[Tensor], list[int], list[tuple[str, str]]]:
     """Read ``files`` as ``1 x image_size x image_size`` squares (the loop every loader shares,
     through the uint8 cache of :func:`load_files`): ``(images, kept, skipped)`` with ``kept`` the
@@ -247,7 +201,8 @@ def read_squares(files: Sequence[Path], image_size: int, *, where: str | os.Path
     skipped: list[tuple[str, str]] = []
     for i, path in enumerate(seq):
         try:
-            arr = read_image(path) if eight_bit is None else as_float(eight_bit[i])
+            arr = (read_image(path, dicom_mode=dicom_mode) if eight_bit is None
+                   else as_float(eight_bit[i]))
             images.append(resize_square(arr, image_size, str(path)))
         except DataError as exc:
             if not skip_bad:
@@ -264,7 +219,7 @@ def read_squares(files: Sequence[Path], image_size: int, *, where: str | os.Path
 
 def load_files(items: Sequence[tuple[Path, int, str]], classes: list[str], image_size: int, *,
                where: str | os.PathLike[str], skip_bad: bool = False, progress: bool = False,
-               cache: CacheOption = None) -> ImageSet:
+               cache: CacheOption = None, dicom_mode: DicomMode = "voi") -> ImageSet:
     """Read ``(path, label, group)`` items into an :class:`ImageSet` of ``image_size`` squares
     (the loop every loader shares). With ``skip_bad`` unreadable files are listed in
     ``ImageSet.skipped`` and one warning instead of raising. ``where`` names the source in errors.
@@ -272,11 +227,16 @@ def load_files(items: Sequence[tuple[Path, int, str]], classes: list[str], image
     ``cache`` (:mod:`mladv.data.cache`, on by default; ``False`` or ``MLADV_CACHE=off`` turns it
     off): 8-bit files are decoded once into a content-keyed uint8 cache and read from it later;
     the resize runs after it as before, so the images are bit-identical either way.
+    ``dicom_mode`` (``"voi"`` / ``"raw"``, :mod:`mladv.data.dicom`) applies to DICOM files.
     """
+    try:
+        check_dicom_mode(dicom_mode)
+    except DicomError as exc:
+        raise DataError(str(exc)) from None
     check_classes(where, classes)
     images, kept, skipped = read_squares([path for path, _, _ in items], image_size,
                                          where=where, skip_bad=skip_bad, progress=progress,
-                                         cache=cache)
+                                         cache=cache, dicom_mode=dicom_mode)
     labels = [items[i][1] for i in kept]
     paths = [str(items[i][0]) for i in kept]
     groups = [items[i][2] for i in kept]
@@ -362,7 +322,7 @@ def _manifest_groups(root: Path) -> dict[str, str]:
 
 def load_folder(root: str | os.PathLike[str], image_size: int = 128, *, skip_bad: bool = False,
                 classes: list[str] | None = None, progress: bool = False,
-                cache: CacheOption = None) -> ImageSet:
+                cache: CacheOption = None, dicom_mode: DicomMode = "voi") -> ImageSet:
     """Load ``root/<class>/<image>`` as an :class:`ImageSet` of ``image_size`` squares.
 
     Args:
@@ -376,6 +336,8 @@ def load_folder(root: str | os.PathLike[str], image_size: int = 128, *, skip_bad
         progress: show a progress bar.
         cache: the uint8 decode cache (see :func:`load_files`): a folder, ``False`` (off) or
             ``None`` (``$MLADV_CACHE`` or ``~/.cache/mladv``).
+        dicom_mode: ``"voi"`` (default: modality LUT, VOI LUT, polarity) or ``"raw"``
+            (modality LUT and polarity only) for DICOM files (:mod:`mladv.data.dicom`).
 
     Raises:
         DataError: naming the path, for every problem (see README, "Bad input").
@@ -391,4 +353,4 @@ def load_folder(root: str | os.PathLike[str], image_size: int = 128, *, skip_bad
             rel = path.relative_to(root).as_posix()
             items.append((path, label, groups_by_file.get(rel, rel)))
     return load_files(items, found_classes, image_size, where=root, skip_bad=skip_bad,
-                      progress=progress, cache=cache)
+                      progress=progress, cache=cache, dicom_mode=dicom_mode)

@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from .dicom import DicomMode
 from .folder import (
     DataError,
     ImageSet,
@@ -63,7 +64,7 @@ def is_covid_radiography(root: Path) -> bool:
 
 def load_covid_radiography(root: str | os.PathLike[str], image_size: int = 224, *,
                            classes: Sequence[str] | None = None, skip_bad: bool = False,
-                           progress: bool = False) -> ImageSet:
+                           progress: bool = False, dicom_mode: DicomMode = "voi") -> ImageSet:
     """Load the COVID-19 Radiography Database layout ``root/<class>/images/*`` (masks ignored).
 
     Args:
@@ -82,7 +83,8 @@ def load_covid_radiography(root: str | os.PathLike[str], image_size: int = 224, 
         if not files:
             raise DataError(f"{root / c / 'images'}: class folder is empty")
         items += [(p, label, p.relative_to(root).as_posix()) for p in files]
-    return load_files(items, chosen, image_size, where=root, skip_bad=skip_bad, progress=progress)
+    return load_files(items, chosen, image_size, where=root, skip_bad=skip_bad, progress=progress,
+                      dicom_mode=dicom_mode)
 
 
 # -- Kermany pediatric pneumonia ------------------------------------------------------------------
@@ -104,7 +106,8 @@ def kermany_patient(name: str) -> str | None:
 
 def load_kermany(root: str | os.PathLike[str], image_size: int = 224, *,
                  parts: Sequence[str] | None = None, classes: Sequence[str] | None = None,
-                 skip_bad: bool = False, progress: bool = False) -> ImageSet:
+                 skip_bad: bool = False, progress: bool = False,
+                 dicom_mode: DicomMode = "voi") -> ImageSet:
     """Load parts of the Kermany layout ``root/{train,val,test}/{NORMAL,PNEUMONIA}/*``.
 
     Args:
@@ -136,14 +139,17 @@ def load_kermany(root: str | os.PathLike[str], image_size: int = 224, *,
             items += [(p, label, kermany_patient(p.name) or p.relative_to(base).as_posix())
                       for p in list_images(folder)]
     return load_files(items, chosen, image_size, where=given, skip_bad=skip_bad,
-                      progress=progress)
+                      progress=progress, dicom_mode=dicom_mode)
 
 
 def kermany_split(root: str | os.PathLike[str], image_size: int = 224, *,
-                  skip_bad: bool = False, progress: bool = False) -> tuple[ImageSet, ImageSet]:
+                  skip_bad: bool = False, progress: bool = False,
+                  dicom_mode: DicomMode = "voi") -> tuple[ImageSet, ImageSet]:
     """``(train, test)`` as published: train (+ val when present) and test."""
-    train = load_kermany(root, image_size, skip_bad=skip_bad, progress=progress)
-    test = load_kermany(root, image_size, parts=["test"], skip_bad=skip_bad, progress=progress)
+    train = load_kermany(root, image_size, skip_bad=skip_bad, progress=progress,
+                         dicom_mode=dicom_mode)
+    test = load_kermany(root, image_size, parts=["test"], skip_bad=skip_bad, progress=progress,
+                        dicom_mode=dicom_mode)
     return train, test
 
 
@@ -173,7 +179,7 @@ def _csv_rows(file: Path) -> list[tuple[int, str, str, str]]:
 
 def load_csv(file: str | os.PathLike[str], image_size: int = 128, *,
              classes: Sequence[str] | None = None, skip_bad: bool = False,
-             progress: bool = False) -> ImageSet:
+             progress: bool = False, dicom_mode: DicomMode = "voi") -> ImageSet:
     """Load the images a CSV manifest lists (``path,label[,patient_id]``; ``file`` is accepted
     for ``path``; relative paths start at the CSV's folder).
 
@@ -195,4 +201,5 @@ def load_csv(file: str | os.PathLike[str], image_size: int = 128, *,
     if missing and not skip_bad:
         raise DataError(f"{file}: {len(missing)} listed file(s) do not exist (first: line "
                         f"{missing[0][0]}, {missing[0][1]})")
-    return load_files(items, chosen, image_size, where=file, skip_bad=skip_bad, progress=progress)
+    return load_files(items, chosen, image_size, where=file, skip_bad=skip_bad, progress=progress,
+                      dicom_mode=dicom_mode)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .dicom import DicomMode
 from .folder import DataError, ImageSet, load_folder
 from .phantoms import make_phantoms
 from .presets import (
@@ -94,8 +95,11 @@ def _check_expected(source: str, data: ImageSet, classes: list[str] | None) -> I
 
 def load_source(source: str, image_size: int = 64, *, skip_bad: bool = False,
                 classes: list[str] | None = None, n_per_class: int = 200, seed: int = 0,
-                progress: bool = False) -> ImageSet:
+                progress: bool = False, dicom_mode: DicomMode = "voi") -> ImageSet:
     """Load a source string (module doc) as an :class:`ImageSet` of ``image_size`` squares.
+
+    ``dicom_mode`` (``"voi"`` / ``"raw"``, :mod:`mladv.data.dicom`) applies to DICOM files of the
+    ImageFolder, COVID-19 Radiography, Kermany and (single-label) CSV sources.
 
     Raises:
         DataError: one line naming the source, file or folder for every problem.
@@ -108,11 +112,13 @@ def load_source(source: str, image_size: int = 64, *, skip_bad: bool = False,
     kw = {"skip_bad": skip_bad, "progress": progress}
     if name == "covid-radiography":
         data = load_covid_radiography(path, image_size, classes=_merge(source, selected, classes),
-                                      **kw)
+                                      dicom_mode=dicom_mode, **kw)
     elif name == "csv":
-        data = load_csv(path, image_size, classes=_merge(source, selected, classes), **kw)
+        data = load_csv(path, image_size, classes=_merge(source, selected, classes),
+                        dicom_mode=dicom_mode, **kw)
     elif name == "kermany":
-        data = load_kermany(path, image_size, parts=selected, classes=classes, **kw)
+        data = load_kermany(path, image_size, parts=selected, classes=classes,
+                            dicom_mode=dicom_mode, **kw)
     else:
-        data = load_folder(path, image_size, classes=classes, **kw)
+        data = load_folder(path, image_size, classes=classes, dicom_mode=dicom_mode, **kw)
     return _check_expected(source, data, classes)

@@ -1,5 +1,6 @@
-"""A seeded, stratified, patient-aware train/test split (SPEC section 2.1: 0.85 / 0.15), and the
-choice of a checkpoint's split that leaves out the images the checkpoint was trained on."""
+"""A seeded, stratified, patient-aware train/test split (SPEC section 2.1: 0.85 / 0.15) for
+multiclass and multilabel sets, and the choice of a checkpoint's split that leaves out the images
+the checkpoint was trained on."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -50,10 +51,100 @@ def stratified_split(labels: Sequence[int] | Tensor, groups: Sequence[str] | Non
     return train, sorted(test)
 
 
+def _patient_vectors(targets: np.ndarray, members: dict[str, list[int]], order: list[str]
+                     ) -> np.ndarray:
+    """``P x K`` 0/1: a patient's finding vector, the max over its images (NaN counted 0)."""
+    known = np.nan_to_num(targets, nan=0.0)
+    return np.stack([known[members[g]].max(axis=0) for g in order]).astype(np.int64)
+
+
+def _both_sides(vectors: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """``K`` bool: the finding has a positive patient on each side."""
+    both: np.ndarray = (vectors[test].sum(axis=0) > 0) & (vectors[~test].sum(axis=0) > 0)
+    return both
+
+
+def _repair(vectors: np.ndarray, test: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Move positive patients so that every finding with >= 2 positive patients has one on each
+    side: for each finding missing from a side (rarest first), the smallest positive patient on
+    the other side whose move leaves every finding that had both sides with both sides."""
+    test = test.copy()
+    need = vectors.sum(axis=0) >= 2
+    for k in np.argsort(vectors.sum(axis=0), kind="stable"):
+        if not need[k] or _both_sides(vectors, test)[k]:
+            continue
+        empty_is_test = not bool((vectors[test, k] > 0).any())
+        candidates = np.flatnonzero((vectors[:, k] > 0) & (test != empty_is_test))
+        before = _both_sides(vectors, test) | ~need
+        for p in candidates[np.argsort(sizes[candidates], kind="stable")]:
+            moved = test.copy()
+            moved[p] = empty_is_test
+            after = _both_sides(vectors, moved)
+            if (after | ~before | ~need).all() and after[k]:
+                test = moved
+                break
+    return test
+
+
+def multilabel_split(targets: Tensor | np.ndarray, groups: Sequence[str] | None = None, *,
+                     test_size: float = 0.15, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices ``(train, test)`` of a multilabel set (``targets`` ``N x K``, 1 / 0 / NaN): about
+    ``test_size`` of the patients go to test, every patient wholly on one side, and each
+    finding's positives spread over both sides in about the same share.
+
+    Iterative stratification (Sechidis, Tsoumakas, Vlahavas, "On the Stratification of
+    Multi-Label Data", ECML PKDD 2011) from the maintained ``iterative-stratification`` package
+    (``iterstrat.MultilabelStratifiedShuffleSplit``), run on *patient-level* label vectors --
+    a patient's vector is the max over its images, unknown (NaN) counted 0 -- so no patient
+    crosses the split. The algorithm hands out the rarest finding's positives first, each to the
+    side that still wants most of that finding, which is what keeps the rare findings (NIH's
+    Hernia) on both sides; a plain shuffle does not. It still puts both positives of a finding
+    with two positive patients on one side (0.15 x 2 < 1), so a last pass moves the smallest
+    suitable positive patient across for every finding with >= 2 positive patients that has
+    none on a side, never emptying another finding's side. Deterministic in ``seed``; the test
+    share is counted in patients, so in images it is near, not at, ``test_size``.
+    """
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    # imported here, not at the top: it pulls in scikit-learn, which `import mladv` avoids
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    y = (targets.detach().cpu().numpy() if isinstance(targets, Tensor)
+         else np.asarray(targets)).astype(np.float64)
+    if y.ndim != 2:
+        raise ValueError(f"multilabel targets must have shape N x K, got {y.shape}")
+    groups = list(groups) if groups is not None else [str(i) for i in range(len(y))]
+    if len(groups) != len(y):
+        raise ValueError(f"{len(groups)} groups for {len(y)} label rows")
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    order = sorted(members)
+    if len(order) < 2:
+        raise ValueError(f"a split needs at least two patients, got {len(order)}")
+    vectors = _patient_vectors(y, members, order)
+    # iterstrat wants a multilabel indicator (>= 2 columns): a lone finding gets its complement
+    strat = vectors if vectors.shape[1] >= 2 else np.hstack([vectors, 1 - vectors])
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_size,
+                                                random_state=seed)
+    _, test_patients = next(splitter.split(np.zeros((len(order), 1)), strat))
+    test = np.zeros(len(order), dtype=bool)
+    test[test_patients] = True
+    sizes = np.array([len(members[g]) for g in order])
+    test = _repair(vectors, test, sizes)
+    test_idx = sorted(i for g, t in zip(order, test) if t for i in members[g])
+    test_set = set(test_idx)
+    return [i for i in range(len(y)) if i not in test_set], test_idx
+
+
 def split_imageset(data: ImageSet, *, test_size: float = 0.15, seed: int = 0
                    ) -> tuple[ImageSet, ImageSet]:
-    """:func:`stratified_split` applied to an :class:`ImageSet` (groups = patients)."""
-    train, test = stratified_split(data.labels, data.groups, test_size=test_size, seed=seed)
+    """The patient-aware split of an :class:`ImageSet` (groups = patients), by its task:
+    :func:`stratified_split` (multiclass) or :func:`multilabel_split` (multilabel)."""
+    if data.task == "multilabel":
+        train, test = multilabel_split(data.labels, data.groups, test_size=test_size, seed=seed)
+    else:
+        train, test = stratified_split(data.labels, data.groups, test_size=test_size, seed=seed)
     return data.subset(train), data.subset(test)
 
 
