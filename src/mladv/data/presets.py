@@ -11,14 +11,20 @@
   ``[NORMAL2-]IM-<N>-...``), so a split of the training part is patient-aware.
 - **CSV manifest** for everything else: a header with ``path`` (or ``file``), ``label`` and
   optionally ``patient_id``; relative paths are relative to the CSV's folder.
+- **Multilabel CSV manifest** (no ``label`` column; rule in :func:`csv_task`):
+  ``path,patient_id,labels`` with one ``|``-separated column of finding names, or
+  ``path,patient_id,<one column per finding>`` with 1 / 0 / empty (= unknown, NaN).
 """
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from .dicom import DicomMode
 from .folder import (
@@ -28,6 +34,7 @@ from .folder import (
     class_folders,
     list_images,
     load_files,
+    load_multilabel_files,
 )
 
 COVID_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
@@ -164,8 +171,9 @@ def _csv_rows(file: Path) -> list[tuple[int, str, str, str]]:
         reader.fieldnames = fields
         path_col = "path" if "path" in fields else "file" if "file" in fields else None
         if path_col is None or "label" not in fields:
-            raise DataError(f"{file}: needs a header with path,label[,patient_id] (found "
-                            f"{','.join(fields) or 'none'})")
+            raise DataError(f"{file}: needs a header with path,label[,patient_id] (or, "
+                            f"multilabel, path,patient_id,labels or path,patient_id,<finding "
+                            f"columns>) (found {','.join(fields) or 'none'})")
         rows = []
         for row in reader:
             path, label = (row.get(path_col) or "").strip(), (row.get("label") or "").strip()
@@ -189,8 +197,14 @@ def load_csv(file: str | os.PathLike[str], image_size: int = 128, *,
 
     Patient ids, where given, become the groups of the patient-aware split; a row without one is
     its own group. Files that do not exist are refused up front (listed with ``skip_bad``).
+
+    A manifest without a ``label`` column is multilabel (:func:`csv_task`): it is read by
+    :func:`load_multilabel_csv`, ``classes`` then selecting findings.
     """
     file = Path(file)
+    if csv_task(file) == "multilabel":
+        return load_multilabel_csv(file, image_size, findings=classes, skip_bad=skip_bad,
+                                   progress=progress)
     rows = _csv_rows(file)
     chosen = select_classes(file, sorted({r[2] for r in rows}), classes)
     index = {c: i for i, c in enumerate(chosen)}
@@ -203,3 +217,136 @@ def load_csv(file: str | os.PathLike[str], image_size: int = 128, *,
                         f"{missing[0][0]}, {missing[0][1]})")
     return load_files(items, chosen, image_size, where=file, skip_bad=skip_bad, progress=progress,
                       dicom_mode=dicom_mode)
+
+
+# -- Multilabel CSV manifest ----------------------------------------------------------------------
+_PATH_COLUMNS = ("path", "file")
+_FIXED_COLUMNS = (*_PATH_COLUMNS, "patient_id")
+_CELL = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "": math.nan}
+NO_FINDING = "No Finding"
+
+
+def _read_manifest(file: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The stripped header and ``[(line, row)]`` of a CSV manifest (cells stripped)."""
+    if not file.is_file():
+        raise DataError(f"{file}: no such CSV file")
+    with file.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip() for f in reader.fieldnames or []]
+        reader.fieldnames = fields
+        rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None})
+                for row in reader]
+    return fields, rows
+
+
+def csv_task(file: str | os.PathLike[str]) -> str:
+    """Which kind of manifest ``file`` is, by its header:
+
+    1. a ``label`` column: ``multiclass`` (``path,label[,patient_id]``; other columns ignored);
+       with a ``labels`` column too it is ambiguous and refused;
+    2. else a ``labels`` column: ``multilabel``, one ``|``-separated list of finding names per
+       row (empty or ``No Finding`` = none; this form cannot say "unknown");
+    3. else every column but ``path`` / ``file`` and ``patient_id`` is a finding column:
+       ``multilabel``, cells 1 / 0 / empty (= unknown).
+
+    A file in form 2 that also has a column of only 1 / 0 / empty cells (a finding column) is
+    ambiguous and refused in one line, as is a header with no path column.
+    """
+    file = Path(file)
+    fields, rows = _read_manifest(file)
+    if not any(c in fields for c in _PATH_COLUMNS):
+        raise DataError(f"{file}: needs a header with path,label[,patient_id] (or, multilabel, "
+                        f"path,patient_id,labels or path,patient_id,<finding columns>) (found "
+                        f"{','.join(fields) or 'none'})")
+    if "label" in fields:
+        if "labels" in fields:
+            raise DataError(f"{file}: both a 'label' (single-label) and a 'labels' (multilabel) "
+                            "column; keep one")
+        return "multiclass"
+    if "labels" in fields:
+        extra = [c for c in fields if c not in (*_FIXED_COLUMNS, "labels")
+                 and rows and all(r.get(c, "") in _CELL for _, r in rows)]
+        if extra:
+            raise DataError(f"{file}: both a 'labels' column and finding columns ({extra[0]!r} "
+                            "holds only 1 / 0 / empty); keep one form")
+    return "multilabel"
+
+
+def _finding_columns(file: Path, fields: list[str], rows: list[tuple[int, dict[str, str]]],
+                     wanted: Sequence[str] | None) -> tuple[list[str], list[list[float]]]:
+    """Findings (column order) and per-row vectors of a manifest with finding columns."""
+    names = [c for c in fields if c not in _FIXED_COLUMNS]
+    if not names:
+        raise DataError(f"{file}: no label column (a single-label manifest needs 'label'; a "
+                        "multilabel one 'labels' or one column per finding)")
+    chosen = _select_findings(file, names, wanted)
+    vectors = []
+    for line, row in rows:
+        vector = []
+        for c in chosen:
+            cell = row.get(c, "")
+            if cell not in _CELL:
+                raise DataError(f"{file}, line {line}: column {c!r} holds {cell!r}; finding "
+                                "columns hold 1, 0 or empty (= unknown)")
+            vector.append(_CELL[cell])
+        vectors.append(vector)
+    return chosen, vectors
+
+
+def _labels_column(file: Path, rows: list[tuple[int, dict[str, str]]],
+                   wanted: Sequence[str] | None) -> tuple[list[str], list[list[float]]]:
+    """Findings (sorted) and per-row vectors of a manifest with a ``|``-separated column."""
+    sets = [{t.strip() for t in row["labels"].split("|") if t.strip()} - {NO_FINDING}
+            for _, row in rows]
+    names = sorted(set().union(*sets))
+    if not names:
+        raise DataError(f"{file}: the 'labels' column names no finding")
+    chosen = _select_findings(file, names, wanted)
+    return chosen, [[1.0 if c in found else 0.0 for c in chosen] for found in sets]
+
+
+def _select_findings(where: Path, names: list[str], wanted: Sequence[str] | None) -> list[str]:
+    """``names`` in their order, filtered by ``wanted`` (each must exist, none twice)."""
+    if wanted is None:
+        return names
+    unknown = [c for c in wanted if c not in names]
+    if unknown:
+        raise DataError(f"{where}: no finding {unknown[0]!r}; findings there: {names}")
+    if len(set(wanted)) != len(wanted):
+        raise DataError(f"{where}: a finding is selected twice in {list(wanted)}")
+    return [c for c in names if c in wanted]
+
+
+def load_multilabel_csv(file: str | os.PathLike[str], image_size: int = 128, *,
+                        findings: Sequence[str] | None = None, skip_bad: bool = False,
+                        progress: bool = False) -> ImageSet:
+    """Load a multilabel manifest (form 2 or 3 of :func:`csv_task`) as an :class:`ImageSet`
+    with ``task="multilabel"``: ``labels`` ``N x K`` float32 (1 / 0 / NaN = unknown),
+    ``classes`` the findings (the file's column order; sorted names for a ``labels`` column),
+    ``groups`` the patient ids (the path where none). ``findings`` selects columns (every row
+    is kept). Relative paths start at the CSV's folder; files that do not exist are refused up
+    front (listed in ``skipped`` with ``skip_bad``).
+    """
+    file = Path(file)
+    if csv_task(file) != "multilabel":
+        raise DataError(f"{file}: has a 'label' column: a single-label manifest (use load_csv)")
+    fields, rows = _read_manifest(file)
+    if not rows:
+        raise DataError(f"{file}: no rows")
+    path_col = "path" if "path" in fields else "file"
+    for line, row in rows:
+        if not row.get(path_col):
+            raise DataError(f"{file}, line {line}: empty {path_col}")
+    chosen, vectors = (_labels_column(file, rows, findings) if "labels" in fields
+                       else _finding_columns(file, fields, rows, findings))
+    given = [row[path_col] for _, row in rows]
+    items = [(Path(p) if os.path.isabs(p) else file.parent / p, row.get("patient_id") or p)
+             for p, (_, row) in zip(given, rows)]
+    missing = [(line, row[path_col]) for (line, row), (path, _) in zip(rows, items)
+               if not path.is_file()]
+    if missing and not skip_bad:
+        raise DataError(f"{file}: {len(missing)} listed file(s) do not exist (first: line "
+                        f"{missing[0][0]}, {missing[0][1]})")
+    targets = np.asarray(vectors, dtype=np.float32).reshape(len(items), len(chosen))
+    return load_multilabel_files(items, targets, chosen, image_size, where=file,
+                                 skip_bad=skip_bad, progress=progress)

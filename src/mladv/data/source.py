@@ -7,11 +7,16 @@ A source string is one of:
   brackets, e.g. ``covid-radiography[COVID,Normal,Viral Pneumonia]:ROOT`` (the paper's three);
 - ``kermany:ROOT``: the Kermany layout's published training part (train + val);
   ``kermany[test]:ROOT`` its published test part (any of ``train``, ``val``, ``test``);
-- ``csv:FILE``: a manifest ``path,label[,patient_id]``; brackets select labels;
+- ``csv:FILE``: a manifest ``path,label[,patient_id]``; brackets select labels; a manifest
+  without ``label`` is multilabel (``path,patient_id,labels`` or finding columns, see
+  :func:`mladv.data.presets.csv_task`), brackets then select findings;
+- ``nih:ROOT``: NIH ChestX-ray14 as published (``Data_Entry_2017*.csv`` at ROOT, images anywhere
+  under it), multilabel over its 14 findings; ``nih[Effusion,Mass]:ROOT`` selects findings;
 - ``folder:ROOT``: a plain ImageFolder ``ROOT/<class>/<image>``;
-- a bare path: a ``.csv`` file is read as ``csv:``; a folder in the COVID-19 Radiography or the
-  Kermany layout as that preset (both would load wrongly as plain ImageFolders: masks as images,
-  ``train``/``test`` as classes); any other folder as ``folder:``.
+- a bare path: a ``.csv`` file is read as ``csv:``; a folder with an NIH label file as ``nih:``;
+  a folder in the COVID-19 Radiography or the Kermany layout as that preset (all three would
+  load wrongly as plain ImageFolders: masks as images, ``train``/``test`` as classes); any
+  other folder as ``folder:``.
 
 ``classes`` (e.g. a checkpoint's) is the class list the result must have: it selects those
 classes where a source has more (COVID-19 Radiography, CSV) and is refused if it differs
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from .dicom import DicomMode
 from .folder import DataError, ImageSet, load_folder
+from .nih import find_label_file, load_nih
 from .phantoms import make_phantoms
 from .presets import (
     find_kermany_root,
@@ -34,7 +40,7 @@ from .presets import (
 )
 
 PHANTOMS = "phantoms"
-PRESETS = ("covid-radiography", "kermany", "csv", "folder")
+PRESETS = ("covid-radiography", "kermany", "csv", "nih", "folder")
 _PREFIX = re.compile(r"^(?P<name>[A-Za-z][\w-]+)(?:\[(?P<sel>[^\]]*)\])?:(?P<path>.+)$")
 
 
@@ -72,6 +78,8 @@ def _detect(path: str) -> str:
         return "csv"
     if p.is_dir() and find_kermany_root(p) is not None:
         return "kermany"
+    if p.is_dir() and find_label_file(p) is not None:
+        return "nih"
     if is_covid_radiography(p):
         return "covid-radiography"
     return "folder"
@@ -116,6 +124,8 @@ def load_source(source: str, image_size: int = 64, *, skip_bad: bool = False,
     elif name == "csv":
         data = load_csv(path, image_size, classes=_merge(source, selected, classes),
                         dicom_mode=dicom_mode, **kw)
+    elif name == "nih":
+        data = load_nih(path, image_size, findings=_merge(source, selected, classes), **kw)
     elif name == "kermany":
         data = load_kermany(path, image_size, parts=selected, classes=classes,
                             dicom_mode=dicom_mode, **kw)
