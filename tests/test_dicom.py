@@ -151,6 +151,12 @@ def test_raw_mode_ignores_the_window_and_keeps_the_stored_range():
     np.testing.assert_allclose(out, (mr_stored() + 32768) / 65535, atol=1e-7)  # signed 16-bit
 
 
+def test_window_narrower_than_one_counts_as_no_window(tmp_path):
+    arr = (np.arange(36 * 36).reshape(36, 36) % 4096).astype(np.uint16)
+    path = _dicom(tmp_path / "w0.dcm", arr, bits_stored=12, WindowCenter=600, WindowWidth=0)
+    np.testing.assert_allclose(read_image(path), arr / 4095, atol=1e-7)  # the stored range
+
+
 # -- VOI: the VOI LUT Sequence ---------------------------------------------------------------------
 def test_voi_lut_sequence_wins_over_the_window(tmp_path):
     arr = (np.arange(36 * 36).reshape(36, 36) * 2).astype(np.uint16)  # 0 .. 2590
@@ -208,6 +214,21 @@ def test_monochrome1_with_inverse_shape_is_inverted_once(tmp_path):
     np.testing.assert_allclose(read_image(path), expected, atol=1e-6)
 
 
+# -- colour ---------------------------------------------------------------------------------------
+def test_palette_colour_goes_through_its_palette(tmp_path):
+    index = np.arange(36 * 36).reshape(36, 36) % 256
+    path = _dicom(tmp_path / "p.dcm", index, bits_stored=8,
+                  PhotometricInterpretation="PALETTE COLOR")
+    ds = pydicom.dcmread(path)
+    ramp = (np.arange(256) * 257).astype("<u2")  # 16-bit palette entries
+    for colour, data in (("Red", ramp), ("Green", ramp), ("Blue", np.zeros(256, "<u2"))):
+        ds.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [256, 0, 16])
+        ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", data.tobytes())
+    ds.save_as(path)
+    expected = (2 * index * 257 / 3) / 65535  # mean of (R, G, B) over the palette's 16 bits
+    np.testing.assert_allclose(read_image(path), expected, atol=1e-6)
+
+
 # -- compressed transfer syntaxes ------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
                                   "MR_small_jpeg_ls_lossless.dcm"])
@@ -261,6 +282,14 @@ def test_missing_decoder_names_the_file_the_syntax_and_the_extra(monkeypatch):
     assert "\n" not in msg and msg.startswith(str(path))
     assert "JPEG Lossless" in msg and "1.2.840.10008.1.2.4.70" in msg
     assert 'pip install "mladv[dicom]"' in msg
+
+
+def test_file_without_pixel_data_is_named(tmp_path):
+    ds = pydicom.dcmread(bundled("MR_small.dcm"))
+    del ds.PixelData
+    ds.save_as(tmp_path / "empty.dcm")
+    with pytest.raises(DataError, match=r"empty\.dcm: DICOM file has no pixel data"):
+        read_image(tmp_path / "empty.dcm")
 
 
 def test_undecodable_file_error_is_one_line():
