@@ -1,15 +1,17 @@
 """Calibration and own-model robustness numbers (ECE by hand, PGD / MLAdv / AutoAttack)."""
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import math
+import sys
 from collections import Counter
 from dataclasses import replace
 from types import SimpleNamespace
 
+import pyautoattack
 import pytest
 import torch
-import torchattacks
 
 import mladv.robustness as rob
 from mladv.attacks.chain import ChainBounds, random_chain
@@ -60,9 +62,11 @@ def test_attacks_lower_accuracy_and_autoattack_is_at_least_as_strong_as_pgd(tiny
     pgd2 = adversarial_accuracy(model, x, y, "pgd", eps=2 / 255, steps=10)
     pgd8 = adversarial_accuracy(model, x, y, "pgd", eps=8 / 255, steps=10)
     assert pgd8 <= pgd2 <= clean and pgd8 < clean - 0.3
+    state = torch.get_rng_state()
     aa = autoattack_accuracy(model, x[:12], y[:12], eps=2 / 255, square_queries=50)
+    assert torch.equal(torch.get_rng_state(), state)  # the attacks' manual_seed is undone
     pgd2_12 = adversarial_accuracy(model, x[:12], y[:12], "pgd", eps=2 / 255, steps=10)
-    assert aa <= pgd2_12
+    assert aa <= pgd2_12 <= accuracy(model, x[:12], y[:12])
     assert not model.training
 
 
@@ -325,7 +329,7 @@ def test_the_columns_run_pgd_at_each_pgd_eps_in_1_255_units_with_its_options(mon
 def test_the_columns_run_autoattack_on_its_images_at_its_eps_and_square_queries(monkeypatch):
     calls, model, _, (x, y) = _wired_calls(monkeypatch, "autoattack_accuracy")
     assert calls == [{"model": model, "images": x, "labels": y, "eps": 4.0 / 255, "seed": 2,
-                      "batch_size": 7, "square_queries": 9}]
+                      "batch_size": 7, "square_queries": 9, "log": None}]
 
 
 def test_the_columns_run_the_chain_at_8_255_with_its_options(monkeypatch):
@@ -336,29 +340,28 @@ def test_the_columns_run_the_chain_at_8_255_with_its_options(monkeypatch):
 
 @pytest.fixture()
 def fake_autoattack(monkeypatch):
-    """torchattacks.AutoAttack replaced by a recorder of its arguments (defaults applied), of its
-    four attacks' ``n_queries`` and of the size and devices of each batch it attacks; it returns
-    ``returns(x)`` (set ``fake_autoattack.returns``; default the images unchanged)."""
-    signature = inspect.signature(torchattacks.AutoAttack)
-    rec = SimpleNamespace(built=[], returns=lambda x: x)
+    """pyautoattack.AutoAttack replaced by a subclass that records its arguments (defaults
+    applied) and keeps the real object (so its four attacks and their settings are the
+    package's), and whose ``run_standard_evaluation`` records its call and returns
+    ``returns(x)`` (default the images unchanged) instead of attacking; ``during(self)`` runs
+    inside it (e.g. the package's logger or print)."""
+    signature = inspect.signature(pyautoattack.AutoAttack)
+    rec = SimpleNamespace(built=[], returns=lambda x: x, during=lambda atk: None)
 
-    class Fake:
+    class Recording(pyautoattack.AutoAttack):
         def __init__(self, *args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            self.args, self.batches, self.devices = dict(bound.arguments), [], []
-            self._autoattack = SimpleNamespace(
-                attacks=[SimpleNamespace(n_queries=None) for _ in range(4)])
+            super().__init__(*args, **kwargs)
+            self.args, self.runs = dict(bound.arguments), []
             rec.built.append(self)
 
-        def queries(self):
-            return [a.n_queries for a in self._autoattack.attacks]
-
-        def __call__(self, x, y):
-            self.batches.append(x.shape[0])
-            self.devices.append((x.device.type, y.device.type))
-            return rec.returns(x)
-    monkeypatch.setattr(torchattacks, "AutoAttack", Fake)
+        def run_standard_evaluation(self, x, y, /, *, batch_size=250, state_path=None):
+            self.runs.append({"n": x.shape[0], "batch_size": batch_size,
+                              "devices": (x.device.type, y.device.type)})
+            rec.during(self)
+            return rec.returns(x), y
+    monkeypatch.setattr(pyautoattack, "AutoAttack", Recording)
     return rec
 
 
@@ -373,32 +376,48 @@ def _five_classes_no_attribute():
     return model, torch.rand(65, 1, 2, 2, generator=g), torch.randint(0, 5, (65,), generator=g)
 
 
-def test_autoattack_defaults_are_standard_linf_2_255_seed_0_batches_of_64_5000_queries(
+def test_autoattack_is_the_official_standard_version_linf_2_255_seed_0_on_the_cpu(
         fake_autoattack):
+    """The authors' AutoAttack as published: standard = APGD-CE, APGD-T, FAB-T, Square; 100
+    iterations for the three gradient attacks, 5000 Square queries; 5 classes: 4 targets."""
     model, x, y = _five_classes_no_attribute()
     rob.autoattack_accuracy(model, x, y)
     (atk,) = fake_autoattack.built
     assert isinstance(atk.args.pop("model"), PadLogits)
-    assert atk.args == {"norm": "Linf", "eps": 2 / 255, "version": "standard", "n_classes": 5,
-                        "seed": 0, "verbose": False}
-    assert atk.batches == [64, 1] and atk.queries() == [None, None, None, 5000]
+    assert atk.args == {"norm": "Linf", "eps": 2 / 255, "version": "standard", "seed": 0,
+                        "device": torch.device("cpu"), "attacks": None}
+    assert atk.attacks_to_run == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert (atk.apgd.n_iter, atk.apgd_targeted.n_iter, atk.fab.n_iter) == (100, 100, 100)
+    assert (atk.apgd.n_restarts, atk.apgd_targeted.n_restarts, atk.fab.n_restarts) == (1, 1, 1)
+    assert (atk.apgd_targeted.n_target_classes, atk.fab.n_target_classes) == (4, 4)
+    assert atk.square.n_queries == 5000
+    assert atk.runs == [{"n": 65, "batch_size": 64, "devices": ("cpu", "cpu")}]
 
 
 def test_autoattack_passes_its_eps_seed_batch_size_and_square_queries(fake_autoattack):
     model, x, y = _five_classes_no_attribute()
     rob.autoattack_accuracy(model, x[:5], y[:5], eps=0.1, seed=3, batch_size=2, square_queries=7)
     (atk,) = fake_autoattack.built
-    assert (atk.args["eps"], atk.args["seed"], atk.batches) == (0.1, 3, [2, 2, 1])
-    assert atk.queries() == [None, None, None, 7]
+    assert (atk.args["eps"], atk.args["seed"], atk.square.n_queries) == (0.1, 3, 7)
+    assert atk.runs[0]["batch_size"] == 2
 
 
-def test_square_is_the_last_of_the_standard_autoattack_s_attacks():
-    """What ``square_queries`` relies on: ``attacks[-1]`` is Square, 5000 queries by default."""
-    atk = torchattacks.AutoAttack(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4)),
-                                  norm="Linf", eps=2 / 255, version="standard", n_classes=4)
-    names = [type(a).__name__ for a in atk._autoattack.attacks]
-    assert names == ["APGD", "APGDT", "FAB", "Square"]
-    assert atk._autoattack.attacks[-1].n_queries == 5000
+@pytest.mark.parametrize("k, targets", [(2, 1), (3, 2), (4, 3), (10, 9), (14, 9)])
+def test_apgd_t_and_fab_t_target_every_other_real_class_up_to_the_standard_nine(
+        fake_autoattack, k, targets):
+    """min(9, K - 1): the standard 9 from 10 classes on; fewer classes, each other real class
+    (never a padded column, which is never the arg-max)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, k))
+    rob.autoattack_accuracy(model, torch.rand(2, 1, 2, 2), torch.tensor([0, 1]))
+    (atk,) = fake_autoattack.built
+    assert (atk.apgd_targeted.n_target_classes, atk.fab.n_target_classes) == (targets, targets)
+
+
+def test_a_one_class_model_is_one_line_before_any_attack(fake_autoattack):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1))
+    with pytest.raises(ValueError, match=r"^AutoAttack needs a model with >= 2 classes, got 1$"):
+        rob.autoattack_accuracy(model, torch.rand(2, 1, 2, 2), torch.tensor([0, 0]))
+    assert fake_autoattack.built == []
 
 
 def test_autoattack_accuracy_is_each_image_s_arg_max_on_what_the_attack_returns(fake_autoattack):
@@ -409,6 +428,56 @@ def test_autoattack_accuracy_is_each_image_s_arg_max_on_what_the_attack_returns(
     y = model(1 - x).argmax(1)
     assert len(set(y.tolist())) == 5 and int((model(x).argmax(1) == y).sum()) == 0
     assert rob.autoattack_accuracy(model, x, y) == 1.0
+
+
+def test_the_package_s_warnings_go_to_the_log_and_stdout_stays_clean(fake_autoattack, capsys):
+    def during(atk):
+        atk.logger.warning("it seems to be a randomized defense!")
+        atk.logger.debug("robust accuracy after APGD-CE: 50.00%")
+        print("restart 0 - robust accuracy: 50.00%")
+    fake_autoattack.during = during
+    model, x, y = _five_classes_no_attribute()
+    lines: list[str] = []
+    rob.autoattack_accuracy(model, x[:2], y[:2], log=lines.append)
+    assert lines == ["AutoAttack: it seems to be a randomized defense!"]
+    assert capsys.readouterr().out == ""
+    with pytest.warns(UserWarning, match="^AutoAttack: it seems to be a randomized defense!$"):
+        rob.autoattack_accuracy(model, x[:2], y[:2])
+
+
+def test_a_trace_function_switched_off_by_the_package_is_put_back(fake_autoattack):
+    """Its dynamic-defence check ends with ``sys.settrace(None)``, which would stop a coverage
+    tool; the caller's trace function is restored."""
+    fake_autoattack.during = lambda atk: sys.settrace(None)
+    model, x, y = _five_classes_no_attribute()
+
+    def tracer(frame, event, arg):
+        return None
+    before = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        rob.autoattack_accuracy(model, x[:2], y[:2])
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(before)
+
+
+def test_the_label_names_the_package_version_the_seed_and_a_non_standard_square():
+    version = importlib.metadata.version("pyautoattack")
+    assert rob.autoattack_label(3) == (
+        f"AutoAttack standard (Croce & Hein 2020, pyautoattack {version}), seed 3")
+    assert rob.autoattack_label(0, square_queries=20) == (
+        f"AutoAttack standard (Croce & Hein 2020, pyautoattack {version}), seed 0, "
+        "Square 20 queries (not the standard 5000)")
+
+
+def test_gradient_masking_warning_when_autoattack_is_weaker_than_pgd_only():
+    assert rob.gradient_masking_warning(pgd_accuracy=0.4, autoattack_accuracy=0.4) is None
+    assert rob.gradient_masking_warning(pgd_accuracy=0.4, autoattack_accuracy=0.3) is None
+    text = rob.gradient_masking_warning(pgd_accuracy=0.4, autoattack_accuracy=0.45)
+    assert text == ("AutoAttack accuracy 0.450 > PGD accuracy 0.400 at the same eps: a sign of "
+                    "gradient masking; the robust accuracies may overstate the model's "
+                    "robustness")
 
 
 class _OnMeta(torch.nn.Module):
@@ -425,11 +494,13 @@ class _OnMeta(torch.nn.Module):
         return torch.zeros(x.shape[0], 3)
 
 
-def test_autoattack_sends_each_batch_to_the_model_s_device(fake_autoattack):
-    fake_autoattack.returns = lambda x: torch.zeros(x.shape)
+def test_autoattack_runs_on_the_model_s_device(fake_autoattack):
+    """The package moves each batch to ``device`` itself; the images stay on the CPU."""
     rob.autoattack_accuracy(_OnMeta(), torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 2]),
                             batch_size=2)
-    assert fake_autoattack.built[0].devices == [("meta", "meta")] * 2
+    (atk,) = fake_autoattack.built
+    assert atk.args["device"] == torch.device("meta")
+    assert atk.runs == [{"n": 3, "batch_size": 2, "devices": ("cpu", "cpu")}]
 
 
 class _Counted(torch.nn.Module):

@@ -13,8 +13,9 @@ Per (seed, arm), on the test split:
   (``robustness.max_images``, the same images for every arm and seed);
 - ``acc_pgd_<E>``: the same for own-model PGD at each ``robustness.pgd_eps`` (1/255 units), with
   the ``pgd:`` options;
-- ``acc_autoattack_<E>``: torchattacks' ``AutoAttack`` (standard version: APGD-CE, APGD-T,
-  FAB-T, Square) at ``robustness.autoattack_eps`` on the first ``robustness.autoattack_images``
+- ``acc_autoattack_<E>``: the official ``AutoAttack`` (Croce & Hein's ``pyautoattack``, standard
+  version: APGD-CE, APGD-T, FAB-T, Square; :func:`mladv.robustness.autoattack_accuracy`) at
+  ``robustness.autoattack_eps`` on the first ``robustness.autoattack_images``
   of that subset in its stratified order (so the classes stay balanced);
 - ``acc_noise_<sigma>``: accuracy on every test image plus Gaussian noise, clipped to [0, 1]
   (the ``i``-th sigma's noise drawn from ``derive_seed(seed, 1000 + i)``);

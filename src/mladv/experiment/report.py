@@ -284,8 +284,9 @@ def _intro(results: dict[str, Any]) -> list[str]:
         f"Robustness: accuracy on {results['robust_n']} test images (a fixed stratified subset) "
         f"attacked on each arm's own model: `acc_<attack>` at eps {cfg['eps']:g}/255 "
         f"(attacks {cfg['robustness']['attacks']}, the options above), `acc_pgd_<E>` at E/255 "
-        f"(E in {cfg['robustness']['pgd_eps']}), `acc_autoattack_<E>` torchattacks AutoAttack "
-        f"(standard) at {cfg['robustness']['autoattack_eps']:g}/255 on "
+        f"(E in {cfg['robustness']['pgd_eps']}), `acc_autoattack_<E>` the official "
+        f"AutoAttack (standard, Croce & Hein's pyautoattack) at "
+        f"{cfg['robustness']['autoattack_eps']:g}/255 on "
         f"{cfg['robustness']['autoattack_images']} of them (0: not run); `acc_noise_<sigma>` on "
         f"all test images under Gaussian noise; `ece`: expected calibration error "
         f"({cfg['robustness']['ece_bins']} bins) on all test images.",
