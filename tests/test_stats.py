@@ -194,3 +194,101 @@ def test_bootstrap_ci_takes_any_statistic_of_the_resampled_indices():
     values = np.array([3.0, 5.0, 10.0])
     ci = bootstrap_ci(lambda idx: float(values[idx].max()), ["a", "b", "c"], n_boot=300)
     assert ci.estimate == 10.0 and set(ci.samples) <= {3.0, 5.0, 10.0}
+
+
+# --- options reach the bootstrap (each public function) -----------------------------------------
+
+def by_hand_samples(stat, members: list[list[int]], n_boot: int, seed: int) -> list[float]:
+    """The documented draws: resample b takes patients ``default_rng(seed).integers(0, P, P)``."""
+    rng = np.random.default_rng(seed)
+    return [stat(np.array([i for p in rng.integers(0, len(members), len(members))
+                           for i in members[p]])) for _ in range(n_boot)]
+
+
+PAT = ["a", "a", "b", "c", "c", "d", "e", "f"]
+MEMBERS = [[0, 1], [2], [3, 4], [5], [6], [7]]
+CA, CB = np.array([1, 0, 1, 1, 0, 1, 0, 1]), np.array([0, 0, 1, 0, 1, 1, 1, 1])
+LAB = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+SA = np.array([0.1, 0.7, 0.3, 0.9, 0.6, 0.5, 0.4, 0.2])
+SB = np.array([0.3, 0.6, 0.2, 0.8, 0.1, 0.4, 0.9, 0.7])
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    """AUROC by hand: the share of (positive, negative) pairs ranked right, ties half."""
+    pos, neg = s[y == 1], s[y == 0]
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    return float(np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg]))
+
+
+CALLS = {
+    "accuracy": (lambda **kw: accuracy_ci(CA, PAT, **kw), lambda i: CA[i].mean()),
+    "auroc": (lambda **kw: auroc_ci(LAB, SA, PAT, **kw), lambda i: _auc(LAB[i], SA[i])),
+    "paired_accuracy": (lambda **kw: paired_accuracy_ci(CA, CB, PAT, **kw),
+                        lambda i: CA[i].mean() - CB[i].mean()),
+    "paired_auroc": (lambda **kw: paired_auroc_ci(LAB, SA, SB, PAT, **kw),
+                     lambda i: _auc(LAB[i], SA[i]) - _auc(LAB[i], SB[i])),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_n_boot_seed_and_level_reach_the_bootstrap(name):
+    call, stat = CALLS[name]
+    ci = call(n_boot=40, seed=3, level=0.5)
+    expected = np.array(by_hand_samples(stat, MEMBERS, 40, 3))
+    assert np.allclose(ci.samples, expected, equal_nan=True)
+    valid = expected[~np.isnan(expected)]
+    assert (ci.n_boot, ci.level, ci.skipped) == (40, 0.5, 40 - valid.size)
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.percentile(valid, [25, 75])))
+    assert ci.estimate == pytest.approx(stat(np.arange(8)))
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_the_defaults_are_1000_resamples_seed_0_and_a_95_percent_interval(name):
+    call, stat = CALLS[name]
+    ci = call()
+    assert (ci.n_boot, ci.level) == (1000, 0.95)
+    assert np.allclose(ci.samples[:20], by_hand_samples(stat, MEMBERS, 20, 0), equal_nan=True)
+
+
+def test_bootstrap_ci_defaults_and_percentiles_of_a_continuous_statistic():
+    values = np.random.default_rng(0).random(8)
+
+    def stat(idx):
+        return float(values[idx].mean())
+
+    ci = bootstrap_ci(stat, PAT)
+    expected = np.array(by_hand_samples(stat, MEMBERS, 1000, 0))
+    assert (ci.n_boot, ci.level) == (1000, 0.95)
+    assert np.allclose(ci.samples, expected)
+    assert (ci.low, ci.high) == pytest.approx(tuple(np.percentile(expected, [2.5, 97.5])))
+    half = bootstrap_ci(stat, PAT, level=0.5)
+    assert (half.low, half.high) == pytest.approx(tuple(np.percentile(expected, [25, 75])))
+
+
+def test_every_resample_skipped_gives_an_undefined_interval():
+    ci = auroc_ci([1, 1], [0.2, 0.3], ["a", "b"], n_boot=10)  # one class only
+    assert ci.skipped == 10 and math.isnan(ci.low) and math.isnan(ci.high)
+    assert math.isnan(ci.estimate)
+
+
+def test_one_resample_is_allowed():
+    assert accuracy_ci([1, 0], ["a", "b"], n_boot=1).n_boot == 1
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: accuracy_ci([1, 0], ["a", "b"], n_boot=2.5), "n_boot must be a positive integer"),
+    (lambda: accuracy_ci([1, 0], ["a", "b"], n_boot=True), "n_boot must be a positive integer"),
+    (lambda: accuracy_ci([1, 0], ["a", "b"], level=0), r"level must be in \(0, 1\)"),
+    (lambda: accuracy_ci([1, 0], ["a", "b"], level=1), r"level must be in \(0, 1\)"),
+    (lambda: auroc_ci([0], [0.1, 0.2], ["a", "b"]), "labels must have one entry per image"),
+    (lambda: paired_accuracy_ci([1, 2], [1, 0], ["a", "b"]), "correct_a must hold 0 / 1"),
+    (lambda: paired_accuracy_ci([1, 0], [1, 2], ["a", "b"]), "correct_b must hold 0 / 1"),
+    (lambda: paired_accuracy_ci([1], [1, 0], ["a", "b"]), "correct_a must have one entry"),
+    (lambda: mcnemar([1, 2], [1, 0]), "correct_a must hold 0 / 1"),
+    (lambda: mcnemar([1, 0], [1, 2]), "correct_b must hold 0 / 1"),
+    (lambda: paired_auroc_ci([0, 1], [0.1], [0.1, 0.2], ["a", "b"]), "scores_a must have one"),
+    (lambda: paired_auroc_ci([0, 1], [0.1, 0.2], [0.1], ["a", "b"]), "scores_b must have one")])
+def test_more_bad_input_is_one_line_naming_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
