@@ -5,7 +5,12 @@ function-local import that dodges a cycle at run time is still a cycle in the de
 """
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -100,3 +105,81 @@ def test_the_graph_sees_every_mladv_module():
 def test_the_mladv_import_graph_has_no_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# -- start-up: what `mladv --help` and `import mladv` load (issue 25, item 2) ------------------
+COMMANDS = sorted(p.stem for p in (SRC / "mladv" / "commands").glob("[!_]*.py"))
+HEAVY_OPTIONAL = ("torchattacks", "matplotlib", "sklearn", "bm3d", "pytorch_grad_cam")
+
+
+def imported_modules(*args: str) -> set[str]:
+    """Every module ``python -X importtime ARGS`` imports (the last column of its report on
+    stderr: ``import time: self [us] | cumulative | imported package``); the run must succeed."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert report, "no -X importtime report on stderr"
+    return {line.rsplit("|", 1)[-1].strip() for line in report[1:]}  # [0]: the header
+
+
+def test_imported_modules_reads_the_importtime_report():
+    seen = imported_modules("-c", "import json")
+    assert {"json", "json.decoder"} <= seen and "torch" not in seen
+
+
+def test_the_commands_listed_are_the_command_files():
+    assert {"train", "attack", "evaluate", "demo"} <= set(COMMANDS)
+    assert not [c for c in COMMANDS if c.startswith("_")]
+
+
+def test_mladv_help_imports_no_torch():
+    assert "torch" not in imported_modules("-m", "mladv", "--help")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_imports_no_torch(command):
+    assert "torch" not in imported_modules("-m", "mladv", command, "--help")
+
+
+def test_import_mladv_imports_no_torch():
+    assert "torch" not in imported_modules("-c", "import mladv")
+
+
+def test_import_mladv_loads_no_heavy_optional_library():
+    loaded = imported_modules("-c", "import mladv") & set(HEAVY_OPTIONAL)
+    assert not loaded, f"import mladv loads {sorted(loaded)}"
+
+
+def test_the_readme_names_load_no_heavy_optional_library():
+    """README's first example: ``from mladv import MLAdv, build_model`` needs torch and
+    torchvision, not the attack zoo, plotting, scikit-learn, BM3D or Grad-CAM."""
+    loaded = imported_modules("-c", "from mladv import MLAdv, build_model") & set(HEAVY_OPTIONAL)
+    assert not loaded, f"from mladv import MLAdv, build_model loads {sorted(loaded)}"
+
+
+@pytest.mark.parametrize(("name", "module"), [
+    ("MLAdv", "mladv.attacks"), ("heuristic_projection", "mladv.attacks"),
+    ("projection_kernel", "mladv.attacks"), ("build_model", "mladv.models"),
+    ("load_checkpoint", "mladv.models"), ("save_checkpoint", "mladv.models")])
+def test_each_public_name_of_mladv_is_its_definition(name, module):
+    import mladv
+
+    assert getattr(mladv, name) is getattr(importlib.import_module(module), name)
+    assert name in mladv.__all__ and name in dir(mladv)
+
+
+def test_an_unknown_name_of_mladv_is_an_attribute_error():
+    import mladv
+
+    with pytest.raises(AttributeError, match="no attribute 'MLadv'"):
+        mladv.MLadv  # noqa: B018
+
+
+def test_the_cli_image_size_bounds_are_the_models_bounds():
+    """``mladv train --image-size`` bounds live in the torch-free mladv.defaults; the model
+    builder checks the same 16..1024 (until models.py imports them from there)."""
+    from mladv import defaults, models
+
+    assert (defaults.IMAGE_SIZE_MIN, defaults.IMAGE_SIZE_MAX) == (16, 1024)
+    assert (models.IMAGE_SIZE_MIN, models.IMAGE_SIZE_MAX) == (16, 1024)

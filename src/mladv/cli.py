@@ -1,5 +1,10 @@
 """The ``mladv`` command line. Sub-commands live in :mod:`mladv.commands` (one file each; modules
-whose name starts with ``_`` hold shared pieces and are not commands)."""
+whose name starts with ``_`` hold shared pieces and are not commands).
+
+Start-up: this module and every command module import no torch (nor anything that does) at
+module level; a command imports its library modules inside its function, so ``mladv --help``
+and ``mladv <command> --help`` answer in typer's time, not torch's (tests/test_imports.py reads
+``python -X importtime``; benchmarks/startup.py times it)."""
 from __future__ import annotations
 
 import functools
@@ -17,8 +22,6 @@ from typing import Any
 import typer
 
 from . import commands
-from .distributed import is_main_process
-from .utils import one_line_warning
 
 INTERRUPTED = "interrupted: finished outputs are kept; rerun the same command to resume"
 
@@ -51,6 +54,13 @@ for _info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.nam
 for _command in app.registered_commands:
     if _command.callback is not None:
         _command.callback = _interruptible(_command.callback)
+
+
+def one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                     lineno: int, line: str | None = None) -> str:
+    """``warnings.formatwarning`` for the command line: ``warning: MESSAGE`` without the source
+    file and line (they mean nothing to a user)."""
+    return f"warning: {message}\n"
 
 
 def error_line(exc: BaseException) -> str:
@@ -92,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho(f"error: {error_line(exc)}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt) as exc:
+        from .distributed import is_main_process  # torch; loaded by the command already
+
         if is_main_process():  # under torchrun every rank is interrupted; one says so
             prefix = "terminated (SIGTERM); " if terminated[0] else ""
             typer.secho(prefix + (str(exc) or INTERRUPTED), err=True)

@@ -10,8 +10,6 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from ..attacks.registry import options_from_flags
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -54,6 +52,8 @@ class AttackFlags:
         """The keyword arguments for :func:`mladv.attacks.make_attack`
         (:func:`~mladv.attacks.registry.options_from_flags`); ``switches`` are a command's own
         flags that are attack options (``mladv attack --targeted``), None where not given."""
+        from ..attacks.registry import options_from_flags  # run time only: --help imports no torch
+
         return options_from_flags(self.name, eps=self.eps, seed=seed, steps=self.steps,
                                   flags={**self.switches, **switches}, pairs=self.option or [])
 

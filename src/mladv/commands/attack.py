@@ -5,8 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..crafting import attack_to_folder
-from ..reporting import fmt
 from ._attack_flags import AttackFlags, with_attack_flags
 from ._common import DATA_HELP, interrupt_message
 
@@ -35,6 +33,9 @@ def attack(
     """Attack CHECKPOINT's model on DATA; write OUT/adversarial.pt (float32) and OUT/metrics.json
     (strict JSON: an infinite PSNR, an image left unchanged, is null there and 'inf' here).
     Attack options not given keep the attack's defaults (for mladv: the measured default)."""
+    from ..crafting import attack_to_folder  # run time only: --help imports no torch
+    from ..reporting import fmt
+
     if split not in ("test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
     options = flags.options(seed=seed, targeted=targeted or None)

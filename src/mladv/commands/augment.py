@@ -5,7 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..augment import augment_to_folder
 from ._attack_flags import AttackFlags, with_attack_flags
 from ._common import DATA_HELP
 
@@ -27,6 +26,8 @@ def augment(
 ) -> None:
     """Craft adversarial copies of DATA's SPLIT on CHECKPOINT's model, true labels kept, into
     OUT/shard-*.pt (float32). Rerun the same command to resume an interrupted run."""
+    from ..augment import augment_to_folder  # run time only: --help imports no torch
+
     if split not in ("train", "test", "all"):
         raise ValueError(f"--split must be 'train', 'test' or 'all', got {split!r}")
     options = flags.options(seed=seed)

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import typer
 
-from ..demo import run_demo
-
 
 def demo(out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
          epochs: int = typer.Option(15, min=1), seed: int = typer.Option(0),
          n_per_class: int = typer.Option(250, min=10, help="Phantoms per class.")) -> None:
     """Synthetic phantoms -> small CNN -> MLAdv vs PGD: a table, summary.json and grid.png."""
+    from ..demo import run_demo  # run time only: --help imports no torch
+
     run_demo(out, epochs=epochs, seed=seed, n_per_class=n_per_class)
 
 

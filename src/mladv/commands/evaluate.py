@@ -5,8 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..attacks import parse_options
-from ..evaluate import CardOptions, command_inputs, evaluate_to_folder
 from ._common import DATA_HELP, interrupt_message
 
 INTERRUPTED = ("interrupted: the report is written only when every number is measured (mladv "
@@ -50,6 +48,9 @@ def evaluate(
     """The robustness report card of a model: clean accuracy, macro-F1, ECE, own-model PGD,
     MLAdv, the adversarial chain, AutoAttack, acquisition shift, BM3D; OUT/report.json,
     OUT/report.md, OUT/report.html (self-contained), OUT/shift.png, OUT/examples.png."""
+    from ..attacks import parse_options  # run time only: --help imports no torch
+    from ..evaluate import CardOptions, command_inputs, evaluate_to_folder
+
     checkpoint, data = command_inputs(inputs, arch, state_dict)
     opts = CardOptions(pgd_eps=tuple(pgd_eps), pgd_steps=pgd_steps, max_images=max_images,
                        mladv=mladv, chain=chain, shift=shift,

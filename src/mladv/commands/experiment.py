@@ -5,10 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..distributed import is_main_process
-from ..experiment.config import load_config
-from ..experiment.run import report_experiment, run_experiment
-
 SOURCES = ("ImageFolder root, 'phantoms[:N]', or a preset: covid-radiography:ROOT, "
            "kermany:ROOT, csv:FILE")
 
@@ -30,6 +26,10 @@ def experiment(
     own shards of x'_train, and rank 0 writes every file. Online arms (pgd-online, pgd-advprop,
     mladv-online, mladv-advprop) first get their eps / steps / fraction from a grid searched on a
     validation split of the training set (selection/selection.json)."""
+    from ..distributed import is_main_process  # run time only: --help imports no torch
+    from ..experiment.config import load_config
+    from ..experiment.run import report_experiment, run_experiment
+
     cfg = load_config(config, {"data": data, "test_data": test_data, "seeds": seeds,
                                "device": device})
     out = out or Path("runs") / f"exp-{cfg.name}"

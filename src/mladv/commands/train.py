@@ -5,8 +5,7 @@ from pathlib import Path
 
 import typer
 
-from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN
-from ..reuse import train_and_save
+from ..defaults import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN
 from ._common import DATA_HELP, interrupt_message
 
 INTERRUPTED = ("interrupted: no checkpoint was written (mladv train does not resume); rerun "
@@ -52,6 +51,8 @@ def train(
     records the training images (fingerprints), so 'mladv attack --split test' can leave them
     out on any data. Rerunning the same command reuses the finished model; other settings on
     the same OUT are refused, naming them (use another --out)."""
+    from ..reuse import train_and_save  # run time only: --help imports no torch
+
     adversarial = {"adv_mode": adv_mode, "attack": adv_attack, "adv_eps": adv_eps,
                    "adv_steps": adv_steps, "adv_fraction": adv_fraction, "option": option}
     metrics = train_and_save(data, out, arch=arch, image_size=image_size, weights=weights,

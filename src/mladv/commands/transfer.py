@@ -5,7 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..transfer import load_config, main_table, run_transfer
 from ._common import DATA_HELP
 
 
@@ -24,6 +23,9 @@ def transfer(
     at the same eps and write transfer.json/.csv/.md/.html and the Fig. 3 grid into OUT, with
     the resolved config.yaml. Rerun the same command to resume: trained models and finished
     attacks are reused."""
+    # run time only: --help imports no torch
+    from ..transfer import load_config, main_table, run_transfer
+
     cfg = load_config(config, {"data": data, "test_data": test_data, "device": device,
                                "threads": threads})
     out = out or Path("runs") / cfg.name

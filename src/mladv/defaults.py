@@ -1,0 +1,10 @@
+"""Constants the command line needs before any computing, in a module that imports nothing
+heavy: ``mladv --help`` and ``mladv <command> --help`` import no torch (tests/test_imports.py),
+so typer's option bounds cannot come from :mod:`mladv.models`.
+
+Until :mod:`mladv.models` imports its bounds from here (one home), tests/test_imports.py checks
+the two agree."""
+from __future__ import annotations
+
+#: The square image sizes (pixels) a model is built and trained at: ``--image-size`` bounds.
+IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 16, 1024
