@@ -123,3 +123,26 @@ def test_an_unknown_task_in_a_checkpoint_is_one_line_naming_the_file(tmp_path):
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad\.pt: task must be one of"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_mladv_train_reports_macro_auroc_and_per_finding_auroc_for_a_multilabel_split():
+    from sklearn.metrics import roc_auc_score
+
+    from mladv.models import predict_logits
+    from mladv.reuse import test_metrics
+
+    data = multilabel_set(n=12)
+    data.labels[:, 2] = 0.0  # one class only: no AUROC for f2
+    data.labels[1, 0], data.labels[2, 0] = 1.0, 0.0  # both classes in f0 whatever the draw
+    data.labels[1, 1], data.labels[2, 1] = 1.0, 0.0
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3).eval()
+    z = predict_logits(model, data.images)
+    expected = []
+    for k in (0, 1):
+        known = ~torch.isnan(data.labels[:, k])
+        expected.append(roc_auc_score(data.labels[known, k].numpy(), z[known, k].numpy()))
+    metrics = test_metrics(model, data)
+    assert metrics["test_auroc"]["f2"] is None
+    assert metrics["test_auroc"]["f0"] == pytest.approx(expected[0])
+    assert metrics["test_macro_auroc"] == pytest.approx(sum(expected) / 2)

@@ -17,6 +17,7 @@ checkpoint's own train / test split, training (plain or with a per-batch attack)
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .adversarial_training import AdversarialBatch, check_advprop
 from .attacks import parse_options
@@ -39,6 +41,7 @@ from .models import (
     check_image_size,
     check_pretrained,
     load_checkpoint,
+    predict_logits,
     save_checkpoint,
 )
 from .resume import differences, refuse_changed
@@ -193,6 +196,26 @@ def per_batch_adversary(adv_mode: str, *, arch: str, freeze_backbone: bool, seed
     return adversarial
 
 
+def test_metrics(model: nn.Module, test_set: ImageSet) -> dict[str, Any]:
+    """What ``mladv train`` reports on the held-out split: ``test_acc`` (multiclass: arg-max
+    accuracy); multilabel: ``test_macro_auroc`` (mean of the defined per-finding AUROCs),
+    ``test_auroc`` per finding (None where the split holds one class of it) and ``test_acc``, the
+    per-finding accuracy at 0.5 over known targets (:mod:`mladv.evaluation.multilabel`)."""
+    if test_set.task == "multiclass":
+        return {"test_acc": accuracy(model, test_set.images, test_set.labels)}
+    from .evaluation.multilabel import macro_auroc, per_finding_auroc
+    from .tasks import correct, known_mask
+
+    logits = predict_logits(model, test_set.images)
+    aurocs = per_finding_auroc(logits, test_set.labels)
+    known = known_mask(test_set.labels)
+    hits = correct(logits, test_set.labels, "multilabel")
+    return {"test_macro_auroc": macro_auroc(aurocs)[0],
+            "test_auroc": {c: None if math.isnan(a) else a
+                           for c, a in zip(test_set.classes, aurocs, strict=True)},
+            "test_acc": float(hits.sum()) / max(1, int(known.sum()))}
+
+
 def train_and_save(data: str, out: Path, *, arch: str, image_size: int, weights: str | None,
                    freeze_backbone: bool, epochs: int, batch_size: int, lr: float, seed: int,
                    test_size: float, device: str, skip_bad: bool,
@@ -230,7 +253,7 @@ def train_and_save(data: str, out: Path, *, arch: str, image_size: int, weights:
             log(f"{out / 'model.pt'}: trained with these settings already; reused")
         if not is_main_process():  # every rank trained the same model; rank 0 evaluates, writes
             return None
-        metrics = {"test_acc": accuracy(model, test_set.images, test_set.labels),
+        metrics = {**test_metrics(model, test_set),
                    "train_acc": trained["history"][-1]["train_acc"],
                    "train_seconds": trained["train_wall_s"], "reused": reused,
                    "n_train": len(train_set), "n_test": len(test_set),
