@@ -10,8 +10,11 @@ test-only reference. Its PIFGSM hard-wires a 3-channel kernel, so PI-FGSM is
 (see :func:`pifgsm`).
 
 Objective: ``objective(logits N x K, labels) -> scalar`` is the loss the attack ascends (default
-:func:`cross_entropy`, mean over the batch as torchattacks); in targeted mode the attack descends
-it on the target labels (``-objective(logits, targets)`` is ascended), as torchattacks does.
+:func:`mladv.tasks.attack_objective` of the task: the mean cross-entropy as torchattacks for a
+multiclass model, the masked binary cross-entropy :func:`mladv.tasks.masked_bce` over the known
+findings for a multilabel one, labels ``N x K`` with NaN = unknown); in targeted mode the attack
+descends it on the target labels (``-objective(logits, targets)`` is ascended), as torchattacks
+does (multilabel: ``target_labels`` ``N x K``, a label set to reach).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tasks import Task, attack_objective
 from .base import Attack, ComputeOptions, Precision, full_precision
 from .mladv import MLAdv
 
@@ -61,9 +65,9 @@ class SignGradientAttack(Attack):
     def __init__(self, model: nn.Module, *, name: str, options: dict[str, Any],
                  eps: float = 8 / 255, targeted: bool = False, seed: int | None = None,
                  objective: Objective | None = None, precision: Precision = "fp32",
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, task: Task | None = None) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed, precision=precision,
-                         channels_last=channels_last)
+                         channels_last=channels_last, task=task)
         if objective is not None and not callable(objective):
             raise ValueError(f"objective must be a callable (logits N x K, labels) -> scalar "
                              f"loss, got {objective!r}")
@@ -71,7 +75,7 @@ class SignGradientAttack(Attack):
         self.inner_options = dict(options)
         if objective is not None:
             self.inner_options["objective"] = objective_name(objective)
-        self.objective: Objective = objective or cross_entropy
+        self.objective: Objective = objective or attack_objective(self.task)
 
     def _labels(self, images: Tensor, labels: Tensor, target_labels: Tensor | None) -> Tensor:
         """The labels the objective sees: ``labels`` untargeted; targeted, ``target_labels`` or
@@ -104,7 +108,8 @@ class FGSM(SignGradientAttack):
     """FGSM (Goodfellow et al., ICLR 2015, https://arxiv.org/abs/1412.6572):
     ``x_adv = clip_[0,1](x + eps * sign(∇_x J(x, y)))``, one gradient.
 
-    Shape: images ``N x C x H x W`` in [0, 1], labels ``N`` -> ``N x C x H x W``.
+    Shape: images ``N x C x H x W`` in [0, 1], labels ``N`` (multilabel ``N x K``) ->
+    ``N x C x H x W``.
 
     Examples::
         >>> x_adv = FGSM(model, eps=8/255)(images, labels)
@@ -132,7 +137,8 @@ class PGD(SignGradientAttack):
     (``torch.empty_like(x).uniform_(-eps, eps)`` as torchattacks, which draws from the global
     generator: ``torch.manual_seed(seed)`` before torchattacks gives the same start on a CPU).
 
-    Shape: images ``N x C x H x W`` in [0, 1], labels ``N`` -> ``N x C x H x W``.
+    Shape: images ``N x C x H x W`` in [0, 1], labels ``N`` (multilabel ``N x K``) ->
+    ``N x C x H x W``.
 
     Examples::
         >>> x_adv = PGD(model, eps=8/255, alpha=2/255, steps=10, seed=0)(images, labels)
@@ -174,7 +180,8 @@ class MIFGSM(SignGradientAttack):
     torchattacks 0 / 0 makes it NaN (the denominator is clamped to the smallest normal float,
     which changes nothing else).
 
-    Shape: images ``N x C x H x W`` in [0, 1], labels ``N`` -> ``N x C x H x W``.
+    Shape: images ``N x C x H x W`` in [0, 1], labels ``N`` (multilabel ``N x K``) ->
+    ``N x C x H x W``.
 
     Examples::
         >>> x_adv = MIFGSM(model, eps=8/255, alpha=0.8/255, steps=10)(images, labels)
