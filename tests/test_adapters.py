@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mladv.adapters import load_model_spec, python_model, xrv_model
+from mladv.adapters import align_targets, load_model_spec, python_model, xrv_model
 from mladv.tasks import masked_bce
 
 xrv = pytest.importorskip("torchxrayvision")
@@ -223,12 +223,46 @@ def test_a_weights_file_for_another_architecture_is_one_line_naming_it(tmp_path,
     assert str(path) in _one_line_error(excinfo)
 
 
+def test_a_pickle_needing_other_classes_is_refused_without_running_it(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save(nn.Sequential(nn.Tanh()), path)  # Tanh: not an xrv DenseNet part
+    with pytest.raises(ValueError) as excinfo:
+        xrv_model(ALL, weights_file=path)
+    message = _one_line_error(excinfo)
+    assert str(path) in message and "weights_only=True" in message
+
+
 def test_importing_mladv_does_not_import_torchxrayvision():
     code = ("import sys, mladv, mladv.adapters; "
             "print('torchxrayvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "False"
+
+
+# --- data findings in the model's class order --------------------------------------------------
+
+def test_targets_follow_the_model_classes_with_unlabelled_findings_unknown():
+    nan = float("nan")
+    targets = torch.tensor([[1.0, 0.0, nan], [0.0, 1.0, 1.0]])
+    findings = ["Effusion", "Cardiomegaly", "No Finding"]
+    classes = ["Atelectasis", "Cardiomegaly", "Effusion"]
+    expected = torch.tensor([[nan, 0.0, 1.0], [nan, 1.0, 0.0]])
+    torch.testing.assert_close(align_targets(targets, findings, classes), expected,
+                               equal_nan=True)
+
+
+def test_finding_names_match_across_underscores_spaces_and_case():
+    targets = torch.tensor([[1.0], [0.0]])
+    got = align_targets(targets, ["Pleural_Thickening"], ["pleural thickening", "Mass"])
+    torch.testing.assert_close(got, torch.tensor([[1.0, float("nan")], [0.0, float("nan")]]),
+                               equal_nan=True)
+
+
+def test_data_sharing_no_finding_with_the_model_is_one_line():
+    with pytest.raises(ValueError) as excinfo:
+        align_targets(torch.zeros(2, 1), ["Covid"], ["Mass", "Nodule"])
+    assert "no finding of the data" in _one_line_error(excinfo)
 
 
 # --- TorchScript ------------------------------------------------------------------------------
@@ -312,6 +346,18 @@ def test_python_factory_weights_file_is_loaded(monkeypatch, tmp_path):
     x = _images(1, 12, seed=12)
     with torch.no_grad():
         torch.testing.assert_close(adapter(x), trained(x), rtol=0, atol=0)
+
+
+def test_input_size_resizes_to_the_model_size_before_the_range_map(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    adapter = load_model_spec("python:adapter_factories:make", task="multiclass",
+                              input_range=(0, 255), input_size=8)
+    seen = _spy_inputs(adapter.model)
+    x = _images(1, 16, seed=14)
+    with torch.no_grad():
+        adapter(x)
+    expected = F.interpolate(x, size=(8, 8), mode="bilinear", antialias=True) * 255
+    torch.testing.assert_close(seen[0], expected)
 
 
 # --- one line for every wrong spec ------------------------------------------------------------

@@ -246,6 +246,42 @@ class ModelAdapter(nn.Module):
             self.train(was_training)
 
 
+def _finding_key(name: str) -> str:
+    """A finding name compared case-blind, with ``_`` / ``-`` / runs of spaces as one space
+    (NIH's ``Pleural_Thickening`` is CheXpert-style ``Pleural Thickening``)."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split()).casefold()
+
+
+def align_targets(targets: Tensor, findings: Sequence[str], classes: Sequence[str]) -> Tensor:
+    """A data set's multilabel targets in a model's class order.
+
+    ``targets`` is ``N x F`` (0, 1, NaN = unknown) over the data's ``findings``; the result is
+    ``N x K`` over the model's ``classes``: column ``k`` is the data's column for the finding
+    named ``classes[k]`` (names compared by :func:`_finding_key`), and NaN (unknown, so masked
+    out of every loss and metric by :func:`mladv.tasks.masked_bce` and friends) where the data
+    does not label that finding. Data findings the model does not predict are left out. One
+    ``ValueError`` line when no finding is shared or names repeat.
+
+    Shape: ``targets`` ``N x F`` -> ``N x K`` (float, on ``targets``' device).
+    """
+    if targets.dim() != 2 or targets.shape[1] != len(findings):
+        raise ValueError(f"targets must have shape N x {len(findings)} (one column per finding "
+                         f"in findings), got {tuple(targets.shape)}")
+    data = {_finding_key(f): j for j, f in enumerate(findings)}
+    if len(data) != len(findings):
+        raise ValueError(f"findings repeat a name: {list(findings)}")
+    cols = [data.get(_finding_key(c), -1) for c in classes]
+    if all(j < 0 for j in cols):
+        raise ValueError(f"no finding of the data {list(findings)} is among the model's classes "
+                         f"{list(classes)}")
+    out = torch.full((targets.shape[0], len(classes)), math.nan, dtype=targets.dtype
+                     if targets.is_floating_point() else torch.float32, device=targets.device)
+    for k, j in enumerate(cols):
+        if j >= 0:
+            out[:, k] = targets[:, j]
+    return out
+
+
 # --- state dicts ------------------------------------------------------------------------------
 
 def _load_state_dict(path: Path, allowed: Sequence[Any] = ()) -> dict[str, Tensor]:
