@@ -13,6 +13,7 @@ from mladv.evaluation.stats import (
     mcnemar,
     paired_accuracy_ci,
     paired_auroc_ci,
+    paired_ci,
     verdict,
 )
 
@@ -176,7 +177,7 @@ def test_mcnemar_without_discordant_images_has_p_one():
 # --- bad input ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("call", "match"), [
-    (lambda: accuracy_ci([], []), "patients: no image"),
+    (lambda: accuracy_ci([], []), "^patients: no image given$"),
     (lambda: accuracy_ci([1, 0], ["a"]), r"correct must have one entry per image \(1\)"),
     (lambda: accuracy_ci([1, 2], ["a", "b"]), "correct must hold 0 / 1"),
     (lambda: accuracy_ci([1, 0], ["a", "b"], n_boot=0), "n_boot must be a positive integer"),
@@ -292,3 +293,12 @@ def test_one_resample_is_allowed():
 def test_more_bad_input_is_one_line_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_paired_ci_defaults_are_1000_resamples_seed_0_and_95_percent():
+    def stat(i):
+        return CA[i].mean() - CB[i].mean()
+
+    ci = paired_ci(lambda i: CA[i].mean(), lambda i: CB[i].mean(), PAT)
+    assert (ci.n_boot, ci.level) == (1000, 0.95)
+    assert np.allclose(ci.samples[:20], by_hand_samples(stat, MEMBERS, 20, 0))
