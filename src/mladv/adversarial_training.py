@@ -14,6 +14,12 @@ Three ways to train on adversarial samples (``MODES``):
 The loss is the cross-entropy averaged over every row trained on: with ``fraction=None`` that is
 ``(L_clean + L_adv) / 2`` (AdvProp's sum, halved, so the learning rate keeps its meaning).
 
+Multilabel models (``model.task == "multilabel"``, batch labels ``N x K`` with NaN = unknown):
+the attack is built with ``task="multilabel"`` (the twin view of ``advprop`` carries no task of
+its own), so it crafts with the task's objective, the masked binary cross-entropy over the known
+findings (:func:`mladv.tasks.attack_objective`); the labels reach it as they are (not arg-maxed)
+and the training loss is :func:`mladv.tasks.masked_bce` (``training.py``'s multilabel branch).
+
 Online defaults (``eps = 1/255``, ``steps = 1``, as AdvProp reimplementations use):
 ``pgd`` at one step is FGSM: step ``alpha = eps``, **no random start** (a random start inside
 ``[-eps, eps]`` followed by one step of ``eps`` would be clipped back and waste part of the
@@ -36,6 +42,7 @@ from torch import Tensor, nn
 from .attacks import Attack, accepted_options, check_attack_options, eval_mode, make_attack
 from .models import build_model
 from .splitbn import SplitBN, batchnorm_names
+from .tasks import masked_bce
 
 MODES = ("offline", "online", "advprop")
 ONLINE_MODES = ("online", "advprop")
@@ -117,6 +124,7 @@ class AdversarialBatch:
             self.attack_options = online_attack_options(attack, self.eps, steps, self.options)
             check_attack_options(attack, self.attack_options)  # one line, before any compute
         self.calls = 0
+        self.multilabel = False
         self.model: nn.Module | None = None
         self.split: SplitBN | None = None
         self._attack: AttackFn | None = None
@@ -136,8 +144,11 @@ class AdversarialBatch:
             self.model = model
             self.split = SplitBN(model) if self.mode == "advprop" else None
             self._target = self.split.adversarial_view() if self.split is not None else model
+            self.multilabel = getattr(model, "task", "multiclass") == "multilabel"
             if isinstance(self.attack, str):
-                self._attack = make_attack(self.attack, self._target, **self.attack_options)
+                task = {"task": "multilabel"} if self.multilabel else {}
+                self._attack = make_attack(self.attack, self._target, **self.attack_options,
+                                           **task)
             else:
                 self._attack = self.attack(self._target)
         return self.split if self.split is not None else model
@@ -148,7 +159,7 @@ class AdversarialBatch:
         Soft labels (``N x K``) are attacked at their arg-max."""
         if self._attack is None or self.trainable is None or self._target is None:
             raise RuntimeError("AdversarialBatch.bind(model) must be called before crafting")
-        hard = labels if labels.dim() == 1 else labels.argmax(1)
+        hard = labels if labels.dim() == 1 or self.multilabel else labels.argmax(1)
         if isinstance(self._attack, Attack):
             self._attack.seed = self.seed + self.calls
         self.calls += 1
@@ -186,9 +197,11 @@ class AdversarialBatch:
 
     def loss(self, net: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
         """Craft, then the mean cross-entropy over clean + adversarial rows (train mode as the
-        caller left it); for a hand-written loop."""
+        caller left it; multilabel: the masked BCE over the known entries); for a hand-written
+        loop."""
         x_in, y_in, mask, _ = self(images, labels)
-        return F.cross_entropy(self.forward(net, x_in, mask), y_in)
+        logits = self.forward(net, x_in, mask)
+        return masked_bce(logits, y_in) if self.multilabel else F.cross_entropy(logits, y_in)
 
     def twin_state_dict(self) -> dict[str, Tensor] | None:
         """The twin BatchNorm state (``advprop``) for a checkpoint entry, else ``None``."""

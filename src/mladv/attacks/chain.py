@@ -27,6 +27,13 @@ Every output is clipped to [0, 1]. Algorithm (one call): draw the order of the t
 ``steps=0`` control), then ``steps`` times ``theta <- clip(theta + alpha * half_range *
 sign(grad_theta L), lo, hi)`` with ``L`` the cross-entropy (``loss="ce"``) or the KL divergence
 ``KL(p(x) || p(chain(x)))`` from the clean prediction (``loss="kl"``, AdvChain's consistency form).
+
+Multilabel models (labels ``N x K``, NaN = unknown): ``loss="ce"`` is each image's mean binary
+cross-entropy over its known findings (:func:`~mladv.attacks.multilabel.per_image_bce`), and
+``loss="kl"`` the per-finding Bernoulli KL divergence
+``sum_k KL(Bern(p_k) || Bern(q_k))`` over the known findings, ``p = sigmoid(z(x))`` (clean),
+``q = sigmoid(z(chain(x)))`` (:func:`~mladv.attacks.multilabel.bernoulli_kl`); targeted, minus
+the BCE to the ``N x K`` ``target_labels``.
 """
 from __future__ import annotations
 
@@ -39,7 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tasks import known_mask
 from .base import Attack, ComputeOptions, full_precision
+from .multilabel import bernoulli_kl, per_image_bce
 
 TRANSFORM_NAMES = ("gamma", "window", "bias", "affine", "elastic", "noise")
 REFERENCE_EPS = 8 / 255  # eps at which the bounds are the documented defaults
@@ -237,7 +246,8 @@ class Chain(Attack):
         steps: sign-gradient ascent steps on the parameters (0: the random chain control).
         alpha: step size as a fraction of each parameter's half range.
         loss: ``"ce"`` (cross-entropy with the labels) or ``"kl"`` (KL divergence from the
-            clean prediction; labels unused).
+            clean prediction; labels unused, except that a multilabel model's unknown (NaN)
+            findings are left out of the per-finding KL).
         order: ``"random"`` (a new order of the transforms per call) or ``"fixed"``.
         gamma, contrast, brightness, bias, bias_grid, rotation, scale, translation, elastic,
             elastic_grid, noise: the bounds at severity 1 (:class:`ChainBounds`).
@@ -281,7 +291,14 @@ class Chain(Attack):
     def _loss(self, logits: Tensor, labels: Tensor, clean: Tensor | None,
               target: Tensor | None) -> Tensor:
         """The quantity the parameters ascend (summed over the batch, so each image's
-        parameters get their own gradient)."""
+        parameters get their own gradient). ``clean``: the clean softmax (multiclass) or the
+        clean logits (multilabel) for ``loss="kl"``."""
+        if self.multilabel:
+            if target is not None:
+                return -per_image_bce(logits, target).sum()
+            if self.loss == "kl" and clean is not None:
+                return bernoulli_kl(clean, logits.float(), known_mask(labels)).sum()
+            return per_image_bce(logits, labels).sum()
         if target is not None:
             return -F.cross_entropy(logits, target, reduction="sum")
         if self.loss == "kl" and clean is not None:
@@ -307,7 +324,8 @@ class Chain(Attack):
         clean = None
         if self.loss == "kl":
             with torch.no_grad():
-                clean = self.model(images).float().softmax(1)
+                clean = self.model(images).float()
+                clean = clean if self.multilabel else clean.softmax(1)
         lims = {k: (lo.to(dev, images.dtype), hi.to(dev, images.dtype))
                 for k, (lo, hi) in ((k, b.limits(k)) for k in params)}
         for _ in range(self.steps):

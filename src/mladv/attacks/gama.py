@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..tasks import Thresholds, known_mask
 from .base import Attack, ComputeOptions
+from .multilabel import finding_margins
 
 
 def margin_on_softmax(probs: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -23,6 +25,25 @@ def margin_on_softmax(probs: Tensor, labels: Tensor, targets: Tensor | None = No
     p_ref = probs.gather(1, ref[:, None]).squeeze(1)
     p_other = probs.masked_fill(ref_mask, float("-inf")).amax(1)
     return p_other - p_ref if targets is None else p_ref - p_other
+
+
+def multilabel_margin(logits: Tensor, labels: Tensor, thresholds: Thresholds = None,
+                      targets: Tensor | None = None) -> Tensor:
+    """GAMA's margin for a multilabel model, on logits: with the per-finding margins
+    ``m_ik = s_ik (z_ik - logit(t_k))`` (:func:`~mladv.attacks.multilabel.finding_margins`;
+    ``s = +1`` for a present finding, ``-1`` for an absent one), untargeted
+    ``max_{k known} -m_ik`` (> 0 exactly when some known finding is across its threshold, the
+    success test); targeted, on the targets, ``min_{k known} m_ik`` (> 0 exactly when every
+    known target entry is reached). An image with no known finding gets 0, a constant.
+
+    Shape: logits, labels (targets) ``N x K`` -> ``N``."""
+    if targets is None:
+        m = finding_margins(logits, labels, thresholds)
+        out = (-m).amax(1)
+    else:
+        m = finding_margins(logits, targets, thresholds)
+        out = m.amin(1)
+    return torch.where(torch.isinf(out), torch.zeros_like(out), out)
 
 
 class GAMA(Attack):
@@ -43,6 +64,14 @@ class GAMA(Attack):
     margin seen (the final one when none succeeded earlier).
 
     Any number of classes ``K >= 2``. Targeted mode ascends ``p_t - max_{j != t} p_j`` instead.
+
+    Multilabel models (labels ``N x K``, NaN = unknown): the margin is per finding, on logits:
+    the margin of finding ``k`` is its logit's signed distance to its threshold,
+    ``m_k = s_k (z_k - logit(t_k))`` (for ``y_k = 1`` the attack pushes ``z_k - logit(t_k)``
+    down, for ``y_k = 0`` up), and GAMA ascends ``max_{k known} -m_k``
+    (:func:`multilabel_margin`), > 0 once any known finding crosses its threshold (0.5 unless
+    the model carries ``thresholds``); ``p`` in the relaxation term is the per-finding
+    ``sigmoid(z)`` over the known findings.
 
     Args:
         model: classifier taking ``N x C x H x W`` images in [0, 1], returning logits.
@@ -92,13 +121,21 @@ class GAMA(Attack):
         k = sum(t >= s for s in self.drop_steps)
         return self.step_scale * self.eps / self.drop ** k
 
+    def _probs(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The ``p`` of the relaxation term: the softmax (multiclass); the per-finding sigmoid,
+        0 at unknown findings (multilabel). ``N x K``."""
+        if not self.multilabel:
+            return F.softmax(logits, dim=1)
+        p = torch.sigmoid(logits)
+        return torch.where(known_mask(labels), p, torch.zeros_like(p))
+
     def forward(self, images: Tensor, labels: Tensor,
                 target_labels: Tensor | None = None) -> Tensor:
         gen = self.generator()
         sign = torch.randint(0, 2, images.shape, generator=gen).to(images) * 2 - 1
         x = (images + self.eps * sign).clamp(0.0, 1.0)
         with torch.no_grad():
-            p0 = F.softmax(self.model(x).to(images.dtype), dim=1)  # bf16 logits: float32
+            p0 = self._probs(self.model(x).to(images.dtype), labels)  # bf16 logits: float32
         targets = None
         if self.targeted:
             targets = (target_labels if target_labels is not None
@@ -108,8 +145,10 @@ class GAMA(Attack):
                                  dtype=images.dtype)
         for t in range(self.steps + 1):
             x = x.detach().requires_grad_(True)
-            p = F.softmax(self.model(x).to(images.dtype), dim=1)
-            margin = margin_on_softmax(p, labels, targets)
+            logits = self.model(x).to(images.dtype)
+            p = self._probs(logits, labels)
+            margin = (multilabel_margin(logits, labels, self.thresholds, targets)
+                      if self.multilabel else margin_on_softmax(p, labels, targets))
             better = margin.detach() > best_margin
             best[better], best_margin[better] = x.detach()[better], margin.detach()[better]
             if t == self.steps:  # the last forward only scores the final iterate

@@ -23,6 +23,7 @@ from .balance import (
     mix_weights,
 )
 from .base import Attack, ComputeOptions
+from .multilabel import fooled, per_image_bce
 from .projection import heuristic_projection, projection_kernel
 from .references import StylePolicy, reference_features, style_reference
 
@@ -96,6 +97,15 @@ class MLAdv(Attack):
 
     With every realism weight at 0, ``kernel_size=3, refine=0`` the loop is PI-FGSM (torchattacks
     ``PIFGSM``); :func:`mladv.attacks.pifgsm` passes these.
+
+    Multilabel models (``task="multilabel"``, labels ``N x K`` with NaN = unknown): eq. 7's
+    ``log p_y`` becomes ``-L_i``, minus image ``i``'s mean binary cross-entropy over its known
+    findings (:func:`~mladv.attacks.multilabel.per_image_bce`); targeted, ``L_adv = L_i`` on the
+    ``N x K`` ``target_labels``. The ``"same-class"`` style partner becomes the batch image with
+    the NEAREST LABEL SET (Hamming distance over the findings known in both, ties to the lowest
+    index, never itself: :func:`~mladv.attacks.multilabel.nearest_label_partners`). ``refine``'s
+    success test: any known finding's decision disagrees with its label at the thresholds (0.5
+    unless the model carries ``thresholds``); targeted, every known target entry is reached.
 
     Args:
         model: classifier taking ``N x C x H x W`` float32 images in [0, 1], returning logits.
@@ -213,7 +223,7 @@ class MLAdv(Attack):
                          gen: torch.Generator) -> Tensor:
         """x_s of eq. 4 (:func:`~mladv.attacks.references.style_reference`)."""
         style = style_images if style_images is not None else self.style
-        return style_reference(images, labels, style, gen)
+        return style_reference(images, labels, style, gen, multilabel=self.multilabel)
 
     def _references(self, images: Tensor, style_ref: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Style Grams of x_s and origin features of x (eqs. 4, 5)."""
@@ -294,7 +304,10 @@ class MLAdv(Attack):
         return g, (measured if self.balance == "calibrated" and terms else factors)
 
     def _fools(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
-        """``refine``'s stop test, ``N`` bool: the sample fools the model (logit margin < 0)."""
+        """``refine``'s stop test, ``N`` bool: the sample fools the model (logit margin < 0;
+        multilabel: :func:`~mladv.attacks.multilabel.fooled` at the thresholds)."""
+        if self.multilabel:
+            return fooled(logits, labels, self.thresholds, targets if self.targeted else None)
         return logit_margin(logits, labels, targets if self.targeted else None) < 0
 
     # -- the loop (eq. 9) -------------------------------------------------------------------
@@ -333,7 +346,16 @@ class MLAdv(Attack):
     # -- the hooks (the variants override them; MLAdv's are the paper's) ---------------------
     def _adv_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
         """Eq. 7 per sample (``N x K`` logits -> ``N``)."""
-        return adversarial_loss(logits, labels, targets if self.targeted else None)
+        return self._task_adv_loss(logits, labels, targets if self.targeted else None)
+
+    def _task_adv_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+        """Eq. 7 for the task: ``log p_y`` (``- log p_t + log p_y`` targeted) multiclass;
+        multilabel ``-L_i`` untargeted and ``L_i`` on the targets (``L_i``:
+        :func:`~mladv.attacks.multilabel.per_image_bce`). ``N``."""
+        if not self.multilabel:
+            return adversarial_loss(logits, labels, targets)
+        return per_image_bce(logits, targets) if targets is not None else \
+            -per_image_bce(logits, labels)
 
     def _start(self, images: Tensor, labels: Tensor, targets: Tensor | None,
                grams: list[Tensor], origin: list[Tensor]) -> Tensor:
@@ -374,7 +396,7 @@ class MLAdv(Attack):
                 break
             x_in = x_adv[todo].requires_grad_(True)
             tgt = targets[todo] if self.targeted and targets is not None else None
-            loss = adversarial_loss(self.model(x_in), labels[todo], tgt).sum()
+            loss = self._task_adv_loss(self.model(x_in), labels[todo], tgt).sum()
             share = todo.numel() / images.shape[0]
             step = self.eps / 4 * self._grad(loss, x_in, False, share=share).sign()
             delta = (x_in.detach() - step - images[todo]).clamp(-self.eps, self.eps)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Attack, ComputeOptions
+from .multilabel import fooled
 
 
 class RayS(Attack):
@@ -30,9 +31,15 @@ class RayS(Attack):
     ``last_radius`` (``N``) the L-infinity radius found (inf if none) and ``last_success``
     (``N``, bool) whether it is ``<= eps``.
 
+    Multilabel models (labels ``N x K``, NaN = unknown): the hard-label decision is the set of
+    findings at or above their thresholds (0.5 unless the model carries ``thresholds``), and a
+    point is adversarial when ANY known finding crosses its threshold, i.e. its decision
+    disagrees with its label (:func:`~mladv.attacks.multilabel.fooled`); targeted, when every
+    known entry of the ``N x K`` ``target_labels`` is reached.
+
     Args:
         model: classifier taking ``N x C x H x W`` images in [0, 1], returning logits (only the
-            arg-max is used).
+            arg-max is used; multilabel, only the decisions at the thresholds).
         eps: L-infinity budget in [0, 1] units; success iff the radius found is ``<= eps``.
         budget: query budget per image (10,000 in the paper); must be >= 1.
         tol: binary-search resolution of the radius, in [0, 1] units.
@@ -65,8 +72,15 @@ class RayS(Attack):
     # -- queries -----------------------------------------------------------------------------
     @torch.no_grad()
     def _is_adv(self, x: Tensor, idx: Tensor, goal: Tensor, queries: Tensor) -> Tensor:
-        """One query for each sample in ``idx``: is ``x`` (``len(idx) x C x H x W``) adversarial?"""
+        """One query for each sample in ``idx``: is ``x`` (``len(idx) x C x H x W``) adversarial?
+        Multilabel: any known finding's decision disagrees with its label (targeted: every known
+        entry of the target set reached), at the thresholds."""
         queries[idx] += 1
+        if self.multilabel:
+            logits = self.model(x)
+            if self.targeted:
+                return fooled(logits, goal[idx], self.thresholds, targets=goal[idx])
+            return fooled(logits, goal[idx], self.thresholds)
         pred = self.model(x).argmax(1)
         hit: Tensor = pred == goal[idx] if self.targeted else pred != goal[idx]
         return hit

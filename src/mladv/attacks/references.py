@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..features import FeatureTap
 from ..losses import gram_matrix
 from .base import check_images
+from .multilabel import nearest_label_partners
 
 StylePolicy = Literal["same-class", "self"]
 
@@ -31,10 +32,12 @@ def same_class_partners(labels: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def style_reference(images: Tensor, labels: Tensor, style: StylePolicy | Tensor,
-                    gen: torch.Generator) -> Tensor:
+                    gen: torch.Generator, *, multilabel: bool = False) -> Tensor:
     """x_s of eq. 4: ``style`` images (``1 x C x H x W`` or ``N x C x H x W``, checked), the
     images themselves (``"self"``) or another image of the same class in the batch
-    (``"same-class"``, drawn with ``gen``). Shape: -> broadcastable to ``images``."""
+    (``"same-class"``, drawn with ``gen``; ``multilabel``: labels ``N x K``, the image with the
+    nearest label set, :func:`~mladv.attacks.multilabel.nearest_label_partners`).
+    Shape: -> broadcastable to ``images``."""
     if isinstance(style, Tensor):
         check_images(style)
         ref = style.detach().to(images)
@@ -44,6 +47,8 @@ def style_reference(images: Tensor, labels: Tensor, style: StylePolicy | Tensor,
         return ref
     if style == "self":
         return images
+    if multilabel:
+        return images[nearest_label_partners(labels)]
     return images[same_class_partners(labels, gen)]
 
 

@@ -23,6 +23,7 @@ from .chain import Chain
 from .gama import GAMA
 from .mladv import MLAdv
 from .rays import RayS
+from .targeted_finding import TargetedFinding
 
 ATTACKS: dict[str, Callable[..., Attack]] = {
     "mladv": MLAdv,
@@ -33,6 +34,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "gama": GAMA,
     "rays": RayS,
     "chain": Chain,
+    "targeted-finding": TargetedFinding,
 }
 
 
@@ -192,18 +194,21 @@ class _Throwaway(nn.Module):
         return out
 
 
-_MODEL_SPECIFIC = ("style_layers", "origin_layer")  # module names of the real model
+# module names of the real model; the targeted attack's finding name (the real model's classes)
+_MODEL_SPECIFIC = ("style_layers", "origin_layer", "finding")
 
 
 def check_attack_options(name: str, options: dict[str, Any]) -> None:
     """Validate option names AND values of attack ``name`` without a trained model (the attack
     is built on a tiny throwaway CNN on the CPU), e.g. ``steps=0``, ``steps="two"``,
-    ``balance="foo"``. Layer names are checked for type only (they name modules of the real
-    model). Raises a one-line ``ValueError`` such as "attack 'mladv': steps must be >= 1, got 0".
+    ``balance="foo"``. Layer names and a finding name are checked for type only (they name
+    modules / findings of the real model). Raises a one-line ``ValueError`` such as
+    "attack 'mladv': steps must be >= 1, got 0".
     """
     check_types(name, options)
     given = {k: v for k, v in options.items()
-             if not (k in _MODEL_SPECIFIC and v not in ("all-conv", "early-conv", None))}
+             if not (k in _MODEL_SPECIFIC and v not in ("all-conv", "early-conv", None)
+                     and (k != "finding" or isinstance(v, str)))}
     make_attack(name, _Throwaway(), **given)
 
 
