@@ -1,6 +1,8 @@
 """``mladv evaluate``: the report card of our checkpoints and of torchvision state dicts."""
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import math
 
@@ -10,17 +12,20 @@ import torchvision
 
 from mladv.cli import main
 from mladv.evaluate import (
-    CardOptions,
+    auroc,
     card_blocks,
     macro_f1,
     model_from_state_dict,
+    options_record,
+    per_class,
     report_card,
 )
 from mladv.models import load_checkpoint
-from mladv.robustness import SHIFT_SEVERITIES, SHIFT_TRANSFORMS
+from mladv.robustness import SHIFT_SEVERITIES, SHIFT_TRANSFORMS, RobustnessOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-QUICK = ["--max-images", "6", "--pgd-eps", "2", "--pgd-steps", "2", "--no-mladv"]
+QUICK = ["--max-images", "6", "--pgd-eps", "2", "--pgd-steps", "2", "--no-mladv",
+         "--min-eps-images", "0", "--bootstrap", "20"]
 
 
 def run(args):
@@ -47,51 +52,94 @@ def test_macro_f1_is_the_unweighted_mean_of_per_class_f1():
 
 def test_card_text_formats_numbers_through_the_one_formatter():
     """Four decimals as before ``reporting.fmt`` took over; a NaN (AutoAttack with no image
-    left) reads ``n/a``, as in every other report."""
-    card = {"n": 12, "n_robust": 6, "classes": ["a", "b"],
-            "options": {"ece_bins": 15, "pgd_steps": 10, "pgd_eps": [2.0], "autoattack_eps": 2.0,
-                        "autoattack_images": 16, "bm3d_sigma": 0.1, "seed": 0,
-                        "severities": [0.5, 1.0]},
-            "metrics": {"accuracy": 0.83333, "macro_f1": 0.8, "ece": 0.04321, "pgd_2": 0.5,
-                        "autoattack_2": math.nan, "shift_gamma_0.5": 0.9, "shift_gamma_1": 0.8}}
-    tables = [b[2] for b in card_blocks(card) if b[0] == "table"]
-    assert tables == [[["accuracy", "0.8333"], ["macro-F1", "0.8000"], ["ECE (15 bins)", "0.0432"],
-                       ["PGD-10 at 2/255", "0.5000"],
-                       ["AutoAttack (standard) at 2/255 on 6 images", "n/a"]],
+    left) reads ``n/a``, as in every other report; the CI and the column's image count beside
+    each number; the card opens with the scored-images line."""
+    opts = options_record(RobustnessOptions(attacks=(), pgd_eps=(2.0,), pgd_options={"steps": 10},
+                                            autoattack_images=16, square_queries=100,
+                                            noise_sigmas=(), shift_severities=(0.5, 1.0)))
+    card = {"n": 12, "n_robust": 6, "classes": ["a", "b"], "seed": 0, "options": opts,
+            "scored": "12 of 40 images scored: why.",
+            "metrics": {"accuracy": 0.83333, "macro_f1": 0.8, "ece": 0.04321,
+                        "acc_pgd_2": 0.5, "acc_autoattack_2": math.nan,
+                        "shift_gamma_0.5": 0.9, "shift_gamma_1": 0.8},
+            "sizes": {"accuracy": 12, "acc_pgd_2": 6},
+            "ci": {"accuracy": {"low": 0.5, "high": 0.91666}}}
+    blocks = card_blocks(card)
+    assert blocks[1] == ("p", "12 of 40 images scored: why.")
+    tables = [b[2] for b in blocks if b[0] == "table"]
+    aa = (f"AutoAttack standard (Croce & Hein 2020, pyautoattack "
+          f"{importlib.metadata.version('pyautoattack')}), seed 0, Square 100 queries (not the "
+          "standard 5000) at 2/255")
+    assert tables == [[["accuracy (clean)", "0.8333", "[0.500, 0.917]", "12"],
+                       ["macro-F1", "0.8000", "", ""], ["ECE (15 bins)", "0.0432", "", ""],
+                       ["PGD-10 at 2/255", "0.5000", "", "6"], [aa, "n/a", "", ""]],
                       [["gamma", "0.9000", "0.8000"]]]
 
 
 def test_report_card_holds_every_number(tiny_trained):
     model, x, y = tiny_trained
-    card = report_card(model, x[:12], y[:12], ["a", "b", "c"],
-                       CardOptions(pgd_eps=(2.0, 8.0), pgd_steps=2, max_images=6,
-                                   autoattack_images=2, square_queries=5, bm3d_images=2))
+    card = report_card(model, x[::10], y[::10], ["a", "b", "c"],
+                       RobustnessOptions(attacks=("mladv",), pgd_eps=(2.0, 8.0),
+                                         pgd_options={"steps": 2}, mladv_options={"steps": 1},
+                                         max_images=6, autoattack_images=2, square_queries=5,
+                                         bm3d_images=2, acquisition_shift=True,
+                                         noise_sigmas=(0.1,), min_eps_images=2,
+                                         min_eps_steps=2, bootstrap=20))
     m = card["metrics"]
-    expected = {"accuracy", "macro_f1", "ece", "pgd_2", "pgd_8", "mladv", "chain",
-                "autoattack_2", "shift_mean", "bm3d_clean", "bm3d_pgd_8"} | {
+    accuracies = {"acc_pgd_2", "acc_pgd_8", "acc_mladv", "acc_chain", "acc_autoattack_2",
+                  "acc_noise_0.1", "acc_bm3d_clean", "acc_bm3d_pgd_8"} | {
         f"shift_{t}_{s:g}" for t in SHIFT_TRANSFORMS for s in SHIFT_SEVERITIES}
-    assert set(m) == expected and card["n"] == 12 and card["n_robust"] == 6
-    assert all(0.0 <= v <= 1.0 for v in m.values())
+    assert set(m) == {"accuracy", "macro_f1", "ece", "auroc", "acc_shift_mean",
+                      "median_min_eps"} | accuracies
+    assert (card["n"], card["n_robust"], card["n_autoattack"]) == (12, 6, 2)
+    assert set(card["ci"]) == {"accuracy", "auroc"} | accuracies
+    assert card["sizes"]["acc_pgd_2"] == 6 and card["sizes"]["acc_bm3d_clean"] == 2
+    assert card["sizes"]["acc_noise_0.1"] == 12 and card["sizes"]["acc_autoattack_2"] == 2
+    assert set(card["per_class"]) == {"a", "b", "c"}
+    assert all(0.0 <= v <= 1.0 for k, v in m.items() if k != "median_min_eps")
 
 
-def test_report_card_uses_the_experiments_evaluation_path(tiny_trained):
-    """The card's PGD and AutoAttack columns equal mladv.robustness's (the experiment's path):
-    the same class-stratified subset, the same per-batch seeds."""
-    from mladv.robustness import RobustnessOptions, robustness_columns
+def test_the_card_s_numbers_are_the_robustness_report_s(tiny_trained):
+    """One evaluation path: every number the card shows of mladv.robustness is the report's,
+    for the same options and seed (the card adds macro-F1 and AUROC only)."""
+    from mladv.robustness import robustness_report
     model, x, y = tiny_trained
     x, y = x[::10], y[::10]  # 4 images per class (the first 12 are all of class 0)
-    card = report_card(model, x, y, ["a", "b", "c"],
-                       CardOptions(pgd_eps=(2.0,), pgd_steps=2, max_images=6, mladv=False,
-                                   chain=False, shift=False, autoattack_images=3,
-                                   square_queries=5, seed=3))["metrics"]
-    cols = robustness_columns(model, x, y, RobustnessOptions(
-        attacks=(), pgd_eps=(2.0,), pgd_options={"steps": 2}, max_images=6, subset_seed=3,
-        autoattack_images=3, square_queries=5, noise_sigmas=()), seed=3, n_classes=3)
-    assert card["pgd_2"] == cols["acc_pgd_2"]
-    assert card["autoattack_2"] == cols["acc_autoattack_2"]
-    full = report_card(model, x, y, ["a", "b", "c"], CardOptions(
-        pgd_eps=(2.0,), pgd_steps=2, max_images=None, mladv=False, chain=False, shift=False))
+    opts = RobustnessOptions(attacks=(), pgd_eps=(2.0,), pgd_options={"steps": 2}, max_images=6,
+                             subset_seed=3, autoattack_images=3, square_queries=5,
+                             noise_sigmas=(0.1,))
+    card = report_card(model, x, y, ["a", "b", "c"], opts, seed=3)
+    report = robustness_report(model, x, y, opts, seed=3, n_classes=3)
+    assert {k: v for k, v in card["metrics"].items() if k not in ("macro_f1", "auroc")} == {
+        k: v for k, v in report.items()
+        if k not in ("n", "n_robust", "n_autoattack", "sizes", "gradient_masking")}
+    full = report_card(model, x, y, ["a", "b", "c"], RobustnessOptions(
+        attacks=(), pgd_eps=(2.0,), pgd_options={"steps": 2}, max_images=None, noise_sigmas=()))
     assert full["n_robust"] == 12  # max_images None: every image
+
+
+def test_per_class_sensitivity_specificity_and_auroc_by_hand():
+    """Labels 0 0 1 1 2, predictions 0 1 1 1 0 (arg-max of the probabilities): class 0
+    per class by hand below."""
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.2, 0.5, 0.3], [0.1, 0.8, 0.1],
+                          [0.5, 0.1, 0.4]])
+    y = torch.tensor([0, 0, 1, 1, 2])
+    pc = per_class(probs, y, ["a", "b", "c"])
+    # class a: positives {0, 1} predicted a: {0} -> 1/2; negatives {2, 3, 4} not a: {2, 3} -> 2/3
+    # its scores 0.7 0.3 vs 0.2 0.1 0.5: pairs won 3 + 2 of 6 -> 5/6
+    assert pc["a"] == pytest.approx({"auroc": 5 / 6, "sensitivity": 1 / 2, "specificity": 2 / 3})
+    # class b: positives {2, 3} both b -> 1; negatives {0, 1, 4}: 1 predicted b -> 2/3;
+    # scores 0.5 0.8 vs 0.2 0.6 0.1: 2 + 3 of 6 -> 5/6
+    assert pc["b"] == pytest.approx({"auroc": 5 / 6, "sensitivity": 1.0, "specificity": 2 / 3})
+    # class c: positive {4} predicted a -> 0; negatives all not c -> 1; 0.4 above all 4 -> 1
+    assert pc["c"] == pytest.approx({"auroc": 1.0, "sensitivity": 0.0, "specificity": 1.0})
+
+
+def test_binary_auroc_is_of_the_positive_class_probability():
+    """Positive scores 0.9, 0.4 against negative 0.6, 0.1: 3 of 4 pairs ordered -> 0.75."""
+    probs = torch.tensor([[0.1, 0.9], [0.6, 0.4], [0.4, 0.6], [0.9, 0.1]])
+    assert auroc(probs, torch.tensor([1, 1, 0, 0])) == 0.75
+    assert math.isnan(auroc(probs, torch.tensor([1, 1, 1, 1])))
 
 
 def test_evaluate_a_checkpoint_writes_json_markdown_and_figure(ckpt, tmp_path, capsys):
@@ -99,13 +147,54 @@ def test_evaluate_a_checkpoint_writes_json_markdown_and_figure(ckpt, tmp_path, c
     assert run(["evaluate", str(ckpt), "phantoms:12", *QUICK, "--out", str(out)]) == 0
     card = json.loads((out / "report.json").read_text())
     assert card["source"]["checkpoint"] == str(ckpt) and card["source"]["split"] == "test"
-    assert {"accuracy", "macro_f1", "ece", "pgd_2", "chain", "shift_mean"} <= set(card["metrics"])
+    assert {"accuracy", "macro_f1", "ece", "auroc", "acc_pgd_2", "acc_chain",
+            "acc_shift_mean"} <= set(card["metrics"])
     md = (out / "report.md").read_text()
     assert "| macro-F1 |" in md and "](shift.png)" in md and "](examples.png)" in md
     assert (out / "shift.png").stat().st_size > 0 and (out / "examples.png").stat().st_size > 0
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2  # self-contained
-    assert "wrote" in capsys.readouterr().out
+    assert "6 of 36 images scored: the checkpoint's held-out test split" in capsys.readouterr().out
+    assert md.splitlines()[2].startswith("6 of 36 images scored")  # the line under the title
+
+
+def test_the_provenance_names_the_model_file_its_sha256_the_data_and_the_versions(ckpt, tmp_path):
+    out = tmp_path / "card"
+    assert run(["evaluate", str(ckpt), "phantoms:12", *QUICK, "--no-shift", "--no-chain",
+                "--out", str(out)]) == 0
+    prov = json.loads((out / "report.json").read_text())["provenance"]
+    assert prov["model file"] == str(ckpt)
+    assert prov["model sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert prov["architecture"] == "tiny_cnn" and prov["data"] == "phantoms:12"
+    assert prov["seed"] == 0 and prov["device"] == "cpu"
+    assert prov["versions"].startswith(f"mladv {importlib.metadata.version('mladv')}, torch "
+                                       f"{torch.__version__}")
+
+
+def test_an_external_folder_the_model_never_saw_is_scored_whole(ckpt, tmp_path, capsys):
+    """Phantoms of another seed written as PNGs: no image the checkpoint trained on, so all
+    12 are scored (no 15 % test split), and the first line says so."""
+    from mladv.data.phantoms import write_phantoms
+    write_phantoms(tmp_path / "other", 4, 24, seed=99)
+    out = tmp_path / "card"
+    assert run(["evaluate", str(ckpt), str(tmp_path / "other"), *QUICK, "--no-shift",
+                "--no-chain", "--out", str(out)]) == 0
+    card = json.loads((out / "report.json").read_text())
+    assert card["n"] == 12 and card["source"]["split"] == "all"
+    assert card["scored"].startswith("12 of 12 images scored: ")
+    assert "holds no image" in card["scored"]
+
+
+def test_split_all_scores_the_training_data_whole_and_test_its_held_out_part(ckpt, tmp_path):
+    """On the data it trained on: the default is the held-out split (6 of 36, as training
+    printed), --split all every image."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(["evaluate", str(ckpt), "phantoms:12", *QUICK, "--no-shift", "--no-chain",
+                "--out", str(a)]) == 0
+    assert run(["evaluate", str(ckpt), "phantoms:12", "--split", "all", *QUICK, "--no-shift",
+                "--no-chain", "--out", str(b)]) == 0
+    assert json.loads((a / "report.json").read_text())["n"] == 6
+    assert json.loads((b / "report.json").read_text())["n"] == 36
 
 
 def test_a_state_dict_of_the_same_network_gives_the_same_card(ckpt, tmp_path):

@@ -124,7 +124,8 @@ def test_robustness_report_reproduces_the_experiment_exactly(test_split, experim
     report = robustness_report(model, test.images, test.labels, OPTIONS, seed=SEED)
     assert {k: report[k] for k in experiment_columns} == experiment_columns
     assert set(report) - set(experiment_columns) == {"n", "n_robust", "n_autoattack",
-                                                     "accuracy", "ece"}
+                                                     "accuracy", "ece", "sizes",
+                                                     "gradient_masking"}
     assert (report["n"], report["n_robust"], report["n_autoattack"]) == (40, 13, 4)
     probs = torch.softmax(predict_logits(model, test.images), 1).numpy()  # as run.py does
     assert report["ece"] == evaluation.calibration(probs, test.labels, 15)

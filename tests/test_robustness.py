@@ -78,7 +78,9 @@ def test_robustness_report_has_every_number(tiny_trained):
                              square_queries=20, noise_sigmas=(0.05,))
     r = robustness_report(model, images[:20], labels[:20], opts)
     assert set(r) == {"n", "n_robust", "n_autoattack", "accuracy", "ece", "acc_mladv",
-                      "acc_pgd_2", "acc_pgd_8", "acc_autoattack_2", "acc_noise_0.05"}
+                      "acc_pgd_2", "acc_pgd_8", "acc_autoattack_2", "acc_noise_0.05", "sizes"}
+    assert r["sizes"] == {"accuracy": 20, "acc_mladv": 8, "acc_pgd_2": 8, "acc_pgd_8": 8,
+                          "acc_autoattack_2": 4, "acc_noise_0.05": 20}
     assert (r["n"], r["n_robust"], r["n_autoattack"]) == (20, 8, 4)
     assert r["accuracy"] == accuracy(model, images[:20], labels[:20])
 
@@ -105,7 +107,8 @@ def test_options_at_their_bounds_are_accepted(kwargs):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"eps": 255.5}, "eps, pgd_eps and autoattack_eps are in 1/255 units, each in (0, 255]"),
+    ({"eps": 255.5}, "eps, pgd_eps, autoattack_eps and min_eps_max are in 1/255 units, each in "
+                     "(0, 255]"),
     ({"noise_sigmas": (0.0,)}, "noise_sigmas must be > 0, got [0.0]"),
     ({"ece_bins": 0}, "ece_bins must be >= 1, got 0"),
     ({"autoattack_images": -1, "max_images": None},
@@ -223,7 +226,7 @@ def test_chain_accuracy_is_the_registry_chain_with_its_defaults(monkeypatch):
 
 
 def test_noise_accuracy_scores_the_clipped_noisy_images_drawn_per_sigma(monkeypatch):
-    calls = _spy(monkeypatch, "_accuracy", 0.75)
+    calls = _spy(monkeypatch, "_correct", torch.tensor([True, True, True, False]))
     x = torch.tensor([0.0, 1.0, 0.5, 0.02]).view(1, 1, 2, 2)
     out = rob.noise_accuracy(_FirstClass(), x, torch.tensor([0]), (0.5, 2.0))
     assert out == {"acc_noise_0.5": 0.75, "acc_noise_2": 0.75}
@@ -235,8 +238,8 @@ def test_noise_accuracy_scores_the_clipped_noisy_images_drawn_per_sigma(monkeypa
 
 
 def test_the_columns_pass_each_attack_its_options_seed_and_classes(monkeypatch):
-    adv = _spy(monkeypatch, "adversarial_accuracy", 0.5)
-    _spy(monkeypatch, "noise_accuracy", {})
+    adv = _spy(monkeypatch, "adversarial_correct", torch.tensor([True, False]))
+    _spy(monkeypatch, "noise_correct", {})
     subsets: list = []
     real = rob.robustness_subsets
     monkeypatch.setattr(rob, "robustness_subsets",
@@ -255,7 +258,8 @@ def test_the_columns_pass_each_attack_its_options_seed_and_classes(monkeypatch):
 
 
 def test_the_report_passes_its_bins_seed_and_classes(monkeypatch):
-    cols = _spy(monkeypatch, "robustness_columns", {"acc_pgd_2": 0.25})
+    cols = _spy(monkeypatch, "robustness_outcomes",
+                {"acc_pgd_2": (torch.tensor([0]), torch.tensor([True, False, False, False]))})
     torch.manual_seed(0)  # the same model every run (what the test can tell apart stays fixed)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
@@ -299,8 +303,8 @@ def _bound_spy(monkeypatch, name: str, value):
     return calls
 
 
-SPIED = {"adversarial_accuracy": 0.5, "autoattack_accuracy": 0.25, "chain_accuracy": 0.75,
-         "noise_accuracy": {}, "acquisition_shift_accuracy": {"shift_mean": 0.5}}
+SPIED = {"adversarial_correct": torch.tensor([True, False]),
+         "autoattack_correct": torch.tensor([False]), "noise_correct": {}, "shift_correct": {}}
 WIRED = rob.RobustnessOptions(attacks=(), pgd_eps=(2.0, 8.0), pgd_options={"steps": 3},
                               chain_options={"rotation": 5.0}, max_images=4, subset_seed=1,
                               autoattack_images=2, autoattack_eps=4.0, square_queries=9,
@@ -321,21 +325,23 @@ def _wired_calls(monkeypatch, name: str):
 
 
 def test_the_columns_run_pgd_at_each_pgd_eps_in_1_255_units_with_its_options(monkeypatch):
-    calls, model, (x, y), _ = _wired_calls(monkeypatch, "adversarial_accuracy")
+    calls, model, (x, y), _ = _wired_calls(monkeypatch, "adversarial_correct")
+    calls = [c for c in calls if c["attack"] == "pgd"]
     assert calls == [{"model": model, "images": x, "labels": y, "attack": "pgd", "eps": e / 255,
                       "seed": 2, "batch_size": 7, "options": {"steps": 3}} for e in (2.0, 8.0)]
 
 
 def test_the_columns_run_autoattack_on_its_images_at_its_eps_and_square_queries(monkeypatch):
-    calls, model, _, (x, y) = _wired_calls(monkeypatch, "autoattack_accuracy")
+    calls, model, _, (x, y) = _wired_calls(monkeypatch, "autoattack_correct")
     assert calls == [{"model": model, "images": x, "labels": y, "eps": 4.0 / 255, "seed": 2,
                       "batch_size": 7, "square_queries": 9, "log": None}]
 
 
 def test_the_columns_run_the_chain_at_8_255_with_its_options(monkeypatch):
-    calls, model, (x, y), _ = _wired_calls(monkeypatch, "chain_accuracy")
-    assert calls == [{"model": model, "images": x, "labels": y, "eps": 8 / 255, "seed": 2,
-                      "batch_size": 7, "options": {"rotation": 5.0}}]
+    calls, model, (x, y), _ = _wired_calls(monkeypatch, "adversarial_correct")
+    calls = [c for c in calls if c["attack"] == "chain"]
+    assert calls == [{"model": model, "images": x, "labels": y, "attack": "chain", "eps": 8 / 255,
+                      "seed": 2, "batch_size": 7, "options": {"rotation": 5.0}}]
 
 
 @pytest.fixture()
@@ -565,7 +571,7 @@ def test_the_report_ece_uses_ece_bins():
 
 def test_the_report_counts_the_subsets_over_its_n_classes(monkeypatch):
     """6 images of classes 0 / 1 / 2 stratified over 2 classes: the 4 of classes 0 and 1."""
-    _spy(monkeypatch, "robustness_columns", {})
+    _spy(monkeypatch, "robustness_outcomes", {})
     opts = rob.RobustnessOptions(max_images=5, autoattack_images=5)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     report = rob.robustness_report(_Rows(torch.zeros(6, 3)), torch.zeros(6, 1, 2, 2), y, opts,

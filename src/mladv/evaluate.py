@@ -1,64 +1,66 @@
-"""The robustness report card of any classifier (``mladv evaluate``): one JSON, one Markdown page,
-one figure, every number through :mod:`mladv.robustness` (the functions the experiment's
-robustness columns use).
+"""The robustness report card of any classifier (``mladv evaluate``): one JSON, one Markdown /
+HTML page, its figures. Every number comes from :func:`mladv.robustness.robustness_report` with
+one :class:`~mladv.robustness.RobustnessOptions` (the schema and key vocabulary of the
+experiment's robustness columns, the same seeding), so ``mladv evaluate`` and ``mladv
+experiment`` give identical numbers for the same model, images and options; this module adds
+only the clean metrics a card shows beside them (macro-F1, AUROC, per class) and renders.
 
-The card, for a model on labelled images:
+The card, for a model on labelled images (``N x C x H x W`` in [0, 1], labels ``N``):
 
-- clean: ``accuracy``, ``macro_f1`` (unweighted mean of per-class F1), ``ece`` (15 bins, Guo et
-  al. 2017) on every image;
-- white-box, crafted on the model itself, on the experiment's class-stratified seeded subset
-  of ``max_images`` (:func:`mladv.robustness.robustness_subsets`):
-  ``pgd_<E>`` (PGD-``pgd_steps``, step E/4, random start, at each E/255 of ``pgd_eps``),
-  ``mladv`` (MLAdv at 8/255, its defaults), ``chain`` (the adversarial chain at its default
-  bounds, one step), ``autoattack_<E>`` (standard AutoAttack on the first ``autoattack_images``
-  of the subset; 0: not run);
-- acquisition shift on every image: ``shift_<transform>_<severity>`` (each chain transform alone
-  at severities 1, 2, 4 times its default bounds, random parameters), ``shift_mean``;
-- BM3D (``bm3d_images`` > 0): accuracy on BM3D-denoised clean images (``bm3d_clean``) and
-  denoised PGD images at the largest eps (``bm3d_pgd_<E>``), the first ``bm3d_images`` of the
-  subset (sigma ``bm3d_sigma``).
+- clean on every image: ``accuracy``, ``macro_f1`` (unweighted mean of per-class F1), ``ece``
+  (Guo et al. 2017), ``auroc`` (binary: of the positive class' probability; ``K > 2``: one-vs-
+  rest macro, scikit-learn), and per class its one-vs-rest AUROC, sensitivity
+  ``P(pred = c | y = c)`` and specificity ``P(pred != c | y != c)`` at the arg-max operating
+  point;
+- the robustness columns (:func:`mladv.robustness.robustness_columns`): ``acc_pgd_<E>`` over
+  the curve's budgets, ``acc_mladv``, ``acc_chain``, ``acc_autoattack_<E>`` (official, with
+  its label), ``acc_noise_<sigma>``, ``shift_<transform>_<severity>`` and ``acc_shift_mean``,
+  ``acc_bm3d_*``, ``median_min_eps``;
+- ``ci``: patient-level bootstrap 95 % CIs (``--bootstrap`` resamples,
+  :mod:`mladv.evaluation.stats`) of the accuracy, the AUROC and every accuracy column;
+  ``sizes``: the images behind each column; ``gradient_masking``: AutoAttack <= PGD check.
 
 Examples::
-    >>> card = report_card(model, images, labels, classes, CardOptions(max_images=64))
-    >>> write_card(card, "runs/evaluate")   # report.json / .md / .html, shift.png
+    >>> card = report_card(model, images, labels, classes, RobustnessOptions(max_images=64))
+    >>> write_card(card, "runs/evaluate")   # report.json / .md / .html, curve.png, shift.png
 
 ``mladv evaluate`` is :func:`evaluate_to_folder` (a checkpoint, or ``--arch`` / ``--state-dict``).
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
-from dataclasses import asdict, dataclass, field
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sklearn.metrics import f1_score
+import numpy as np
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
 from torch import Tensor, nn
 
 from .attacks import check_attack_options, make_attack
-from .augment import craft_shard
-from .crafting import checkpoint_and_split
-from .data import ImageSet, load_source, split_imageset
-from .denoise import bm3d_denoise
+from .data import ImageSet, choose_split, load_source, split_imageset
 from .figures import adversarial_grid, save_figure
 from .models import (
     ImageClassifier,
     check_arch,
     check_image_size,
     head_name,
+    load_checkpoint,
     predict_logits,
     pretrained_state_dict,
 )
 from .reporting import Block, fmt, write_report
 from .robustness import (
-    SHIFT_SEVERITIES,
     SHIFT_TRANSFORMS,
     RobustnessOptions,
-    acquisition_shift_accuracy,
-    adversarial_accuracy,
-    autoattack_accuracy,
-    chain_accuracy,
-    expected_calibration_error,
-    robustness_subsets,
+    autoattack_label,
+    robustness_report,
 )
 from .utils import (
     atomic_write_json,
@@ -67,45 +69,18 @@ from .utils import (
     set_determinism,
 )
 
+CURVE_EPS = (0.5, 1.0, 2.0, 4.0, 8.0)  # the card's PGD budgets (1/255): the robustness curve
 
-@dataclass(frozen=True)
-class CardOptions:
-    """What the report card measures (eps in 1/255 units). See the module docstring."""
 
-    pgd_eps: tuple[float, ...] = (2.0, 8.0)
-    pgd_steps: int = 10
-    max_images: int | None = 64
-    mladv: bool = True
-    chain: bool = True
-    shift: bool = True
-    severities: tuple[float, ...] = SHIFT_SEVERITIES
-    autoattack_images: int = 0
-    autoattack_eps: float = 2.0
-    square_queries: int = 5000
-    bm3d_images: int = 0
-    bm3d_sigma: float = 0.05
-    ece_bins: int = 15
-    batch_size: int = 32
-    seed: int = 0
-    chain_options: dict[str, Any] = field(default_factory=dict)
-
-    def check(self) -> None:
-        """One ``ValueError`` line naming the first bad option (before any compute)."""
-        if any(not 0 < e <= 255 for e in self.pgd_eps):
-            raise ValueError(f"--pgd-eps are in 1/255 units, each in (0, 255], got "
-                             f"{list(self.pgd_eps)}")
-        for name in ("pgd_steps", "batch_size", "ece_bins", "square_queries"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("autoattack_images", "bm3d_images"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be >= 1, got {self.max_images}")
-        if not 0 < self.autoattack_eps <= 255 or not self.bm3d_sigma > 0:
-            raise ValueError("autoattack_eps must be in (0, 255] and bm3d_sigma > 0")
-        if self.chain:
-            check_attack_options("chain", self.chain_options)
+def check_card_options(opts: RobustnessOptions) -> None:
+    """:meth:`RobustnessOptions.check` and the chain's options, one line each (before any
+    compute); the card's PGD budgets are named as the CLI names them."""
+    if any(not 0 < e <= 255 for e in opts.pgd_eps):
+        raise ValueError(f"--pgd-eps are in 1/255 units, each in (0, 255], got "
+                         f"{list(opts.pgd_eps)}")
+    opts.check()
+    if opts.with_chain:
+        check_attack_options("chain", dict(opts.chain_options))
 
 
 def macro_f1(pred: Tensor, labels: Tensor, num_classes: int) -> float:
@@ -115,61 +90,75 @@ def macro_f1(pred: Tensor, labels: Tensor, num_classes: int) -> float:
                           average="macro", zero_division=0))
 
 
-def _accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
-    return float((predict_logits(model, images).argmax(1) == labels.cpu()).float().mean())
+def auroc(probs: Tensor, labels: Tensor) -> float:
+    """AUROC of class probabilities ``N x K`` against labels ``N`` (scikit-learn's
+    ``roc_auc_score``): ``K = 2`` the positive class' probability, ``K > 2`` the one-vs-rest
+    macro average; NaN when a class is absent."""
+    y, p = labels.numpy(), probs.double().numpy()
+    k = p.shape[1]
+    if len(np.unique(y)) < k:
+        return float("nan")
+    if k == 2:
+        return float(roc_auc_score(y, p[:, 1]))
+    return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=list(range(k))))
 
 
-def _bm3d(model: nn.Module, x: Tensor, y: Tensor, opts: CardOptions) -> dict[str, float]:
-    """Accuracy on BM3D-denoised clean and PGD (largest eps) images, the PGD images seeded as
-    :func:`mladv.robustness.adversarial_accuracy` seeds the ``pgd_<E>`` column (batch ``b``:
-    ``derive_seed(seed, 0, b)``)."""
-    eps = max(opts.pgd_eps)
-    atk = make_attack("pgd", model, eps=eps / 255, steps=opts.pgd_steps, seed=opts.seed)
-    adv = craft_shard(atk, x, y, seed=opts.seed, shard=0, batch_size=opts.batch_size)
-    workers = 1 if x.shape[0] < 4 else None
-    return {"bm3d_clean": _accuracy(model, bm3d_denoise(x, opts.bm3d_sigma, workers=workers), y),
-            f"bm3d_pgd_{eps:g}": _accuracy(model, bm3d_denoise(adv, opts.bm3d_sigma,
-                                                               workers=workers), y)}
+def per_class(probs: Tensor, labels: Tensor, classes: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per class ``c``: one-vs-rest ``auroc`` of ``probs[:, c]``, ``sensitivity``
+    ``P(argmax = c | y = c)`` and ``specificity`` ``P(argmax != c | y != c)`` (NaN where the
+    denominator is empty). Shape: probs ``N x K``, labels ``N``."""
+    pred, y, p = probs.argmax(1).numpy(), labels.numpy(), probs.double().numpy()
+    out: dict[str, dict[str, float]] = {}
+    for c, name in enumerate(classes):
+        pos, neg = y == c, y != c
+        out[name] = {
+            "auroc": (float(roc_auc_score(pos, p[:, c])) if pos.any() and neg.any()
+                      else float("nan")),
+            "sensitivity": float((pred[pos] == c).mean()) if pos.any() else float("nan"),
+            "specificity": float((pred[neg] != c).mean()) if neg.any() else float("nan")}
+    return out
 
 
 def report_card(model: nn.Module, images: Tensor, labels: Tensor, classes: list[str],
-                opts: CardOptions | None = None) -> dict[str, Any]:
+                opts: RobustnessOptions | None = None, *, seed: int = 0,
+                patients: Sequence[str] | None = None) -> dict[str, Any]:
     """Every number of the module docstring for ``model`` on ``images`` (``N x C x H x W`` in
-    [0, 1]) with ``labels`` (``N``): ``{"n", "n_robust", "options", "metrics": {...}}``."""
-    opts = opts or CardOptions()
-    opts.check()
+    [0, 1]) with ``labels`` (``N``), attack seed ``seed``, ``patients`` one id per image (for
+    the CIs; None: images are their own patients): ``{"n", "n_robust", "n_autoattack",
+    "classes", "seed", "options", "metrics", "per_class", "sizes", "ci", "gradient_masking"}``.
+    ``metrics`` holds :func:`mladv.robustness.robustness_report`'s numbers unchanged."""
+    opts = opts or RobustnessOptions()
+    check_card_options(opts)
     labels = labels.cpu()
+    report = robustness_report(model, images, labels, opts, seed=seed, n_classes=len(classes),
+                               patients=patients)
     probs = predict_logits(model, images).softmax(1)
-    m: dict[str, Any] = {
-        "accuracy": float((probs.argmax(1) == labels).float().mean()),
-        "macro_f1": macro_f1(probs.argmax(1), labels, len(classes)),
-        "ece": expected_calibration_error(probs, labels, opts.ece_bins)}
-    # the experiment's subsets (mladv.robustness): class-stratified, AutoAttack's images its
-    # first ``autoattack_images`` in the same order
-    sub, auto = robustness_subsets(labels, RobustnessOptions(
-        max_images=opts.max_images, subset_seed=opts.seed,
-        autoattack_images=opts.autoattack_images), len(classes))
-    x, y = images[sub], labels[sub]
-    common = {"seed": opts.seed, "batch_size": opts.batch_size}
-    for eps in opts.pgd_eps:
-        m[f"pgd_{eps:g}"] = adversarial_accuracy(model, x, y, "pgd", eps=eps / 255,
-                                                 steps=opts.pgd_steps, **common)
-    if opts.mladv:
-        m["mladv"] = adversarial_accuracy(model, x, y, "mladv", eps=8 / 255, **common)
-    if opts.chain:
-        m["chain"] = chain_accuracy(model, x, y, **common, **opts.chain_options)
-    if opts.autoattack_images:
-        m[f"autoattack_{opts.autoattack_eps:g}"] = autoattack_accuracy(
-            model, images[auto], labels[auto], eps=opts.autoattack_eps / 255,
-            square_queries=opts.square_queries, **common)
-    if opts.shift:
-        m.update(acquisition_shift_accuracy(model, images, labels, severities=opts.severities,
-                                            seed=opts.seed))
-    if opts.bm3d_images:
-        k = min(opts.bm3d_images, x.shape[0])
-        m.update(_bm3d(model, x[:k], y[:k], opts))
-    return {"n": int(images.shape[0]), "n_robust": int(sub.shape[0]), "classes": classes,
-            "options": asdict(opts), "metrics": m}
+    card: dict[str, Any] = {key: report.pop(key) for key in ("n", "n_robust", "n_autoattack")}
+    sizes, ci = report.pop("sizes"), report.pop("ci", {})
+    masking = report.pop("gradient_masking", None)
+    metrics = {"accuracy": report.pop("accuracy"),
+               "macro_f1": macro_f1(probs.argmax(1), labels, len(classes)),
+               "ece": report.pop("ece"), "auroc": auroc(probs, labels), **report}
+    if opts.bootstrap:
+        from .evaluation.stats import auroc_ci
+        ids = list(patients) if patients is not None else [str(i) for i in range(len(labels))]
+        if not math.isnan(metrics["auroc"]):
+            scores = probs[:, 1] if probs.shape[1] == 2 else probs
+            a = auroc_ci(labels.numpy(), scores.double().numpy(), ids, n_boot=opts.bootstrap,
+                         seed=seed, level=opts.ci_level)
+            ci["auroc"] = {"low": a.low, "high": a.high, "n": a.n_images,
+                           "n_patients": a.n_patients}
+    card.update({"classes": classes, "seed": seed, "options": options_record(opts),
+                 "metrics": metrics, "per_class": per_class(probs, labels, classes),
+                 "sizes": {**sizes, "auroc": len(labels), "macro_f1": len(labels),
+                           "ece": len(labels)},
+                 "ci": ci, "gradient_masking": masking})
+    return card
+
+
+def options_record(opts: RobustnessOptions) -> dict[str, Any]:
+    """The options as JSON (mappings as dicts, tuples as lists)."""
+    return {k: dict(v) if hasattr(v, "items") else v for k, v in asdict(opts).items()}
 
 
 # -- the model: our checkpoint, or a torchvision architecture with a local state dict -----------
@@ -193,53 +182,112 @@ def model_from_state_dict(arch: str, path: str | os.PathLike[str]) -> ImageClass
     return model.eval()
 
 
-def evaluate_imageset(model: nn.Module, data: ImageSet, opts: CardOptions | None = None
-                      ) -> dict[str, Any]:
+def evaluate_imageset(model: nn.Module, data: ImageSet, opts: RobustnessOptions | None = None,
+                      *, seed: int = 0) -> dict[str, Any]:
     """:func:`report_card` on an :class:`~mladv.data.ImageSet` (its number of classes must be
-    the model's)."""
+    the model's; its ``groups`` are the patients of the CIs)."""
     k = getattr(model, "num_classes", None)
     if isinstance(k, int) and k != len(data.classes):
         raise ValueError(f"the model has {k} classes, the data {len(data.classes)} "
                          f"({data.classes})")
-    return report_card(model, data.images, data.labels, list(data.classes), opts)
+    return report_card(model, data.images, data.labels, list(data.classes), opts, seed=seed,
+                       patients=list(data.groups))
 
 
 # -- writing it -----------------------------------------------------------------------------
+def column_labels(card: dict[str, Any]) -> dict[str, str]:
+    """What the card calls each key of ``card["metrics"]`` (the robustness vocabulary)."""
+    o, m = card["options"], card["metrics"]
+    steps = (o["pgd_options"] or {}).get("steps")
+    pgd = f"PGD-{steps}" if steps else "PGD (registry defaults)"
+    aa_key = f"acc_autoattack_{o['autoattack_eps']:g}"
+    labels = {"accuracy": "accuracy (clean)", "macro_f1": "macro-F1",
+              "ece": f"ECE ({o['ece_bins']} bins)", "auroc": "AUROC",
+              **{f"acc_{a}": f"{'MLAdv' if a == 'mladv' else 'PGD'} at {o['eps']:g}/255"
+                 for a in o["attacks"]},
+              **{f"acc_pgd_{e:g}": f"{pgd} at {e:g}/255" for e in o["pgd_eps"]},
+              "acc_chain": "adversarial chain (default bounds, 1 step)",
+              aa_key: f"{autoattack_label(card['seed'], o['square_queries'])} at "
+                      f"{o['autoattack_eps']:g}/255",
+              **{f"acc_noise_{s:g}": f"Gaussian noise sigma {s:g}" for s in o["noise_sigmas"]},
+              "acc_shift_mean": "acquisition shift, mean over transforms and severities",
+              "acc_bm3d_clean": f"BM3D-denoised clean (sigma {o['bm3d_sigma']:g})",
+              f"acc_bm3d_pgd_{max(o['pgd_eps'], default=8.0):g}":
+                  "BM3D-denoised PGD (largest eps)",
+              "median_min_eps": f"median smallest flipping eps, 1/255 ({pgd}, bisection, "
+                                f"{o['min_eps_images']} images)"}
+    return {k: v for k, v in labels.items() if k in m}
+
+
+def _ci_text(ci: dict[str, Any] | None) -> str:
+    return "" if not ci else f"[{fmt(ci['low'], 3)}, {fmt(ci['high'], 3)}]"
+
+
 def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
                 figures: tuple[str, ...] = ()) -> list[Block]:
-    """The card as report blocks (:mod:`mladv.reporting`): headline table, shift table, the
-    ``figures`` (``shift.png``, ``examples.png``) that were written."""
+    """The card as report blocks (:mod:`mladv.reporting`): the scored-images line, provenance,
+    the headline table (value, 95 % CI, images), per class, shift table, the ``figures``."""
     m, o = card["metrics"], card["options"]
-    rows = [["accuracy", fmt(m["accuracy"], 4)], ["macro-F1", fmt(m["macro_f1"], 4)],
-            [f"ECE ({o['ece_bins']} bins)", fmt(m["ece"], 4)]]
-    names = {**{f"pgd_{e:g}": f"PGD-{o['pgd_steps']} at {e:g}/255" for e in o["pgd_eps"]},
-             "mladv": "MLAdv at 8/255", "chain": "adversarial chain (default bounds, 1 step)",
-             f"autoattack_{o['autoattack_eps']:g}":
-                 f"AutoAttack (standard) at {o['autoattack_eps']:g}/255 on "
-                 f"{min(o['autoattack_images'], card['n_robust'])} images",
-             "shift_mean": "acquisition shift, mean over transforms and severities",
-             "bm3d_clean": f"BM3D-denoised clean (sigma {o['bm3d_sigma']:g})",
-             f"bm3d_pgd_{max(o['pgd_eps'], default=0):g}": "BM3D-denoised PGD (largest eps)"}
-    rows += [[label, fmt(m[key], 4)] for key, label in names.items() if key in m]
+    ci, sizes = card.get("ci") or {}, card.get("sizes") or {}
+    rows = [[label, fmt(m[key], 4), _ci_text(ci.get(key)), str(sizes.get(key, ""))]
+            for key, label in column_labels(card).items()]
+    first = card.get("scored") or f"{card['n']} images scored."
     blocks: list[Block] = [
-        ("h", title),
-        ("p", f"{card['n']} images, classes {card['classes']}; white-box attacks on "
-              f"{card['n_robust']} of them (class-stratified subset, seed {o['seed']}), "
-              f"crafted on the model itself."),
-        ("table", ["metric", "accuracy / value"], rows)]
+        ("h", title), ("p", first),
+        ("p", f"Classes {card['classes']}; white-box attacks on {card['n_robust']} of them "
+              f"(class-stratified subset, seed {o['subset_seed']}), crafted on the model "
+              f"itself, attack seed {card['seed']}." +
+              (f" CIs: patient-level bootstrap, {o['bootstrap']} resamples, "
+               f"{o['ci_level']:.0%}." if o["bootstrap"] else ""))]
+    if card.get("gradient_masking"):
+        blocks.append(("p", f"**Warning:** {card['gradient_masking']}"))
+    prov = card.get("provenance")
+    if prov:
+        blocks += [("h2", "Provenance"),
+                   ("ul", [f"{k}: {v}" for k, v in prov.items() if v is not None])]
+    blocks += [("table", ["metric", "value", f"{o['ci_level']:.0%} CI", "images"], rows)]
+    if card.get("per_class"):
+        blocks += [("h2", "Per class (arg-max operating point)"),
+                   ("table", ["class", "AUROC", "sensitivity", "specificity"],
+                    [[c, fmt(v["auroc"], 4), fmt(v["sensitivity"], 4), fmt(v["specificity"], 4)]
+                     for c, v in card["per_class"].items()])]
     shifts = [t for t in SHIFT_TRANSFORMS if any(k.startswith(f"shift_{t}_") for k in m)]
     if shifts:
-        sev = o["severities"]
+        sev = o["shift_severities"]
         blocks += [("h2", "Acquisition shift"),
                    ("p", "Accuracy under each transform alone, parameters drawn at random inside "
                          "severity x its default bounds (mladv.attacks.chain.ChainBounds)."),
                    ("table", ["transform", *[f"severity {s:g}" for s in sev]],
                     [[t, *[fmt(m[f"shift_{t}_{s:g}"], 4) for s in sev]] for t in shifts])]
-    captions = {"shift.png": "accuracy under acquisition shift, by severity",
+    captions = {"curve.png": "robust accuracy against the PGD budget eps (1/255), clean at 0",
+                "shift.png": "accuracy under acquisition shift, by severity",
                 "examples.png": "one test image per class: clean, random chain, adversarial "
                                 "chain, and each chain's difference from the clean image"}
     blocks += [("figure", f, captions.get(f, f)) for f in figures]
     return blocks
+
+
+def curve_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Robust accuracy against the PGD budget (the ``acc_pgd_<E>`` columns; eps 0: clean), with
+    the CIs as error bars where measured."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m, ci = card["metrics"], card.get("ci") or {}
+    eps = sorted(card["options"]["pgd_eps"])
+    keys = ["accuracy", *[f"acc_pgd_{e:g}" for e in eps]]
+    xs, ys = [0.0, *eps], [m[k] for k in keys]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    if all(k in ci for k in keys):
+        err = [[y - ci[k]["low"] for k, y in zip(keys, ys)],
+               [ci[k]["high"] - y for k, y in zip(keys, ys)]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3)
+    else:
+        ax.plot(xs, ys, marker="o")
+    ax.set(xlabel="PGD eps (1/255)", ylabel="accuracy", ylim=(0, 1.02), xticks=xs)
+    fig.tight_layout()
+    save_figure(fig, path, tight=False)
 
 
 def shift_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -249,14 +297,14 @@ def shift_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    m, sev = card["metrics"], card["options"]["severities"]
+    m, sev = card["metrics"], card["options"]["shift_severities"]
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for t in SHIFT_TRANSFORMS:
         if f"shift_{t}_{sev[0]:g}" in m:
             ax.plot(sev, [m[f"shift_{t}_{s:g}"] for s in sev], marker="o", label=t)
     ax.axhline(m["accuracy"], color="k", lw=1, label="clean")
-    if "chain" in m:
-        ax.axhline(m["chain"], color="r", lw=1, ls="--", label="adversarial chain")
+    if "acc_chain" in m:
+        ax.axhline(m["acc_chain"], color="r", lw=1, ls="--", label="adversarial chain")
     ax.set(xlabel="severity (x default bounds)", ylabel="accuracy", ylim=(0, 1.02),
            xticks=list(sev))
     ax.legend(fontsize=7, ncol=2)
@@ -277,15 +325,20 @@ def example_figure(model: nn.Module, images: Tensor, labels: Tensor, classes: li
 def write_card(card: dict[str, Any], out: str | os.PathLike[str],
                title: str = "Robustness report card", figures: tuple[str, ...] = ()
                ) -> list[Path]:
-    """``out/report.json``, ``out/report.md``, ``out/report.html`` (figures embedded) and, with
-    shift numbers, ``out/shift.png``; ``figures``: other PNGs already in ``out`` to show."""
+    """``out/report.json``, ``out/report.md``, ``out/report.html`` (figures embedded), with
+    two or more PGD budgets ``out/curve.png``, with shift numbers ``out/shift.png``;
+    ``figures``: other PNGs already in ``out`` to show."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(card, folder / "report.json")  # strict JSON: NaN / inf -> null
-    shown = figures
+    shown: tuple[str, ...] = ()
+    if len(card["options"]["pgd_eps"]) >= 2:
+        curve_figure(card, folder / "curve.png")
+        shown += ("curve.png",)
     if any(k.startswith("shift_") for k in card["metrics"]):
         shift_figure(card, folder / "shift.png")
-        shown = ("shift.png", *figures)
+        shown += ("shift.png",)
+    shown += figures
     write_report(card_blocks(card, title, shown), title, folder / "report.md",
                  folder / "report.html")
     return [folder / n for n in ("report.json", "report.md", "report.html", *shown)]
@@ -309,43 +362,126 @@ def command_inputs(inputs: list[str], arch: str | None, state_dict: Path | None
     return inputs[0], inputs[1]
 
 
-def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: CardOptions, *,
-                       arch: str | None = None, state_dict: Path | None = None,
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """The SHA-256 of the file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_images(checkpoint: Path, data: str, split: str | None, *, device: torch.device,
+                      skip_bad: bool) -> tuple[ImageClassifier, ImageSet, dict[str, Any]]:
+    """CHECKPOINT's model and the images of DATA to score, with a record (``split``, ``n``,
+    ``n_total``, ``scored``: the card's first line, ``note``).
+
+    ``split`` None (the default): when DATA holds no image the checkpoint records having trained
+    on (``trained_on``, :func:`mladv.fingerprint.image_hashes`), every image: an external test
+    set is scored whole; where it trained on part of DATA, the checkpoint's own held-out split
+    minus its training images (:func:`mladv.data.choose_split` ``test``); a checkpoint without
+    the record gets that split too. ``test`` / ``all``: as :func:`~mladv.data.choose_split`."""
+    model, ckpt = load_checkpoint(checkpoint, map_location=device)
+    dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
+                          seed=(ckpt.get("split") or {}).get("seed", 0))
+    total = len(dataset)
+    if split is None:
+        seen = ckpt.get("trained_on")
+        from .fingerprint import unseen_indices
+        if seen is not None and len(unseen_indices(dataset.images, seen)) == total:
+            chosen, record = dataset, {"split": "all", "n_seen_in_training": 0, "note": None}
+            why = (f"{data} holds no image {checkpoint} was trained on (by image fingerprint), "
+                   "so every image is scored")
+        else:
+            chosen, record = choose_split(dataset, ckpt, "test", checkpoint=checkpoint,
+                                          data=data)
+            why = ("the checkpoint's held-out test split of the data it was trained on"
+                   if seen is not None else
+                   "the default test split: the checkpoint does not record its training images")
+            if record["n_seen_in_training"]:
+                why += f", minus {record['n_seen_in_training']} images it trained on"
+    else:
+        chosen, record = choose_split(dataset, ckpt, split, checkpoint=checkpoint, data=data)
+        why = f"--split {split}"
+    record.update(n=len(chosen), n_total=total,
+                  scored=f"{len(chosen)} of {total} images scored: {why}.")
+    return model, chosen, {**record, "image_size": ckpt["image_size"], "arch": ckpt["arch"],
+                           "checkpoint_split": ckpt.get("split"), "arm": ckpt.get("arm"),
+                           "adversarial": ckpt.get("adversarial")}
+
+
+def provenance(checkpoint: str | None, state_dict: Path | None, data: ImageSet, source: str,
+               record: dict[str, Any], opts: RobustnessOptions, seed: int, dev: torch.device,
+               seconds: float) -> dict[str, Any]:
+    """The card's provenance header: model file and its SHA-256, architecture, input pipeline,
+    data source and fingerprint, split and seed, the attack options, versions, device, wall
+    time."""
+    import mladv
+
+    from .fingerprint import data_sha1
+
+    path = checkpoint if checkpoint is not None else state_dict
+    return {"model file": str(path), "model sha256": file_sha256(path) if path else None,
+            "architecture": record.get("arch"), "arm": record.get("arm"),
+            "input": f"{record.get('image_size')} px, 1 channel in [0, 1]; the model wrapper "
+                     "repeats channels and normalises",
+            "data": source, "data sha1": data_sha1(data), "split": record.get("split"),
+            "checkpoint split": record.get("checkpoint_split"), "seed": seed,
+            "attack options": {k: v for k, v in options_record(opts).items()
+                               if k not in ("ece_bins", "batch_size")},
+            "AutoAttack": autoattack_label(seed, opts.square_queries)
+            if opts.autoattack_images else None,
+            "versions": f"mladv {getattr(mladv, '__version__', '?')}, torch "
+                        f"{torch.__version__}, Python {platform.python_version()}",
+            "device": str(dev), "wall time": f"{seconds:.1f} s"}
+
+
+def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: RobustnessOptions,
+                       *, seed: int = 0, arch: str | None = None, state_dict: Path | None = None,
                        image_size: int | None = None, split: str | None = None,
                        device: str = "auto", skip_bad: bool = False) -> dict[str, Any]:
-    """``mladv evaluate``: the report card (:func:`evaluate_imageset`) of CHECKPOINT's model on
-    DATA's ``split`` (default ``test``: its held-out split minus its training images), or of
-    ``arch`` loaded from ``state_dict`` on DATA at ``image_size`` (default 224; split default
-    ``all``, ``test``: the default 0.85 / 0.15 split's test part); written to ``out``
-    (:func:`write_card`, with ``examples.png`` when ``opts.chain``). Returns the card."""
+    """``mladv evaluate``: the report card (:func:`evaluate_imageset`, attack seed ``seed``) of
+    CHECKPOINT's model on DATA's images chosen by :func:`checkpoint_images`, or of ``arch``
+    loaded from ``state_dict`` on DATA at ``image_size`` (default 224; split default ``all``,
+    ``test``: the default 0.85 / 0.15 split's test part); written to ``out``
+    (:func:`write_card`, with ``examples.png`` when the chain is measured). Returns the card."""
     if split not in (None, "test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
     if arch is not None:
         check_arch(arch)
     if image_size is not None:
         check_image_size(image_size, arch, option="--image-size")
-    opts.check()
+    check_card_options(opts)
     prepare_output_dir(out)
-    set_determinism(opts.seed)
+    start = time.perf_counter()
+    set_determinism(seed)
     dev = resolve_device(device)
     if checkpoint is not None:
-        model, dataset, record = checkpoint_and_split(Path(checkpoint), data, split or "test",
-                                                      device=dev, skip_bad=skip_bad)
-        source = {"checkpoint": checkpoint, **{k: v for k, v in record.items() if k != "note"}}
+        model, dataset, record = checkpoint_images(Path(checkpoint), data, split, device=dev,
+                                                   skip_bad=skip_bad)
+        source = {"checkpoint": checkpoint, **{k: v for k, v in record.items()
+                                               if k in ("split", "n_seen_in_training", "note")}}
     else:
         if arch is None or state_dict is None:
             raise ValueError("--arch and --state-dict go together (a torchvision architecture "
                              "name and a local state-dict file of it)")
         model = model_from_state_dict(arch, state_dict).to(dev)
         dataset = load_source(data, image_size or 224, skip_bad=skip_bad)
+        total = len(dataset)
         if (split or "all") == "test":
             dataset = split_imageset(dataset, seed=0)[1]
+        why = ("--split test: the default 0.85 / 0.15 split's test part" if split == "test"
+               else "a state dict records no training images, so every image is scored")
+        record = {"split": split or "all", "arch": arch, "image_size": image_size or 224,
+                  "scored": f"{len(dataset)} of {total} images scored: {why}."}
         source = {"arch": arch, "state_dict": str(state_dict), "split": split or "all"}
-    card = evaluate_imageset(model, dataset, opts)
+    card = evaluate_imageset(model, dataset, opts, seed=seed)
+    card["scored"] = record["scored"]
     card["source"] = {**source, "data": data}
-    if opts.chain:
+    card["provenance"] = provenance(checkpoint, state_dict, dataset, data, record, opts, seed,
+                                    dev, time.perf_counter() - start)
+    if opts.with_chain:
         example_figure(model, dataset.images, dataset.labels, list(dataset.classes),
-                       out / "examples.png", seed=opts.seed, **opts.chain_options)
-    write_card(card, out, figures=("examples.png",) if opts.chain else ())
+                       out / "examples.png", seed=seed, **opts.chain_options)
+    write_card(card, out, figures=("examples.png",) if opts.with_chain else ())
     return card
-

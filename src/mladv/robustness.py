@@ -102,14 +102,34 @@ def adversarial_accuracy(model: nn.Module, images: Tensor, labels: Tensor, attac
     ``derive_seed(seed, 0, b)`` (:func:`mladv.augment.craft_shard`, shard 0): the seeding of
     every robustness column of the experiment. Shape: images ``N x C x H x W`` in [0, 1],
     labels ``N`` -> a float."""
+    return _mean(adversarial_correct(model, images, labels, attack, eps=eps, seed=seed,
+                                     batch_size=batch_size, **options))
+
+
+def adversarial_correct(model: nn.Module, images: Tensor, labels: Tensor, attack: str = "pgd",
+                        *, eps: float = 8 / 255, seed: int = 0, batch_size: int = 64,
+                        **options: Any) -> Tensor:
+    """Per image, whether ``model`` still classifies it correctly once attacked as
+    :func:`adversarial_accuracy` attacks it (that accuracy is this vector's mean).
+    Shape: images ``N x C x H x W``, labels ``N`` -> bool ``N``."""
     atk = make_attack(attack, model, eps=eps, seed=seed, **options)
     adv = craft_shard(atk, images, labels, seed=seed, shard=0, batch_size=batch_size)
-    return _accuracy(model, adv, labels)
+    return _correct(model, adv, labels)
+
+
+def _correct(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    """Per image (bool ``N``, on the CPU), whether its arg-max logit is the label."""
+    return predict_logits(model, images).argmax(1) == labels.cpu()
+
+
+def _mean(correct: Tensor) -> float:
+    """The fraction of True in ``correct`` (NaN for none): an accuracy."""
+    return float(correct.float().mean()) if correct.numel() else float("nan")
 
 
 def _accuracy(model: nn.Module, images: Tensor, labels: Tensor) -> float:
     """The fraction of ``images`` whose arg-max logit is the label."""
-    return float((predict_logits(model, images).argmax(1) == labels.cpu()).float().mean())
+    return float(_correct(model, images, labels).float().mean())
 
 
 def num_classes(model: nn.Module, images: Tensor) -> int:
@@ -202,7 +222,16 @@ def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *,
                         eps: float = 2 / 255, seed: int = 0, batch_size: int = 64,
                         square_queries: int = STANDARD_SQUARE_QUERIES, log: Log | None = None
                         ) -> float:
-    """Accuracy under the official AutoAttack (Croce & Hein, ICML 2020,
+    """The mean of :func:`autoattack_correct` (NaN on no image)."""
+    return _mean(autoattack_correct(model, images, labels, eps=eps, seed=seed,
+                                    batch_size=batch_size, square_queries=square_queries, log=log))
+
+
+def autoattack_correct(model: nn.Module, images: Tensor, labels: Tensor, *,
+                       eps: float = 2 / 255, seed: int = 0, batch_size: int = 64,
+                       square_queries: int = STANDARD_SQUARE_QUERIES, log: Log | None = None
+                       ) -> Tensor:
+    """Per image (bool ``N``): still correct under the official AutoAttack (Croce & Hein, ICML 2020,
     https://arxiv.org/abs/2003.01690; the authors' package ``pyautoattack``),
     ``AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed)`` as published:
     APGD-CE, APGD-T, FAB-T (100 iterations each) and Square (5000 queries), each run only on
@@ -216,7 +245,7 @@ def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *,
     leaves the global random state as it found it. ``square_queries`` other than 5000 is not the
     standard version (tests use fewer; :func:`autoattack_label` says so). The package's warnings
     go to ``log`` (default: :func:`warnings.warn`). Report the column as
-    :func:`autoattack_label`. Shape: images ``N x C x H x W``, labels ``N`` -> a float.
+    :func:`autoattack_label`. Shape: images ``N x C x H x W``, labels ``N`` -> bool ``N``.
 
     Measured (shared 2-core CPU, one thread; small_cnn trained as ``tests/conftest.py``'s
     ``tiny_trained``, 12 phantoms of 24 px, eps 2/255): clean 0.917, AutoAttack 0.417 (PGD-10:
@@ -224,7 +253,7 @@ def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *,
     left robust (23 s in all; 7 s with ``square_queries=50``). Square dominates: use a small
     fixed subset on a CPU."""
     if images.shape[0] == 0:
-        return float("nan")
+        return torch.zeros(0, dtype=torch.bool)
     targets = autoattack_targets(num_classes(model, images))
     device = model_device(model)
     atk = pyautoattack.AutoAttack(PadLogits(model), norm="Linf", eps=eps,
@@ -237,7 +266,7 @@ def autoattack_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *,
             _quiet_autoattack(atk.logger, log):
         adv, _ = atk.run_standard_evaluation(images.detach().cpu(), labels.detach().cpu(),
                                              batch_size=batch_size)
-    return _accuracy(model, adv, labels)
+    return _correct(model, adv, labels)
 
 
 def gradient_masking_warning(pgd_accuracy: float, autoattack_accuracy: float) -> str | None:
@@ -294,15 +323,21 @@ def acquisition_shift_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
     """Accuracy of ``model`` under each acquisition transform alone at each severity
     (``shift_<transform>_<severity>``, :func:`shifted`), and their mean (``shift_mean``).
     The same seed gives every model the same shifted images."""
-    labels = labels.cpu()
-    out: dict[str, float] = {}
-    for t in transforms:
-        for s in severities:
-            x = shifted(images, t, s, seed, bounds)
-            out[f"shift_{t}_{s:g}"] = float(
-                (predict_logits(model, x).argmax(1) == labels).float().mean())
+    out = {k: _mean(v) for k, v in shift_correct(model, images, labels, transforms=transforms,
+                                                 severities=severities, seed=seed,
+                                                 bounds=bounds).items()}
     out["shift_mean"] = sum(out.values()) / len(out) if out else float("nan")
     return out
+
+
+def shift_correct(model: nn.Module, images: Tensor, labels: Tensor, *,
+                  transforms: tuple[str, ...] = SHIFT_TRANSFORMS,
+                  severities: tuple[float, ...] = SHIFT_SEVERITIES, seed: int = 0,
+                  bounds: ChainBounds | None = None) -> dict[str, Tensor]:
+    """Per image (bool ``N``) and ``shift_<transform>_<severity>``: still correct under that
+    transform alone (:func:`shifted` with ``seed``)."""
+    return {f"shift_{t}_{s:g}": _correct(model, shifted(images, t, s, seed, bounds), labels)
+            for t in transforms for s in severities}
 
 
 def chain_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float = 8 / 255,
@@ -313,30 +348,79 @@ def chain_accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
                                 batch_size=batch_size, **options)
 
 
+def minimal_flip_eps(model: nn.Module, images: Tensor, labels: Tensor, *,
+                     max_eps: float = 8 / 255, bisections: int = 6, seed: int = 0,
+                     batch_size: int = 64, **options: Any) -> Tensor:
+    """Per image, the smallest L-inf budget (in [0, 1] units) at which own-model PGD
+    (:func:`adversarial_correct`, ``options``) flips the prediction, by bisection on
+    ``[0, max_eps]``: 0 for an image misclassified clean, ``inf`` for one PGD does not flip
+    at ``max_eps``; otherwise the upper end of the bracket ``(lo, hi]`` after ``bisections``
+    halvings (resolution ``max_eps / 2**bisections``). Bisection assumes PGD's success grows
+    with eps (true of the attack's budget, up to its randomness). Images sharing a midpoint
+    are attacked as one batch; step ``s``'s attack seed is ``derive_seed(seed, 3000, s)``
+    (the check at ``max_eps``: ``s = 0``). Written here: no maintained library bisects a
+    registry attack. Shape: images ``N x C x H x W``, labels ``N`` -> float64 ``N``."""
+    labels = labels.cpu()
+    n = int(images.shape[0])
+    out = torch.full((n,), float("inf"), dtype=torch.float64)
+    clean = _correct(model, images, labels)
+    out[~clean] = 0.0
+    idx = clean.nonzero().flatten()
+    if idx.numel() == 0:
+        return out
+    common: dict[str, Any] = {**options, "batch_size": batch_size}
+    held = adversarial_correct(model, images[idx], labels[idx], "pgd", eps=max_eps,
+                               seed=derive_seed(seed, 3000, 0), **common)
+    active = idx[~held]
+    lo = torch.zeros(active.numel(), dtype=torch.float64)
+    hi = torch.full((active.numel(),), float(max_eps), dtype=torch.float64)
+    for step in range(1, bisections + 1):
+        mid = (lo + hi) / 2
+        for value in torch.unique(mid).tolist():
+            group = (mid == value).nonzero().flatten()
+            rows = active[group]
+            ok = adversarial_correct(model, images[rows], labels[rows], "pgd", eps=value,
+                                     seed=derive_seed(seed, 3000, step), **common)
+            hi[group[~ok]] = value
+            lo[group[ok]] = value
+    out[active] = hi
+    return out
+
+
 # -- every robustness column at once: the one evaluation path (the experiment calls it) --------
 def noise_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
                    sigmas: Sequence[float], *, seed: int = 0) -> dict[str, float]:
     """``acc_noise_<sigma>``: accuracy on ``clip(images + sigma * z, 0, 1)``, ``z ~ N(0, 1)``
     of shape ``N x C x H x W`` drawn from ``derive_seed(seed, 1000 + i)`` for the ``i``-th sigma
     of ``sigmas``."""
-    out: dict[str, float] = {}
+    return {k: _mean(v) for k, v in noise_correct(model, images, labels, sigmas,
+                                                  seed=seed).items()}
+
+
+def noise_correct(model: nn.Module, images: Tensor, labels: Tensor,
+                  sigmas: Sequence[float], *, seed: int = 0) -> dict[str, Tensor]:
+    """Per image (bool ``N``) and ``acc_noise_<sigma>``: still correct under the noise of
+    :func:`noise_accuracy`."""
+    out: dict[str, Tensor] = {}
     for i, sigma in enumerate(sigmas):
         gen = torch.Generator().manual_seed(derive_seed(seed, 1000 + i))
         noise = sigma * torch.randn(images.shape, generator=gen)
-        out[f"acc_noise_{sigma:g}"] = _accuracy(model, (images + noise).clamp(0, 1), labels)
+        out[f"acc_noise_{sigma:g}"] = _correct(model, (images + noise).clamp(0, 1), labels)
     return out
 
 
 @dataclass(frozen=True)
 class RobustnessOptions:
-    """The settings of :func:`robustness_columns`; eps in 1/255 units. The experiment's are its
-    config's ``robustness:`` section with the top-level ``eps``, ``pgd:`` / ``mladv:`` /
-    ``chain:`` options and ``split.seed`` as ``subset_seed``
-    (:func:`mladv.experiment.measure.robustness_options`)."""
+    """The one options schema of every robustness number (the experiment, ``mladv evaluate``);
+    eps in 1/255 units. The experiment's are its config's ``robustness:`` section with the
+    top-level ``eps``, ``pgd:`` / ``mladv:`` / ``chain:`` options and ``split.seed`` as
+    ``subset_seed`` (:func:`mladv.experiment.measure.robustness_options`); the card's come from
+    ``mladv evaluate``'s flags (:func:`mladv.evaluate.card_options`). Options after
+    ``batch_size`` are off by default (the experiment's columns are unchanged by them)."""
 
     attacks: tuple[str, ...] = ("mladv",)  # acc_<name> at ``eps``: "mladv" and/or "pgd"
     eps: float = 8.0
-    pgd_eps: tuple[float, ...] = (2.0, 8.0)  # acc_pgd_<E>
+    pgd_eps: tuple[float, ...] = (2.0, 8.0)  # acc_pgd_<E>: the robust-accuracy curve
     pgd_options: Mapping[str, Any] = field(default_factory=dict)
     mladv_options: Mapping[str, Any] = field(default_factory=dict)
     chain_options: Mapping[str, Any] = field(default_factory=dict)
@@ -349,21 +433,45 @@ class RobustnessOptions:
     acquisition_shift: bool = False  # shift_<transform>_<severity>, acc_shift_mean, acc_chain
     ece_bins: int = 15
     batch_size: int = 32
+    chain: bool | None = None  # acc_chain (None: with acquisition_shift)
+    shift_severities: tuple[float, ...] = SHIFT_SEVERITIES
+    min_eps_images: int = 0  # median_min_eps on the first N of the subset's order (0: off)
+    min_eps_max: float = 8.0  # the bisection's upper end, 1/255 units
+    min_eps_steps: int = 6
+    bm3d_images: int = 0  # acc_bm3d_clean / acc_bm3d_pgd_<max pgd_eps> on the first N (0: off)
+    bm3d_sigma: float = 0.05
+    bootstrap: int = 0  # patient-level bootstrap resamples of every CI (0: no CIs)
+    ci_level: float = 0.95
 
     def check(self) -> None:
         """One ``ValueError`` line naming the first bad option (before any compute)."""
         bad = [a for a in self.attacks if a not in ("mladv", "pgd")]
         if bad:
             raise ValueError(f"attacks must be 'mladv' / 'pgd', got {bad}")
-        if any(not 0 < e <= 255 for e in (self.eps, *self.pgd_eps, self.autoattack_eps)):
-            raise ValueError("eps, pgd_eps and autoattack_eps are in 1/255 units, each in (0, 255]")
+        if any(not 0 < e <= 255 for e in (self.eps, *self.pgd_eps, self.autoattack_eps,
+                                          self.min_eps_max)):
+            raise ValueError("eps, pgd_eps, autoattack_eps and min_eps_max are in 1/255 units, "
+                             "each in (0, 255]")
         if any(s <= 0 for s in self.noise_sigmas):
             raise ValueError(f"noise_sigmas must be > 0, got {list(self.noise_sigmas)}")
-        for name in ("square_queries", "ece_bins", "batch_size"):
+        if any(s <= 0 for s in self.shift_severities):
+            raise ValueError(f"shift_severities must be > 0, got {list(self.shift_severities)}")
+        for name in ("square_queries", "ece_bins", "batch_size", "min_eps_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("min_eps_images", "bm3d_images", "bootstrap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.autoattack_images < 0 or (self.max_images is not None and self.max_images < 1):
             raise ValueError("autoattack_images must be >= 0 and max_images >= 1")
+        if not self.bm3d_sigma > 0 or not 0 < self.ci_level < 1:
+            raise ValueError(f"bm3d_sigma must be > 0 and ci_level in (0, 1), got "
+                             f"{self.bm3d_sigma} and {self.ci_level}")
+
+    @property
+    def with_chain(self) -> bool:
+        """Whether ``acc_chain`` is measured."""
+        return self.acquisition_shift if self.chain is None else self.chain
 
 
 def robustness_subsets(labels: Tensor, opts: RobustnessOptions, n_classes: int
@@ -372,64 +480,164 @@ def robustness_subsets(labels: Tensor, opts: RobustnessOptions, n_classes: int
     :func:`stratified_order` with ``subset_seed``, and the first ``min(autoattack_images,
     n_robust)`` of that same order (a subset of the first, as class-balanced)."""
     sub = stratified_subset(labels, opts.max_images, opts.subset_seed, n_classes)
-    k = min(opts.autoattack_images, int(sub.shape[0]))
-    auto = (stratified_subset(labels, k, opts.subset_seed, n_classes) if k
+    return sub, _first_of_subset(labels, opts, n_classes, opts.autoattack_images, sub)
+
+
+def _first_of_subset(labels: Tensor, opts: RobustnessOptions, n_classes: int, k: int,
+                     sub: Tensor) -> Tensor:
+    """The first ``min(k, len(sub))`` of the subset's stratified order, sorted (empty: 0)."""
+    k = min(k, int(sub.shape[0]))
+    return (stratified_subset(labels, k, opts.subset_seed, n_classes) if k
             else torch.zeros(0, dtype=torch.long))
-    return sub, auto
 
 
-def robustness_columns(model: nn.Module, images: Tensor, labels: Tensor,
-                       opts: RobustnessOptions | None = None, *, seed: int = 0,
-                       n_classes: int | None = None) -> dict[str, float]:
-    """Every robustness column of the experiment (its ``result["robust"]``, bit for bit) for
-    ``model`` on ``images`` ``N x C x H x W`` in [0, 1] with ``labels`` ``N``; attacks crafted
-    white-box on ``model`` itself with attack seed ``seed``, batch ``b`` seeded
-    ``derive_seed(seed, 0, b)`` (:func:`adversarial_accuracy`):
+Outcome = tuple[Tensor, Tensor]  # (image indices, per-image bool correct at those indices)
 
-    - on the robustness subset (:func:`robustness_subsets`): ``acc_<attack>`` at ``eps``,
-      ``acc_pgd_<E>`` at each ``pgd_eps`` (``pgd_options``), ``acc_chain`` (adversarial chain at
-      its default bounds and ``chain_options``, with ``acquisition_shift``);
-    - on its AutoAttack part: ``acc_autoattack_<E>`` (:func:`autoattack_accuracy`, seed ``seed``);
-    - on every image: ``acc_noise_<sigma>`` (:func:`noise_accuracy`) and, with
-      ``acquisition_shift``, ``shift_<transform>_<severity>`` and their mean ``acc_shift_mean``
-      (:func:`acquisition_shift_accuracy` seeded ``derive_seed(seed, 2000)``).
 
-    ``n_classes`` (default: the model's) sets the classes the subset is stratified over."""
+def robustness_outcomes(model: nn.Module, images: Tensor, labels: Tensor,
+                        opts: RobustnessOptions | None = None, *, seed: int = 0,
+                        n_classes: int | None = None) -> dict[str, Outcome]:
+    """Per column of :func:`robustness_columns` (its keys but ``acc_shift_mean`` and
+    ``median_min_eps``), the images it is measured on and whether each stays correct: the
+    column is the mean of that vector, a CI or an A/B comparison resamples it."""
     opts = opts or RobustnessOptions()
     opts.check()
     labels = labels.cpu()
     k = num_classes(model, images) if n_classes is None else n_classes
     sub, auto = robustness_subsets(labels, opts, k)
     x, y = images[sub], labels[sub]
+    every = torch.arange(int(images.shape[0]))
     common = {"seed": seed, "batch_size": opts.batch_size}
-    out: dict[str, float] = {}
+    out: dict[str, Outcome] = {}
     for name in opts.attacks:
         extra = opts.mladv_options if name == "mladv" else opts.pgd_options
-        out[f"acc_{name}"] = adversarial_accuracy(model, x, y, name,
-                                                  **{**extra, "eps": opts.eps / 255, **common})
+        out[f"acc_{name}"] = sub, adversarial_correct(
+            model, x, y, name, **{**extra, "eps": opts.eps / 255, **common})
     for e in opts.pgd_eps:
-        out[f"acc_pgd_{e:g}"] = adversarial_accuracy(
+        out[f"acc_pgd_{e:g}"] = sub, adversarial_correct(
             model, x, y, "pgd", **{**opts.pgd_options, "eps": e / 255, **common})
     if auto.shape[0]:
-        out[f"acc_autoattack_{opts.autoattack_eps:g}"] = autoattack_accuracy(
+        out[f"acc_autoattack_{opts.autoattack_eps:g}"] = auto, autoattack_correct(
             model, images[auto], labels[auto], eps=opts.autoattack_eps / 255,
             square_queries=opts.square_queries, seed=seed, batch_size=opts.batch_size)
-    out.update(noise_accuracy(model, images, labels, opts.noise_sigmas, seed=seed))
+    out.update({key: (every, c) for key, c in
+                noise_correct(model, images, labels, opts.noise_sigmas, seed=seed).items()})
     if opts.acquisition_shift:
-        shift = acquisition_shift_accuracy(model, images, labels, seed=derive_seed(seed, 2000))
-        out.update({key: v for key, v in shift.items() if key != "shift_mean"})
-        out["acc_shift_mean"] = shift["shift_mean"]
-        out["acc_chain"] = chain_accuracy(model, x, y,
-                                          **{**opts.chain_options, "eps": 8 / 255, **common})
+        out.update({key: (every, c) for key, c in shift_correct(
+            model, images, labels, severities=opts.shift_severities,
+            seed=derive_seed(seed, 2000)).items()})
+    if opts.with_chain:
+        out["acc_chain"] = sub, adversarial_correct(
+            model, x, y, "chain", **{**opts.chain_options, "eps": 8 / 255, **common})
+    if opts.bm3d_images:
+        rows = _first_of_subset(labels, opts, k, opts.bm3d_images, sub)
+        out.update({key: (rows, c) for key, c in bm3d_correct(
+            model, images[rows], labels[rows], opts, seed=seed).items()})
     return out
+
+
+def bm3d_correct(model: nn.Module, images: Tensor, labels: Tensor, opts: RobustnessOptions,
+                 *, seed: int = 0) -> dict[str, Tensor]:
+    """Per image (bool ``N``): correct on BM3D-denoised clean images (``acc_bm3d_clean``) and
+    denoised PGD images at the largest ``pgd_eps`` (``acc_bm3d_pgd_<E>``; PGD crafted as
+    :func:`adversarial_correct` crafts that column), sigma ``bm3d_sigma``
+    (:func:`mladv.denoise.bm3d_denoise`)."""
+    from .denoise import bm3d_denoise
+
+    eps = max(opts.pgd_eps, default=8.0)
+    atk = make_attack("pgd", model, **{**opts.pgd_options, "eps": eps / 255, "seed": seed})
+    adv = craft_shard(atk, images, labels, seed=seed, shard=0, batch_size=opts.batch_size)
+    workers = 1 if images.shape[0] < 4 else None
+    return {"acc_bm3d_clean": _correct(model, bm3d_denoise(images, opts.bm3d_sigma,
+                                                           workers=workers), labels),
+            f"acc_bm3d_pgd_{eps:g}": _correct(model, bm3d_denoise(adv, opts.bm3d_sigma,
+                                                                  workers=workers), labels)}
+
+
+def robustness_columns(model: nn.Module, images: Tensor, labels: Tensor,
+                       opts: RobustnessOptions | None = None, *, seed: int = 0,
+                       n_classes: int | None = None) -> dict[str, float]:
+    """Every robustness column of the experiment (its ``result["robust"]``, bit for bit) and of
+    the card, for ``model`` on ``images`` ``N x C x H x W`` in [0, 1] with ``labels`` ``N``;
+    attacks crafted white-box on ``model`` itself with attack seed ``seed``, batch ``b`` seeded
+    ``derive_seed(seed, 0, b)`` (:func:`adversarial_accuracy`):
+
+    - on the robustness subset (:func:`robustness_subsets`): ``acc_<attack>`` at ``eps``,
+      ``acc_pgd_<E>`` at each ``pgd_eps`` (``pgd_options``; several: the robust-accuracy
+      curve), ``acc_chain`` (adversarial chain at its default bounds and ``chain_options``,
+      with ``chain`` / ``acquisition_shift``);
+    - on its AutoAttack part: ``acc_autoattack_<E>`` (:func:`autoattack_accuracy`, seed ``seed``);
+    - on the first ``min_eps_images`` of its order: ``median_min_eps``, the median over images
+      of :func:`minimal_flip_eps` in 1/255 units (``inf`` when PGD flips at most half of them);
+      on the first ``bm3d_images``: ``acc_bm3d_clean``, ``acc_bm3d_pgd_<E>``;
+    - on every image: ``acc_noise_<sigma>`` (:func:`noise_accuracy`) and, with
+      ``acquisition_shift``, ``shift_<transform>_<severity>`` (``shift_severities``) and their
+      mean ``acc_shift_mean`` (:func:`acquisition_shift_accuracy` seeded
+      ``derive_seed(seed, 2000)``).
+
+    ``n_classes`` (default: the model's) sets the classes the subset is stratified over."""
+    opts = opts or RobustnessOptions()
+    return _columns(robustness_outcomes(model, images, labels, opts, seed=seed,
+                                        n_classes=n_classes),
+                    model, images, labels, opts, seed=seed, n_classes=n_classes)
+
+
+def _columns(outcomes: Mapping[str, Outcome], model: nn.Module, images: Tensor, labels: Tensor,
+             opts: RobustnessOptions, *, seed: int, n_classes: int | None) -> dict[str, float]:
+    means = {key: _mean(c) for key, (_, c) in outcomes.items()}
+    shifts = [v for key, v in means.items() if key.startswith("shift_")]
+    out: dict[str, float] = {}
+    for key, v in means.items():  # acc_shift_mean right after the shift columns (key order kept)
+        if key == "acc_chain" and opts.acquisition_shift:
+            out["acc_shift_mean"] = sum(shifts) / len(shifts) if shifts else float("nan")
+        out[key] = v
+    if opts.acquisition_shift and "acc_shift_mean" not in out:
+        out["acc_shift_mean"] = sum(shifts) / len(shifts) if shifts else float("nan")
+    if opts.min_eps_images:
+        out["median_min_eps"] = median_min_eps(min_eps_per_image(
+            model, images, labels, opts, seed=seed, n_classes=n_classes)[1])
+    return out
+
+
+def min_eps_per_image(model: nn.Module, images: Tensor, labels: Tensor,
+                      opts: RobustnessOptions, *, seed: int = 0, n_classes: int | None = None
+                      ) -> Outcome:
+    """(indices, :func:`minimal_flip_eps` in 1/255 units) on the first ``min_eps_images`` of
+    the robustness subset's stratified order, PGD with ``pgd_options``."""
+    labels = labels.cpu()
+    k = num_classes(model, images) if n_classes is None else n_classes
+    sub, _ = robustness_subsets(labels, opts, k)
+    rows = _first_of_subset(labels, opts, k, opts.min_eps_images, sub)
+    eps = minimal_flip_eps(model, images[rows], labels[rows], max_eps=opts.min_eps_max / 255,
+                           bisections=opts.min_eps_steps, seed=seed,
+                           batch_size=opts.batch_size,
+                           **opts.pgd_options)
+    return rows, eps * 255
+
+
+def median_min_eps(eps: Tensor) -> float:
+    """The median of per-image minimal flipping eps (the mean of the two middle values for an
+    even count; ``inf`` where the upper half did not flip; NaN on none)."""
+    if eps.numel() == 0:
+        return float("nan")
+    v = eps.double().sort().values
+    n = v.numel()
+    return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
 def robustness_report(model: nn.Module, images: Tensor, labels: Tensor,
                       opts: RobustnessOptions | None = None, *, seed: int = 0,
-                      n_classes: int | None = None) -> dict[str, Any]:
+                      n_classes: int | None = None, patients: Sequence[str] | None = None
+                      ) -> dict[str, Any]:
     """:func:`robustness_columns` with the clean numbers on every image: ``n``, ``n_robust``,
     ``n_autoattack``, ``accuracy`` and ``ece`` (``ece_bins`` bins; the experiment's
-    ``clean.ece``), then the columns.
+    ``clean.ece``), then the columns; with ``opts.bootstrap`` resamples also ``ci``:
+    ``{column: {"low", "high", "n", "n_patients"}}``, the patient-level bootstrap CI
+    (:mod:`mladv.evaluation.stats`, seed ``seed``) of ``accuracy`` and every accuracy column
+    (``patients``: one id per image; None: each image its own patient); and ``sizes``: the
+    number of images behind each column; with both ``acc_autoattack_<E>`` and ``acc_pgd_<E>``
+    at the same E, ``gradient_masking``: :func:`gradient_masking_warning` on AutoAttack's images
+    (None: the check passes).
 
     Example (an experiment's ``acc_pgd_2`` of seed 0, ``robustness.max_images: 64``)::
         >>> robustness_report(model, test.images, test.labels,
@@ -437,11 +645,43 @@ def robustness_report(model: nn.Module, images: Tensor, labels: Tensor,
     """
     opts = opts or RobustnessOptions()
     opts.check()
+    n = int(images.shape[0])
+    if patients is not None and len(patients) != n:
+        raise ValueError(f"patients must hold one id per image: {len(patients)} for {n}")
     k = num_classes(model, images) if n_classes is None else n_classes
     sub, auto = robustness_subsets(labels.cpu(), opts, k)
     probs = predict_logits(model, images).softmax(1)
-    return {"n": int(images.shape[0]), "n_robust": int(sub.shape[0]),
-            "n_autoattack": int(auto.shape[0]),
-            "accuracy": _accuracy(model, images, labels),
-            "ece": expected_calibration_error(probs, labels.cpu(), opts.ece_bins),
-            **robustness_columns(model, images, labels, opts, seed=seed, n_classes=k)}
+    outcomes = robustness_outcomes(model, images, labels, opts, seed=seed, n_classes=k)
+    report: dict[str, Any] = {
+        "n": n, "n_robust": int(sub.shape[0]), "n_autoattack": int(auto.shape[0]),
+        "accuracy": _accuracy(model, images, labels),
+        "ece": expected_calibration_error(probs, labels.cpu(), opts.ece_bins),
+        **_columns(outcomes, model, images, labels, opts, seed=seed, n_classes=k)}
+    report["sizes"] = {"accuracy": n, **{key: int(i.numel()) for key, (i, _) in outcomes.items()}}
+    aa_key, pgd_key = f"acc_autoattack_{opts.autoattack_eps:g}", f"acc_pgd_{opts.autoattack_eps:g}"
+    if aa_key in outcomes and pgd_key in outcomes:  # PGD on AutoAttack's images, same eps
+        pgd_sub, pgd_ok = outcomes[pgd_key]
+        on_auto = torch.isin(pgd_sub, outcomes[aa_key][0])
+        report["gradient_masking"] = gradient_masking_warning(_mean(pgd_ok[on_auto]),
+                                                              report[aa_key])
+    if opts.bootstrap:
+        ids = list(patients) if patients is not None else [str(i) for i in range(n)]
+        clean = torch.arange(n), _correct(model, images, labels)
+        report["ci"] = {key: confidence_interval(idx, c, ids, opts, seed=seed)
+                        for key, (idx, c) in {"accuracy": clean, **outcomes}.items()}
+    return report
+
+
+def confidence_interval(indices: Tensor, correct: Tensor, patients: Sequence[str],
+                        opts: RobustnessOptions, *, seed: int = 0) -> dict[str, float]:
+    """The patient-level bootstrap CI (:func:`mladv.evaluation.stats.accuracy_ci`,
+    ``opts.bootstrap`` resamples at ``opts.ci_level``) of the accuracy of the images at
+    ``indices`` (``correct``: bool, one per index; ``patients``: one id per image of the set)."""
+    from .evaluation.stats import accuracy_ci
+
+    ids = [patients[int(i)] for i in indices]
+    if not ids:
+        return {"low": float("nan"), "high": float("nan"), "n": 0, "n_patients": 0}
+    ci = accuracy_ci(correct.numpy(), ids, n_boot=opts.bootstrap, seed=seed,
+                     level=opts.ci_level)
+    return {"low": ci.low, "high": ci.high, "n": ci.n_images, "n_patients": ci.n_patients}

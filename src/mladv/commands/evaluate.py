@@ -23,16 +23,25 @@ def evaluate(
         "its head must have as many outputs).")),
     image_size: int | None = typer.Option(None, help="Default: the checkpoint's; 224 with "
                                           "--state-dict."),
-    split: str | None = typer.Option(None, help="'test' (default for a checkpoint: its "
-                                     "held-out split) or 'all' (default with --state-dict)."),
-    pgd_eps: list[float] = typer.Option([2.0, 8.0], "--pgd-eps", help="Own-model PGD budget, "
-                                        "1/255 units (repeatable)."),
+    split: str | None = typer.Option(None, help=(
+        "Default for a checkpoint: every image when DATA holds none it trained on, else its "
+        "held-out split minus its training images; 'test' or 'all' to choose ('all' is the "
+        "default with --state-dict).")),
+    pgd_eps: list[float] = typer.Option([0.5, 1.0, 2.0, 4.0, 8.0], "--pgd-eps", help=(
+        "Own-model PGD budgets, 1/255 units (repeatable): the robust-accuracy curve.")),
     pgd_steps: int = typer.Option(10, min=1),
     max_images: int = typer.Option(64, min=1, help="Fixed seeded subset for the attacks."),
     autoattack_images: int = typer.Option(0, min=0, help="AutoAttack (standard, 2/255) on "
                                           "this many images of the subset (0: off; slow)."),
     bm3d_images: int = typer.Option(0, min=0, help="BM3D-denoised accuracy on this many "
                                     "images of the subset (0: off; ~1 s per image)."),
+    min_eps_images: int = typer.Option(16, min=0, help="Smallest flipping eps by bisection "
+                                       "(PGD, up to 8/255) on this many images of the subset; "
+                                       "the card gives its median (0: off)."),
+    noise_sigma: list[float] = typer.Option([0.02, 0.05], "--noise-sigma", help=(
+        "Gaussian noise sigma in [0, 1] units on every image (repeatable).")),
+    bootstrap: int = typer.Option(1000, min=0, help="Patient-level bootstrap resamples of "
+                                  "the 95% CIs (0: none)."),
     mladv: bool = typer.Option(True, "--mladv/--no-mladv", help="Own-model MLAdv at 8/255."),
     chain: bool = typer.Option(True, "--chain/--no-chain", help="The adversarial chain."),
     shift: bool = typer.Option(True, "--shift/--no-shift", help="Acquisition shift per "
@@ -45,24 +54,32 @@ def evaluate(
     device: str = typer.Option("auto"),
     skip_bad: bool = typer.Option(False),
 ) -> None:
-    """The robustness report card of a model: clean accuracy, macro-F1, ECE, own-model PGD,
-    MLAdv, the adversarial chain, AutoAttack, acquisition shift, BM3D; OUT/report.json,
-    OUT/report.md, OUT/report.html (self-contained), OUT/shift.png, OUT/examples.png."""
+    """The robustness report card of a model: clean accuracy, macro-F1, ECE, AUROC, per class
+    sensitivity / specificity, own-model PGD over eps (curve) and the median smallest flipping
+    eps, MLAdv, the adversarial chain, AutoAttack, noise, acquisition shift, BM3D, with
+    patient-level bootstrap CIs and a provenance header; the same numbers as mladv experiment
+    for the same options; OUT/report.json, OUT/report.md, OUT/report.html (self-contained),
+    OUT/curve.png, OUT/shift.png, OUT/examples.png."""
     from ..attacks import parse_options  # run time only: --help imports no torch
-    from ..evaluate import CardOptions, command_inputs, evaluate_to_folder
+    from ..evaluate import command_inputs, evaluate_to_folder
+    from ..robustness import RobustnessOptions
 
     checkpoint, data = command_inputs(inputs, arch, state_dict)
-    opts = CardOptions(pgd_eps=tuple(pgd_eps), pgd_steps=pgd_steps, max_images=max_images,
-                       mladv=mladv, chain=chain, shift=shift,
-                       autoattack_images=autoattack_images, bm3d_images=bm3d_images,
-                       batch_size=batch_size, seed=seed,
-                       chain_options=parse_options(chain_option or []))
-    card = evaluate_to_folder(checkpoint, data, out, opts, arch=arch, state_dict=state_dict,
-                              image_size=image_size, split=split, device=device,
-                              skip_bad=skip_bad)
+    opts = RobustnessOptions(
+        attacks=("mladv",) if mladv else (), eps=8.0, pgd_eps=tuple(pgd_eps),
+        pgd_options={"steps": pgd_steps}, chain_options=parse_options(chain_option or []),
+        max_images=max_images, subset_seed=seed, autoattack_images=autoattack_images,
+        noise_sigmas=tuple(noise_sigma), acquisition_shift=shift, batch_size=batch_size,
+        chain=chain, min_eps_images=min_eps_images, bm3d_images=bm3d_images,
+        bootstrap=bootstrap)
+    card = evaluate_to_folder(checkpoint, data, out, opts, seed=seed, arch=arch,
+                              state_dict=state_dict, image_size=image_size, split=split,
+                              device=device, skip_bad=skip_bad)
     m = card["metrics"]
+    typer.echo(card["scored"])
     typer.echo(f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f}"
-               + "".join(f", {k} {m[k]:.3f}" for k in ("chain", "shift_mean") if k in m)
+               + "".join(f", {k} {m[k]:.3f}" for k in ("acc_chain", "acc_shift_mean")
+                         if k in m)
                + f"; wrote {out / 'report.md'}")
 
 
