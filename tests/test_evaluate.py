@@ -245,3 +245,34 @@ def test_a_state_dict_of_another_architecture_names_the_file(tmp_path, capsys):
                 str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err, err
+
+
+def test_mladv_evaluate_gives_the_experiment_s_numbers_for_the_same_checkpoint_data_options(
+        ckpt, tmp_path):
+    """One evaluation path: the card of CHECKPOINT on DATA's test split holds, under the same
+    keys, exactly the numbers the experiment's measuring step gives the same model on the same
+    images with the same options (subset seed = attack seed = 3)."""
+    from mladv.crafting import checkpoint_and_split
+    from mladv.experiment import measure
+    from mladv.experiment.config import validate_config
+    from mladv.experiment.state import Run
+    from mladv.logs import quiet_log
+
+    out = tmp_path / "card"
+    assert run(["evaluate", str(ckpt), "phantoms:12", "--split", "test", "--max-images", "5",
+                "--pgd-eps", "2", "--pgd-eps", "8", "--pgd-steps", "2", "--noise-sigma", "0.1",
+                "--seed", "3", "--batch-size", "4", "--min-eps-images", "0", "--bootstrap", "0",
+                "--out", str(out)]) == 0
+    card = json.loads((out / "report.json").read_text())["metrics"]
+    cfg = validate_config({
+        "name": "t", "data": "phantoms:12", "image_size": 24, "arch": "tiny_cnn", "seeds": 1,
+        "arms": ["none"], "eps": 8.0, "pgd": {"steps": 2}, "split": {"seed": 3},
+        "robustness": {"attacks": ["mladv"], "max_images": 5, "batch_size": 4,
+                       "pgd_eps": [2, 8], "noise_sigmas": [0.1], "acquisition_shift": True}})
+    model, test, _ = checkpoint_and_split(ckpt, "phantoms:12", "test",
+                                          device=torch.device("cpu"), skip_bad=False)
+    experiment = measure.robustness(
+        Run(cfg, tmp_path / "unused", torch.device("cpu"), test, test, {},
+            measure.robust_subset(test, cfg), quiet_log), model, 3)
+    assert len(experiment) == 1 + 2 + 1 + 18 + 2  # mladv, pgd 2 / 8, noise, shift, mean, chain
+    assert {k: card[k] for k in experiment} == experiment

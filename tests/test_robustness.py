@@ -625,3 +625,78 @@ def test_the_subset_is_stratified_over_classes_below_n_classes_only():
 
 def test_the_order_over_no_class_is_empty():
     assert rob.stratified_order(torch.tensor([0, 1]), 0, seed=0) == []
+
+
+# -- the smallest flipping eps (issue 23 item 4) -------------------------------------------------
+class _MeanMargin(torch.nn.Module):
+    """Logits ``[m, -m]`` with ``m = mean(x) - 0.5``: class 0 while the mean brightness is above
+    1/2. PGD's L-inf step lowers every pixel by its budget, so an image of constant ``0.5 + d``
+    flips exactly when eps > d."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1, keepdim=True) - 0.5
+        return torch.cat([m, -m], 1)
+
+
+def test_minimal_flip_eps_is_the_first_bisection_point_above_the_margin():
+    """Margins 3.05/255 and 0.3/255 (class 0), a misclassified image (class 1 label) and one
+    of margin 20/255 beyond 8/255: bisection of [0, 8/255] in 6 halvings (steps of 0.125/255)
+    ends at 3.125/255 and 0.375/255; 0 for the misclassified, inf for the unflippable."""
+    d = torch.tensor([3.05, 0.3, 1.0, 20.0]) / 255
+    x = (0.5 + d).view(4, 1, 1, 1).expand(4, 1, 4, 4).clone()
+    y = torch.tensor([0, 0, 1, 0])
+    eps = rob.minimal_flip_eps(_MeanMargin(), x, y, max_eps=8 / 255, bisections=6,
+                               steps=10)
+    assert eps[:2].tolist() == pytest.approx([3.125 / 255, 0.375 / 255], abs=1e-12)
+    assert eps[2] == 0 and eps[3] == math.inf
+
+
+@pytest.mark.parametrize("values, median", [([0.0, 1.0, math.inf], 1.0),
+                                            ([3.0, 1.0, 2.0, math.inf], 2.5),
+                                            ([math.inf, 1.0], math.inf), ([], math.nan)])
+def test_the_median_of_min_eps_is_the_middle_value_or_the_mean_of_the_two(values, median):
+    got = rob.median_min_eps(torch.tensor(values, dtype=torch.float64))
+    assert got == median or (math.isnan(median) and math.isnan(got))
+
+
+def test_the_report_gives_median_min_eps_in_1_255_units_on_its_images():
+    """Two images of margins 3.05/255 and 0.3/255: flips at 3.125 and 0.375 (1/255), median
+    their mean 1.75."""
+    x = (0.5 + torch.tensor([3.05, 0.3]) / 255).view(2, 1, 1, 1).expand(2, 1, 4, 4).clone()
+    opts = rob.RobustnessOptions(attacks=(), pgd_eps=(), pgd_options={"steps": 10},
+                                 noise_sigmas=(), max_images=None, min_eps_images=2)
+    report = rob.robustness_report(_MeanMargin(), x, torch.tensor([0, 0]), opts, n_classes=2)
+    assert report["median_min_eps"] == pytest.approx(1.75)
+
+
+def test_the_report_cis_are_the_patient_bootstrap_of_each_column_s_images():
+    """Images 0..3 of patients a a b b, classified right, right, wrong, right (rows of logits);
+    noise column on all 4: its CI is stats.accuracy_ci of those outcomes by patient, with the
+    report's resamples, level and seed; the size beside it 4 images of 2 patients."""
+    from mladv.evaluation.stats import accuracy_ci
+    model = _Rows(torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]]))
+    y = torch.tensor([0, 0, 0, 1])
+    opts = rob.RobustnessOptions(attacks=(), pgd_eps=(), noise_sigmas=(0.1,), max_images=None,
+                                 bootstrap=50, ci_level=0.9)
+    report = rob.robustness_report(model, torch.zeros(4, 1, 2, 2), y, opts, seed=4,
+                                   patients=["a", "a", "b", "b"])
+    want = accuracy_ci([1, 1, 0, 1], ["a", "a", "b", "b"], n_boot=50, seed=4, level=0.9)
+    for key in ("accuracy", "acc_noise_0.1"):
+        assert report["ci"][key] == {"low": want.low, "high": want.high, "n": 4, "n_patients": 2}
+    assert report["sizes"] == {"accuracy": 4, "acc_noise_0.1": 4}
+
+
+def test_the_report_warns_of_gradient_masking_when_autoattack_beats_pgd_on_its_images(
+        monkeypatch):
+    """PGD at 2/255 leaves no image right, AutoAttack at 2/255 both of its images: warned."""
+    _spy(monkeypatch, "adversarial_correct", torch.tensor([False, False, False, False]))
+    _spy(monkeypatch, "autoattack_correct", torch.tensor([True, True]))
+    opts = rob.RobustnessOptions(attacks=(), pgd_eps=(2.0,), autoattack_images=2,
+                                 noise_sigmas=(), max_images=None)
+    report = rob.robustness_report(_Rows(torch.zeros(4, 2)), torch.zeros(4, 1, 2, 2),
+                                   torch.tensor([0, 1, 0, 1]), opts)
+    assert report["gradient_masking"].startswith(
+        "AutoAttack accuracy 1.000 > PGD accuracy 0.000 at the same eps")
+    opts = replace(opts, pgd_eps=(8.0,))  # no PGD at AutoAttack's eps: no check
+    assert "gradient_masking" not in rob.robustness_report(
+        _Rows(torch.zeros(4, 2)), torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), opts)
