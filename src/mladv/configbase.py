@@ -116,13 +116,44 @@ def _base_path(here: Path, base: object, chain: tuple[Path, ...]) -> Path:
     return path
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (:class:`UniqueKeyLoader`)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: YAML 1.2 requires
+    unique keys, but PyYAML keeps the last one silently (a setting edited twice, the first
+    edit lost). Merge keys (``<<``) are resolved by ``flatten_mapping`` first, so they may still
+    override."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not None:
+                raise DuplicateKeyError(None, None, f"{key!r} given twice in one mapping (first "
+                                        f"on line {first}; YAML would keep only the last)",
+                                        key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_mapping(path: Path) -> tuple[dict[str, Any], str]:
-    """The YAML mapping at ``path`` (``yaml.safe_load``) and its text, nothing merged."""
+    """The YAML mapping at ``path`` (:class:`UniqueKeyLoader`: ``yaml.safe_load`` refusing a
+    duplicate key) and its text, nothing merged."""
     if not path.is_file():
         raise ValueError(f"config {path} does not exist")
     text = path.read_text()
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else "?"
+        raise ValueError(f"{path}:{line}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

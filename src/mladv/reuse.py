@@ -30,6 +30,7 @@ from torch import nn
 from .adversarial_training import AdversarialBatch, check_advprop
 from .attacks import parse_options
 from .data import ImageSet, load_source, split_imageset
+from .data.dicom import check_dicom_mode
 from .distributed import init_from_env, is_main_process
 from .fingerprint import data_sha1, weights_sha1
 from .logs import Log, run_log, stderr_log
@@ -46,6 +47,7 @@ from .models import (
 )
 from .resume import differences, refuse_changed
 from .training import accuracy, adversarial_from_options, train_classifier
+from .units import check_eps_255
 from .utils import atomic_write_json, output_dir, set_determinism
 
 Loader = Callable[[Path], tuple[ImageClassifier, dict[str, Any]]]
@@ -160,9 +162,8 @@ def per_batch_options(option: list[str], adv_eps: float | None) -> dict[str, Any
     """``--option KEY=VALUE`` of the per-batch attack; a setting that has its own flag is refused
     (``--option eps=0.01`` next to ``--adv-eps 2`` would mix units), as ``mladv attack`` does,
     and ``--adv-eps`` below 0.5 looks like [0, 1] units, refused as the experiment does."""
-    if adv_eps is not None and 0 < adv_eps < 0.5:
-        raise ValueError(f"--adv-eps is in 1/255 units (1 means 1/255); {adv_eps:g} looks like "
-                         f"[0, 1] units: write {adv_eps * 255:.3g}")
+    if adv_eps is not None and adv_eps > 0:  # 0: adversarial_from_options names adv_eps
+        check_eps_255(adv_eps, "--adv-eps", example=1)
     options = parse_options(option)
     own = {"eps": "--adv-eps", "steps": "--adv-steps", "fraction": "--adv-fraction",
            "seed": "--seed"}
@@ -219,22 +220,26 @@ def test_metrics(model: nn.Module, test_set: ImageSet) -> dict[str, Any]:
 def train_and_save(data: str, out: Path, *, arch: str, image_size: int, weights: str | None,
                    freeze_backbone: bool, epochs: int, batch_size: int, lr: float, seed: int,
                    test_size: float, device: str, skip_bad: bool,
-                   adversarial: dict[str, Any], log: Log = stderr_log) -> dict[str, Any] | None:
+                   adversarial: dict[str, Any], dicom_mode: str = "voi",
+                   log: Log = stderr_log) -> dict[str, Any] | None:
     """``mladv train``: ``arch`` trained on ``data``'s train split (patient-aware, ``test_size``
     held out, seeded with ``seed``) through :func:`train_or_reuse`, written to ``out/model.pt``
     (recording its training images and, as ``reuse_key``, every setting and the data's
     fingerprint) and ``out/metrics.json``. Rerunning the same command reuses the finished model;
     other settings on the same ``out`` are refused, naming them. ``adversarial``: the keyword
     arguments of :func:`per_batch_adversary` other than ``arch`` / ``freeze_backbone`` /
-    ``seed``. Under torchrun every rank trains and rank 0 writes. Returns the metrics (None on
-    other ranks)."""
+    ``seed``. ``dicom_mode`` (``voi`` / ``raw``, :mod:`mladv.data.dicom`) reads DICOM files and
+    is recorded in the checkpoint (and in its reuse key when not the default ``voi``, so
+    earlier checkpoints keep their key). Under torchrun every rank trains and rank 0 writes.
+    Returns the metrics (None on other ranks)."""
     check_train(arch, image_size, lr, test_size, weights, freeze_backbone)
     adv = per_batch_adversary(arch=arch, freeze_backbone=freeze_backbone, seed=seed, **adversarial)
     dev = init_from_env(device)  # under torchrun: DDP process group, cuda:LOCAL_RANK
     with output_dir(out, enabled=is_main_process()):  # rank 0 writes
         log = run_log(log, out, main_process=is_main_process())
         set_determinism(seed)
-        dataset = load_source(data, image_size, skip_bad=skip_bad, seed=seed, progress=True)
+        dataset = load_source(data, image_size, skip_bad=skip_bad, seed=seed, progress=True,
+                              dicom_mode=check_dicom_mode(dicom_mode))
         train_set, test_set = split_imageset(dataset, test_size=test_size, seed=seed)
         log(f"{data}: {len(train_set)} train / {len(test_set)} test images, "
             f"classes {dataset.classes}")
@@ -242,13 +247,16 @@ def train_and_save(data: str, out: Path, *, arch: str, image_size: int, weights:
                     "freeze_backbone": freeze_backbone, "epochs": epochs,
                     "batch_size": batch_size, "lr": lr, "seed": seed, "test_size": test_size,
                     "adversarial": adv.describe() if adv is not None else None}
+        if dicom_mode != "voi":  # checkpoints from before --dicom-mode keep their key
+            settings["dicom_mode"] = dicom_mode
         key = {**settings, "weights_sha1": weights_sha1(weights),  # a local file's content
                "train_sha1": data_sha1(train_set), "test_sha1": data_sha1(test_set)}
         model, trained, reused = train_or_reuse(
             out / "model.pt", arch=arch, data=train_set, image_size=image_size, seed=seed,
             device=dev, key=key, write=is_main_process(), weights=weights,
             freeze_backbone=freeze_backbone, epochs=epochs, batch_size=batch_size, lr=lr,
-            adversarial=adv, extra={"data": data, "split": {"seed": seed, "test_size": test_size}})
+            adversarial=adv, extra={"data": data, "split": {"seed": seed, "test_size": test_size},
+                                    "dicom_mode": dicom_mode})
         if reused:
             log(f"{out / 'model.pt'}: trained with these settings already; reused")
         if not is_main_process():  # every rank trained the same model; rank 0 evaluates, writes

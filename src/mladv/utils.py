@@ -1,6 +1,7 @@
 """Small shared chores: seeding, devices, output folders, atomic writes, progress bars."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -26,14 +27,38 @@ def set_determinism(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DEVICE_FORMS = "auto, cpu, cpu:N, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(:(\d+))?$")
+
+
+def parse_device(device: str, option: str = "--device") -> str:
+    """The one check of a device name, before any compute: ``auto``, ``cpu``, ``cpu:N`` (read
+    as ``cpu``: torch has one CPU device, and ``cpu:0`` as a ``map_location`` is not what
+    checkpoints were saved with), ``cuda``, ``cuda:N`` or ``mps``; anything else (``tpu``,
+    ``gpu``, ``cuda:x``) is one ``ValueError`` line naming ``option`` (none: a config's
+    validator, whose error names the key) and the valid forms.
+    Imports nothing: the command line and the configs call it as given."""
+    text = str(device).strip()
+    match = _DEVICE.match(text)
+    if match is None or (match.group(2) and match.group(1) in ("auto", "mps")):
+        named = f"{option} " if option else ""
+        raise ValueError(f"{named}{device!r} is not a device; use {DEVICE_FORMS}")
+    return "cpu" if match.group(1) == "cpu" else text
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; anything else is passed to torch."""
+    """``auto`` picks CUDA when available, else CPU; other names are checked by
+    :func:`parse_device` (one line for ``tpu``) and CUDA's presence is checked."""
     if isinstance(device, torch.device):
         return device
+    device = parse_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device}: MPS is not available on this machine")
     return torch.device(device)
 
 
@@ -64,13 +89,33 @@ def amp_context(device: torch.device | str,
 _STALE_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
+#: The errnos of a full disk (ENOSPC) and of a spent quota (EDQUOT, where the OS has it).
+DISK_FULL = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+def _free_space(path: Path) -> str:
+    """The free space on ``path``'s file system, e.g. ``12.3 MB free`` (``free space unknown``
+    when it cannot be read)."""
+    for folder in (path.parent, *path.parent.parents):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        return f"{free / 1e6:.1f} MB free"
+    return "free space unknown"
+
+
 def _os_error(exc: OSError, path: Path) -> OSError:
     """``exc`` re-raised as the same kind of ``OSError`` naming ``path`` (the file the user
-    asked for, not the temporary file beside it)."""
+    asked for, not the temporary file beside it); a full disk or quota (:data:`DISK_FULL`) also
+    says how much space is free there (``shutil.disk_usage``)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in DISK_FULL:
+        reason = f"{reason}; the disk is full ({_free_space(path)}), nothing was written"
     try:
-        return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
+        return type(exc)(exc.errno, reason, str(path))
     except TypeError:  # an OSError subclass with another constructor
-        return OSError(exc.errno, exc.strerror or str(exc), str(path))
+        return OSError(exc.errno, reason, str(path))
 
 
 def clean_stale_tmp(folder: str | os.PathLike[str]) -> list[Path]:
@@ -107,10 +152,48 @@ def prepare_output_dir(out: str | os.PathLike[str], *, option: str = "--out",
 LOCK_FILE = ".mladv.lock"
 
 
-def _lock(out: Path, option: str) -> Any:
-    """An exclusive, non-blocking ``flock`` on ``out/.mladv.lock`` (held until the returned file
-    is closed; the OS drops it when the process dies, so a killed run leaves no live lock)."""
-    fh = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - closed by output_dir
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (``os.kill(pid, 0)``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a check the OS refuses: assume alive
+    return True
+
+
+def _holder(fh: Any) -> dict[str, Any]:
+    """The holder a lock file records (``pid``, ``host``, ``command``, ``started``); empty when
+    it records none or cannot be read."""
+    try:
+        fh.seek(0)
+        holder = json.loads(fh.read() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "holder not recorded"
+    return (f"pid {holder.get('pid')} on {holder.get('host')}, "
+            f"'{holder.get('command')}', started {holder.get('started')}")
+
+
+def lock_folder(out: str | os.PathLike[str], option: str = "--out",
+                log: Callable[[str], None] | None = None) -> Any:
+    """The one lock of an output folder: an exclusive, non-blocking ``flock`` on
+    ``out/.mladv.lock``, held until the returned file is closed. The OS drops it when the
+    process dies, so a killed run leaves no live lock; the file records its holder (``pid``,
+    ``host``, ``command``, ``started``, UTC ISO 8601) so that a second run is refused in one
+    ``ValueError`` line naming it. A lock file left by a dead pid on this host (a killed run) is
+    taken over, with a ``log`` line (stderr by default) naming that pid.
+
+    Every command that writes an ``--out`` folder takes it through :func:`output_dir`
+    (``train``, ``augment``, ``attack``, ``experiment``, ``transfer``, ``export``)."""
+    out = Path(out)
+    fh = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - closed by the caller (output_dir)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock, as before
@@ -118,10 +201,31 @@ def _lock(out: Path, option: str) -> Any:
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        holder = _holder_text(_holder(fh))
         fh.close()
-        raise ValueError(f"{option} {out}: another mladv run is writing there now; wait for it "
-                         "or choose another folder") from None
+        raise ValueError(f"{option} {out}: another mladv run is writing there now ({holder}); "
+                         "wait for it or choose another folder") from None
+    old = _holder(fh)
+    host = socket.gethostname()
+    pid = old.get("pid")
+    if (old.get("host") == host and isinstance(pid, int) and pid != os.getpid()
+            and not _pid_alive(pid)):
+        (log or _stderr_line)(f"{out / LOCK_FILE}: taking over the stale lock of pid {pid} "
+                              f"(no longer running; started {old.get('started')})")
+    import datetime
+
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    command = " ".join(["mladv", *sys.argv[1:]]) if sys.argv else "mladv"
+    fh.seek(0)
+    fh.truncate()
+    fh.write(json.dumps({"pid": os.getpid(), "host": host, "command": command,
+                         "started": started}))
+    fh.flush()
     return fh
+
+
+def _stderr_line(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -138,7 +242,7 @@ def output_dir(out: str | os.PathLike[str], *, option: str = "--out", clean: boo
         return
     created = not out.exists()
     prepare_output_dir(out, option=option, clean=False)
-    fh = _lock(out, option)
+    fh = lock_folder(out, option)
     try:
         if clean:
             clean_stale_tmp(out)

@@ -53,7 +53,9 @@ class AttackFlags:
         (:func:`~mladv.attacks.registry.options_from_flags`); ``switches`` are a command's own
         flags that are attack options (``mladv attack --targeted``), None where not given."""
         from ..attacks.registry import options_from_flags  # run time only: --help imports no torch
+        from ..units import check_eps_255
 
+        check_eps_255(self.eps, "--eps")  # 0.03 looks like [0, 1] units: refused in one line
         return options_from_flags(self.name, eps=self.eps, seed=seed, steps=self.steps,
                                   flags={**self.switches, **switches}, pairs=self.option or [])
 

@@ -1,5 +1,6 @@
-"""Pieces the commands share: the Ctrl-C message of a command that does not resume and the help
-of the data argument (the attack flags: :mod:`._attack_flags`)."""
+"""Pieces the commands share: the Ctrl-C message of a command that does not resume, the help
+of the data argument, ``--device`` and ``--dicom-mode`` (the attack flags:
+:mod:`._attack_flags`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,6 +18,30 @@ def interrupt_message(message: str) -> Callable[[F], F]:
         command.interrupted = message  # type: ignore[attr-defined]
         return command
     return mark
+
+
+# -- --device and --dicom-mode -----------------------------------------------------------------
+DEVICE_HELP = "auto, cpu, cpu:N, cuda, cuda:N or mps."
+DICOM_MODE_HELP = ("DICOM files: voi (modality LUT, VOI LUT / window, MONOCHROME1 inverted; "
+                   "the default) or raw (the stored values over the bit depth).")
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """``device`` checked in one line before any compute (:func:`mladv.utils.parse_device`;
+    ``cpu:N`` comes back as ``cpu``)."""
+    from ..utils import parse_device  # run time only: --help imports no torch
+
+    return parse_device(device, option)
+
+
+def check_dicom_mode(mode: str, option: str = "--dicom-mode") -> str:
+    """``mode`` if it is one of :data:`mladv.data.dicom.DICOM_MODES`; one ``ValueError`` line
+    naming ``option`` otherwise."""
+    from ..data.dicom import DICOM_MODES  # run time only: --help imports no torch
+
+    if mode not in DICOM_MODES:
+        raise ValueError(f"{option} {mode!r}: use one of {', '.join(DICOM_MODES)}")
+    return mode
 
 
 # -- the data argument (see mladv.data.source; "\\[" is a literal "[" in typer's rich help) ---

@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from ._attack_flags import AttackFlags, with_attack_flags
-from ._common import DATA_HELP, interrupt_message
+from ._common import DATA_HELP, DEVICE_HELP, check_device, interrupt_message
 
 INTERRUPTED = ("interrupted: adversarial.pt is written only when crafting ends (mladv attack "
                "does not resume); rerun the same command to start again")
@@ -27,7 +27,7 @@ def attack(
     out: Path = typer.Option(Path("runs/attack")),
     png_previews: int = typer.Option(0, min=0,
                                      help="Also write this many 8-bit PNG previews (lossy)."),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     skip_bad: bool = typer.Option(False),
 ) -> None:
     """Attack CHECKPOINT's model on DATA; write OUT/adversarial.pt (float32) and OUT/metrics.json
@@ -36,6 +36,7 @@ def attack(
     from ..crafting import attack_to_folder  # run time only: --help imports no torch
     from ..reporting import fmt
 
+    device = check_device(device)
     if split not in ("test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
     options = flags.options(seed=seed, targeted=targeted or None)

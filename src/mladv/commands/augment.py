@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from ._attack_flags import AttackFlags, with_attack_flags
-from ._common import DATA_HELP
+from ._common import DATA_HELP, DEVICE_HELP, check_device
 
 
 @with_attack_flags
@@ -21,13 +21,14 @@ def augment(
     batch_size: int = typer.Option(32, min=1),
     seed: int = typer.Option(0, help="Every shard is seeded from (seed, shard index)."),
     out: Path = typer.Option(Path("runs/augment")),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     skip_bad: bool = typer.Option(False),
 ) -> None:
     """Craft adversarial copies of DATA's SPLIT on CHECKPOINT's model, true labels kept, into
     OUT/shard-*.pt (float32). Rerun the same command to resume an interrupted run."""
     from ..augment import augment_to_folder  # run time only: --help imports no torch
 
+    device = check_device(device)
     if split not in ("train", "test", "all"):
         raise ValueError(f"--split must be 'train', 'test' or 'all', got {split!r}")
     options = flags.options(seed=seed)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import typer
 
+from ._common import DEVICE_HELP, DICOM_MODE_HELP, check_device, check_dicom_mode
+
 SOURCES = ("ImageFolder root, 'phantoms[:N]', or a preset: covid-radiography:ROOT, "
            "kermany:ROOT, csv:FILE")
 
@@ -16,7 +18,9 @@ def experiment(
                                             f"source (same classes): {SOURCES}."),
     seeds: int | None = typer.Option(None, min=1, help="Number of seeds (0..N-1)."),
     out: Path | None = typer.Option(None, help="Run folder (default runs/exp-<name>)."),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP + " Overrides the YAML's."),
+    dicom_mode: str | None = typer.Option(None, help=DICOM_MODE_HELP + " Overrides the "
+                                          "YAML's dicom_mode."),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing: write the "
                                      "report of the (seed, arm) runs finished so far."),
 ) -> None:
@@ -30,8 +34,12 @@ def experiment(
     from ..experiment.config import load_config
     from ..experiment.run import report_experiment, run_experiment
 
+    if device is not None:  # the flag, named as such; the YAML's is checked with the YAML
+        check_device(device)
+    if dicom_mode is not None:
+        check_dicom_mode(dicom_mode)
     cfg = load_config(config, {"data": data, "test_data": test_data, "seeds": seeds,
-                               "device": device})
+                               "device": device, "dicom_mode": dicom_mode})
     out = out or Path("runs") / f"exp-{cfg.name}"
     results = (report_experiment if report_only else run_experiment)(cfg, out)
     if not is_main_process():

@@ -6,7 +6,14 @@ from pathlib import Path
 import typer
 
 from ..defaults import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN
-from ._common import DATA_HELP, interrupt_message
+from ._common import (
+    DATA_HELP,
+    DEVICE_HELP,
+    DICOM_MODE_HELP,
+    check_device,
+    check_dicom_mode,
+    interrupt_message,
+)
 
 INTERRUPTED = ("interrupted: no checkpoint was written (mladv train does not resume); rerun "
                "the same command to start again")
@@ -29,7 +36,8 @@ def train(
     seed: int = typer.Option(0, help="Seeds the split, the initialisation and the batches."),
     test_size: float = typer.Option(0.15, help="Held-out share (patient-aware, stratified)."),
     out: Path = typer.Option(Path("runs/train"), help="Output folder."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dicom_mode: str = typer.Option("voi", help=DICOM_MODE_HELP),
     skip_bad: bool = typer.Option(False,
                                   help="Skip unreadable images (listed) instead of failing."),
     adv_mode: str = typer.Option(
@@ -53,12 +61,15 @@ def train(
     the same OUT are refused, naming them (use another --out)."""
     from ..reuse import train_and_save  # run time only: --help imports no torch
 
+    device = check_device(device)
+    dicom_mode = check_dicom_mode(dicom_mode)
     adversarial = {"adv_mode": adv_mode, "attack": adv_attack, "adv_eps": adv_eps,
                    "adv_steps": adv_steps, "adv_fraction": adv_fraction, "option": option}
     metrics = train_and_save(data, out, arch=arch, image_size=image_size, weights=weights,
                              freeze_backbone=freeze_backbone, epochs=epochs,
                              batch_size=batch_size, lr=lr, seed=seed, test_size=test_size,
-                             device=device, skip_bad=skip_bad, adversarial=adversarial)
+                             device=device, skip_bad=skip_bad, adversarial=adversarial,
+                             dicom_mode=dicom_mode)
     if metrics is not None:
         typer.echo(f"test accuracy {metrics['test_acc']:.4f}; wrote {out / 'model.pt'}")
 

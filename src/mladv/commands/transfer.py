@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import DATA_HELP
+from ._common import DATA_HELP, DEVICE_HELP, check_device
 
 
 def transfer(
@@ -15,7 +15,7 @@ def transfer(
                                          "source (same forms as --data, same classes), e.g. "
                                          "'kermany\\[test]:ROOT'."),
     out: Path | None = typer.Option(None, help="Run folder (default runs/<name>)."),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP + " Overrides the YAML's."),
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: the "
                                           "YAML's, else torch's)."),
 ) -> None:
@@ -26,6 +26,8 @@ def transfer(
     # run time only: --help imports no torch
     from ..transfer import load_config, main_table, run_transfer
 
+    if device is not None:  # the flag, named as such; the YAML's is checked with the YAML
+        check_device(device)
     cfg = load_config(config, {"data": data, "test_data": test_data, "device": device,
                                "threads": threads})
     out = out or Path("runs") / cfg.name

@@ -189,20 +189,27 @@ def read_squares(files: Sequence[Path], image_size: int, *, where: str | os.Path
     through the uint8 cache of :func:`load_files`): ``(images, kept, skipped)`` with ``kept`` the
     index into ``files`` of each image read. With ``skip_bad`` an unreadable file goes to
     ``skipped`` (path, why) and one warning names them; otherwise its ``DataError`` is raised."""
-    eight_bit = (cached_uint8(files, cache)
-                 if all(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files) else None)
-    seq: Iterable[Path] = files
+    broken = [i for i, f in enumerate(files) if is_broken_link(f)]
+    if broken and not skip_bad:  # before any decoding: a missing target is not read silently
+        raise DataError(broken_link_message(files[broken[0]]))
+    skipped: list[tuple[str, str]] = [(str(files[i]), broken_link_message(files[i]))
+                                      for i in broken]
+    readable = [i for i in range(len(files)) if i not in set(broken)]
+    paths_ok = [files[i] for i in readable]
+    eight_bit = (cached_uint8(paths_ok, cache)
+                 if all(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in paths_ok) else None)
+    seq: Iterable[int] = readable
     if progress:
         from tqdm.auto import tqdm
-        seq = tqdm(files, desc=f"loading {Path(where).name}", unit="img",
+        seq = tqdm(readable, desc=f"loading {Path(where).name}", unit="img",
                    disable=None)  # drawn on a terminal only
     images: list[Tensor] = []
     kept: list[int] = []
-    skipped: list[tuple[str, str]] = []
-    for i, path in enumerate(seq):
+    for j, i in enumerate(seq):
+        path = files[i]
         try:
             arr = (read_image(path, dicom_mode=dicom_mode) if eight_bit is None
-                   else as_float(eight_bit[i]))
+                   else as_float(eight_bit[j]))
             images.append(resize_square(arr, image_size, str(path)))
         except DataError as exc:
             if not skip_bad:
@@ -274,9 +281,26 @@ def load_multilabel_files(items: Sequence[tuple[Path, str]], targets: np.ndarray
                     list(absent) + skipped, task="multilabel")
 
 
+def is_broken_link(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a symbolic link whose target does not exist."""
+    return Path(path).is_symlink() and not Path(path).exists()
+
+
+def broken_link_message(path: str | os.PathLike[str]) -> str:
+    """``PATH: broken symbolic link (to TARGET, which does not exist)``."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"{path}: broken symbolic link (to {target}, which does not exist)"
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Every visible file under ``folder`` (recursively, sorted), system files left out."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+    """Every visible file under ``folder`` (recursively, sorted), system files left out. Broken
+    symbolic links are listed too: the readers refuse them, naming the link (or, with
+    ``skip_bad``, list them as skipped), instead of leaving them out silently."""
+    return sorted(p for p in folder.rglob("*")
+                  if (p.is_file() or is_broken_link(p)) and not p.name.startswith(".")
                   and p.name.lower() not in IGNORED_NAMES)
 
 
@@ -289,8 +313,15 @@ def check_folder(root: Path, layout: str) -> None:
 
 
 def class_folders(root: Path) -> list[str]:
-    """The visible sub-folder names of ``root``, sorted."""
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The visible sub-folder names of ``root``, sorted. A broken symbolic link among them (a
+    class folder whose target is gone) is one ``DataError`` naming the link, even with
+    ``skip_bad``: leaving it out would change the classes."""
+    entries = [d for d in root.iterdir() if not d.name.startswith(".")]
+    broken = [d for d in entries if is_broken_link(d)]
+    if broken:
+        raise DataError(broken_link_message(sorted(broken)[0]) + "; a class folder? fix or "
+                        "remove the link")
+    return sorted(d.name for d in entries if d.is_dir())
 
 
 def _class_files(root: Path) -> tuple[list[str], dict[str, list[Path]]]:

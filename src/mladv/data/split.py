@@ -16,12 +16,18 @@ from .folder import ImageSet
 
 
 def stratified_split(labels: Sequence[int] | Tensor, groups: Sequence[str] | None = None, *,
-                     test_size: float = 0.15, seed: int = 0) -> tuple[list[int], list[int]]:
+                     test_size: float = 0.15, seed: int = 0,
+                     classes: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
     """Indices ``(train, test)``: about ``test_size`` of each class goes to test, and every group
     (patient) lies wholly on one side.
 
     A group's class is its most frequent label; per class, groups are shuffled with ``seed`` and
     moved to the test side until the class's quota ``round(test_size * n_class)`` is reached.
+
+    A class whose images come from one patient only cannot be on both sides: that patient
+    would go to test and the model would train without the class. It is refused (one
+    ``ValueError`` naming the class, from ``classes`` when given, and its patient count) before
+    anything is split.
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
@@ -32,6 +38,7 @@ def stratified_split(labels: Sequence[int] | Tensor, groups: Sequence[str] | Non
     members: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
+    _refuse_one_patient_classes(labels, groups, classes)
     group_class = {g: Counter(labels[i] for i in idx).most_common(1)[0][0]
                    for g, idx in members.items()}
     rng = np.random.default_rng(seed)
@@ -49,6 +56,22 @@ def stratified_split(labels: Sequence[int] | Tensor, groups: Sequence[str] | Non
     test_set = set(test)
     train = [i for i in range(len(labels)) if i not in test_set]
     return train, sorted(test)
+
+
+def _refuse_one_patient_classes(labels: list[int], groups: list[str],
+                                classes: Sequence[str] | None) -> None:
+    """One ``ValueError`` for the first class held by a single patient (see
+    :func:`stratified_split`)."""
+    patients: dict[int, set[str]] = defaultdict(set)
+    for label, group in zip(labels, groups, strict=True):
+        patients[label].add(group)
+    for c in sorted(patients):
+        if len(patients[c]) < 2:
+            name = classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
+            n_img = labels.count(c)
+            raise ValueError(f"class {name!r} has images of 1 patient only ({n_img} image(s)): "
+                             "a patient-aware split would train without it; add images of "
+                             "other patients of that class, or leave the class out")
 
 
 def _patient_vectors(targets: np.ndarray, members: dict[str, list[int]], order: list[str]
@@ -144,7 +167,8 @@ def split_imageset(data: ImageSet, *, test_size: float = 0.15, seed: int = 0
     if data.task == "multilabel":
         train, test = multilabel_split(data.labels, data.groups, test_size=test_size, seed=seed)
     else:
-        train, test = stratified_split(data.labels, data.groups, test_size=test_size, seed=seed)
+        train, test = stratified_split(data.labels, data.groups, test_size=test_size, seed=seed,
+                                       classes=data.classes)
     return data.subset(train), data.subset(test)
 
 

@@ -16,6 +16,8 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_va
 from ..attacks.registry import check_attack_options
 from ..configbase import Strict, dump_yaml, load_yaml_config, validate
 from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_freeze, check_image_size
+from ..units import check_eps_255
+from ..utils import parse_device
 from .arm_table import ARMS, check_arm
 
 RUN_CONTROLLED = ("model", "eps", "seed")  # set by the experiment, not by the options dicts
@@ -72,9 +74,12 @@ class RobustnessConfig(Strict):
     @field_validator("pgd_eps")
     @classmethod
     def _pgd_eps(cls, value: list[float]) -> list[float]:
-        if any(not 0 < e <= 255 for e in value):
-            raise ValueError(f"pgd_eps are in 1/255 units, each in (0, 255], got {value}")
-        return value
+        return [check_eps_255(e, "pgd_eps") for e in value]
+
+    @field_validator("autoattack_eps")
+    @classmethod
+    def _autoattack_eps(cls, value: float) -> float:
+        return check_eps_255(value, "autoattack_eps")
 
     @field_validator("attacks")
     @classmethod
@@ -107,10 +112,7 @@ class OnlineGrid(Strict):
     @field_validator("eps")
     @classmethod
     def _eps(cls, value: list[float]) -> list[float]:
-        if any(not 0.5 <= e <= 255 for e in value):
-            raise ValueError(f"online eps are in 1/255 units (1 means 1/255), each in "
-                             f"[0.5, 255], got {value}")
-        return value
+        return [check_eps_255(e, "online eps", example=1) for e in value]
 
     @field_validator("fraction")
     @classmethod
@@ -206,6 +208,8 @@ class ExperimentConfig(Strict):
     chain: dict[str, Any] = Field(default_factory=dict)  # the chain arms' bounds (Chain options)
     device: str = "auto"
     progress: bool = True
+    # DICOM files: "voi" (modality + VOI LUT, polarity) or "raw" (see mladv.data.dicom)
+    dicom_mode: Literal["voi", "raw"] = "voi"
 
     @field_validator("arch")
     @classmethod
@@ -224,10 +228,12 @@ class ExperimentConfig(Strict):
     @field_validator("eps")
     @classmethod
     def _eps_units(cls, value: float) -> float:
-        if value < 0.5:
-            raise ValueError(f"eps is in 1/255 units (8 means 8/255); {value} looks like [0, 1] "
-                             f"units: write {value * 255:.3g}")
-        return value
+        return check_eps_255(value, "eps")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return parse_device(value, "")
 
     @field_validator("arms")
     @classmethod
@@ -282,6 +288,8 @@ class ExperimentConfig(Strict):
             del key["weights"], key["freeze_backbone"]
         if not self.chain:  # runs from before the chain arms keep their key
             del key["chain"]
+        if self.dicom_mode == "voi":  # runs from before --dicom-mode keep their key
+            del key["dicom_mode"]
         if not self.robustness.acquisition_shift:
             del key["robustness"]["acquisition_shift"]
         for name in ("precision", "channels_last"):  # runs from before these keep their key

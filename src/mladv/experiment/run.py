@@ -52,7 +52,7 @@ from ..models import ImageClassifier, check_pretrained, load_checkpoint
 from ..resume import differences, refuse_changed
 from ..reuse import train_or_reuse
 from ..training import predict_logits
-from ..utils import atomic_write_json, atomic_write_text, prepare_output_dir
+from ..utils import atomic_write_json, atomic_write_text, output_dir
 from .arms import ARMS, batch_transform, make_adversary
 from .config import ExperimentConfig, dump_config
 from .measure import calibration, robust_subset, robustness
@@ -68,9 +68,10 @@ def load_data(cfg: ExperimentConfig) -> tuple[ImageSet, ImageSet, dict[str, Any]
     training and ``test_data`` for testing (its classes must equal the training classes)."""
     if not cfg.data:
         raise ValueError("no data: set 'data' in the config or pass --data PATH (or 'phantoms')")
-    data = load_source(cfg.data, cfg.image_size, seed=cfg.split.seed)
+    data = load_source(cfg.data, cfg.image_size, seed=cfg.split.seed, dicom_mode=cfg.dicom_mode)
     if cfg.test_data:
-        test = load_source(cfg.test_data, cfg.image_size, seed=cfg.split.seed + 1)
+        test = load_source(cfg.test_data, cfg.image_size, seed=cfg.split.seed + 1,
+                           dicom_mode=cfg.dicom_mode)
         if test.classes != data.classes:
             raise ValueError(f"--test-data {cfg.test_data}: its classes {test.classes} differ from "
                              f"the training classes {data.classes} of {cfg.data}")
@@ -203,6 +204,7 @@ def adversarial_copies(run: Run, seed: int, arm: str) -> tuple[ImageSet, dict[st
     folder = run.seed_dir(seed) / "adv" / arm
     rank, world = rank_and_world()
     timer = Timer()
+    before = set(folder.glob("shard-*.pt"))
     with timer():
         craft_shards(attack, run.train, folder, shard_size=cfg.augment.shard_size, seed=seed,
                      batch_size=cfg.augment.batch_size, progress=cfg.progress and rank == 0,
@@ -210,10 +212,30 @@ def adversarial_copies(run: Run, seed: int, arm: str) -> tuple[ImageSet, dict[st
                      rank=rank, world_size=world)
         barrier()  # every rank's shards are on disk
         adv = load_shards(folder)
+    settings = made_settings(folder, attack_settings(attack),
+                             crafted_now=set(folder.glob("shard-*.pt")) != before)
     quality = attack_metrics(base, run.train.images, adv.images, run.train.labels)
     keep = ("success", "ssim", "psnr", "l1", "linf_max")
-    return adv, {"settings": attack_settings(attack), **{k: quality[k] for k in keep},
+    return adv, {"settings": settings, **{k: quality[k] for k in keep},
                  **timer.as_dict("craft")}
+
+
+MADE_FILE = "made.json"
+
+
+def made_settings(folder: Path, now: dict[str, Any], *, crafted_now: bool) -> dict[str, Any]:
+    """The attack settings of a shard folder as recorded when its shards were crafted: an
+    attack's counters (MLAdv's ``backward_passes``, the passes of its last batch) are set by
+    crafting, so a folder reused whole on resume would report 0 from the fresh attack. When
+    shards were crafted now, ``now`` is recorded in ``folder/made.json`` (rank 0) and returned;
+    otherwise the recorded settings are returned (``now`` for a folder from before the record)."""
+    path = folder / MADE_FILE
+    if crafted_now or not path.is_file():
+        if crafted_now and is_main_process():
+            atomic_write_json({"settings": now}, path)
+        return now
+    recorded: dict[str, Any] = json.loads(path.read_text())["settings"]
+    return recorded
 
 
 def run_arm(run: Run, seed: int, arm: str) -> dict[str, Any]:
@@ -279,8 +301,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *,
     """
     if cfg.weights is not None:  # a bad name, file or offline download: now, before any data
         check_pretrained(cfg.arch, cfg.weights)  # also weights of another architecture
-    if is_main_process():
-        prepare_output_dir(out)
+    # one run per folder: a second one is refused naming the first (pid, host, command, start)
+    with output_dir(out, enabled=is_main_process()):
+        return _run_locked(cfg, out, log)
+
+
+def _run_locked(cfg: ExperimentConfig, out: str | Path, log: Log) -> dict[str, Any]:
+    """:func:`run_experiment` once its folder is locked."""
     run = prepare(cfg, out, log)
     log = run.log
     log(f"{cfg.name}: {len(run.train)} train / {len(run.test)} test images, classes "

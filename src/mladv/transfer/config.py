@@ -6,7 +6,7 @@ Read with :func:`load_config` (strict: unknown keys, wrong types and bad attack 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -14,6 +14,8 @@ from ..attacks import ATTACKS
 from ..attacks.registry import check_attack_options
 from ..configbase import Strict, dump_yaml, load_yaml_config
 from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_freeze, check_image_size
+from ..units import check_eps_255
+from ..utils import parse_device
 
 DISPLAY = {"fgsm": "FGSM", "pgd": "PGD", "mifgsm": "MI-FGSM", "pifgsm": "PI-FGSM",
            "gama": "GAMA", "rays": "RayS", "mladv": "MLAdv"}
@@ -154,6 +156,18 @@ class TransferConfig(Strict):
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
     progress: bool = True
+    # DICOM files: "voi" (modality + VOI LUT, polarity) or "raw" (see mladv.data.dicom)
+    dicom_mode: Literal["voi", "raw"] = "voi"
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_units(cls, value: float) -> float:
+        return check_eps_255(value, "eps")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return parse_device(value, "")
 
     @field_validator("attacks")
     @classmethod

@@ -31,7 +31,7 @@ from ..fingerprint import (
 from ..logs import Log, run_log, stderr_log
 from ..models import check_pretrained, load_checkpoint
 from ..reuse import saved_with_key, train_or_reuse
-from ..utils import atomic_torch_save, atomic_write_text, prepare_output_dir, resolve_device
+from ..utils import atomic_torch_save, atomic_write_text, output_dir, resolve_device
 from .claims import claims
 from .config import AttackSpec, ModelSpec, TransferConfig, dump_config
 from .measure import (
@@ -48,10 +48,12 @@ from .report import fig3_grid, pick_figure_image, write_reports
 def prepare_data(cfg: TransferConfig) -> tuple[ImageSet, ImageSet]:
     """``(train, test)``: the patient-aware split of ``data``, or all of ``data`` and
     ``test_data``; the test set capped at ``max_images`` (a sample seeded with ``seed``)."""
-    data = load_source(cfg.data, cfg.image_size, seed=cfg.seed, progress=cfg.progress)
+    data = load_source(cfg.data, cfg.image_size, seed=cfg.seed, progress=cfg.progress,
+                       dicom_mode=cfg.dicom_mode)
     if cfg.test_data:
         train = data
-        test = load_source(cfg.test_data, cfg.image_size, classes=data.classes, seed=cfg.seed + 1)
+        test = load_source(cfg.test_data, cfg.image_size, classes=data.classes, seed=cfg.seed + 1,
+                           dicom_mode=cfg.dicom_mode)
     else:
         train, test = split_imageset(data, test_size=cfg.split.test_size, seed=cfg.split_seed())
     if cfg.max_images and len(test) > cfg.max_images:
@@ -83,6 +85,8 @@ def train_key(cfg: TransferConfig, spec: ModelSpec, train: ImageSet, seed: int
     if spec.weights:
         key.update(weights=spec.weights, freeze_backbone=spec.freeze_backbone,
                    weights_sha1=weights_sha1(spec.weights))
+    if cfg.dicom_mode != "voi":  # models from before dicom_mode keep their key
+        key["dicom_mode"] = cfg.dicom_mode
     return key
 
 
@@ -188,13 +192,25 @@ def run_transfer(cfg: TransferConfig, out: str | Path, *, log: Log = stderr_log
                  ) -> dict[str, Any]:
     """Run (or resume) the transfer experiment into ``out``; returns the results dict also
     written as ``transfer.json`` (and ``transfer.csv``, ``transfer.md``, ``transfer.html``)."""
+    # before any work: a file or a read-only folder is one line, and one run per folder (a
+    # second one is refused naming the first: pid, host, command, start time)
+    with output_dir(out) as folder:
+        return _run_locked(cfg, folder, log)
+
+
+def _run_locked(cfg: TransferConfig, out: Path, log: Log) -> dict[str, Any]:
+    """:func:`run_transfer` once its folder is locked. ``config.yaml`` is written at the start
+    only into a folder that has none; a rerun rewrites it once every finished piece has been
+    checked (reused or made again), so a rerun refused for changed settings leaves the config
+    of the run that made the folder's pieces."""
     wall = time.perf_counter()
-    out = prepare_output_dir(out)  # before any work: a file or a read-only folder is one line
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     check_weights(cfg)
-    atomic_write_text(dump_config(cfg), out / "config.yaml")
+    config_path = out / "config.yaml"
+    if not config_path.is_file():
+        atomic_write_text(dump_config(cfg), config_path)
     train, test = prepare_data(cfg)
     log = run_log(log, out)  # also OUT/log.txt, as the experiment's
     log(f"data {cfg.data}: {len(train)} train / {len(test)} test images, classes {train.classes}")
@@ -224,6 +240,7 @@ def run_transfer(cfg: TransferConfig, out: str | Path, *, log: Log = stderr_log
                            {t: a["key"] for t, a in attacks.items()}, out / "bm3d")
     bm3d = measure_bm3d(denoised, advs, test, index, models)
     bm3d["seconds"] = time.perf_counter() - t0
+    atomic_write_text(dump_config(cfg), config_path)  # every piece now agrees with cfg
 
     results = assemble(cfg, train, test, infos, labels, attacks, bm3d)
     fig = out / "transfer_fig3.png"
