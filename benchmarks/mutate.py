@@ -72,6 +72,12 @@ MODULES: dict[str, Module] = {
                          ("tests/test_robustness.py", "tests/test_evaluation.py")),
     "evaluation": Module("src/mladv/experiment/measure.py",
                          ("tests/test_robustness.py", "tests/test_evaluation.py")),
+    "tasks": Module("src/mladv/tasks.py", ("tests/test_tasks.py",)),
+    "eval_multilabel": Module("src/mladv/evaluation/multilabel.py",
+                              ("tests/test_multilabel_metrics.py",)),
+    "eval_stats": Module("src/mladv/evaluation/stats.py", ("tests/test_stats.py",)),
+    "eval_corruptions": Module("src/mladv/evaluation/corruptions.py",
+                               ("tests/test_corruptions.py",)),
 }
 
 STATUS_BY_EXIT_CODE: dict[int | None, str] = {
