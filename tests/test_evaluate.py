@@ -227,7 +227,7 @@ def test_evaluate_a_torchvision_state_dict(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["phantoms:4", "--arch", "resnet18"], "--arch and --state-dict go together"),
-    (["a.pt", "b", "c"], "expected CHECKPOINT DATA"),
+    (["a.pt", "b.pt", "c", "d"], "expected CHECKPOINT DATA, A.pt B.pt DATA (A/B)"),
     (["x.pt", "phantoms:4", "--pgd-eps", "0"], "--pgd-eps are in 1/255 units"),
     (["x.pt", "phantoms:4", "--chain-option", "gamma=-1"], "attack 'chain': gamma must be >= 0"),
     (["x.pt", "phantoms:4", "--split", "train"], "--split must be 'test' or 'all'"),
@@ -276,3 +276,22 @@ def test_mladv_evaluate_gives_the_experiment_s_numbers_for_the_same_checkpoint_d
             measure.robust_subset(test, cfg), quiet_log), model, 3)
     assert len(experiment) == 1 + 2 + 1 + 18 + 2  # mladv, pgd 2 / 8, noise, shift, mean, chain
     assert {k: card[k] for k in experiment} == experiment
+
+
+def test_a_b_of_two_identical_checkpoints_is_zero_difference_and_no_difference(ckpt, tmp_path,
+                                                                                 capsys):
+    """The same model file twice: every column's A - B is 0 with the CI [0, 0], McNemar finds
+    no discordant image (p = 1), and every verdict reads "no difference"."""
+    out = tmp_path / "ab"
+    assert run(["evaluate", str(ckpt), str(ckpt), "phantoms:12", *QUICK, "--no-chain",
+                "--out", str(out)]) == 0
+    ab = json.loads((out / "compare.json").read_text())
+    cols = ab["columns"]
+    assert {"accuracy", "auroc", "acc_pgd_2", "acc_noise_0.02", "shift_gamma_1"} <= set(cols)
+    for key, v in cols.items():
+        assert (v["diff"], v["low"], v["high"], v["verdict"]) == (0, 0, 0, "no difference"), key
+        assert v["a"] == v["b"]
+        if key != "auroc":
+            assert (v["a_only"], v["b_only"], v["p_mcnemar"]) == (0, 0, 1.0)
+    assert "| no difference |" in (out / "compare.md").read_text()
+    assert "A - B +0.000 [+0.000, +0.000]: no difference" in capsys.readouterr().out

@@ -346,20 +346,23 @@ def write_card(card: dict[str, Any], out: str | os.PathLike[str],
 
 # -- mladv evaluate ---------------------------------------------------------------------------
 def command_inputs(inputs: list[str], arch: str | None, state_dict: Path | None
-                   ) -> tuple[str | None, str]:
-    """``(checkpoint, data)`` from ``mladv evaluate``'s positional arguments (``CHECKPOINT
-    DATA``, or ``DATA`` with ``--arch`` / ``--state-dict``); one line for a bad combination."""
+                   ) -> tuple[str | None, str | None, str]:
+    """``(checkpoint, checkpoint_b, data)`` from ``mladv evaluate``'s positional arguments
+    (``CHECKPOINT DATA``, ``A.pt B.pt DATA`` for an A/B comparison, or ``DATA`` with ``--arch``
+    / ``--state-dict``); one line for a bad combination."""
     if (arch is None) != (state_dict is None):
         raise ValueError("--arch and --state-dict go together (a torchvision architecture "
                          "name and a local state-dict file of it)")
     if state_dict is not None:
         if len(inputs) != 1:
             raise ValueError(f"with --state-dict give DATA only, got {len(inputs)} arguments")
-        return None, inputs[0]
+        return None, None, inputs[0]
+    if len(inputs) == 3:
+        return inputs[0], inputs[1], inputs[2]
     if len(inputs) != 2:
-        raise ValueError(f"expected CHECKPOINT DATA (or --arch NAME --state-dict FILE DATA), "
-                         f"got {len(inputs)} argument(s)")
-    return inputs[0], inputs[1]
+        raise ValueError(f"expected CHECKPOINT DATA, A.pt B.pt DATA (A/B), or --arch NAME "
+                         f"--state-dict FILE DATA, got {len(inputs)} argument(s)")
+    return inputs[0], None, inputs[1]
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -485,3 +488,66 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
                        out / "examples.png", seed=seed, **opts.chain_options)
     write_card(card, out, figures=("examples.png",) if opts.with_chain else ())
     return card
+
+
+# -- mladv evaluate A.pt B.pt DATA ------------------------------------------------------------
+def ab_blocks(ab: dict[str, Any], title: str = "A/B comparison") -> list[Block]:
+    """The A/B page: which models on which images, then per column A, B, A - B with its CI,
+    McNemar's p and the verdict (:mod:`mladv.evaluation.compare`)."""
+    o = ab["options"]
+    rows = [[key, fmt(v["a"], 4), fmt(v["b"], 4), fmt(v["diff"], 4, sign=True),
+             f"[{fmt(v['low'], 3, sign=True)}, {fmt(v['high'], 3, sign=True)}]",
+             fmt(v.get("p_mcnemar"), 3), str(v.get("n", "")), v["verdict"]]
+            for key, v in ab["columns"].items()]
+    return [("h", title), ("p", ab["scored"]),
+            ("p", f"A = {ab['a']}, B = {ab['b']}; the same images, subsets and attack seed "
+                  f"{ab['seed']} for both. CIs: patient-level paired bootstrap, "
+                  f"{o['bootstrap']} resamples, {o['ci_level']:.0%}; p: McNemar's exact test."),
+            ("table", ["column", "A", "B", "A - B", f"{o['ci_level']:.0%} CI", "McNemar p",
+                       "images", "verdict"], rows)]
+
+
+def compare_to_folder(checkpoint_a: str, checkpoint_b: str, data: str, out: Path,
+                      opts: RobustnessOptions, *, seed: int = 0, split: str | None = None,
+                      device: str = "auto", skip_bad: bool = False) -> dict[str, Any]:
+    """``mladv evaluate A.pt B.pt DATA``: both models on A's images of DATA
+    (:func:`checkpoint_images`; without ``--split all`` also leaving out those B trained on),
+    compared column by column (:func:`mladv.evaluation.compare.compare_models`); writes
+    ``out/compare.json``, ``out/compare.md``, ``out/compare.html``. Returns the comparison."""
+    from .evaluation.compare import compare_models
+    from .fingerprint import unseen_indices
+    from .models import read_checkpoint
+
+    if split not in (None, "test", "all"):
+        raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
+    check_card_options(opts)
+    if opts.bootstrap < 1:
+        raise ValueError("an A/B comparison needs --bootstrap >= 1 (its CIs are the verdict)")
+    prepare_output_dir(out)
+    set_determinism(seed)
+    dev = resolve_device(device)
+    model_a, dataset, record = checkpoint_images(Path(checkpoint_a), data, split, device=dev,
+                                                 skip_bad=skip_bad)
+    ckpt_b = read_checkpoint(checkpoint_b)
+    if list(ckpt_b["classes"]) != list(dataset.classes) or \
+            ckpt_b["image_size"] != record["image_size"]:
+        raise ValueError(f"{checkpoint_b} ({ckpt_b['image_size']} px, classes "
+                         f"{ckpt_b['classes']}) cannot be compared with {checkpoint_a} "
+                         f"({record['image_size']} px, classes {list(dataset.classes)})")
+    model_b, _ = load_checkpoint(checkpoint_b, map_location=dev)
+    scored = record["scored"]
+    if split != "all" and ckpt_b.get("trained_on") is not None:
+        keep = unseen_indices(dataset.images, ckpt_b["trained_on"])
+        if not keep:
+            raise ValueError(f"every image chosen was used to train {checkpoint_b}")
+        if len(keep) < len(dataset):
+            scored += (f" {len(dataset) - len(keep)} of them left out: {checkpoint_b} trained "
+                       f"on them; {len(keep)} compared.")
+            dataset = dataset.subset(keep)
+    columns = compare_models(model_a, model_b, dataset.images, dataset.labels, opts, seed=seed,
+                             n_classes=len(dataset.classes), patients=list(dataset.groups))
+    ab = {"a": checkpoint_a, "b": checkpoint_b, "data": data, "n": len(dataset),
+          "scored": scored, "seed": seed, "options": options_record(opts), "columns": columns}
+    atomic_write_json(ab, out / "compare.json")
+    write_report(ab_blocks(ab), "A/B comparison", out / "compare.md", out / "compare.html")
+    return ab

@@ -13,8 +13,10 @@ INTERRUPTED = ("interrupted: the report is written only when every number is mea
 
 @interrupt_message(INTERRUPTED)
 def evaluate(
-    inputs: list[str] = typer.Argument(..., metavar="[CHECKPOINT] DATA", help=(
-        "A model.pt written by 'mladv train' (or 'mladv experiment'), then the data. With "
+    inputs: list[str] = typer.Argument(..., metavar="[CHECKPOINT [B.pt]] DATA", help=(
+        "A model.pt written by 'mladv train' (or 'mladv experiment'), then the data; two "
+        "checkpoints then the data: an A/B comparison (paired CIs, McNemar, a verdict per "
+        "column; OUT/compare.md). With "
         "--arch / --state-dict: the data only. " + DATA_HELP)),
     arch: str | None = typer.Option(None, help="torchvision architecture of --state-dict, "
                                     "e.g. resnet18."),
@@ -64,7 +66,7 @@ def evaluate(
     from ..evaluate import command_inputs, evaluate_to_folder
     from ..robustness import RobustnessOptions
 
-    checkpoint, data = command_inputs(inputs, arch, state_dict)
+    checkpoint, checkpoint_b, data = command_inputs(inputs, arch, state_dict)
     opts = RobustnessOptions(
         attacks=("mladv",) if mladv else (), eps=8.0, pgd_eps=tuple(pgd_eps),
         pgd_options={"steps": pgd_steps}, chain_options=parse_options(chain_option or []),
@@ -72,6 +74,16 @@ def evaluate(
         noise_sigmas=tuple(noise_sigma), acquisition_shift=shift, batch_size=batch_size,
         chain=chain, min_eps_images=min_eps_images, bm3d_images=bm3d_images,
         bootstrap=bootstrap)
+    if checkpoint is not None and checkpoint_b is not None:
+        from ..evaluate import compare_to_folder
+        ab = compare_to_folder(checkpoint, checkpoint_b, data, out, opts, seed=seed,
+                               split=split, device=device, skip_bad=skip_bad)
+        typer.echo(ab["scored"])
+        for key, v in ab["columns"].items():
+            typer.echo(f"{key}: A {v['a']:.3f}, B {v['b']:.3f}, A - B {v['diff']:+.3f} "
+                       f"[{v['low']:+.3f}, {v['high']:+.3f}]: {v['verdict']}")
+        typer.echo(f"wrote {out / 'compare.md'}")
+        return
     card = evaluate_to_folder(checkpoint, data, out, opts, seed=seed, arch=arch,
                               state_dict=state_dict, image_size=image_size, split=split,
                               device=device, skip_bad=skip_bad)
