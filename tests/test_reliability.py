@@ -83,6 +83,14 @@ def test_a_second_study_into_a_busy_out_is_refused_naming_the_holder(command, tm
     assert not (out / "config.yaml").exists()  # the refused run wrote nothing
 
 
+@pytest.mark.parametrize("args", [["augment", "m.pt", "phantoms:4"],
+                                  ["attack", "m.pt", "phantoms:4"], ["demo"]])
+def test_the_other_writers_refuse_a_busy_out_naming_the_holder(args, tmp_path, capsys):
+    with output_dir(tmp_path / "o"):
+        assert run([*args, "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, "another mladv run is writing there now", f"pid {os.getpid()}")
+
+
 def test_a_second_train_into_a_busy_out_is_refused_naming_the_holder(tmp_path, capsys):
     with output_dir(tmp_path / "o"):
         assert run(["train", "phantoms:4", *TINY_TRAIN, "--out", str(tmp_path / "o")]) == 2
@@ -220,6 +228,17 @@ def test_train_on_a_full_disk_is_one_line_naming_the_checkpoint(tmp_path, capsys
     assert not (tmp_path / "o" / "model.pt").exists()
 
 
+@pytest.mark.parametrize(("command", "written"), [("attack", "adversarial.pt"),
+                                                   ("augment", "shard-00000.pt")])
+def test_attack_and_augment_on_a_full_disk_are_one_line(command, written, ckpt, tmp_path, capsys,
+                                                         monkeypatch):
+    monkeypatch.setattr(torch, "save", disk_full)
+    assert run([command, str(ckpt), "phantoms:6", "--attack", "fgsm", "--split", "all",
+                "--out", str(tmp_path / "o")]) == 2
+    one_line_error(capsys, str(tmp_path / "o" / written), "No space left on device", "MB free")
+    assert not (tmp_path / "o" / written).exists()
+
+
 # -- 6: backward passes of reused copies --------------------------------------------------------
 def test_reused_copies_report_the_backward_passes_recorded_when_crafted(tmp_path):
     made = made_settings(tmp_path, {"class": "MLAdv", "backward_passes": 6.0}, crafted_now=True)
@@ -340,3 +359,16 @@ def test_the_experiment_resume_key_holds_dicom_mode_only_when_raw(tmp_path):
 
 def test_the_experiment_flag_sets_the_dicom_mode(tmp_path):
     assert load_experiment(experiment_yaml(tmp_path), {"dicom_mode": "raw"}).dicom_mode == "raw"
+
+
+def test_a_resumed_experiment_reports_the_backward_passes_of_its_reused_copies(tmp_path):
+    config = experiment_yaml(tmp_path, arms=["ls"], mladv={"steps": 2})
+    out = tmp_path / "run"
+    assert run(["experiment", str(config), "--out", str(out)]) == 0
+    first = json.loads((out / "seed-0" / "results" / "ls.json").read_text())
+    made = first["augment"]["settings"]["backward_passes"]
+    assert made > 0  # MLAdv crafted through the model
+    (out / "seed-0" / "results" / "ls.json").unlink()  # as if killed after crafting, before scoring
+    assert run(["experiment", str(config), "--out", str(out)]) == 0
+    again = json.loads((out / "seed-0" / "results" / "ls.json").read_text())
+    assert again["augment"]["settings"]["backward_passes"] == made

@@ -11,8 +11,10 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
          n_per_class: int = typer.Option(250, min=10, help="Phantoms per class.")) -> None:
     """Synthetic phantoms -> small CNN -> MLAdv vs PGD: a table, summary.json and grid.png."""
     from ..demo import run_demo  # run time only: --help imports no torch
+    from ..utils import output_dir
 
-    run_demo(out, epochs=epochs, seed=seed, n_per_class=n_per_class)
+    with output_dir(out):  # one run per folder, as every command that writes an --out
+        run_demo(out, epochs=epochs, seed=seed, n_per_class=n_per_class)
 
 
 def register(app: typer.Typer) -> None:
