@@ -14,10 +14,12 @@ from .registry import (
     parse_options,
     register_attack,
 )
+from .targeted_finding import TargetedFinding, targeted_success_rate
 from .variants import MLAdvVariant
 
 __all__ = ["ATTACKS", "Attack", "ComputeOptions", "accepted_options", "attack_options",
            "check_attack_options",
            "parse_options", "MLAdv", "MLAdvVariant", "TorchAttack", "check_images", "cut_noise",
            "eval_mode", "fgsm", "heuristic_projection", "make_attack", "mifgsm", "pgd", "pifgsm",
-           "projection_kernel", "register_attack", "GAMA", "RayS"]
+           "projection_kernel", "register_attack", "GAMA", "RayS", "TargetedFinding",
+           "targeted_success_rate"]

@@ -139,7 +139,7 @@ class TargetedFinding(Attack):
         if isinstance(to, bool) or to not in (0, 1):
             raise ValueError(f"to must be 0 (remove the finding) or 1 (add it), got {to!r}")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+            raise ValueError(f"steps must be >= 1 (an int), got {steps!r}")
         if alpha is not None and alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
         if hold_weight < 0:
