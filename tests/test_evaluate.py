@@ -19,6 +19,7 @@ from mladv.evaluate import (
     options_record,
     per_class,
     report_card,
+    trained_families,
 )
 from mladv.models import load_checkpoint
 from mladv.robustness import SHIFT_SEVERITIES, SHIFT_TRANSFORMS, RobustnessOptions
@@ -153,7 +154,8 @@ def test_evaluate_a_checkpoint_writes_json_markdown_and_figure(ckpt, tmp_path, c
     assert "| macro-F1 |" in md and "](shift.png)" in md and "](examples.png)" in md
     assert (out / "shift.png").stat().st_size > 0 and (out / "examples.png").stat().st_size > 0
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2  # self-contained
+    assert html.count("data:image/png;base64,") == 3  # self-contained
+    assert "](corruption.png)" in md and "## Common corruptions" in md
     assert "6 of 36 images scored: the checkpoint's held-out test split" in capsys.readouterr().out
     assert md.splitlines()[2].startswith("6 of 36 images scored")  # the line under the title
 
@@ -295,3 +297,33 @@ def test_a_b_of_two_identical_checkpoints_is_zero_difference_and_no_difference(c
             assert (v["a_only"], v["b_only"], v["p_mcnemar"]) == (0, 0, 1.0)
     assert "| no difference |" in (out / "compare.md").read_text()
     assert "A - B +0.000 [+0.000, +0.000]: no difference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("record, families", [
+    ({"arm": "chain-online"}, ["brightness_up", "brightness_down", "contrast_up",
+                               "contrast_down", "gamma_corr_up", "gamma_corr_down"]),
+    ({"adversarial": {"attack": "chain", "options": {"noise": 0.02}}},
+     ["brightness_up", "brightness_down", "contrast_up", "contrast_down", "gamma_corr_up",
+      "gamma_corr_down", "gaussian_noise"]),
+    ({"arm": "trivialaugment"}, ["brightness_up", "brightness_down", "contrast_up",
+                                 "contrast_down"]),
+    ({"arm": "pgd-online", "adversarial": {"attack": "pgd"}}, []), ({}, [])])
+def test_the_trained_families_follow_the_checkpoint_s_augmentation_record(record, families):
+    assert trained_families(record) == families
+
+
+def test_the_corruption_summary_splits_trained_and_unseen_families_by_hand():
+    """Clean accuracy 0.9 on the subset; Gaussian noise 0.8 / 0.6 at severities 1 / 2 (error
+    0.3, +0.2 over clean 0.1), gamma up 0.9 / 0.7 (error 0.2, +0.1), gamma trained on."""
+    from mladv.robustness import corruption_summary
+    cols = {"corr_clean": 0.9, "corr_gaussian_noise_1": 0.8, "corr_gaussian_noise_2": 0.6,
+            "corr_gamma_corr_up_1": 0.9, "corr_gamma_corr_up_2": 0.7}
+    c = corruption_summary(cols, ["gaussian_noise", "gamma_corr_up"], [1, 2], ["gamma_corr_up"])
+    assert c["clean_error"] == pytest.approx(0.1)
+    assert c["families"]["gaussian_noise"] == pytest.approx({"error": 0.3, "relative": 0.2})
+    assert c["families"]["gamma_corr_up"] == pytest.approx({"error": 0.2, "relative": 0.1})
+    assert c["all"]["mce"] == pytest.approx(0.25)
+    assert (c["trained"]["families"], c["trained"]["mce"]) == (["gamma_corr_up"],
+                                                               pytest.approx(0.2))
+    assert (c["unseen"]["families"], c["unseen"]["relative_mce"]) == (["gaussian_noise"],
+                                                                      pytest.approx(0.2))

@@ -700,3 +700,33 @@ def test_the_report_warns_of_gradient_masking_when_autoattack_beats_pgd_on_its_i
     opts = replace(opts, pgd_eps=(8.0,))  # no PGD at AutoAttack's eps: no check
     assert "gradient_masking" not in rob.robustness_report(
         _Rows(torch.zeros(4, 2)), torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), opts)
+
+
+
+def test_corruption_columns_score_the_subset_under_each_family_and_severity_seeded_per_family():
+    """Images of constant brightness 0.5 +- 0.02 under the mean-brightness rule (class 0 above
+    1/2): corr_clean, and corr_<family>_<s> is that rule on corrupt(x, family, s) with the
+    generator seeded derive_seed(seed, 4000 + the family's registry place, s)."""
+    from mladv.evaluation.corruptions import CORRUPTIONS, corrupt
+    x = (0.5 + torch.tensor([0.02, -0.02, 0.02, -0.02])).view(4, 1, 1, 1).expand(4, 1, 8, 8)
+    x = x.contiguous()
+    y = torch.tensor([0, 1, 0, 1])
+    opts = rob.RobustnessOptions(attacks=(), pgd_eps=(), noise_sigmas=(), max_images=None,
+                                 corruptions=("gaussian_noise", "contrast_down"),
+                                 corruption_severities=(2, 5))
+    cols = rob.robustness_columns(_MeanMargin(), x, y, opts, seed=3, n_classes=2)
+    assert cols["corr_clean"] == 1.0
+    for name in ("gaussian_noise", "contrast_down"):
+        for s in (2, 5):
+            gen = torch.Generator().manual_seed(
+                rob.derive_seed(3, 4000 + list(CORRUPTIONS).index(name), s))
+            bright = corrupt(x, name, s, gen).flatten(1).mean(1) > 0.5
+            want = float((bright == (y == 0)).float().mean())
+            assert cols[f"corr_{name}_{s}"] == want, (name, s)
+    assert set(cols) == {"corr_clean", "corr_gaussian_noise_2", "corr_gaussian_noise_5",
+                         "corr_contrast_down_2", "corr_contrast_down_5"}
+
+
+def test_an_unknown_corruption_is_one_line_naming_it():
+    with pytest.raises(ValueError, match="unknown corruption\\(s\\) \\['fog'\\]"):
+        rob.RobustnessOptions(corruptions=("fog",)).check()

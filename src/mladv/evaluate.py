@@ -70,6 +70,28 @@ from .utils import (
 )
 
 CURVE_EPS = (0.5, 1.0, 2.0, 4.0, 8.0)  # the card's PGD budgets (1/255): the robustness curve
+# the corruption families the adversarial chain's transforms cover (window = brightness and
+# contrast, gamma), in mladv.evaluation.corruptions' names; its noise transform (off by default)
+# covers Gaussian noise
+CHAIN_FAMILIES = ("brightness_up", "brightness_down", "contrast_up", "contrast_down",
+                  "gamma_corr_up", "gamma_corr_down")
+CHAIN_ARMS = ("chain-random", "chain-online", "chain-advprop")
+
+
+def trained_families(record: dict[str, Any]) -> list[str]:
+    """The corruption families a checkpoint's augmentation covered, from its record: the
+    chain's (:data:`CHAIN_FAMILIES`, plus ``gaussian_noise`` where its ``noise`` option is > 0)
+    for the experiment's chain arms (``arm``) and for ``mladv train --adv-attack chain``
+    (``adversarial.attack``); brightness and contrast for the ``trivialaugment`` arm
+    (TrivialAugmentWide's Brightness / Contrast ops); none otherwise (flips, PGD, MLAdv, MixUp,
+    CutMix and rotation leave every family unseen)."""
+    arm, adv = record.get("arm"), record.get("adversarial") or {}
+    if arm in CHAIN_ARMS or adv.get("attack") == "chain":
+        noise = float((adv.get("options") or {}).get("noise", 0) or 0)
+        return [*CHAIN_FAMILIES, *(["gaussian_noise"] if noise > 0 else [])]
+    if arm == "trivialaugment":
+        return ["brightness_up", "brightness_down", "contrast_up", "contrast_down"]
+    return []
 
 
 def check_card_options(opts: RobustnessOptions) -> None:
@@ -121,11 +143,15 @@ def per_class(probs: Tensor, labels: Tensor, classes: Sequence[str]) -> dict[str
 
 def report_card(model: nn.Module, images: Tensor, labels: Tensor, classes: list[str],
                 opts: RobustnessOptions | None = None, *, seed: int = 0,
-                patients: Sequence[str] | None = None) -> dict[str, Any]:
+                patients: Sequence[str] | None = None, trained: Sequence[str] = ()
+                ) -> dict[str, Any]:
     """Every number of the module docstring for ``model`` on ``images`` (``N x C x H x W`` in
     [0, 1]) with ``labels`` (``N``), attack seed ``seed``, ``patients`` one id per image (for
     the CIs; None: images are their own patients): ``{"n", "n_robust", "n_autoattack",
-    "classes", "seed", "options", "metrics", "per_class", "sizes", "ci", "gradient_masking"}``.
+    "classes", "seed", "options", "metrics", "per_class", "sizes", "ci", "gradient_masking"}``
+    and, with ``opts.corruptions``, ``corruption``
+    (:func:`mladv.robustness.corruption_summary`, ``trained``: the families the model's
+    augmentation covered, :func:`trained_families`).
     ``metrics`` holds :func:`mladv.robustness.robustness_report`'s numbers unchanged."""
     opts = opts or RobustnessOptions()
     check_card_options(opts)
@@ -153,6 +179,10 @@ def report_card(model: nn.Module, images: Tensor, labels: Tensor, classes: list[
                  "sizes": {**sizes, "auroc": len(labels), "macro_f1": len(labels),
                            "ece": len(labels)},
                  "ci": ci, "gradient_masking": masking})
+    if opts.corruptions:
+        from .robustness import corruption_summary
+        card["corruption"] = corruption_summary(metrics, opts.corruptions,
+                                                opts.corruption_severities, trained)
     return card
 
 
@@ -183,7 +213,7 @@ def model_from_state_dict(arch: str, path: str | os.PathLike[str]) -> ImageClass
 
 
 def evaluate_imageset(model: nn.Module, data: ImageSet, opts: RobustnessOptions | None = None,
-                      *, seed: int = 0) -> dict[str, Any]:
+                      *, seed: int = 0, trained: Sequence[str] = ()) -> dict[str, Any]:
     """:func:`report_card` on an :class:`~mladv.data.ImageSet` (its number of classes must be
     the model's; its ``groups`` are the patients of the CIs)."""
     k = getattr(model, "num_classes", None)
@@ -191,7 +221,7 @@ def evaluate_imageset(model: nn.Module, data: ImageSet, opts: RobustnessOptions 
         raise ValueError(f"the model has {k} classes, the data {len(data.classes)} "
                          f"({data.classes})")
     return report_card(model, data.images, data.labels, list(data.classes), opts, seed=seed,
-                       patients=list(data.groups))
+                       patients=list(data.groups), trained=trained)
 
 
 # -- writing it -----------------------------------------------------------------------------
@@ -217,6 +247,29 @@ def column_labels(card: dict[str, Any]) -> dict[str, str]:
               "median_min_eps": f"median smallest flipping eps, 1/255 ({pgd}, bisection, "
                                 f"{o['min_eps_images']} images)"}
     return {k: v for k, v in labels.items() if k in m}
+
+
+def corruption_blocks(card: dict[str, Any]) -> list[Block]:
+    """The corruption protocol's section: per family the error (1 - accuracy, mean over the
+    severities) and its increase over clean, whether the model trained on it; the mean
+    corruption error of all, trained and unseen families."""
+    from .evaluation.corruptions import CORRUPTIONS
+
+    c, o = card["corruption"], card["options"]
+    trained = set(c["trained"]["families"])
+    rows = [[f, CORRUPTIONS[f].kind, fmt(v["error"], 4), fmt(v["relative"], 4, sign=True),
+             "trained" if f in trained else "unseen"] for f, v in c["families"].items()]
+    groups = [[name, ", ".join(c[key]["families"]) or "(none)", fmt(c[key]["mce"], 4),
+               fmt(c[key]["relative_mce"], 4, sign=True)]
+              for key, name in (("all", "all"), ("trained", "trained on"),
+                                ("unseen", "unseen"))]
+    return [("h2", "Common corruptions (ImageNet-C / MedMNIST-C protocol)"),
+            ("p", f"On the {card['n_robust']} images of the robustness subset, severities "
+                  f"{o['corruption_severities']}; clean error there "
+                  f"{fmt(c['clean_error'], 4)}. Unnormalised mCE (no baseline model); the "
+                  "families the model's augmentation covered are reported apart."),
+            ("table", ["family", "kind", "error", "vs clean", "in training"], rows),
+            ("table", ["families", "which", "mCE", "relative mCE"], groups)]
 
 
 def _ci_text(ci: dict[str, Any] | None) -> str:
@@ -251,6 +304,8 @@ def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
                    ("table", ["class", "AUROC", "sensitivity", "specificity"],
                     [[c, fmt(v["auroc"], 4), fmt(v["sensitivity"], 4), fmt(v["specificity"], 4)]
                      for c, v in card["per_class"].items()])]
+    if card.get("corruption"):
+        blocks += corruption_blocks(card)
     shifts = [t for t in SHIFT_TRANSFORMS if any(k.startswith(f"shift_{t}_") for k in m)]
     if shifts:
         sev = o["shift_severities"]
@@ -261,6 +316,7 @@ def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
                     [[t, *[fmt(m[f"shift_{t}_{s:g}"], 4) for s in sev]] for t in shifts])]
     captions = {"curve.png": "robust accuracy against the PGD budget eps (1/255), clean at 0",
                 "shift.png": "accuracy under acquisition shift, by severity",
+                "corruption.png": "accuracy under each common corruption, by severity",
                 "examples.png": "one test image per class: clean, random chain, adversarial "
                                 "chain, and each chain's difference from the clean image"}
     blocks += [("figure", f, captions.get(f, f)) for f in figures]
@@ -312,6 +368,25 @@ def shift_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
     save_figure(fig, path, tight=False)
 
 
+def corruption_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Accuracy against severity, one line per corruption family; clean accuracy on the same
+    images as a horizontal line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m, o = card["metrics"], card["options"]
+    sev = o["corruption_severities"]
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for f in o["corruptions"]:
+        ax.plot(sev, [m[f"corr_{f}_{s}"] for s in sev], marker="o", label=f)
+    ax.axhline(m["corr_clean"], color="k", lw=1, label="clean")
+    ax.set(xlabel="severity", ylabel="accuracy", ylim=(0, 1.02), xticks=list(sev))
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, path, tight=False)
+
+
 def example_figure(model: nn.Module, images: Tensor, labels: Tensor, classes: list[str],
                    path: str | os.PathLike[str], *, seed: int = 0, **chain_options: Any) -> None:
     """One image per class: clean, random chain, adversarial chain (and their differences)."""
@@ -338,6 +413,9 @@ def write_card(card: dict[str, Any], out: str | os.PathLike[str],
     if any(k.startswith("shift_") for k in card["metrics"]):
         shift_figure(card, folder / "shift.png")
         shown += ("shift.png",)
+    if card.get("corruption"):
+        corruption_figure(card, folder / "corruption.png")
+        shown += ("corruption.png",)
     shown += figures
     write_report(card_blocks(card, title, shown), title, folder / "report.md",
                  folder / "report.html")
@@ -478,7 +556,7 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
         record = {"split": split or "all", "arch": arch, "image_size": image_size or 224,
                   "scored": f"{len(dataset)} of {total} images scored: {why}."}
         source = {"arch": arch, "state_dict": str(state_dict), "split": split or "all"}
-    card = evaluate_imageset(model, dataset, opts, seed=seed)
+    card = evaluate_imageset(model, dataset, opts, seed=seed, trained=trained_families(record))
     card["scored"] = record["scored"]
     card["source"] = {**source, "data": data}
     card["provenance"] = provenance(checkpoint, state_dict, dataset, data, record, opts, seed,

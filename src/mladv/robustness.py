@@ -442,6 +442,10 @@ class RobustnessOptions:
     bm3d_sigma: float = 0.05
     bootstrap: int = 0  # patient-level bootstrap resamples of every CI (0: no CIs)
     ci_level: float = 0.95
+    # corr_<family>_<severity> and corr_clean on the robustness subset (() : off); families of
+    # mladv.evaluation.corruptions.CORRUPTIONS (ImageNet-C / MedMNIST-C protocol)
+    corruptions: tuple[str, ...] = ()
+    corruption_severities: tuple[int, ...] = (1, 2, 3, 4, 5)
 
     def check(self) -> None:
         """One ``ValueError`` line naming the first bad option (before any compute)."""
@@ -464,6 +468,16 @@ class RobustnessOptions:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.autoattack_images < 0 or (self.max_images is not None and self.max_images < 1):
             raise ValueError("autoattack_images must be >= 0 and max_images >= 1")
+        if self.corruptions:
+            from .evaluation.corruptions import CORRUPTIONS, SEVERITIES
+            unknown = [c for c in self.corruptions if c not in CORRUPTIONS]
+            if unknown:
+                raise ValueError(f"unknown corruption(s) {unknown}; known: "
+                                 f"{', '.join(CORRUPTIONS)}")
+            if not self.corruption_severities or any(
+                    s not in SEVERITIES for s in self.corruption_severities):
+                raise ValueError(f"corruption_severities must be in 1..5, got "
+                                 f"{list(self.corruption_severities)}")
         if not self.bm3d_sigma > 0 or not 0 < self.ci_level < 1:
             raise ValueError(f"bm3d_sigma must be > 0 and ci_level in (0, 1), got "
                              f"{self.bm3d_sigma} and {self.ci_level}")
@@ -529,11 +543,55 @@ def robustness_outcomes(model: nn.Module, images: Tensor, labels: Tensor,
     if opts.with_chain:
         out["acc_chain"] = sub, adversarial_correct(
             model, x, y, "chain", **{**opts.chain_options, "eps": 8 / 255, **common})
+    if opts.corruptions:
+        out["corr_clean"] = sub, _correct(model, x, y)
+        out.update({key: (sub, c) for key, c in corruption_correct(
+            model, x, y, opts.corruptions, opts.corruption_severities, seed=seed).items()})
     if opts.bm3d_images:
         rows = _first_of_subset(labels, opts, k, opts.bm3d_images, sub)
         out.update({key: (rows, c) for key, c in bm3d_correct(
             model, images[rows], labels[rows], opts, seed=seed).items()})
     return out
+
+
+def corruption_correct(model: nn.Module, images: Tensor, labels: Tensor,
+                       families: Sequence[str], severities: Sequence[int], *, seed: int = 0
+                       ) -> dict[str, Tensor]:
+    """Per image (bool ``N``) and ``corr_<family>_<severity>``: still correct under that
+    corruption (:func:`mladv.evaluation.corruptions.corrupt`), its noise drawn from a
+    generator seeded ``derive_seed(seed, 4000 + i, severity)`` with ``i`` the family's place
+    in the registry (the same draws whatever families are chosen)."""
+    from .evaluation.corruptions import CORRUPTIONS, corrupt
+
+    order = list(CORRUPTIONS)
+    out: dict[str, Tensor] = {}
+    for name in families:
+        for s in severities:
+            gen = torch.Generator().manual_seed(derive_seed(seed, 4000 + order.index(name), s))
+            out[f"corr_{name}_{s}"] = _correct(model, corrupt(images, name, s, gen), labels)
+    return out
+
+
+def corruption_summary(columns: Mapping[str, float], families: Sequence[str],
+                       severities: Sequence[int], trained: Sequence[str] = ()
+                       ) -> dict[str, Any]:
+    """The ImageNet-C / MedMNIST-C protocol on the ``corr_*`` columns
+    (:func:`mladv.evaluation.corruptions.corruption_error`, errors ``1 - accuracy``, clean
+    error ``1 - corr_clean`` on the same images): per family ``error`` (mean over severities)
+    and ``relative`` (minus the clean error); ``mce`` / ``relative_mce`` over all families,
+    over the ``trained`` ones (the model's augmentation covered them) and the ``unseen``."""
+    from .evaluation.corruptions import corruption_error
+
+    errs = {f: [1.0 - columns[f"corr_{f}_{s}"] for s in severities] for f in families}
+    ce = corruption_error(errs, 1.0 - columns["corr_clean"], trained=trained)
+
+    def group(g: Any) -> dict[str, Any]:
+        return {"families": list(g.families), "mce": g.mce, "relative_mce": g.relative_mce}
+
+    return {"clean_error": ce.clean_error,
+            "families": {f: {"error": v.error, "relative": v.relative}
+                         for f, v in ce.families.items()},
+            "all": group(ce.all), "trained": group(ce.trained), "unseen": group(ce.unseen)}
 
 
 def bm3d_correct(model: nn.Module, images: Tensor, labels: Tensor, opts: RobustnessOptions,
@@ -570,6 +628,8 @@ def robustness_columns(model: nn.Module, images: Tensor, labels: Tensor,
     - on the first ``min_eps_images`` of its order: ``median_min_eps``, the median over images
       of :func:`minimal_flip_eps` in 1/255 units (``inf`` when PGD flips at most half of them);
       on the first ``bm3d_images``: ``acc_bm3d_clean``, ``acc_bm3d_pgd_<E>``;
+    - on the robustness subset, with ``corruptions``: ``corr_clean`` and
+      ``corr_<family>_<severity>`` (:func:`corruption_correct`);
     - on every image: ``acc_noise_<sigma>`` (:func:`noise_accuracy`) and, with
       ``acquisition_shift``, ``shift_<transform>_<severity>`` (``shift_severities``) and their
       mean ``acc_shift_mean`` (:func:`acquisition_shift_accuracy` seeded

@@ -44,6 +44,10 @@ def evaluate(
         "Gaussian noise sigma in [0, 1] units on every image (repeatable).")),
     bootstrap: int = typer.Option(1000, min=0, help="Patient-level bootstrap resamples of "
                                   "the 95% CIs (0: none)."),
+    corruptions: str = typer.Option("all", help=(
+        "Common-corruption families (ImageNet-C / MedMNIST-C protocol, 5 severities) on the "
+        "attack subset: 'all', 'none' or a comma-separated list, e.g. "
+        "gaussian_noise,shot_noise,gaussian_blur.")),
     mladv: bool = typer.Option(True, "--mladv/--no-mladv", help="Own-model MLAdv at 8/255."),
     chain: bool = typer.Option(True, "--chain/--no-chain", help="The adversarial chain."),
     shift: bool = typer.Option(True, "--shift/--no-shift", help="Acquisition shift per "
@@ -67,13 +71,16 @@ def evaluate(
     from ..robustness import RobustnessOptions
 
     checkpoint, checkpoint_b, data = command_inputs(inputs, arch, state_dict)
+    from ..evaluation.corruptions import CORRUPTIONS
+    families = (tuple(CORRUPTIONS) if corruptions == "all" else () if corruptions == "none"
+                else tuple(c.strip() for c in corruptions.split(",") if c.strip()))
     opts = RobustnessOptions(
         attacks=("mladv",) if mladv else (), eps=8.0, pgd_eps=tuple(pgd_eps),
         pgd_options={"steps": pgd_steps}, chain_options=parse_options(chain_option or []),
         max_images=max_images, subset_seed=seed, autoattack_images=autoattack_images,
         noise_sigmas=tuple(noise_sigma), acquisition_shift=shift, batch_size=batch_size,
         chain=chain, min_eps_images=min_eps_images, bm3d_images=bm3d_images,
-        bootstrap=bootstrap)
+        bootstrap=bootstrap, corruptions=families)
     if checkpoint is not None and checkpoint_b is not None:
         from ..evaluate import compare_to_folder
         ab = compare_to_folder(checkpoint, checkpoint_b, data, out, opts, seed=seed,
