@@ -556,6 +556,20 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
         record = {"split": split or "all", "arch": arch, "image_size": image_size or 224,
                   "scored": f"{len(dataset)} of {total} images scored: {why}."}
         source = {"arch": arch, "state_dict": str(state_dict), "split": split or "all"}
+    if dataset.task == "multilabel":
+        from .evaluation.multilabel_report import multilabel_report
+        card = {"task": "multilabel", "findings": list(dataset.classes), "seed": seed,
+                "options": options_record(opts),
+                **multilabel_report(model, dataset.images, dataset.labels, opts, seed=seed,
+                                    patients=list(dataset.groups))}
+        card["scored"] = record["scored"]
+        card["source"] = {**source, "data": data}
+        card["provenance"] = provenance(checkpoint, state_dict, dataset, data, record, opts,
+                                        seed, dev, time.perf_counter() - start)
+        atomic_write_json(card, out / "report.json")
+        write_report(multilabel_blocks(card), "Multilabel report card", out / "report.md",
+                     out / "report.html")
+        return card
     card = evaluate_imageset(model, dataset, opts, seed=seed, trained=trained_families(record))
     card["scored"] = record["scored"]
     card["source"] = {**source, "data": data}
@@ -566,6 +580,48 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
                        out / "examples.png", seed=seed, **opts.chain_options)
     write_card(card, out, figures=("examples.png",) if opts.with_chain else ())
     return card
+
+
+def multilabel_blocks(card: dict[str, Any], title: str = "Multilabel report card"
+                      ) -> list[Block]:
+    """The multilabel card: scored-images line, provenance, macro AUROC per column with its CI,
+    drop and images; per finding AUROC clean and under each column, sensitivity / specificity at
+    the thresholds and flip rate per column."""
+    o, ci = card["options"], card.get("ci") or {}
+    cols = [k for k in card["auroc"] if k not in ("clean", "clean_subset")]
+    label = {"clean": "clean (every image)", "clean_subset": "clean (attack subset)",
+             **{f"auroc_{a}": f"{'MLAdv' if a == 'mladv' else 'PGD'} at {o['eps']:g}/255"
+                for a in o["attacks"]},
+             **{f"auroc_pgd_{e:g}": f"PGD at {e:g}/255" for e in o["pgd_eps"]},
+             **{f"auroc_noise_{s:g}": f"Gaussian noise sigma {s:g}" for s in o["noise_sigmas"]}}
+    rows = [[label.get(k, k), fmt(card["macro"][k], 4), _ci_text(ci.get(k)),
+             fmt(card["drop"].get(k), 4, sign=True) if k in card["drop"] else "",
+             str(card["sizes"][k]), str(card["n_defined"][k])]
+            for k in ("clean", "clean_subset", *cols)]
+    opp = card["operating_point"]
+    per = [[f, fmt(card["auroc"]["clean"][i], 3),
+            *[fmt(card["auroc"][k][i], 3) for k in cols],
+            fmt(opp["sensitivity"][i], 3), fmt(opp["specificity"][i], 3),
+            *[fmt(card["flip_rate"][k][i], 3) for k in cols]]
+           for i, f in enumerate(card["findings"])]
+    blocks: list[Block] = [("h", title), ("p", card["scored"]),
+                           ("p", f"{len(card['findings'])} findings; attacks crafted on the "
+                                 f"model itself on {card['n_robust']} images (seeded subset "
+                                 f"{o['subset_seed']}), attack seed {card['seed']}.")]
+    prov = card.get("provenance")
+    if prov:
+        blocks += [("h2", "Provenance"),
+                   ("ul", [f"{k}: {v}" for k, v in prov.items() if v is not None])]
+    blocks += [("table", ["column", "macro AUROC", f"{o['ci_level']:.0%} CI", "drop vs clean",
+                          "images", "findings defined"], rows),
+               ("h2", "Per finding"),
+               ("p", "AUROC clean and under each column; sensitivity / specificity at the "
+                     "model's thresholds (0.5 unless it brings its own); flip rate: share of "
+                     "images whose decision at the threshold changed."),
+               ("table", ["finding", "AUROC clean", *[f"AUROC {label.get(k, k)}" for k in cols],
+                          "sensitivity", "specificity",
+                          *[f"flips {label.get(k, k)}" for k in cols]], per)]
+    return blocks
 
 
 # -- mladv evaluate A.pt B.pt DATA ------------------------------------------------------------

@@ -94,8 +94,14 @@ def evaluate(
     card = evaluate_to_folder(checkpoint, data, out, opts, seed=seed, arch=arch,
                               state_dict=state_dict, image_size=image_size, split=split,
                               device=device, skip_bad=skip_bad)
-    m = card["metrics"]
     typer.echo(card["scored"])
+    if card.get("task") == "multilabel":
+        typer.echo(f"macro AUROC {card['macro']['clean']:.3f}"
+                   + "".join(f", {k} {v:.3f}" for k, v in card["macro"].items()
+                             if k.startswith("auroc_pgd"))
+                   + f"; wrote {out / 'report.md'}")
+        return
+    m = card["metrics"]
     typer.echo(f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}, ECE {m['ece']:.3f}"
                + "".join(f", {k} {m[k]:.3f}" for k in ("acc_chain", "acc_shift_mean")
                          if k in m)
