@@ -144,7 +144,8 @@ def test_the_table2_gpu_config_is_full_cpu_with_the_paper_model_and_gpu_sizes() 
         "augment.shard_size", "augment.batch_size", "robustness.autoattack_images",
         "robustness.batch_size", "progress"}
     assert (gpu["arch"], gpu["image_size"], gpu["train"]) == (
-        "resnet50", 224, {"epochs": 30, "batch_size": 64, "lr": 0.002, "weight_decay": 0.0001})
+        "resnet50", 224, {"epochs": 30, "batch_size": 64, "lr": 0.002, "weight_decay": 0.0001,
+                          "precision": "auto", "channels_last": "auto"})
 
 
 def test_the_table1_gpu_config_is_the_paper_one_with_cxr3_full_and_gpu_sizes() -> None:
