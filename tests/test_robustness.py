@@ -78,7 +78,8 @@ def test_robustness_report_has_every_number(tiny_trained):
                              square_queries=20, noise_sigmas=(0.05,))
     r = robustness_report(model, images[:20], labels[:20], opts)
     assert set(r) == {"n", "n_robust", "n_autoattack", "accuracy", "ece", "acc_mladv",
-                      "acc_pgd_2", "acc_pgd_8", "acc_autoattack_2", "acc_noise_0.05", "sizes"}
+                      "acc_pgd_2", "acc_pgd_8", "acc_autoattack_2", "acc_noise_0.05", "sizes",
+                      "gradient_masking"}
     assert r["sizes"] == {"accuracy": 20, "acc_mladv": 8, "acc_pgd_2": 8, "acc_pgd_8": 8,
                           "acc_autoattack_2": 4, "acc_noise_0.05": 20}
     assert (r["n"], r["n_robust"], r["n_autoattack"]) == (20, 8, 4)
