@@ -470,3 +470,21 @@ def test_a_torchxrayvision_densenet_is_attacked_by_every_attack(xrv_densenet, na
     assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1
     assert name in NOT_LINF or (adv - x).abs().max() <= EPS + 1e-6
     assert (adv - x).abs().max() > 0
+
+
+# -- the exploratory variants and the torchattacks wrapper -------------------------------------
+def test_the_margin_variant_hinges_the_per_finding_margin_on_a_multilabel_model():
+    """-M with M = max over known findings of -m_k (m_k = s_k z_k at 0.5), floored at -kappa:
+    row 0: m = (2, 1) -> M = -1 -> 1; row 1: m = (-0.5, 1, -3) -> M = 3 -> max(-3, -1) = -1."""
+    from mladv.attacks import MLAdvVariant
+    variant = MLAdvVariant(Net(), adv_loss="margin", kappa=1.0)
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-0.5, -1.0, 3.0]])
+    labels = torch.tensor([[1.0, 0.0, NAN], [1.0, 0.0, 0.0]])
+    assert variant._adv_loss(logits, labels, None).tolist() == [1.0, -1.0]
+
+
+def test_the_torchattacks_wrapper_refuses_a_multilabel_model_in_one_line():
+    from mladv.attacks import TorchAttack
+    with pytest.raises(ValueError, match="^TorchAttack: torchattacks hard-wires the "
+                                         "cross-entropy"):
+        TorchAttack(Net(), object)

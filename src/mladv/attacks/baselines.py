@@ -228,6 +228,9 @@ class TorchAttack(Attack):
                  channels_last: bool = False, **kwargs: Any) -> None:
         super().__init__(model, eps=eps, targeted=targeted, seed=seed, precision=precision,
                          channels_last=channels_last)
+        if self.multilabel:
+            raise ValueError("TorchAttack: torchattacks hard-wires the cross-entropy, so it cannot "
+                             "attack a multilabel model; use mladv's fgsm / pgd / mifgsm")
         self.inner = attack_cls(model, eps=eps, **kwargs)
         self.inner_options = dict(kwargs)  # alpha, steps, ...: the settings kept by the wrapper
         self.name = attack_cls.__name__

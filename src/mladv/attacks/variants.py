@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..features import FeatureTap
 from .balance import SampleWeights, per_sample_unit
 from .base import full_precision
+from .gama import multilabel_margin
 from .mladv import MLAdv, StepPlan, logit_margin
 
 AdvLoss = Literal["log-p", "margin"]
@@ -164,15 +165,27 @@ class MLAdvVariant(MLAdv):
 
     _run: _Run  # set at the start of each call's loop
 
+    def _margin(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
+        """The logit margin, negative when the sample fools the model (``N``): multiclass
+        :func:`~mladv.attacks.mladv.logit_margin`; multilabel minus GAMA's per-finding margin
+        (:func:`~mladv.attacks.gama.multilabel_margin`: negative once a known finding is across
+        its threshold, or, targeted, once every known target entry is reached)."""
+        tgt = targets if self.targeted else None
+        if self.multilabel:
+            return -multilabel_margin(logits, labels, self.thresholds, tgt)
+        return logit_margin(logits, labels, tgt)
+
     def _adv_loss(self, logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
         if self.adv_loss == "margin":
+            if self.multilabel:
+                return self._margin(logits, labels, targets).clamp_min(-self.kappa)
             return margin_loss(logits, labels, targets if self.targeted else None, self.kappa)
         return super()._adv_loss(logits, labels, targets)
 
     def _fooled_by(self, logits: Tensor, labels: Tensor, targets: Tensor | None,
                    kappa: float) -> Tensor:
         """``N`` bool: the sample fools the model by more than ``kappa`` (logit margin)."""
-        return logit_margin(logits, labels, targets if self.targeted else None) < -kappa
+        return self._margin(logits, labels, targets) < -kappa
 
     # -- input diversity (DI-FGSM) and flips ---------------------------------------------------
     def _diverse(self, gen: torch.Generator, height: int) -> Diversity | None:
