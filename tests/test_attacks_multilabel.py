@@ -488,3 +488,18 @@ def test_the_torchattacks_wrapper_refuses_a_multilabel_model_in_one_line():
     with pytest.raises(ValueError, match="^TorchAttack: torchattacks hard-wires the "
                                          "cross-entropy"):
         TorchAttack(Net(), object)
+
+
+def test_train_classifier_runs_advprop_on_a_multilabel_set():
+    """The path of ``mladv train nih:... --adv-mode advprop``: the model carries its task
+    (reuse.train_or_reuse sets it from the data), the batch labels are N x K with NaN."""
+    gen = torch.Generator().manual_seed(2)
+    x, y = _patterned(32, gen)
+    y[::4, 1] = NAN
+    data = ImageSet(x, y, ["a", "b", "c"], [f"{i}.png" for i in range(32)],
+                    [str(i) for i in range(32)], task="multilabel")
+    model = _bn_multilabel()
+    adv = AdversarialBatch("pgd", mode="advprop", eps=1 / 255)
+    history = train_classifier(model, data, epochs=1, batch_size=16, seed=0, progress=False,
+                               adversarial=adv)
+    assert math.isfinite(history[-1]["loss"]) and adv.calls == 2
