@@ -660,13 +660,14 @@ def test_the_median_of_min_eps_is_the_middle_value_or_the_mean_of_the_two(values
     assert got == median or (math.isnan(median) and math.isnan(got))
 
 
-def test_the_report_gives_median_min_eps_in_1_255_units_on_its_images():
-    """Two images of margins 3.05/255 and 0.3/255: flips at 3.125 and 0.375 (1/255), median
-    their mean 1.75."""
-    x = (0.5 + torch.tensor([3.05, 0.3]) / 255).view(2, 1, 1, 1).expand(2, 1, 4, 4).clone()
+def test_the_report_gives_median_min_eps_in_1_255_units_over_the_images_right_when_clean():
+    """Margins 3.05/255 and 0.3/255 flip at 3.125 and 0.375 (1/255): median their mean 1.75;
+    a third image, misclassified clean (label 1), does not enter the median."""
+    x = (0.5 + torch.tensor([3.05, 0.3, 1.0]) / 255).view(3, 1, 1, 1).expand(3, 1, 4, 4).clone()
     opts = rob.RobustnessOptions(attacks=(), pgd_eps=(), pgd_options={"steps": 10},
-                                 noise_sigmas=(), max_images=None, min_eps_images=2)
-    report = rob.robustness_report(_MeanMargin(), x, torch.tensor([0, 0]), opts, n_classes=2)
+                                 noise_sigmas=(), max_images=None, min_eps_images=3)
+    report = rob.robustness_report(_MeanMargin(), x, torch.tensor([0, 0, 1]), opts,
+                                   n_classes=2)
     assert report["median_min_eps"] == pytest.approx(1.75)
 
 

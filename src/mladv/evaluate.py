@@ -244,8 +244,8 @@ def column_labels(card: dict[str, Any]) -> dict[str, str]:
               "acc_bm3d_clean": f"BM3D-denoised clean (sigma {o['bm3d_sigma']:g})",
               f"acc_bm3d_pgd_{max(o['pgd_eps'], default=8.0):g}":
                   "BM3D-denoised PGD (largest eps)",
-              "median_min_eps": f"median smallest flipping eps, 1/255 ({pgd}, bisection, "
-                                f"{o['min_eps_images']} images)"}
+              "median_min_eps": f"median smallest flipping eps, 1/255 ({pgd}, bisection; "
+                                f"those right when clean of {o['min_eps_images']} images)"}
     return {k: v for k, v in labels.items() if k in m}
 
 

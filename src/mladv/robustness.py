@@ -625,8 +625,9 @@ def robustness_columns(model: nn.Module, images: Tensor, labels: Tensor,
       curve), ``acc_chain`` (adversarial chain at its default bounds and ``chain_options``,
       with ``chain`` / ``acquisition_shift``);
     - on its AutoAttack part: ``acc_autoattack_<E>`` (:func:`autoattack_accuracy`, seed ``seed``);
-    - on the first ``min_eps_images`` of its order: ``median_min_eps``, the median over images
-      of :func:`minimal_flip_eps` in 1/255 units (``inf`` when PGD flips at most half of them);
+    - on the first ``min_eps_images`` of its order: ``median_min_eps``, the median of
+      :func:`minimal_flip_eps` in 1/255 units over those of them classified correctly clean
+      (``inf`` when PGD flips at most half of them; NaN when none is right);
       on the first ``bm3d_images``: ``acc_bm3d_clean``, ``acc_bm3d_pgd_<E>``;
     - on the robustness subset, with ``corruptions``: ``corr_clean`` and
       ``corr_<family>_<severity>`` (:func:`corruption_correct`);
@@ -654,8 +655,8 @@ def _columns(outcomes: Mapping[str, Outcome], model: nn.Module, images: Tensor, 
     if opts.acquisition_shift and "acc_shift_mean" not in out:
         out["acc_shift_mean"] = sum(shifts) / len(shifts) if shifts else float("nan")
     if opts.min_eps_images:
-        out["median_min_eps"] = median_min_eps(min_eps_per_image(
-            model, images, labels, opts, seed=seed, n_classes=n_classes)[1])
+        eps = min_eps_per_image(model, images, labels, opts, seed=seed, n_classes=n_classes)[1]
+        out["median_min_eps"] = median_min_eps(eps[eps > 0])  # the images right when clean
     return out
 
 
