@@ -695,6 +695,7 @@ def robustness_report(model: nn.Module, images: Tensor, labels: Tensor,
     ``clean.ece``), then the columns; with ``opts.bootstrap`` resamples also ``ci``:
     ``{column: {"low", "high", "n", "n_patients"}}``, the patient-level bootstrap CI
     (:mod:`mladv.evaluation.stats`, seed ``seed``) of ``accuracy`` and every accuracy column
+    but the per-severity ``shift_*`` / ``corr_*`` ones (summarised per family instead)
     (``patients``: one id per image; None: each image its own patient); and ``sizes``: the
     number of images behind each column; with both ``acc_autoattack_<E>`` and ``acc_pgd_<E>``
     at the same E, ``gradient_masking``: :func:`gradient_masking_warning` on AutoAttack's images
@@ -729,7 +730,8 @@ def robustness_report(model: nn.Module, images: Tensor, labels: Tensor,
         ids = list(patients) if patients is not None else [str(i) for i in range(n)]
         clean = torch.arange(n), _correct(model, images, labels)
         report["ci"] = {key: confidence_interval(idx, c, ids, opts, seed=seed)
-                        for key, (idx, c) in {"accuracy": clean, **outcomes}.items()}
+                        for key, (idx, c) in {"accuracy": clean, **outcomes}.items()
+                        if not key.startswith(("shift_", "corr_"))}
     return report
 
 
