@@ -169,6 +169,7 @@ def test_the_provenance_names_the_model_file_its_sha256_the_data_and_the_version
     assert prov["model file"] == str(ckpt)
     assert prov["model sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert prov["architecture"] == "tiny_cnn" and prov["data"] == "phantoms:12"
+    assert prov["training data"] == "phantoms:12" and prov["input"].endswith("DICOM mode voi")
     assert prov["seed"] == 0 and prov["device"] == "cpu"
     assert prov["versions"].startswith(f"mladv {importlib.metadata.version('mladv')}, torch "
                                        f"{torch.__version__}")

@@ -461,10 +461,12 @@ def checkpoint_images(checkpoint: Path, data: str, split: str | None, *, device:
     on (``trained_on``, :func:`mladv.fingerprint.image_hashes`), every image: an external test
     set is scored whole; where it trained on part of DATA, the checkpoint's own held-out split
     minus its training images (:func:`mladv.data.choose_split` ``test``); a checkpoint without
-    the record gets that split too. ``test`` / ``all``: as :func:`~mladv.data.choose_split`."""
+    the record gets that split too. ``test`` / ``all``: as :func:`~mladv.data.choose_split`.
+    DICOM files are read in the checkpoint's ``dicom_mode`` (its input pipeline)."""
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
     dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
-                          seed=(ckpt.get("split") or {}).get("seed", 0))
+                          seed=(ckpt.get("split") or {}).get("seed", 0),
+                          dicom_mode=ckpt.get("dicom_mode", "voi"))
     total = len(dataset)
     if split is None:
         seen = ckpt.get("trained_on")
@@ -487,6 +489,8 @@ def checkpoint_images(checkpoint: Path, data: str, split: str | None, *, device:
     record.update(n=len(chosen), n_total=total,
                   scored=f"{len(chosen)} of {total} images scored: {why}.")
     return model, chosen, {**record, "image_size": ckpt["image_size"], "arch": ckpt["arch"],
+                           "dicom_mode": ckpt.get("dicom_mode", "voi"),
+                           "trained on": ckpt.get("data"),
                            "checkpoint_split": ckpt.get("split"), "arm": ckpt.get("arm"),
                            "adversarial": ckpt.get("adversarial")}
 
@@ -505,7 +509,10 @@ def provenance(checkpoint: str | None, state_dict: Path | None, data: ImageSet, 
     return {"model file": str(path), "model sha256": file_sha256(path) if path else None,
             "architecture": record.get("arch"), "arm": record.get("arm"),
             "input": f"{record.get('image_size')} px, 1 channel in [0, 1]; the model wrapper "
-                     "repeats channels and normalises",
+                     "repeats channels and normalises"
+                     + (f"; DICOM mode {record['dicom_mode']}" if record.get("dicom_mode")
+                        else ""),
+            "training data": record.get("trained on"),
             "data": source, "data sha1": data_sha1(data), "split": record.get("split"),
             "checkpoint split": record.get("checkpoint_split"), "seed": seed,
             "attack options": {k: v for k, v in options_record(opts).items()
