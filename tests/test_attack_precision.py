@@ -25,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = 4 / 255
 FAST = {"mladv": {"steps": 3}, "pgd": {"steps": 2}, "mifgsm": {"steps": 2},
         "pifgsm": {"steps": 2}, "gama": {"steps": 3}, "rays": {"budget": 30}, "fgsm": {},
-        "chain": {"steps": 1}}
+        "chain": {"steps": 1}, "targeted-finding": {"steps": 2}}
+MULTILABEL_ONLY = {"targeted-finding"}  # covered by tests/test_attacks_multilabel.py
 NOT_LINF = {"chain"}  # a physical chain: bounded in its parameters, not in an L-inf ball
 
 
@@ -114,6 +115,8 @@ def test_projection_is_float32_and_unchanged_under_bf16_autocast():
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_every_attack_takes_bf16_and_channels_last(batch, name):
+    if name in MULTILABEL_ONLY:
+        pytest.skip("multilabel only: covered by tests/test_attacks_multilabel.py")
     model, x, y = batch
     x, y = x[:6], y[:6]
     atk = make_attack(name, model, eps=EPS, seed=0, precision="bf16", channels_last=True,

@@ -92,8 +92,16 @@ def craft(attack: Attack, images: Tensor, labels: Tensor, *, batch_size: int = 6
 def attack_metrics(model: nn.Module, clean: Tensor, adv: Tensor, labels: Tensor,
                    target_labels: Tensor | None = None) -> dict[str, float]:
     """Clean / adversarial accuracy, success rate (over clean-correct images), L1 / L2 / L-inf of
-    delta (in [0, 1] units), SSIM and PSNR to the clean image, and total variation of delta."""
+    delta (in [0, 1] units), SSIM and PSNR to the clean image, and total variation of delta.
+
+    Multilabel ``labels`` (``N x K``, NaN unknown; :mod:`mladv.tasks`), decisions at the model's
+    ``thresholds`` (0.5 when it has none): ``clean_acc`` / ``adv_acc`` are the per-finding
+    accuracies over known entries, ``success`` the share of images with at least one known
+    finding whose decision changed on at least one known finding, ``flip_rate`` the mean over
+    known entries of a changed decision."""
     labels = labels.cpu()
+    if labels.dim() == 2:
+        return {**_multilabel_metrics(model, clean, adv, labels), **_image_metrics(clean, adv)}
     clean_pred = predict_logits(model, clean).argmax(1)
     adv_pred = predict_logits(model, adv).argmax(1)
     return {
@@ -101,10 +109,32 @@ def attack_metrics(model: nn.Module, clean: Tensor, adv: Tensor, labels: Tensor,
         "clean_acc": (clean_pred == labels).float().mean().item(),
         "adv_acc": (adv_pred == labels).float().mean().item(),
         "success": success_rate(clean_pred, adv_pred, labels, target_labels),
-        **perturbation_norms(clean, adv),
-        "ssim": ssim(clean, adv),
-        "psnr": psnr(clean, adv),
-        "tv_delta": total_variation(adv - clean),
+        **_image_metrics(clean, adv),
+    }
+
+
+def _image_metrics(clean: Tensor, adv: Tensor) -> dict[str, float]:
+    return {**perturbation_norms(clean, adv), "ssim": ssim(clean, adv), "psnr": psnr(clean, adv),
+            "tv_delta": total_variation(adv - clean)}
+
+
+def _multilabel_metrics(model: nn.Module, clean: Tensor, adv: Tensor, labels: Tensor
+                        ) -> dict[str, float]:
+    """The multilabel part of :func:`attack_metrics` (see there)."""
+    from .tasks import correct, flips, known_mask
+
+    thresholds = getattr(model, "thresholds", None)
+    z_clean, z_adv = predict_logits(model, clean), predict_logits(model, adv)
+    known = known_mask(labels)
+    n_known = max(1, int(known.sum()))
+    changed = flips(z_clean, z_adv, "multilabel", thresholds) & known
+    rows = known.any(1)
+    return {
+        "n": int(labels.shape[0]),
+        "clean_acc": float(correct(z_clean, labels, "multilabel", thresholds).sum()) / n_known,
+        "adv_acc": float(correct(z_adv, labels, "multilabel", thresholds).sum()) / n_known,
+        "success": float(changed.any(1)[rows].float().mean()) if bool(rows.any()) else 0.0,
+        "flip_rate": float(changed.sum()) / n_known,
     }
 
 

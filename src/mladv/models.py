@@ -114,6 +114,7 @@ class ImageClassifier(nn.Module):
         self.arch = arch
         self.num_classes = num_classes
         self.task: Task = "multiclass"  # set from the checkpoint by load_checkpoint
+        self.classes: list[str] | None = None  # class / finding names, from the checkpoint
         self.weights: str | None = None
         self.frozen = False
         self.net = ARCHITECTURES[arch](num_classes)
@@ -374,6 +375,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
                          f"{str(exc).splitlines()[-1].strip()}") from None
     model.weights = ckpt.get("weights")
     model.task = checkpoint_task(ckpt, path)
+    model.classes = list(ckpt["classes"])  # finding names, e.g. for --option finding=Effusion
     if ckpt.get("freeze_backbone"):  # further training keeps the backbone as it was trained
         model.freeze_backbone()
     return model.to(map_location), ckpt

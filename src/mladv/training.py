@@ -123,6 +123,8 @@ def train_classifier(model: nn.Module, data: ImageSet, *, epochs: int = 10, batc
         raise ValueError("cannot train on an empty data set")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    if hasattr(model, "task"):  # an ImageClassifier learns the set's task (attacks read it)
+        setattr(model, "task", data.task)  # noqa: B010 - nn.Module's __setattr__ is typed
     device = model_device(model)
     precision, channels_last = resolve_speed(device, precision, channels_last)
     pin = device.type == "cuda" if pin_memory is None else pin_memory
