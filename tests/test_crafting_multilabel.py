@@ -34,3 +34,27 @@ def test_multilabel_attack_metrics_by_hand():
     assert m["success"] == pytest.approx(1 / 3)  # image 0 only (image 2's flip is unknown)
     assert m["flip_rate"] == pytest.approx(1 / 5)
     assert m["n"] == 3 and m["linf_max"] == pytest.approx(1.0)  # image metrics kept
+
+
+def test_attack_and_augment_read_data_in_the_checkpoints_dicom_mode(tmp_path, monkeypatch):
+    """checkpoint_and_split (mladv attack / augment) passes the checkpoint's dicom_mode to the
+    loader; a checkpoint from before the field reads DICOM through its VOI ("voi")."""
+    import mladv.crafting as crafting
+    from mladv.data import make_phantoms
+    from mladv.models import build_model, save_checkpoint
+
+    seen = []
+
+    def spy(source, image_size, **kw):
+        seen.append(kw["dicom_mode"])
+        return make_phantoms(2, image_size, 0)
+
+    monkeypatch.setattr(crafting, "load_source", spy)
+    model = build_model("small_cnn", 3)
+    classes = make_phantoms(2, 16, 0).classes
+    save_checkpoint(tmp_path / "raw.pt", model, classes=classes, image_size=16, dicom_mode="raw")
+    save_checkpoint(tmp_path / "old.pt", model, classes=classes, image_size=16)
+    for name in ("raw.pt", "old.pt"):
+        crafting.checkpoint_and_split(tmp_path / name, "phantoms", "all",
+                                      device=torch.device("cpu"), skip_bad=False)
+    assert seen == ["raw", "voi"]
