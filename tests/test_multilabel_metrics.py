@@ -77,3 +77,109 @@ def test_flip_rate_counts_decisions_that_crossed_the_threshold():
 def test_multilabel_metrics_refuse_multiclass_targets_in_one_line():
     with pytest.raises(ValueError, match="multilabel task must have shape N x 2"):
         per_finding_auroc(torch.zeros(3, 2), torch.tensor([0, 1, 1]))
+
+
+# --- mutation testing (issue 25 item 7): the refusals' exact lines, the edge cases of each
+# statistic, the threshold boundary (sigmoid(z) >= t_k is positive).
+
+def _message(call, *args, **kwargs) -> str:
+    with pytest.raises(ValueError) as info:
+        call(*args, **kwargs)
+    return str(info.value)
+
+
+def test_logits_that_are_not_n_by_k_are_refused_in_one_line():
+    assert _message(per_finding_auroc, torch.zeros(2, 1, 1), torch.zeros(2, 1)) == (
+        "logits must have shape N x K, got (2, 1, 1)")
+
+
+def test_logits_and_targets_with_different_rows_are_refused_naming_both_counts():
+    assert _message(per_finding_auroc, torch.zeros(2, 3), torch.zeros(4, 3)) == (
+        "logits have 2 rows and targets 4")
+
+
+def test_a_finding_with_no_known_target_has_no_auroc():
+    logits = torch.tensor([[1.0, 0.3], [0.0, 0.1]])
+    targets = torch.tensor([[1.0, NAN], [0.0, NAN]])
+    aurocs = per_finding_auroc(logits, targets)
+    assert aurocs[0] == 1.0 and math.isnan(aurocs[1])
+
+
+def test_a_finding_with_one_known_target_has_no_auroc():
+    logits = torch.tensor([[1.0, 0.3], [0.0, 0.1]])
+    targets = torch.tensor([[1.0, 1.0], [0.0, NAN]])
+    aurocs = per_finding_auroc(logits, targets)
+    assert aurocs[0] == 1.0 and math.isnan(aurocs[1])
+
+
+def test_a_one_class_finding_is_nan_without_asking_scikit_learn():
+    # scikit-learn warns (UndefinedMetricWarning) on one class; the card says NaN silently
+    import warnings
+
+    logits = torch.tensor([[1.0, 0.3], [0.0, 0.1], [0.5, 0.2]])
+    targets = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aurocs = per_finding_auroc(logits, targets)
+    assert aurocs[0] == 1.0 and math.isnan(aurocs[1])
+
+
+def test_macro_auroc_is_the_mean_of_the_defined_findings():
+    assert macro_auroc([0.9, NAN, 0.6, 0.75]) == (pytest.approx((0.9 + 0.6 + 0.75) / 3), 3)
+
+
+def test_auroc_drop_is_the_mean_of_the_per_finding_drops():
+    # drops 0.3 and 0.1 -> 0.2
+    assert auroc_drop([0.9, 0.8], [0.6, 0.7]) == pytest.approx(0.2)
+
+
+def test_auroc_drop_refuses_lists_of_different_lengths():
+    with pytest.raises(ValueError):
+        auroc_drop([0.9, 0.8], [0.6])
+
+
+def test_a_logit_exactly_at_the_threshold_is_positive_on_either_side_of_the_attack():
+    # t = 0.5 <=> logit 0: 0.0 is positive, -1.0 negative; both rows flip
+    clean = torch.tensor([[0.0], [-1.0]])
+    adv = torch.tensor([[-1.0], [0.0]])
+    assert flip_rates(clean, adv) == [1.0]
+
+
+def test_flip_rates_use_the_thresholds():
+    # t = 0.3 (logit -0.847): -0.5 positive, -1.0 negative -> one flip in two; at 0.5 none
+    clean = torch.tensor([[-0.5], [-0.5]])
+    adv = torch.tensor([[-1.0], [-0.5]])
+    assert flip_rates(clean, adv, [0.3]) == [0.5]
+
+
+def test_flip_rates_of_no_image_are_nan_per_finding():
+    rates = flip_rates(torch.zeros(0, 3), torch.zeros(0, 3))
+    assert len(rates) == 3 and all(math.isnan(r) for r in rates)
+
+
+def test_flip_rates_refuse_logits_that_are_not_n_by_k_even_of_equal_shape():
+    assert _message(flip_rates, torch.zeros(2, 3, 1), torch.zeros(2, 3, 1)) == (
+        "clean (2, 3, 1) and attacked (2, 3, 1) logits must be the same N x K")
+
+
+def test_flip_rates_refuse_logits_of_different_shapes_naming_both():
+    assert _message(flip_rates, torch.zeros(2, 3), torch.zeros(2, 2)) == (
+        "clean (2, 3) and attacked (2, 2) logits must be the same N x K")
+
+
+def test_flip_rates_compare_on_the_logits_device(monkeypatch):
+    # thresholds made on another device than the logits' would fail on a GPU; a spy on the
+    # threshold conversion checks they are asked for on the logits' device (CPU here)
+    import mladv.evaluation.multilabel as ml
+    from mladv.tasks import threshold_logits
+
+    seen = []
+
+    def spy(thresholds, n_outputs, *, like=None):
+        seen.append(like)
+        return threshold_logits(thresholds, n_outputs, like=like)
+
+    monkeypatch.setattr(ml, "threshold_logits", spy)
+    flip_rates(torch.zeros(2, 1), torch.ones(2, 1))
+    assert len(seen) == 1 and seen[0] is not None and seen[0].device.type == "cpu"
+    assert seen[0].dtype == torch.float64
