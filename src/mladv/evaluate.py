@@ -24,7 +24,9 @@ Examples::
     >>> card = report_card(model, images, labels, classes, RobustnessOptions(max_images=64))
     >>> write_card(card, "runs/evaluate")   # report.json / .md / .html, curve.png, shift.png
 
-``mladv evaluate`` is :func:`evaluate_to_folder` (a checkpoint, or ``--arch`` / ``--state-dict``).
+``mladv evaluate`` is :func:`evaluate_to_folder` (a checkpoint, ``--arch`` / ``--state-dict``, or
+a practitioner's model, ``--model SPEC``: a :class:`~mladv.adapters.ModelAdapter`, every image of
+DATA scored with DATA's labels in the model's class order, :func:`adapter_imageset`).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 from torch import Tensor, nn
 
+from .adapters import ModelAdapter, _finding_key, align_targets, xrv_weights_path
 from .attacks import check_attack_options, make_attack
 from .data import ImageSet, choose_split, load_source, split_imageset
 from .figures import adversarial_grid, save_figure
@@ -423,11 +426,23 @@ def write_card(card: dict[str, Any], out: str | os.PathLike[str],
 
 
 # -- mladv evaluate ---------------------------------------------------------------------------
-def command_inputs(inputs: list[str], arch: str | None, state_dict: Path | None
+def command_inputs(inputs: list[str], arch: str | None, state_dict: Path | None,
+                   model: str | None = None, split: str | None = None
                    ) -> tuple[str | None, str | None, str]:
     """``(checkpoint, checkpoint_b, data)`` from ``mladv evaluate``'s positional arguments
     (``CHECKPOINT DATA``, ``A.pt B.pt DATA`` for an A/B comparison, or ``DATA`` with ``--arch``
-    / ``--state-dict``); one line for a bad combination."""
+    / ``--state-dict`` or with ``--model SPEC``); one line for a bad combination (with
+    ``--model``: a checkpoint, ``--arch`` / ``--state-dict`` or ``--split``)."""
+    if model is not None:
+        if arch is not None or state_dict is not None:
+            raise ValueError("--model and --arch / --state-dict exclude each other (one model)")
+        if len(inputs) != 1:
+            raise ValueError(f"--model and a CHECKPOINT exclude each other: with --model give "
+                             f"DATA only, got {len(inputs)} arguments ({' '.join(inputs)})")
+        if split is not None:
+            raise ValueError("--split does not apply to --model: mladv does not know which "
+                             "images it trained on, so every image of DATA is scored")
+        return None, None, inputs[0]
     if (arch is None) != (state_dict is None):
         raise ValueError("--arch and --state-dict go together (a torchvision architecture "
                          "name and a local state-dict file of it)")
@@ -495,23 +510,134 @@ def checkpoint_images(checkpoint: Path, data: str, split: str | None, *, device:
                            "adversarial": ckpt.get("adversarial")}
 
 
+# -- a practitioner's model: mladv evaluate --model SPEC DATA ---------------------------------
+def adapter_imageset(adapter: ModelAdapter, data: ImageSet, source: str, n_logits: int
+                     ) -> ImageSet:
+    """``data`` with its labels in ``adapter``'s class order.
+
+    - multilabel (``N x F`` over the data's findings): :func:`mladv.adapters.align_targets`,
+      ``N x K`` over the model's classes, NaN (unknown: masked out of every loss and metric)
+      for a finding the data does not label; data findings the model does not predict are left
+      out; refused when none is shared (the message names both lists);
+    - multiclass (``N`` indices): each data class mapped to the model's class of that name
+      (names compared as :func:`~mladv.adapters.align_targets` does); refused when a data class
+      is not among the model's;
+    - a model without class names: its ``n_logits`` must be the data's number of classes
+      (columns taken in the data's order).
+
+    The model's and the data's task must agree. Shape: ``data.labels`` ``N`` or ``N x F`` ->
+    ``N`` or ``N x K``."""
+    if adapter.task != data.task:
+        kind = ("one class per image" if data.task == "multiclass" else
+                "several findings per image")
+        raise ValueError(f"{adapter.source} is a {adapter.task} model but {source} is "
+                         f"{data.task} data ({kind}); use data of the model's task")
+    names = None if adapter.classes is None else list(adapter.classes)
+    if names is None:
+        if n_logits != len(data.classes):
+            raise ValueError(f"{adapter.source} returns {n_logits} logits per image but "
+                             f"{source} has {len(data.classes)} classes {list(data.classes)}")
+        return data
+    if data.task == "multilabel":
+        try:
+            labels = align_targets(data.labels, data.classes, names)
+        except ValueError as exc:
+            raise ValueError(f"{source} and {adapter.source}: {exc}") from None
+        return replace(data, labels=labels, classes=names)
+    index = {_finding_key(c): k for k, c in enumerate(names)}
+    missing = [c for c in data.classes if _finding_key(c) not in index]
+    if missing:
+        raise ValueError(f"classes {missing} of {source} {list(data.classes)} are not among "
+                         f"the classes of {adapter.source} {names}")
+    mapping = torch.tensor([index[_finding_key(c)] for c in data.classes], dtype=torch.long)
+    return replace(data, labels=mapping[data.labels], classes=names)
+
+
+def adapter_images(adapter: ModelAdapter, data: str, image_size: int | None, *,
+                   device: torch.device, skip_bad: bool
+                   ) -> tuple[ModelAdapter, ImageSet, dict[str, Any]]:
+    """A practitioner's model and every image of DATA, read at ``image_size`` (default: the
+    adapter's input size, 224 without one), labels in the model's class order
+    (:func:`adapter_imageset`), with a record (``split`` all, ``image_size``, ``scored``).
+    One zero-image probe (:meth:`~mladv.adapters.ModelAdapter.probe`) checks the model's
+    output width before DATA is read."""
+    size = image_size or adapter.input_size or 224
+    check_image_size(size, option="--image-size")
+    n_logits = adapter.probe(size)
+    dataset = adapter_imageset(adapter, load_source(data, size, skip_bad=skip_bad), data,
+                               n_logits)
+    n = len(dataset)
+    why = ("a --model records no training images, so every image is scored (do not score "
+           "images the model trained on)")
+    record = {"split": "all", "image_size": size, "arch": adapter.source,
+              "scored": f"{n} of {n} images scored: {why}."}
+    return adapter.to(device).eval(), dataset, record
+
+
+def eps_translation(adapter: ModelAdapter, opts: RobustnessOptions) -> str:
+    """Each budget of the card (the PGD curve's and, with an attack, ``opts.eps``; 1/255 units)
+    in the model's own pixel units: ``e/255 x (hi - lo)``, e.g. ``8/255 of [0, 1] = 64.25 in
+    the model's [-1024, 1024]`` (4 significant digits)."""
+    lo, hi = adapter.input_range
+    budgets = sorted({*opts.pgd_eps, *((opts.eps,) if opts.attacks else ())})
+    return "; ".join(f"{e:g}/255 of [0, 1] = {adapter.model_units(e / 255):.4g} in the "
+                     f"model's [{lo:g}, {hi:g}]" for e in budgets)
+
+
+def adapter_weights(adapter: ModelAdapter, weights_file: str | os.PathLike[str] | None
+                    ) -> Path | None:
+    """The file the adapter's weights came from: ``weights_file``, else an ``xrv:`` model's
+    file in torchxrayvision's cache, a ``torchscript:`` archive itself; None for a factory
+    without one."""
+    if weights_file is not None:
+        return Path(weights_file)
+    kind, _, rest = adapter.source.partition(":")
+    if kind == "xrv":
+        return xrv_weights_path(rest)[0]
+    return Path(rest) if kind == "torchscript" else None
+
+
+def adapter_provenance(adapter: ModelAdapter, weights_file: str | os.PathLike[str] | None,
+                       opts: RobustnessOptions, image_size: int) -> dict[str, Any]:
+    """The provenance entries of a practitioner's model: its spec, weights file and SHA-256,
+    task, input pipeline (range, channels, size), decision thresholds and the eps translation
+    into its units (:func:`eps_translation`)."""
+    lo, hi = adapter.input_range
+    path = adapter_weights(adapter, weights_file)
+    size = (f"; resized to {adapter.input_size} px inside the adapter"
+            if adapter.input_size and adapter.input_size != image_size else "")
+    thresholds = ("argmax" if adapter.task == "multiclass" else "0.5 per finding"
+                  if adapter.thresholds is None else ", ".join(
+                      f"{c} {t:.4g}" for c, t in zip(adapter.classes or (), adapter.thresholds)))
+    return {"model": adapter.source,
+            "weights file": str(path) if path is not None else "(the factory's own)",
+            "weights sha256": file_sha256(path) if path is not None and path.is_file() else None,
+            "task": adapter.task,
+            "input": f"{image_size} px, 1 channel in [0, 1]; the adapter maps it to the model's "
+                     f"[{lo:g}, {hi:g}], {adapter.channels} channel(s){size}",
+            "input range": f"[{lo:g}, {hi:g}]", "channels": adapter.channels,
+            "thresholds": thresholds,
+            "eps in the model's units": eps_translation(adapter, opts)}
+
+
 def provenance(checkpoint: str | None, state_dict: Path | None, data: ImageSet, source: str,
                record: dict[str, Any], opts: RobustnessOptions, seed: int, dev: torch.device,
-               seconds: float) -> dict[str, Any]:
-    """The card's provenance header: model file and its SHA-256, architecture, input pipeline,
-    data source and fingerprint, split and seed, the attack options, versions, device, wall
-    time."""
+               seconds: float, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card's provenance header: model file and its SHA-256, architecture, input pipeline
+    (``model``: these entries for a practitioner's model, :func:`adapter_provenance`), data
+    source and fingerprint, split and seed, the attack options, versions, device, wall time."""
     import mladv
 
     from .fingerprint import data_sha1
 
     path = checkpoint if checkpoint is not None else state_dict
-    return {"model file": str(path), "model sha256": file_sha256(path) if path else None,
-            "architecture": record.get("arch"), "arm": record.get("arm"),
-            "input": f"{record.get('image_size')} px, 1 channel in [0, 1]; the model wrapper "
-                     "repeats channels and normalises"
-                     + (f"; DICOM mode {record['dicom_mode']}" if record.get("dicom_mode")
-                        else ""),
+    head = model if model is not None else {
+        "model file": str(path), "model sha256": file_sha256(path) if path else None,
+        "architecture": record.get("arch"), "arm": record.get("arm"),
+        "input": f"{record.get('image_size')} px, 1 channel in [0, 1]; the model wrapper "
+                 "repeats channels and normalises"
+                 + (f"; DICOM mode {record['dicom_mode']}" if record.get("dicom_mode") else "")}
+    return {**head,
             "training data": record.get("trained on"),
             "data": source, "data sha1": data_sha1(data), "split": record.get("split"),
             "checkpoint split": record.get("checkpoint_split"), "seed": seed,
@@ -527,12 +653,21 @@ def provenance(checkpoint: str | None, state_dict: Path | None, data: ImageSet, 
 def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: RobustnessOptions,
                        *, seed: int = 0, arch: str | None = None, state_dict: Path | None = None,
                        image_size: int | None = None, split: str | None = None,
-                       device: str = "auto", skip_bad: bool = False) -> dict[str, Any]:
+                       device: str = "auto", skip_bad: bool = False,
+                       adapter: ModelAdapter | None = None,
+                       weights_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``mladv evaluate``: the report card (:func:`evaluate_imageset`, attack seed ``seed``) of
     CHECKPOINT's model on DATA's images chosen by :func:`checkpoint_images`, or of ``arch``
     loaded from ``state_dict`` on DATA at ``image_size`` (default 224; split default ``all``,
-    ``test``: the default 0.85 / 0.15 split's test part); written to ``out``
-    (:func:`write_card`, with ``examples.png`` when the chain is measured). Returns the card."""
+    ``test``: the default 0.85 / 0.15 split's test part), or of a practitioner's ``adapter``
+    (``--model SPEC``, its ``weights_file``) on every image of DATA (:func:`adapter_images`;
+    the provenance states the adapter and the eps in its units, :func:`adapter_provenance`);
+    written to ``out`` (:func:`write_card`, with ``examples.png`` when the chain is measured).
+    Returns the card."""
+    if adapter is not None and (checkpoint is not None or arch is not None
+                                or state_dict is not None or split is not None):
+        raise ValueError("--model goes with DATA only: not with a CHECKPOINT, --arch / "
+                         "--state-dict or --split")
     if split not in (None, "test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
     if arch is not None:
@@ -544,11 +679,17 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
     start = time.perf_counter()
     set_determinism(seed)
     dev = resolve_device(device)
+    model: nn.Module
     if checkpoint is not None:
         model, dataset, record = checkpoint_images(Path(checkpoint), data, split, device=dev,
                                                    skip_bad=skip_bad)
         source = {"checkpoint": checkpoint, **{k: v for k, v in record.items()
                                                if k in ("split", "n_seen_in_training", "note")}}
+    elif adapter is not None:
+        model, dataset, record = adapter_images(adapter, data, image_size, device=dev,
+                                                skip_bad=skip_bad)
+        source = {"model": adapter.source, "split": "all"}
+        record["model"] = adapter_provenance(adapter, weights_file, opts, record["image_size"])
     else:
         if arch is None or state_dict is None:
             raise ValueError("--arch and --state-dict go together (a torchvision architecture "
@@ -572,7 +713,8 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
         card["scored"] = record["scored"]
         card["source"] = {**source, "data": data}
         card["provenance"] = provenance(checkpoint, state_dict, dataset, data, record, opts,
-                                        seed, dev, time.perf_counter() - start)
+                                        seed, dev, time.perf_counter() - start,
+                                        model=record.get("model"))
         atomic_write_json(card, out / "report.json")
         write_report(multilabel_blocks(card), "Multilabel report card", out / "report.md",
                      out / "report.html")
@@ -581,7 +723,7 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
     card["scored"] = record["scored"]
     card["source"] = {**source, "data": data}
     card["provenance"] = provenance(checkpoint, state_dict, dataset, data, record, opts, seed,
-                                    dev, time.perf_counter() - start)
+                                    dev, time.perf_counter() - start, model=record.get("model"))
     if opts.with_chain:
         example_figure(model, dataset.images, dataset.labels, list(dataset.classes),
                        out / "examples.png", seed=seed, **opts.chain_options)

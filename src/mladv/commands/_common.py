@@ -4,7 +4,10 @@ of the data argument, ``--device`` and ``--dicom-mode`` (the attack flags:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # type hints only: --help imports no torch
+    from ..adapters import ModelAdapter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,3 +54,50 @@ DATA_HELP = ("An ImageFolder root (ROOT/<class>/<image>), or a source preset: "
              "'kermany:ROOT' (Kermany pediatric set, published train part; 'kermany\\[test]:ROOT' "
              "its test part), 'csv:FILE' (path,label[,patient_id]) or 'phantoms[:N]' (synthetic, "
              "N per class).")
+
+
+# -- --model SPEC: a practitioner's model (mladv.adapters) -------------------------------------
+MODEL_HELP = ("A practitioner's model instead of a checkpoint: 'xrv:NAME' (a torchxrayvision "
+              "DenseNet-121, e.g. xrv:densenet121-res224-all; pip install 'mladv\\[xrv]'), "
+              "'torchscript:FILE' or 'python:pkg.module:factory'.")
+WEIGHTS_FILE_HELP = ("--model's weights: a local state dict (xrv: or python:); xrv: without it "
+                     "reads torchxrayvision's cache folder (mladv never downloads).")
+INPUT_RANGE_HELP = ("LO,HI: --model's own pixel range, e.g. -1024,1024 (torchscript: / python:; "
+                    "default 0,1; xrv: fixes its own).")
+CHANNELS_HELP = "--model's input channels, 1 or 3 (the grey image repeated; default 1)."
+MODEL_TASK_HELP = "--model's task: multiclass (softmax) or multilabel (one sigmoid per finding)."
+MODEL_ONLY = ("--weights-file", "--input-range", "--channels", "--task")
+
+
+def parse_input_range(text: str | None, option: str = "--input-range"
+                      ) -> tuple[float, float] | None:
+    """``"LO,HI"`` as ``(LO, HI)`` (None stays None); one ``ValueError`` naming ``option``."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{option} must be LO,HI (two numbers, e.g. -1024,1024), got "
+                         f"{text!r}") from None
+    return lo, hi
+
+
+def model_from_flags(spec: str | None, *, weights_file: str | None, input_range: str | None,
+                     channels: int | None, task: str | None) -> ModelAdapter | None:
+    """The :class:`mladv.adapters.ModelAdapter` that ``--model SPEC`` and its flags name
+    (:func:`mladv.adapters.load_model_spec`), or None without ``--model``, when the flags that
+    only make sense with it are refused in one line. Every command taking ``--model`` builds
+    its model here; a bad spec, option or missing weights file is one line (exit 2)."""
+    given = dict(zip(MODEL_ONLY, (weights_file, input_range, channels, task)))
+    if spec is None:
+        stray = [k for k, v in given.items() if v is not None]
+        if stray:
+            raise ValueError(f"{stray[0]} applies to --model SPEC only (a checkpoint carries its "
+                             "own weights, range, channels and task)")
+        return None
+    from ..adapters import load_model_spec  # run time only: --help imports no torch
+
+    return load_model_spec(spec, weights_file=weights_file,
+                           input_range=parse_input_range(input_range), channels=channels,
+                           task=task)

@@ -5,7 +5,16 @@ from pathlib import Path
 
 import typer
 
-from ._common import DATA_HELP, interrupt_message
+from ._common import (
+    CHANNELS_HELP,
+    DATA_HELP,
+    INPUT_RANGE_HELP,
+    MODEL_HELP,
+    MODEL_TASK_HELP,
+    WEIGHTS_FILE_HELP,
+    interrupt_message,
+    model_from_flags,
+)
 
 INTERRUPTED = ("interrupted: the report is written only when every number is measured (mladv "
                "evaluate does not resume); rerun the same command to start again")
@@ -17,14 +26,21 @@ def evaluate(
         "A model.pt written by 'mladv train' (or 'mladv experiment'), then the data; two "
         "checkpoints then the data: an A/B comparison (paired CIs, McNemar, a verdict per "
         "column; OUT/compare.md). With "
-        "--arch / --state-dict: the data only. " + DATA_HELP)),
+        "--arch / --state-dict or --model: the data only. " + DATA_HELP)),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP + " Every image of DATA "
+                                     "is scored, its labels in the model's class order."),
+    weights_file: str | None = typer.Option(None, "--weights-file", help=WEIGHTS_FILE_HELP),
+    input_range: str | None = typer.Option(None, "--input-range", help=INPUT_RANGE_HELP),
+    channels: int | None = typer.Option(None, "--channels", help=CHANNELS_HELP),
+    task: str | None = typer.Option(None, "--task", help=MODEL_TASK_HELP),
     arch: str | None = typer.Option(None, help="torchvision architecture of --state-dict, "
                                     "e.g. resnet18."),
     state_dict: Path | None = typer.Option(None, "--state-dict", help=(
         "A local state-dict file of --arch (a model trained elsewhere; classes: the data's, "
         "its head must have as many outputs).")),
     image_size: int | None = typer.Option(None, help="Default: the checkpoint's; 224 with "
-                                          "--state-dict."),
+                                          "--state-dict; --model's input size (xrv: 224), "
+                                          "else 224."),
     split: str | None = typer.Option(None, help=(
         "Default for a checkpoint: every image when DATA holds none it trained on, else its "
         "held-out split minus its training images; 'test' or 'all' to choose ('all' is the "
@@ -67,10 +83,10 @@ def evaluate(
     for the same options; OUT/report.json, OUT/report.md, OUT/report.html (self-contained),
     OUT/curve.png, OUT/shift.png, OUT/examples.png."""
     from ..attacks import parse_options  # run time only: --help imports no torch
-    from ..evaluate import command_inputs, evaluate_to_folder
+    from ..evaluate import check_card_options, command_inputs, evaluate_to_folder
     from ..robustness import RobustnessOptions
 
-    checkpoint, checkpoint_b, data = command_inputs(inputs, arch, state_dict)
+    checkpoint, checkpoint_b, data = command_inputs(inputs, arch, state_dict, model, split)
     from ..evaluation.corruptions import CORRUPTIONS
     families = (tuple(CORRUPTIONS) if corruptions == "all" else () if corruptions == "none"
                 else tuple(c.strip() for c in corruptions.split(",") if c.strip()))
@@ -81,6 +97,9 @@ def evaluate(
         noise_sigmas=tuple(noise_sigma), acquisition_shift=shift, batch_size=batch_size,
         chain=chain, min_eps_images=min_eps_images, bm3d_images=bm3d_images,
         bootstrap=bootstrap, corruptions=families)
+    check_card_options(opts)  # bad options: one line before the model is loaded
+    adapter = model_from_flags(model, weights_file=weights_file, input_range=input_range,
+                               channels=channels, task=task)  # before DATA is read
     if checkpoint is not None and checkpoint_b is not None:
         from ..evaluate import compare_to_folder
         ab = compare_to_folder(checkpoint, checkpoint_b, data, out, opts, seed=seed,
@@ -93,8 +112,12 @@ def evaluate(
         return
     card = evaluate_to_folder(checkpoint, data, out, opts, seed=seed, arch=arch,
                               state_dict=state_dict, image_size=image_size, split=split,
-                              device=device, skip_bad=skip_bad)
+                              device=device, skip_bad=skip_bad, adapter=adapter,
+                              weights_file=weights_file)
     typer.echo(card["scored"])
+    if adapter is not None:
+        units = card["provenance"]["eps in the model's units"]
+        typer.echo(f"{adapter.source}: eps {units}")
     if card.get("task") == "multilabel":
         typer.echo(f"macro AUROC {card['macro']['clean']:.3f}"
                    + "".join(f", {k} {v:.3f}" for k, v in card["macro"].items()
