@@ -142,23 +142,23 @@ def scripted(tmp_path_factory):
 
 def test_torchscript_multiclass_card_scores_every_phantom_in_the_models_range(scripted,
                                                                               tmp_path):
-    """--input-range 0,255: the model sees 255 x; the card's clean accuracy is that of
-    argmax(model(255 x)) on the 6 phantoms."""
+    """--input-range -1,1 (a negative LO parsed as a value): the model sees 2 x - 1; the card's
+    clean accuracy is that of argmax(model(2 x - 1)) on the 6 phantoms."""
     from mladv.data import load_source
 
     path, net = scripted
     out = tmp_path / "card"
     assert run(["evaluate", "--model", f"torchscript:{path}", "--task", "multiclass",
-                "--input-range", "0,255", "--image-size", "24", "phantoms:2", *CHEAP,
+                "--input-range", "-1,1", "--image-size", "24", "phantoms:2", *CHEAP,
                 "--out", str(out)]) == 0
     card = json.loads((out / "report.json").read_text())
     data = load_source("phantoms:2", 24)
     with torch.no_grad():
-        pred = net(data.images * 255).argmax(1)
+        pred = net(data.images * 2 - 1).argmax(1)
     assert card["n"] == 6
     assert card["metrics"]["accuracy"] == pytest.approx((pred == data.labels).float().mean())
     assert card["provenance"]["eps in the model's units"] == \
-        "8/255 of [0, 1] = 8 in the model's [0, 255]"
+        "8/255 of [0, 1] = 0.06275 in the model's [-1, 1]"  # 16/255 = 0.0627451
     assert card["provenance"]["weights sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 

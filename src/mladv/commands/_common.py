@@ -52,8 +52,10 @@ DATA_HELP = ("An ImageFolder root (ROOT/<class>/<image>), or a source preset: "
              "'covid-radiography:ROOT' (COVID-19 Radiography Database as published; "
              "'covid-radiography\\[COVID,Normal,Viral Pneumonia]:ROOT' picks classes), "
              "'kermany:ROOT' (Kermany pediatric set, published train part; 'kermany\\[test]:ROOT' "
-             "its test part), 'csv:FILE' (path,label[,patient_id]) or 'phantoms[:N]' (synthetic, "
-             "N per class).")
+             "its test part), 'csv:FILE' (path,label[,patient_id]; without a label column: "
+             "multilabel, path,patient_id,<finding columns>), 'nih:ROOT' (NIH ChestX-ray14 as "
+             "published, multilabel; 'nih\\[Effusion,Mass]:ROOT' picks findings) or "
+             "'phantoms[:N]' (synthetic, N per class).")
 
 
 # -- --model SPEC: a practitioner's model (mladv.adapters) -------------------------------------
