@@ -317,3 +317,28 @@ def test_multiclass_flip_rate_is_the_share_of_changed_argmaxes():
 def test_flips_refuse_logits_of_different_shapes_naming_both():
     assert _message(flips, torch.zeros(2, 3), torch.zeros(2, 2), "multilabel") == (
         "clean logits (2, 3) and adversarial logits (2, 2) differ in shape")
+
+
+def test_masked_bce_float16_mean_divides_in_float16_on_every_device():
+    # L = sum / count in the loss's dtype: the count 2049 is no float16 number and rounds
+    # (ties to even) to 2048, as a float16 division on a GPU rounds it; the float16 sum of the
+    # per-entry losses (torch's own BCE, reduction "sum") is 2066, and 2066 / 2048 is exact.
+    logits = torch.linspace(-3.0, 3.0, 2049).reshape(2049, 1).half()
+    targets = (torch.arange(2049) % 2).reshape(2049, 1).half()
+    total = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+    assert total.item() == 2066.0
+    loss = masked_bce(logits, targets)
+    assert loss.dtype == torch.float16 and loss.item() == 2066.0 / 2048.0
+
+
+def test_thresholds_given_as_a_parameter_tensor_are_read_without_a_warning():
+    import warnings
+
+    thresholds = torch.nn.Parameter(torch.tensor([0.3, 0.8]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = threshold_logits(thresholds, 2)
+    # float32 parameters: logit of the float32 value of 0.3 and 0.8
+    t0, t1 = (float(torch.tensor(0.3)), float(torch.tensor(0.8)))
+    assert out.tolist() == pytest.approx([math.log(t0 / (1 - t0)), math.log(t1 / (1 - t1))],
+                                         rel=1e-14)
