@@ -12,6 +12,7 @@ from .config import DISPLAY
 PAPER_TARGETS = ["ResNet101", "VGG16", "ResNet152"]
 PAPER_TABLE1 = {"fgsm": (80.9, 29.6, 19.4, 20.3, 23.1), "gama": (100.0, 38.0, 33.1, 33.9, 35.0),
                 "rays": (99.8, 54.1, 43.5, 50.9, 49.5), "mladv": (100.0, 73.1, 51.2, 67.4, 63.9)}
+BASELINE_NAMES = ("fgsm", "gama", "rays")  # the paper's sentence: MLAdv vs these three
 
 
 def by_name(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -132,3 +133,63 @@ def _realism_claim(rows: dict[str, Any]) -> list[dict[str, Any]]:
              ", ".join(f"{DISPLAY[b]} {rows[b]['ssim']:.3f}" for b in others) +
              f"; {'held' if diff > 0 else 'not held'} ({diff:+.3f} vs the best baseline, "
              f"{DISPLAY[best_other]})."}]
+
+
+def _avg_text(a: dict[str, Any]) -> str:
+    """An attack's black-box average in %: ``mean ± std`` over target seeds when measured so,
+    else the one value."""
+    if "seeds" in a:
+        s = a["seeds"]["blackbox_avg"]
+        if s["mean"] is None:
+            return "n/a"
+        return f"{100 * s['mean']:.1f}" + ("" if s["std"] is None
+                                           else f" ± {100 * s['std']:.1f}") + "%"
+    return _pct(a["success"]["blackbox_avg"])
+
+
+def ranking_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's sentence, "MLAdv 63.9 vs 23.1 / 35.0 / 49.5" (black-box average success of
+    MLAdv vs FGSM, GAMA and RayS), once per MLAdv row, decided by the paired patient-level
+    bootstrap CIs of ``results["blackbox_ci"]`` (:func:`mladv.transfer.measure.blackbox_cis`):
+    **held** when every difference's interval lies above 0 with all three baselines measured,
+    **not held** when one lies below 0 (or, with no interval, MLAdv is not ahead of all),
+    otherwise **not decided** (an interval holds 0)."""
+    cis = results.get("blackbox_ci") or []
+    attacks = results["attacks"]
+    out = []
+    for title in dict.fromkeys(c["attack"] for c in cis):
+        rows = [c for c in cis if c["attack"] == title]
+        names = [attacks[c["baseline"]]["name"] for c in rows]
+        above = [c for c in rows if c["low"] > 0]
+        below = [c for c in rows if c["high"] < 0]
+        held: bool | None
+        if below:
+            held, word = False, "not held (MLAdv behind " + ", ".join(
+                c["baseline"] for c in below) + ")"
+        elif len(above) == len(rows) and set(names) == set(BASELINE_NAMES):
+            held, word = True, "held"
+        else:
+            held, word = None, "not decided (the interval holds 0 for " + ", ".join(
+                c["baseline"] for c in rows if c not in above) + ")" if len(above) < len(rows) \
+                else "not decided (not all three baselines measured)"
+        seeds = results.get("seeds")
+        over = (f"{len(seeds['seeds'])} target seeds x {len(seeds['targets'])} targets"
+                if seeds else f"{len(results['models']) - 1} targets, one seed")
+        level = rows[0]["level"]
+        diffs = "; ".join(
+            f"MLAdv − {c['baseline']} {100 * c['diff']:+.1f} points ({100 * level:.0f}% CI "
+            f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f})" for c in rows)
+        out.append({
+            "claim": f"transfer ranking: {title} > FGSM, GAMA, RayS (black-box average)",
+            "held": held, "paper": {b: PAPER_TABLE1[b][4] for b in ("mladv", *BASELINE_NAMES)},
+            "ours": {title: attacks[title]["success"]["blackbox_avg"],
+                     **{c["baseline"]: c["theirs"] for c in rows}},
+            "sentence":
+            f"Paper: MLAdv's black-box average success is {PAPER_TABLE1['mladv'][4]}% vs FGSM "
+            f"{PAPER_TABLE1['fgsm'][4]}%, GAMA {PAPER_TABLE1['gama'][4]}%, RayS "
+            f"{PAPER_TABLE1['rays'][4]}%. Ours ({title}; {over}; CIs over "
+            f"{rows[0]['n_patients']} patients' {rows[0]['n_images']} test images, paired "
+            f"bootstrap): {_avg_text(attacks[title])} vs " +
+            ", ".join(f"{c['baseline']} {_avg_text(attacks[c['baseline']])}" for c in rows) +
+            f"; {diffs}; {word}."})
+    return out

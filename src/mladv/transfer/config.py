@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from ..attacks import ATTACKS
 from ..attacks.registry import check_attack_options
@@ -38,6 +38,10 @@ class ModelSpec(Strict):
     checkpoint: str | None = None
     weights: str | None = None
     freeze_backbone: bool = False
+    # autocast of training (``train_classifier``), as the experiment's ``train.precision``:
+    # "auto" is bf16 on CUDA, fp32 elsewhere; "bf16" on a CPU with AMX / AVX512-BF16 trains the
+    # ResNet50 family ~1.4x faster at 96 px (benchmarks/README.md). Attacks and scoring stay fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @field_validator("arch")
     @classmethod
@@ -130,10 +134,14 @@ class TransferConfig(Strict):
 
     Key names follow the experiment's config: ``split: {test_size, seed}`` and ``max_images``
     (attack a seeded sample of at most that many test images; the experiment's
-    ``robustness.max_images``). ``seed`` stays ONE seed, unlike the experiment's ``seeds`` (a
-    count or list of training seeds to average over): Table 1 is one source model attacked once,
-    so one seed drives the data sample, the split (unless ``split.seed``), the test sample,
-    model ``i``'s training (``seed + i``) and the attacks. The old top-level ``test_size`` and
+    ``robustness.max_images``) and ``seeds`` (a count, ``3`` -> ``[0, 1, 2]``, or a list of
+    distinct ints, as the experiment's). ``seed`` drives the data sample, the split (unless
+    ``split.seed``), the test sample, the source's training (``seed``) and the attacks: Table 1
+    attacks one source model once. Without ``seeds`` each target ``i`` (1-based) is trained once
+    from ``seed + i``; with ``seeds`` it is trained once per target seed ``s`` from
+    ``seed + i + 1000 * s`` (:meth:`target_seed`; so ``seeds: [0]`` trains what a run without
+    ``seeds`` trains), and the same adversarial images are scored on every seed's targets, which
+    gives the black-box rates a spread over target seeds. The old top-level ``test_size`` and
     ``max_test_images`` fail with one line naming the new key (``RENAMED``)."""
 
     RENAMED: ClassVar[dict[str, str]] = {"test_size": "split.test_size",
@@ -146,6 +154,7 @@ class TransferConfig(Strict):
     split: SplitSpec = Field(default_factory=lambda: SplitSpec())
     max_images: int | None = Field(default=None, ge=1)
     seed: int = 0
+    seeds: PositiveInt | list[int] | None = None
     eps: float = Field(default=8.0, gt=0, le=255)
     source: ModelSpec
     targets: list[ModelSpec] = Field(min_length=1)
@@ -168,6 +177,14 @@ class TransferConfig(Strict):
     @classmethod
     def _device(cls, value: str) -> str:
         return parse_device(value, "")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: int | list[int] | None) -> int | list[int] | None:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"seeds must be a count or a non-empty list of distinct ints, "
+                             f"got {value}")
+        return value
 
     @field_validator("attacks")
     @classmethod
@@ -197,6 +214,18 @@ class TransferConfig(Strict):
             self.split = self.split.model_copy(update={"seed": self.seed})
         return self
 
+    @model_validator(mode="after")
+    def _seeds_retrain(self) -> TransferConfig:
+        """Target seeds retrain the targets: a target loaded from a checkpoint has one set of
+        weights, so ``seeds`` with one is refused, naming it."""
+        if self.seeds is not None:
+            loaded = [t.label for t in self.targets if t.checkpoint]
+            if loaded:
+                raise ValueError(f"seeds: target {loaded[0]} is loaded from a checkpoint; "
+                                 f"target seeds retrain every target (drop seeds or the "
+                                 f"checkpoint)")
+        return self
+
     def split_seed(self) -> int:
         """The split's seed: ``split.seed``, else the run's ``seed``."""
         return self.seed if self.split.seed is None else self.split.seed
@@ -204,6 +233,32 @@ class TransferConfig(Strict):
     def model_specs(self) -> list[tuple[str, ModelSpec]]:
         """``(key, spec)`` for the source and every target, keys unique (``source``, ``t1``...)."""
         return [("source", self.source)] + [(f"t{i + 1}", t) for i, t in enumerate(self.targets)]
+
+    def seed_list(self) -> list[int] | None:
+        """The target seeds: ``seeds: 3`` -> ``[0, 1, 2]``, a list as given; ``None`` without
+        ``seeds`` (one model per target, trained as before the key existed)."""
+        if self.seeds is None:
+            return None
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def target_seed(self, i: int, s: int | None) -> int:
+        """The training seed of target ``i`` (1-based position among the targets) for target
+        seed ``s``: ``seed + i`` without seeds (``s`` None), else ``seed + i + 1000 * s``."""
+        return self.seed + i + (0 if s is None else 1000 * s)
+
+    def trained_models(self) -> list[tuple[str, ModelSpec, int, int | None]]:
+        """``(key, spec, training seed, target seed)`` of every model to obtain: the source
+        (``source``, trained from ``seed``), then each target once (``t1`` ...) or, with
+        ``seeds``, once per target seed (``t1-seed0``, ``t1-seed1`` ... target by target)."""
+        out: list[tuple[str, ModelSpec, int, int | None]] = [("source", self.source, self.seed,
+                                                              None)]
+        seeds = self.seed_list()
+        for i, spec in enumerate(self.targets, start=1):
+            if seeds is None:
+                out.append((f"t{i}", spec, self.target_seed(i, None), None))
+            else:
+                out += [(f"t{i}-seed{s}", spec, self.target_seed(i, s), s) for s in seeds]
+        return out
 
     def eps_unit(self) -> float:
         return self.eps / 255.0

@@ -68,22 +68,67 @@ def _pct(v: float | None) -> str:
     return fmt(v, 1, scale=100)
 
 
+def _pm_pct(stat: dict[str, Any]) -> str:
+    """``mean ± std`` of a ``{"mean", "std", "n"}`` share, in % with one decimal."""
+    if stat["mean"] is None:
+        return "n/a"
+    return fmt(stat["mean"], 1, scale=100) + ("" if stat["std"] is None
+                                              else " ± " + fmt(stat["std"], 1, scale=100))
+
+
 def main_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Ours, as Table 1 plus cost and size columns (success in %, norms in 1/255 units)."""
+    """Ours, as Table 1 plus cost and size columns (success in %, norms in 1/255 units). With
+    target seeds, each target's and the black-box average's column is ``mean ± std`` over the
+    seeds (per seed: :func:`seeds_table`)."""
     models = results["models"]
-    targets = [k for k in models if k != "source"]
-    head = (["attack", f"white-box ({models['source']['label']})"]
-            + [models[k]["label"] for k in targets]
-            + ["black-box avg", "s / image", "queries (mean)", "L1: mean abs δ ×255", "L2",
-               "L∞ ×255", "SSIM", "PSNR dB"])
+    seeds = results.get("seeds")
+    if seeds:
+        targets = [g["key"] for g in seeds["targets"]]
+        names = [f"{g['label']} (mean ± std)" for g in seeds["targets"]]
+    else:
+        targets = [k for k in models if k != "source"]
+        names = [models[k]["label"] for k in targets]
+    head = (["attack", f"white-box ({models['source']['label']})"] + names
+            + ["black-box avg" + (" (mean ± std)" if seeds else ""), "s / image",
+               "queries (mean)", "L1: mean abs δ ×255", "L2", "L∞ ×255", "SSIM", "PSNR dB"])
     rows = []
     for title, a in results["attacks"].items():
         s = a["success"]
-        rows.append([title, _pct(s["source"])] + [_pct(s[k]) for k in targets]
-                    + [_pct(s["blackbox_avg"]), fmt(a["seconds_per_image"], 3),
+        if seeds:
+            cells = ([_pm_pct(a["seeds"]["targets"][k]) for k in targets]
+                     + [_pm_pct(a["seeds"]["blackbox_avg"])])
+        else:
+            cells = [_pct(s[k]) for k in targets] + [_pct(s["blackbox_avg"])]
+        rows.append([title, _pct(s["source"])] + cells + [fmt(a["seconds_per_image"], 3),
                        fmt(a["queries"]["mean"], 0) if "queries" in a else "—",
                        fmt(a["l1"], 2, scale=255), fmt(a["l2"], 2),
                        fmt(a["linf_max"], 2, scale=255), fmt(a["ssim"], 3), fmt(a["psnr"], 1)])
+    return head, rows
+
+
+def seeds_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """With target seeds: one row per attack and target seed, each target's success and that
+    seed's black-box average (%)."""
+    groups = results["seeds"]["targets"]
+    head = ["attack", "target seed"] + [g["label"] for g in groups] + ["black-box avg"]
+    rows = []
+    for title, a in results["attacks"].items():
+        for seed, row in a["seeds"]["per_seed"].items():
+            rows.append([title, seed] + [_pct(row[g["key"]]) for g in groups]
+                        + [_pct(row["blackbox_avg"])])
+    return head, rows
+
+
+def ci_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """MLAdv's black-box average minus FGSM's, GAMA's and RayS's, with the paired
+    patient-level bootstrap CI (:func:`mladv.transfer.measure.blackbox_cis`; in points)."""
+    head = ["attack", "baseline", "attack black-box avg", "baseline black-box avg",
+            "difference (points)", "CI (points)", "verdict"]
+    def points(v: float) -> str:
+        return fmt(v, 1, sign=True, scale=100)
+    rows = [[c["attack"], c["baseline"], _pct(c["ours"]), _pct(c["theirs"]), points(c["diff"]),
+             f"{points(c['low'])} to {points(c['high'])}", c["verdict"]]
+            for c in results.get("blackbox_ci", [])]
     return head, rows
 
 
@@ -136,6 +181,16 @@ def report_blocks(results: dict[str, Any]) -> list[Block]:
         ("table", *models_table(results)),
         ("h2", "Attack success (%), cost and size"),
         ("table", *main_table(results)),
+        *_seed_blocks(results),
+        ("h2", "The paper's sentence: MLAdv vs FGSM, GAMA and RayS (black-box average)"),
+        ("p", "Paper: MLAdv 63.9% vs FGSM 23.1%, GAMA 35.0%, RayS 49.5%. Ours: the difference "
+              "of black-box averages (over every target model" +
+              (" and target seed" if results.get("seeds") else "") +
+              ") on the same adversarial test images, with a paired patient-level bootstrap CI "
+              f"({_ci_note(results)}): held when every interval lies above 0."),
+        ("table", *ci_table(results)),
+        ("ul", [c["sentence"] for c in results["claims"]
+                if c["claim"].startswith("transfer ranking")]),
         ("h2", "The paper's Table 1 beside ours"),
         ("p", "Paper: COVID-19 radiography set, 224 px, ResNet50 → ResNet101 / VGG16 / ResNet152. "
               "Ours: the models and data above, so only the ranking and the gaps compare."),
@@ -157,6 +212,27 @@ def report_blocks(results: dict[str, Any]) -> list[Block]:
     ]
 
 
+def _ci_note(results: dict[str, Any]) -> str:
+    cis = results.get("blackbox_ci") or []
+    if not cis:
+        return "none measured"
+    c = cis[0]
+    return (f"{100 * c['level']:.0f}%, {c['n_boot']} resamples of {c['n_patients']} patients, "
+            f"{c['n_images']} images")
+
+
+def _seed_blocks(results: dict[str, Any]) -> list[Block]:
+    """With target seeds: the per-seed rows under the main table."""
+    seeds = results.get("seeds")
+    if not seeds:
+        return []
+    return [("h2", f"Black-box success per target seed (%; seeds {seeds['seeds']})"),
+            ("p", "The same adversarial images (crafted once on the source) scored on each "
+                  "seed's target models; the table above gives mean ± std over these rows "
+                  "(sample std, ddof = 1)."),
+            ("table", *seeds_table(results))]
+
+
 def csv_rows(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per attack, every number of the report (success as fractions, norms in [0, 1])."""
     models = results["models"]
@@ -166,6 +242,9 @@ def csv_rows(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         row = {"attack": title, "name": a["name"], "white_box": a["success"]["source"]}
         row.update({f"success_{models[k]['label']}": a["success"][k]
                     for k in models if k != "source"})
+        if "seeds" in a:
+            row.update({"black_box_avg_seed_mean": a["seeds"]["blackbox_avg"]["mean"],
+                        "black_box_avg_seed_std": a["seeds"]["blackbox_avg"]["std"]})
         row.update({"black_box_avg": a["success"]["blackbox_avg"],
                     "seconds_per_image": a["seconds_per_image"],
                     "queries_mean": a.get("queries", {}).get("mean", ""),

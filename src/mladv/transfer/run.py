@@ -30,17 +30,22 @@ from ..fingerprint import (
 )
 from ..logs import Log, run_log, stderr_log
 from ..models import check_pretrained, load_checkpoint
+from ..reporting import pm
 from ..reuse import saved_with_key, train_or_reuse
 from ..utils import atomic_torch_save, atomic_write_text, output_dir, resolve_device
-from .claims import claims
+from .claims import claims, ranking_claims
 from .config import AttackSpec, ModelSpec, TransferConfig, dump_config
 from .measure import (
+    CI_BOOT,
+    blackbox_cis,
     denoise_all,
     figure_panels,
     file_name,
     measure_attack,
     measure_bm3d,
     predictions,
+    seed_groups,
+    seed_summary,
 )
 from .report import fig3_grid, pick_figure_image, write_reports
 
@@ -87,6 +92,8 @@ def train_key(cfg: TransferConfig, spec: ModelSpec, train: ImageSet, seed: int
                    weights_sha1=weights_sha1(spec.weights))
     if cfg.dicom_mode != "voi":  # models from before dicom_mode keep their key
         key["dicom_mode"] = cfg.dicom_mode
+    if spec.precision != "auto":  # models from before precision keep their key
+        key["precision"] = spec.precision
     return key
 
 
@@ -112,7 +119,8 @@ def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, trai
     model, metrics, reused = train_or_reuse(
         path, arch=spec.arch, data=train, image_size=cfg.image_size, seed=seed, device=device,
         key=want, weights=spec.weights, freeze_backbone=spec.freeze_backbone, epochs=spec.epochs,
-        batch_size=spec.batch_size, lr=spec.lr, progress=cfg.progress, desc=f"train {spec.label}")
+        batch_size=spec.batch_size, lr=spec.lr, precision=spec.precision, progress=cfg.progress,
+        desc=f"train {spec.label}")
     return model, {"classes": list(train.classes), "checkpoint": str(path),
                    "fingerprint": key_digest(want), "trained_here": True,
                    "weights": spec.weights, "freeze_backbone": spec.freeze_backbone,
@@ -122,19 +130,22 @@ def obtain_model(cfg: TransferConfig, key: str, spec: ModelSpec, seed: int, trai
 def obtain_models(cfg: TransferConfig, train: ImageSet, folder: Path, device: torch.device,
                   log: Log = stderr_log
                   ) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]], dict[str, str]]:
-    """The source and target models, keyed ``source``, ``t1``, ...; checkpoints are loaded (and
-    their classes checked) before anything is trained."""
-    specs = cfg.model_specs()
-    labels = {k: s.label for k, s in specs}
+    """The source and target models, keyed ``source``, ``t1``, ... (with ``seeds``:
+    ``t1-seed0``, ``t1-seed1``, ..., labelled ``<label> seed <s>``; see
+    :meth:`TransferConfig.trained_models`); checkpoints are loaded (and their classes checked)
+    before anything is trained."""
+    specs = cfg.trained_models()
+    labels = {k: spec.label if s is None else f"{spec.label} seed {s}" for k, spec, _, s in specs}
     order = sorted(range(len(specs)), key=lambda i: specs[i][1].checkpoint is None)
     models, infos = {}, {}
     for i in order:
-        key, spec = specs[i]
-        log(f"{key} {spec.label}: " + ("loading " + spec.checkpoint if spec.checkpoint else
-                                       f"{spec.epochs} epochs (or a finished checkpoint)"))
-        models[key], infos[key] = obtain_model(cfg, key, spec, cfg.seed + i, train, folder, device)
+        key, spec, seed, target_seed = specs[i]
+        log(f"{key} {labels[key]}: " + ("loading " + spec.checkpoint if spec.checkpoint else
+                                        f"{spec.epochs} epochs (or a finished checkpoint)"))
+        models[key], infos[key] = obtain_model(cfg, key, spec, seed, train, folder, device)
+        infos[key].update(train_seed=seed, target_seed=target_seed)
         check_classes(infos, labels, train.classes)
-    keys = [k for k, _ in specs]
+    keys = [k for k, *_ in specs]
     return ({k: models[k] for k in keys}, {k: infos[k] for k in keys}, labels)
 
 
@@ -222,16 +233,24 @@ def _run_locked(cfg: TransferConfig, out: Path, log: Log) -> dict[str, Any]:
         log(f"{key} {labels[key]}: clean test accuracy {infos[key]['clean_acc']:.3f}")
 
     cam = grad_cam(models["source"], test.images, layer=cfg.cam.layer)
-    advs, attacks = {}, {}
+    advs, attacks, hits = {}, {}, {}
+    groups = seed_groups(cfg)
     for spec in cfg.attacks:
         log(f"{spec.title}: crafting on {len(test)} images (or reusing a finished run)")
         res = obtain_attack(cfg, spec, models["source"], infos["source"]["fingerprint"], test,
                             out / "attacks")
         advs[spec.title] = res["adv"]
-        measured = measure_attack(res["adv"], test, models, clean_pred, cam, cfg.cam.top)
+        adv_pred = predictions(models, res["adv"])
+        hits[spec.title] = {k: (p != test.labels).numpy() for k, p in adv_pred.items()}
+        measured = measure_attack(res["adv"], test, models, clean_pred, cam, cfg.cam.top,
+                                  adv_pred=adv_pred)
+        if groups is not None:
+            measured["seeds"] = seed_summary(measured["success"], groups)
         row = attacks[spec.title] = attack_row(spec, res, measured, len(test))
         log(f"{spec.title}: white-box {row['success']['source']:.3f}, black-box avg "
-            f"{row['success']['blackbox_avg']:.3f}, {row['seconds_per_image']:.3f} s/img")
+            f"{row['success']['blackbox_avg']:.3f}" +
+            ("" if groups is None else f" ({pm(row['seeds']['blackbox_avg'])} over target "
+                                       f"seeds)") + f", {row['seconds_per_image']:.3f} s/img")
 
     index = select_for_bm3d(len(test), cfg.bm3d.max_images, cfg.seed)
     log(f"BM3D on {len(index)} images x {1 + len(advs)} versions")
@@ -243,6 +262,14 @@ def _run_locked(cfg: TransferConfig, out: Path, log: Log) -> dict[str, Any]:
     atomic_write_text(dump_config(cfg), config_path)  # every piece now agrees with cfg
 
     results = assemble(cfg, train, test, infos, labels, attacks, bm3d)
+    correct = {k: (p == test.labels).numpy() for k, p in clean_pred.items()}
+    results["blackbox_ci"] = blackbox_cis(correct, hits, {t: a["name"] for t, a in
+                                                          attacks.items()},
+                                          test.groups, n_boot=CI_BOOT, seed=cfg.seed)
+    ranking = ranking_claims(results)
+    results["claims"] = ranking + results["claims"]
+    for claim in ranking:
+        log(claim["sentence"])
     fig = out / "transfer_fig3.png"
     figure_image = pick_figure_image(clean_pred["source"], test.labels, index)
     cam_pred = figure_panels(models["source"], test, advs, figure_image, cfg.cam.layer)
@@ -258,8 +285,8 @@ def assemble(cfg: TransferConfig, train: ImageSet, test: ImageSet, infos: dict[s
              labels: dict[str, str], attacks: dict[str, Any], bm3d: dict[str, Any]
              ) -> dict[str, Any]:
     """The results dict of ``transfer.json`` (tensors dropped), with the claims."""
-    specs = dict(cfg.model_specs())
-    results = {
+    specs = {key: spec for key, spec, *_ in cfg.trained_models()}
+    results: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "data": {"source": cfg.data, "test_source": cfg.test_data or "split",
                  "n_train": len(train), "n_test": len(test), "classes": train.classes,
@@ -276,5 +303,10 @@ def assemble(cfg: TransferConfig, train: ImageSet, test: ImageSet, infos: dict[s
                  "attacks": {t: bm3d[t] for t in attacks}},
         "cam": {"top": cfg.cam.top, "layer": cfg.cam.layer or "default (last spatial stage)"},
     }
+    groups = seed_groups(cfg)
+    if groups is not None:
+        results["seeds"] = {"seeds": cfg.seed_list(), "targets": groups}
+        for k in infos:
+            results["models"][k]["target_seed"] = infos[k].get("target_seed")
     results["claims"] = claims(results)
     return results
