@@ -150,13 +150,18 @@ CHEAP = {"pgd": {"steps": 1}, "mifgsm": {"steps": 1}, "pifgsm": {"steps": 1},
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """configs/transfer-full-cpu.yaml on phantoms at 32 px: its models and attacks, 1 epoch,
-    2 target seeds, 6 test images, each attack's cheapest options."""
+    """configs/transfer-full-cpu.yaml on phantoms at 32 px: its ResNet50 source, attacks and
+    bf16 training, 1 epoch, 2 target seeds, 6 test images, each attack's cheapest options. The
+    targets become ``tiny_cnn`` (names kept): six ResNet101 / VGG16-BN / ResNet152 models cost
+    ~100 s of CPU to build, train one step and save (VGG16-BN: 0.54 GB a checkpoint) even at
+    32 px; the config test above pins the real targets."""
     raw = yaml.safe_load(CONFIG.read_text())
     raw.update(data="phantoms:8", image_size=32, seeds=2, max_images=6, batch_size=8,
                bm3d={"max_images": 1, "workers": 1}, device="cpu", progress=False, threads=1)
     for model in [raw["source"], *raw["targets"]]:
         model.update(epochs=1, batch_size=8)
+    for model in raw["targets"]:
+        model.update(arch="tiny_cnn", name=model.get("name", model["arch"]))
     for attack in raw["attacks"]:
         attack["options"] = {**attack.get("options", {}), **CHEAP.get(attack["name"], {})}
     folder = tmp_path_factory.mktemp("smoke")
@@ -204,10 +209,9 @@ def test_smoke_scores_the_same_adversarial_images_on_each_seeds_targets(smoke):
     cfg = load_config(out / "config.yaml")
     _, test = prepare_data(cfg)
     adv = torch.load(out / "attacks" / "MLAdv.pt", weights_only=False)["adv"]
-    arch = {"t1": "resnet101", "t2": "vgg16_bn", "t3": "resnet152"}
     for seed in ("0", "1"):
         for t in ("t1", "t2", "t3"):
-            model, _ = load_checkpoint(out / "models" / f"{t}-seed{seed}-{arch[t]}.pt")
+            model, _ = load_checkpoint(out / "models" / f"{t}-seed{seed}-tiny_cnn.pt")
             with torch.no_grad():
                 clean = model.eval()(test.images).argmax(1)
                 fooled = model(adv).argmax(1)
@@ -216,3 +220,93 @@ def test_smoke_scores_the_same_adversarial_images_on_each_seeds_targets(smoke):
                 else math.nan
             got = results["attacks"]["MLAdv"]["seeds"]["per_seed"][seed][t]
             assert got == pytest.approx(want, nan_ok=True), (seed, t)
+
+
+# -- the paper's sentence: held / not held / not decided -----------------------------------------
+
+def ranking_results(intervals):
+    """A ``transfer.json``-shaped result with one MLAdv row and a CI (low, high) per baseline."""
+    names = {"FGSM": "fgsm", "GAMA": "gama", "RayS": "rays"}
+    attacks = {t: {"name": n, "success": {"blackbox_avg": 0.2}} for t, n in names.items()}
+    attacks["MLAdv"] = {"name": "mladv", "success": {"blackbox_avg": 0.3}}
+    cis = [{"attack": "MLAdv", "baseline": b, "ours": 0.3, "theirs": 0.2, "diff": 0.1,
+            "low": low, "high": high, "level": 0.95, "n_patients": 9, "n_images": 10}
+           for b, (low, high) in intervals.items()]
+    return {"attacks": attacks, "blackbox_ci": cis, "models": {"source": {}, "t1": {}}}
+
+
+def test_papers_sentence_holds_when_every_interval_lies_above_zero():
+    from mladv.transfer.claims import ranking_claims
+    (claim,) = ranking_claims(ranking_results(
+        {"FGSM": (0.01, 0.2), "GAMA": (0.02, 0.3), "RayS": (0.001, 0.1)}))
+    assert claim["held"] is True and claim["sentence"].endswith("; held.")
+
+
+def test_papers_sentence_fails_when_an_interval_lies_below_zero():
+    from mladv.transfer.claims import ranking_claims
+    (claim,) = ranking_claims(ranking_results(
+        {"FGSM": (0.01, 0.2), "GAMA": (0.02, 0.3), "RayS": (-0.3, -0.1)}))
+    assert claim["held"] is False and "not held (MLAdv behind RayS)" in claim["sentence"]
+
+
+def test_papers_sentence_is_not_decided_when_an_interval_holds_zero():
+    from mladv.transfer.claims import ranking_claims
+    (claim,) = ranking_claims(ranking_results(
+        {"FGSM": (0.01, 0.2), "GAMA": (-0.02, 0.3), "RayS": (0.01, 0.1)}))
+    assert claim["held"] is None and "not decided (the interval holds 0 for GAMA)" in \
+        claim["sentence"]
+
+
+# -- the run's seeds wiring, by hand on stub models ------------------------------------------------
+
+class MeanThreshold(torch.nn.Module):
+    """Class 0 when an image's mean pixel is below ``t``, else class 1 (never class 2); one
+    identity 1x1 convolution so that Grad-CAM has a layer."""
+
+    def __init__(self, t):
+        super().__init__()
+        self.t = t
+        self.conv = torch.nn.Conv2d(1, 1, 1)
+        torch.nn.init.ones_(self.conv.weight)
+        torch.nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x):
+        m = self.conv(x).mean((1, 2, 3))
+        return torch.stack([50 * (self.t - m), 50 * (m - self.t), torch.full_like(m, -1e3)], 1)
+
+
+def test_run_scores_the_same_adversarial_images_on_each_target_seeds_model(tmp_path,
+                                                                           monkeypatch):
+    """Test images of mean 0.2, 0.4, 0.6, 0.8, labels 0, 0, 1, 1; every attack's images have
+    means 0.6, 0.2, 0.4, 0.9. Target seed 0 thresholds at 0.5: all four right clean, images 0
+    and 2 wrong after: 2/4. Target seed 1 thresholds at 0.3: images 0, 2, 3 right clean, image 0
+    wrong after: 1/3. Over the seeds: mean 5/12, sample std (1/6) / sqrt(2)."""
+    import warnings
+
+    from mladv.data import ImageSet
+    from mladv.transfer import run as run_module
+
+    means = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    test = ImageSet(means.view(4, 1, 1, 1).expand(4, 1, 24, 24).clone(),
+                    torch.tensor([0, 0, 1, 1]), ["a", "b", "c"], ["p0", "p1", "p2", "p3"],
+                    ["p0", "p1", "p2", "p3"])
+    adv = torch.tensor([0.6, 0.2, 0.4, 0.9]).view(4, 1, 1, 1).expand(4, 1, 24, 24).clone()
+    thresholds = {"source": 0.5, "t1-seed0": 0.5, "t1-seed1": 0.3}
+    monkeypatch.setattr(run_module, "prepare_data", lambda cfg: (test, test))
+    monkeypatch.setattr(run_module, "obtain_model", lambda cfg, key, *a: (
+        MeanThreshold(thresholds[key]).eval(),
+        {"classes": ["a", "b", "c"], "checkpoint": None, "fingerprint": key,
+         "trained_here": False}))
+    monkeypatch.setattr(run_module, "obtain_attack", lambda *a: {
+        "adv": adv, "seconds": 0.0, "queries": None, "key": "k", "settings": {},
+        "repr": "stub", "resumed": False})
+    cfg = small(seeds=2, targets=[{"arch": "tiny_cnn"}], attacks=[{"name": "fgsm"}],
+                bm3d={"max_images": 1, "workers": 1}, progress=False, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_transfer(cfg, tmp_path / "run", log=lambda *_: None)
+    fgsm = res["attacks"]["FGSM"]
+    assert fgsm["success"]["t1-seed0"] == pytest.approx(2 / 4)
+    assert fgsm["success"]["t1-seed1"] == pytest.approx(1 / 3)
+    assert fgsm["seeds"]["blackbox_avg"]["mean"] == pytest.approx(5 / 12)
+    assert fgsm["seeds"]["blackbox_avg"]["std"] == pytest.approx((1 / 6) / math.sqrt(2))
