@@ -152,8 +152,9 @@ def ranking_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     MLAdv vs FGSM, GAMA and RayS), once per MLAdv row, decided by the paired patient-level
     bootstrap CIs of ``results["blackbox_ci"]`` (:func:`mladv.transfer.measure.blackbox_cis`):
     **held** when every difference's interval lies above 0 with all three baselines measured,
-    **not held** when one lies below 0 (or, with no interval, MLAdv is not ahead of all),
-    otherwise **not decided** (an interval holds 0)."""
+    **not held** when one lies below 0, otherwise **not decided** (an interval holds 0, or a
+    baseline is missing). One entry per MLAdv row (the measured default, the paper-literal
+    variant ...); none when MLAdv or every baseline is missing."""
     cis = results.get("blackbox_ci") or []
     attacks = results["attacks"]
     out = []
@@ -168,16 +169,17 @@ def ranking_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
                 c["baseline"] for c in below) + ")"
         elif len(above) == len(rows) and set(names) == set(BASELINE_NAMES):
             held, word = True, "held"
-        else:
+        elif len(above) < len(rows):
             held, word = None, "not decided (the interval holds 0 for " + ", ".join(
-                c["baseline"] for c in rows if c not in above) + ")" if len(above) < len(rows) \
-                else "not decided (not all three baselines measured)"
+                c["baseline"] for c in rows if c not in above) + ")"
+        else:
+            held, word = None, "not decided (not all three baselines measured)"
         seeds = results.get("seeds")
         over = (f"{len(seeds['seeds'])} target seeds x {len(seeds['targets'])} targets"
                 if seeds else f"{len(results['models']) - 1} targets, one seed")
         level = rows[0]["level"]
         diffs = "; ".join(
-            f"MLAdv − {c['baseline']} {100 * c['diff']:+.1f} points ({100 * level:.0f}% CI "
+            f"{title} − {c['baseline']} {100 * c['diff']:+.1f} points ({100 * level:.0f}% CI "
             f"{100 * c['low']:+.1f} to {100 * c['high']:+.1f})" for c in rows)
         out.append({
             "claim": f"transfer ranking: {title} > FGSM, GAMA, RayS (black-box average)",
