@@ -1,10 +1,12 @@
 """mladv.evaluation.corruptions: the ImageNet-C / MedMNIST-C corruption protocol on float images.
 Each parameter against the published table, each value against its definition by hand."""
 import math
+import warnings
 
 import pytest
 import torch
 
+import mladv.evaluation.corruptions as corruptions_module
 from mladv.evaluation.corruptions import (
     CORRUPTIONS,
     corrupt,
@@ -266,3 +268,181 @@ def test_a_baseline_without_its_clean_error_gives_ce_but_no_relative_ce():
 def test_corruption_error_bad_input_is_one_line_naming_the_argument(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         corruption_error(*args, **kwargs)
+
+
+# --- mutation testing (issue 25 item 7) ---------------------------------------------------------
+
+def _message(call, *args, **kwargs) -> str:
+    with pytest.raises(ValueError) as info:
+        call(*args, **kwargs)
+    return str(info.value)
+
+
+def test_non_tensor_images_are_refused_naming_their_type():
+    assert _message(corrupt, [[0.5]], "gaussian_noise", 1) == (
+        "gaussian_noise: images must be a floating N x C x H x W tensor, got list")
+
+
+def test_three_d_images_are_refused_naming_their_shape():
+    assert _message(corrupt, torch.zeros(1, 4, 4), "pixelate", 1) == (
+        "pixelate: images must be a floating N x C x H x W tensor, got (1, 4, 4)")
+
+
+def test_an_unknown_family_is_refused_listing_the_known_ones_comma_separated():
+    message = _message(corrupt, torch.zeros(1, 1, 4, 4), "fog", 1)
+    assert message.startswith("corruption: unknown name 'fog'; known: gaussian_noise, "
+                              "shot_noise, impulse_noise, speckle_noise, gaussian_blur, ")
+
+
+def test_contrast_scales_each_image_about_its_own_mean():
+    # image 0: 0.2 / 0.6 (mean 0.4); image 1: constant 0.8 (its own mean: unchanged)
+    x = torch.cat([torch.tensor([0.2, 0.6]).repeat(1, 1, 4, 2),
+                   torch.full((1, 1, 4, 4), 0.8)]).double()
+    out = corrupt(x, "contrast_down", 5)  # factor 0.4: 0.4 -+ 0.4 * 0.2
+    assert torch.allclose(out[0], torch.tensor([0.32, 0.48]).double().repeat(1, 4, 2))
+    assert torch.allclose(out[1], torch.full((1, 4, 4), 0.8).double())
+
+
+def test_gaussian_noise_is_the_generators_standard_normal_draw_in_the_images_dtype():
+    # x + sigma n with n = torch.randn from the same seed, drawn in float64 like the images
+    n = torch.randn(HALF.shape, generator=gen(3), dtype=torch.float64)
+    out = corrupt(HALF, "gaussian_noise", 2, gen(3))  # sigma 0.08
+    assert torch.allclose(out, (0.5 + 0.08 * n).clamp(0, 1), rtol=0, atol=1e-15)
+
+
+def test_impulse_noise_uses_two_uniform_draws_of_the_generator_in_the_images_dtype():
+    # flipped = u1 <= amount, salted = u2 <= 0.5, u drawn in float64 like the images
+    g = gen(4)
+    u1 = torch.rand(HALF.shape, generator=g, dtype=torch.float64)
+    u2 = torch.rand(HALF.shape, generator=g, dtype=torch.float64)
+    expected = torch.where(u1 <= 0.17, (u2 <= 0.5).double(), HALF)
+    assert torch.equal(corrupt(HALF, "impulse_noise", 5, gen(4)), expected)
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "impulse_noise", "speckle_noise",
+                                  "shot_noise", "motion_blur"])
+def test_a_random_family_without_a_generator_draws_from_torchs_global_generator(name):
+    torch.manual_seed(7)
+    a = corrupt(image(), name, 3)
+    torch.manual_seed(7)
+    assert torch.equal(a, corrupt(image(), name, 3))
+
+
+@pytest.mark.parametrize(("draw", "fn"), [("randn", "_randn"), ("rand", "_rand")])
+def test_noise_is_drawn_on_the_generators_device_and_moved_to_the_images(monkeypatch, draw,
+                                                                        fn):
+    # a CPU generator cannot draw on a GPU; the meta device stands in for one here
+    real = getattr(torch, draw)
+    devices = []
+
+    def spy(*args, **kwargs):
+        devices.append(torch.device(kwargs["device"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, draw, spy)
+    x = torch.zeros(2, 1, 4, 4, device="meta", dtype=torch.float64)
+    out = getattr(corruptions_module, fn)(x, gen())
+    assert devices == [torch.device("cpu")]
+    assert out.device.type == "meta" and out.dtype == torch.float64
+    devices.clear()
+    getattr(corruptions_module, fn)(x, None)  # no generator: drawn on the images' device
+    assert devices == [torch.device("meta")]
+
+
+def test_no_trained_family_gives_a_nan_group_without_a_numpy_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = corruption_error(TABLE, 0.1)
+    assert math.isnan(r.trained.mce) and math.isnan(r.trained.relative_mce)
+
+
+def test_the_result_keeps_the_clean_error():
+    assert corruption_error(TABLE, 0.1).clean_error == 0.1
+
+
+def test_a_baseline_gives_the_normalised_errors_of_the_trained_and_unseen_groups():
+    # ce: a 0.3 / 0.6 = 0.5, b 0.2 / 0.5 = 0.4; relative: a 0.2 / 0.4 = 0.5, b 0.1 / 0.3
+    r = corruption_error(TABLE, 0.1, trained={"a"}, baseline={"a": 0.6, "b": 0.5},
+                         baseline_clean_err=0.2)
+    assert r.trained.normalised_mce == pytest.approx(0.5)
+    assert r.trained.normalised_relative_mce == pytest.approx(0.5)
+    assert r.unseen.normalised_mce == pytest.approx(0.4)
+    assert r.unseen.normalised_relative_mce == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "message"), [
+    (({}, 0.1), {}, "err_by_family_severity: no family given"),
+    (({"a": [0.1], "b": [0.2], "c": [0.3]}, 0.1), {"baseline": {"a": 0.5}},
+     "baseline: no error for b, c"),
+    ((TABLE, 0.1), {"baseline_clean_err": 0.2},
+     "baseline_clean_err: needs baseline (the baseline's per-family errors)")])
+def test_corruption_error_refusals_are_these_exact_lines(args, kwargs, message):
+    assert _message(corruption_error, *args, **kwargs) == message
+
+
+# register(): the registry's own code runs at import; these tests register a family of their
+# own (in a copy of the registry) so that every line of it runs under test.
+
+@pytest.fixture()
+def registry(monkeypatch):
+    copy = dict(CORRUPTIONS)
+    monkeypatch.setattr(corruptions_module, "CORRUPTIONS", copy)
+    return copy
+
+
+def _probe(calls):
+    def probe(images, param, generator):
+        """A probe family."""
+        calls.append((images, param, generator))
+        # a float64 result outside [0, 1]: -1 where x < 0.5, 2 elsewhere
+        return torch.where(images < 0.5, -1.0, 2.0).double()
+    return probe
+
+
+def test_a_registered_family_gets_the_images_the_severitys_parameter_and_the_generator(
+        registry):
+    calls = []
+    apply = corruptions_module.register("probe", "noise", (10, 20, 30, 40, 50), "here")(
+        _probe(calls))
+    x, g = image(), gen()
+    apply(x, 4, g)
+    assert len(calls) == 1
+    images, param, generator = calls[0]
+    assert images is x and param == 40 and generator is g
+
+
+def test_a_registered_family_is_clipped_to_0_1_in_the_images_dtype(registry):
+    apply = corruptions_module.register("probe", "noise", (1, 2, 3, 4, 5))(_probe([]))
+    x = torch.tensor([0.2, 0.7]).reshape(1, 1, 1, 2)
+    out = apply(x, 1)
+    assert out.dtype == torch.float32 and out.tolist() == [[[[0.0, 1.0]]]]
+
+
+def test_a_registered_family_checks_its_input_under_its_own_name(registry):
+    apply = corruptions_module.register("probe", "noise", (1, 2, 3, 4, 5))(_probe([]))
+    assert _message(apply, torch.zeros(1, 1, 2, 2), 0) == (
+        "probe: severity must be one of 1..5, got 0")
+    assert _message(apply, torch.full((1, 1, 2, 2), 2.0), 1) == (
+        "probe: images must be in [0, 1], got min 2 max 2")
+
+
+def test_a_registered_family_enters_the_registry_with_its_table(registry):
+    apply = corruptions_module.register("probe", "blur", [1, 2, 3, 4, 5], "a source")(
+        _probe([]))
+    entry = registry["probe"]
+    assert (entry.name, entry.kind, entry.params, entry.source) == (
+        "probe", "blur", (1, 2, 3, 4, 5), "a source")
+    assert entry.apply is apply
+    assert apply.__name__ == "probe" and apply.__doc__ == "A probe family."
+    assert torch.equal(corruptions_module.corrupt(torch.zeros(1, 1, 2, 2), "probe", 1),
+                       torch.zeros(1, 1, 2, 2))
+
+
+def test_register_refuses_a_table_without_five_severities(registry):
+    assert _message(corruptions_module.register, "probe", "noise", (1, 2, 3, 4)) == (
+        "probe: params must hold 5 severities, got 4")
+
+
+def test_register_refuses_a_name_already_registered(registry):
+    assert _message(corruptions_module.register, "pixelate", "digital", (1, 2, 3, 4, 5)) == (
+        "corruption 'pixelate' is already registered")
