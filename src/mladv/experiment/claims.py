@@ -13,6 +13,10 @@ Over the per-seed values ``a_1..a_n`` of the arm and ``b_1..b_m`` of the baselin
               "worse"          if gain < -spread
               "within spread"  otherwise (|gain| <= spread: a gain EQUAL to the spread is a tie)
 
+The metric is the task's primary metric (:func:`primary_metric`): clean test ``accuracy`` for a
+multiclass data set, ``macro_auroc`` (the mean of the per-finding AUROCs defined on the test
+split) for a multilabel one; the rule itself is the same.
+
 The rule is antisymmetric: swapping arm and baseline negates the gain, keeps the spread, and so
 turns "better" into "worse" and back.
 
@@ -36,6 +40,17 @@ RULE = ("\"better\" means the mean gain exceeds the larger of the two arms' seed
         "deviations (sample std over seeds); \"worse\" means it is below minus that spread; "
         "otherwise \"within spread\" (a gain exactly equal to the spread included); \"one seed\" "
         "when either arm has fewer than two seeds (no spread, no verdict).")
+
+
+PRIMARY_METRICS = {"multiclass": "accuracy", "multilabel": "macro_auroc"}
+
+
+def primary_metric(task: str) -> str:
+    """The metric every verdict of an experiment on ``task`` judges: ``accuracy`` (multiclass)
+    or ``macro_auroc`` (multilabel); ``ValueError`` naming the valid tasks otherwise."""
+    if task not in PRIMARY_METRICS:
+        raise ValueError(f"task must be one of {list(PRIMARY_METRICS)}, got {task!r}")
+    return PRIMARY_METRICS[task]
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,15 @@ SELECTION_RULES = {
     "max-val-accuracy": "the grid point with the highest validation accuracy; ties (within "
                         "1e-9) go to the point listed first (eps, then steps, then fraction in "
                         "the order the grid lists them: the cheaper, smaller budget first)",
+    "max-val-macro-auroc": "the grid point with the highest validation macro AUROC (the mean of "
+                           "the per-finding AUROCs defined on the validation split: a multilabel "
+                           "data set); ties (within 1e-9) go to the point listed first, as in "
+                           "max-val-accuracy",
 }
+# the validation score each rule maximises (a key of a scored grid point)
+RULE_SCORES = {"max-val-accuracy": "val_accuracy", "max-val-macro-auroc": "val_macro_auroc"}
+# the rule a data set's task needs (multiclass: argmax accuracy; multilabel: macro AUROC)
+TASK_RULES = {"multiclass": "max-val-accuracy", "multilabel": "max-val-macro-auroc"}
 
 
 class SelectionConfig(Strict):
@@ -158,6 +166,10 @@ class OnlineConfig(Strict):
 
     grid: OnlineGrid = Field(default_factory=lambda: OnlineGrid())
     selection: SelectionConfig = Field(default_factory=lambda: SelectionConfig())
+    # matched controls: ``{control: source}``: the control arm is not searched on the grid, it
+    # trains at the very grid point the selection chose for ``source`` (issue 22 item 7:
+    # chain-random at the severity chain-online chose, not at its own choice)
+    matched: dict[str, str] = Field(default_factory=dict)
 
 
 class ArmOptions(Strict):
@@ -247,6 +259,14 @@ class ExperimentConfig(Strict):
             raise ValueError(f"arms listed twice: {twice}")
         return value
 
+    @field_validator("online")
+    @classmethod
+    def _matched(cls, value: OnlineConfig, info: ValidationInfo) -> OnlineConfig:
+        arms = info.data.get("arms")
+        if isinstance(arms, list):
+            check_matched(value.matched, arms)
+        return value
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: int | list[int]) -> int | list[int]:
@@ -288,6 +308,8 @@ class ExperimentConfig(Strict):
             del key["weights"], key["freeze_backbone"]
         if not self.chain:  # runs from before the chain arms keep their key
             del key["chain"]
+        if not self.online.matched:  # runs from before matched controls keep their key
+            del key["online"]["matched"]
         if self.dicom_mode == "voi":  # runs from before --dicom-mode keep their key
             del key["dicom_mode"]
         if not self.robustness.acquisition_shift:
@@ -296,6 +318,25 @@ class ExperimentConfig(Strict):
             if key["train"][name] == "auto":
                 del key["train"][name]
         return key
+
+
+def check_matched(matched: dict[str, str], arms: list[str]) -> None:
+    """``online.matched`` (``{control: source}``): both arms run, both online arms of the same
+    attack (so the grid point means the same budget), a control is no source and no arm is
+    matched to itself; one ``ValueError`` line naming the pair otherwise."""
+    for control, source in matched.items():
+        pair = f"online.matched {control}: {source}"
+        for name in (control, source):
+            spec = check_arm(name)
+            if name not in arms:
+                raise ValueError(f"{pair}: arm {name!r} is not in arms {arms}")
+            if not spec.online:
+                raise ValueError(f"{pair}: {name!r} is not an online arm (no grid point)")
+        if control == source or source in matched:
+            raise ValueError(f"{pair}: the source must be a searched arm, not itself a control")
+        if ARMS[control].attack != ARMS[source].attack:
+            raise ValueError(f"{pair}: different attacks ({ARMS[control].attack} vs "
+                             f"{ARMS[source].attack}), so one grid point is not one budget")
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:

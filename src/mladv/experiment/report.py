@@ -2,6 +2,12 @@
 
 Writes ``results.json``, ``results.csv`` (one row per arm x seed), ``figures/*.png``,
 ``report.md`` and a self-contained ``report.html`` (figures embedded as base64).
+
+A multilabel run (``run.train.task == "multilabel"``) is reported on its primary metric, the
+macro AUROC (:func:`.claims.primary_metric`): per-seed ``macro_auroc``, per-finding AUROC
+``auc_<finding>``, the robustness columns of :mod:`.measure` (``auroc_*``, ``auroc_drop_*``,
+``flip_rate_*``), every arm judged against flips (``none``) by the one rule (:mod:`.claims`);
+``results.json`` then also holds ``task``, ``primary_metric`` and ``verdicts``.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from ..reporting import write_report as write_blocks
 from ..utils import atomic_write_json, atomic_write_text
 from .arms import ABLATIONS, ARMS, BASELINES, FULL_METHOD
 from .chain_report import chain_blocks
-from .claims import RULE, Comparison, compare_arms
+from .claims import RULE, Comparison, cell, compare_arms, primary_metric
 from .metrics import TABLE2_METRICS, balanced_metrics, mean_std, roc_per_class
 from .online_report import curve_figure, online_blocks
 from .state import Run, selection_so_far
@@ -49,6 +55,16 @@ def flat_metrics(result: dict[str, Any], classes: Sequence[str]) -> dict[str, fl
     if "ece" in clean:
         row["ece"] = clean["ece"]
     row.update({f"auc_{c}": clean["auc_per_class"][c] for c in classes})
+    row.update(result["robust"])
+    return row
+
+
+def flat_multilabel(result: dict[str, Any], findings: Sequence[str]) -> dict[str, float]:
+    """One multilabel (seed, arm) result as flat ``metric -> value``: ``macro_auroc``,
+    ``n_defined``, ``auc_<finding>`` per finding, then the robustness columns."""
+    clean = result["clean"]
+    row = {"macro_auroc": clean["macro_auroc"], "n_defined": float(clean["n_defined"])}
+    row.update({f"auc_{f}": clean["auroc_per_finding"][f] for f in findings})
     row.update(result["robust"])
     return row
 
@@ -89,6 +105,7 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
     """Read every finished (seed, arm) of the run; returns the ``results.json`` content and the
     test-set probabilities per ``(arm, seed)`` (for the ROC figure)."""
     cfg = run.cfg
+    multilabel = run.train.task == "multilabel"
     runs: list[dict[str, Any]] = []
     probs: dict[tuple[str, int], np.ndarray] = {}
     per_arm: dict[str, list[dict[str, Any]]] = {}
@@ -99,11 +116,15 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
                 continue
             res = json.loads(path.read_text())
             probs[(arm, seed)] = np.asarray(res["probs"])
-            row = {"arm": arm, "seed": seed, "n_train": res["n_train"],
-                   "metrics": flat_metrics(res, run.classes),
-                   "confusion_matrix": res["clean"]["confusion_matrix"],
-                   "timings": res["timings"]}
-            for extra in ("augment", "online"):
+            if multilabel:
+                row = {"arm": arm, "seed": seed, "n_train": res["n_train"],
+                       "metrics": flat_multilabel(res, run.classes), "timings": res["timings"]}
+            else:
+                row = {"arm": arm, "seed": seed, "n_train": res["n_train"],
+                       "metrics": flat_metrics(res, run.classes),
+                       "confusion_matrix": res["clean"]["confusion_matrix"],
+                       "timings": res["timings"]}
+            for extra in ("augment", "online", "robust_per_finding"):
                 if extra in res:
                     row[extra] = res[extra]
             row["history"] = res.get("history")
@@ -114,7 +135,9 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
     names = list(runs[0]["metrics"])
     summary = {arm: {m: mean_std([r["metrics"][m] for r in rows]) for m in names}
                for arm, rows in per_arm.items()}
-    verdicts = [full_method_verdict(runs, b) for b in BASELINES if b in summary]
+    metric = primary_metric(run.train.task)
+    verdicts = [full_method_verdict(runs, b, metric) if multilabel else full_method_verdict(runs, b)
+                for b in BASELINES if b in summary]
     comparisons = [v for v in verdicts if v is not None]
     timing_keys = sorted({k for r in runs for k in r["timings"] if k.endswith("_s")})
     compute: dict[str, Any] = {k: round(sum(r["timings"].get(k, 0.0) for r in runs), 1)
@@ -131,7 +154,27 @@ def collect_results(run: Run) -> tuple[dict[str, Any], dict[tuple[str, int], np.
                "runs": runs, "summary": summary,
                "comparisons": comparisons, "compute": compute,
                "test_labels": run.test.labels.tolist()}
+    if multilabel:  # multiclass results.json keeps its keys
+        results.update(task="multilabel", primary_metric=metric,
+                       verdicts=verdicts_vs_flips(runs, list(per_arm), metric))
     return results, probs
+
+
+def verdicts_vs_flips(runs: Sequence[dict[str, Any]], arms: Sequence[str],
+                      metric: str) -> list[dict[str, Any]]:
+    """Every arm but ``none`` against flips (``none``) on ``metric`` by the one rule
+    (:func:`.claims.compare`), one dict per arm with a comparison (``gain = mean(arm) -
+    mean(none)``, ``spread`` the larger seed std, ``verdict``)."""
+    out = []
+    for arm in arms:
+        if arm == "none":
+            continue
+        c = compare_arms(runs, arm, "none", metric)
+        if c is not None:
+            out.append({"arm": arm, "baseline": "none", "metric": metric, "arm_mean": c.arm_mean,
+                        "baseline_mean": c.baseline_mean, "gain": c.gain, "spread": c.spread,
+                        "verdict": c.verdict})
+    return out
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -186,7 +229,11 @@ def accuracy_figure(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = results["arms"]
-    keys = ["accuracy"] + [k for k in metric_names(results) if k.startswith("acc_")]
+    if results.get("task") == "multilabel":
+        keys = ["macro_auroc"] + [k for k in metric_names(results) if k.startswith("auroc_")
+                                  and not k.startswith("auroc_drop_")]
+    else:
+        keys = ["accuracy"] + [k for k in metric_names(results) if k.startswith("acc_")]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(arms) + 1.5), 3.8))
     width = 0.8 / len(keys)
     for j, key in enumerate(keys):
@@ -195,7 +242,8 @@ def accuracy_figure(results: dict[str, Any], path: Path) -> None:
         ax.bar(np.arange(len(arms)) + j * width, means, width, yerr=stds, capsize=2, label=key)
     ax.set_xticks(np.arange(len(arms)) + width * (len(keys) - 1) / 2, arms, rotation=30,
                   ha="right", fontsize=8)
-    ax.set(ylabel="accuracy", ylim=(0, 1))
+    ax.set(ylabel="macro AUROC" if results.get("task") == "multilabel" else "accuracy",
+           ylim=(0, 1))
     ax.legend(fontsize=7, ncol=len(keys), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)
     save_figure(fig, path)
@@ -296,6 +344,80 @@ def _intro(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def multilabel_tables(results: dict[str, Any]
+                      ) -> tuple[tuple[list[str], list[list[str]]],
+                                 tuple[list[str], list[list[str]]],
+                                 tuple[list[str], list[list[str]]]]:
+    """The multilabel report's tables: (macro AUROC ± std per arm with its verdict against
+    flips; per-finding AUROC per arm; the robustness columns per arm), means ± std over seeds."""
+    summary, names = results["summary"], metric_names(results)
+    verdicts = {v["arm"]: v for v in results.get("verdicts", [])}
+    main = (["arm", "seeds", "macro AUROC", "gain vs none (spread): verdict"],
+            [[arm, str(summary[arm]["macro_auroc"]["n"]), pm(summary[arm]["macro_auroc"], 4),
+              "— (reference)" if arm == "none" else
+              cell(Comparison(v["arm_mean"], v["baseline_mean"], v["gain"], v["spread"],
+                              v["verdict"])) if (v := verdicts.get(arm)) else "n/a"]
+             for arm in results["arms"]])
+    findings = [f"auc_{f}" for f in results["classes"]]
+    per_finding = (["finding", *results["arms"]],
+                   [[f[4:], *[pm(summary[arm][f], 3) for arm in results["arms"]]]
+                    for f in findings])
+    robust = ["macro_auroc_subset"] + [k for k in names if k.startswith(
+        ("auroc_", "flip_rate_"))]
+    rob = (["arm", *robust], [[arm, *[pm(summary[arm][k], 3) for k in robust]]
+                              for arm in results["arms"]])
+    return main, per_finding, rob
+
+
+def multilabel_blocks(results: dict[str, Any], figures: list[tuple[str, Path]],
+                      selection: dict[str, Any] | None) -> list[Block]:
+    """The report of a multilabel run (macro AUROC, verdicts against flips, per-finding AUROC,
+    robustness columns, the online choices)."""
+    cfg, comp = results["config"], results["compute"]
+    rob = cfg["robustness"]
+    intro = [
+        f"Data `{cfg['data']}` (multilabel): {results['n_train']} training / "
+        f"{results['n_test']} test images (patient-aware multilabel split); findings "
+        f"{results['classes']}.",
+        f"Model {cfg['arch']} from scratch at {cfg['image_size']} px, {cfg['train']['epochs']} "
+        f"epochs, masked BCE; seeds {results['seeds']} (mean ± sample std over seeds).",
+        "Primary metric: macro AUROC, the mean of the per-finding AUROCs defined on the test "
+        "split (a finding with one class among its known test labels has none).",
+        f"Robustness on {results['robust_n']} test images (a fixed seeded subset: a class-"
+        f"stratified draw does not apply to label sets): `auroc_<attack>` macro AUROC under "
+        f"own-model {rob['attacks']} at eps {cfg['eps']:g}/255 (masked BCE), `auroc_pgd_<E>` "
+        f"at E/255 (E in {rob['pgd_eps']}), `auroc_drop_*` clean minus attacked on the same "
+        f"images, `flip_rate_*` mean over findings of the share of decisions (at 0.5) changed; "
+        f"`auroc_noise_<sigma>` on every test image.",
+        f"Compute: {comp['wall_s']:.0f} s wall, {comp['cpu_s']:.0f} s CPU summed over all "
+        f"stages.",
+    ]
+    blocks: list[Block] = [("h", f"MLAdv augmentation experiment (multilabel): {results['name']}"),
+                           ("ul", intro)]
+    if results["finished"] < results["planned"]:
+        blocks.append(("p", f"PARTIAL REPORT: {results['finished']} of {results['planned']} "
+                            f"(seed, arm) runs have finished."))
+    main, per_finding, robust = multilabel_tables(results)
+    blocks += [("h2", "Macro AUROC by arm, and the verdict against flips"),
+               ("p", f"Rule fixed before the run, on macro AUROC: {RULE}"),
+               ("table", *main)]
+    if selection and selection.get("choices"):
+        blocks += [("h2", "Online arms: the grid point chosen on validation"),
+                   ("ul", [f"`{a}`: {c['point']}" + (f", matched to `{c['matched_to']}` (not "
+                                                     f"searched)" if "matched_to" in c else
+                                                     f", val macro AUROC "
+                                                     f"{fmt(c.get('val_macro_auroc'), 4)}")
+                           for a, c in selection["choices"].items()])]
+    blocks += [("h2", "Per-finding AUROC (mean ± std over seeds)"), ("table", *per_finding),
+               ("h2", "Robustness (mean ± std over seeds)"), ("table", *robust)]
+    aug = augment_table(results)
+    if aug[1]:
+        blocks += [("h2", "x'_train against the base model"), ("table", *aug)]
+    blocks.append(("h2", "Figures"))
+    blocks += [("figure", f"figures/{path.name}", caption) for caption, path in figures]
+    return blocks
+
+
 def report_blocks(results: dict[str, Any], figures: list[tuple[str, Path]],
                   selection: dict[str, Any] | None = None) -> list[Block]:
     """The report as blocks for :mod:`mladv.reporting` (figures: ``(caption, path)``)."""
@@ -332,6 +454,14 @@ def write_report(run: Run, results: dict[str, Any],
     write_csv(results, out / "results.csv")
     figs = out / "figures"
     figures: list[tuple[str, Path]] = []
+    if results.get("task") == "multilabel":
+        accuracy_figure(results, figs / "macro_auroc.png")
+        figures.append(("Clean and attacked macro AUROC per arm (mean, error bar = std over "
+                        "seeds)", figs / "macro_auroc.png"))
+        write_blocks(multilabel_blocks(results, figures, selection_so_far(run)),
+                     f"MLAdv augmentation experiment: {results['name']}", out / "report.md",
+                     out / "report.html")
+        return
     accuracy_figure(results, figs / "accuracy.png")
     figures.append(("Clean and robust accuracy per arm (mean, error bar = std over seeds)",
                     figs / "accuracy.png"))

@@ -31,9 +31,16 @@ shards of ``x'_train`` (:func:`mladv.augment.craft_shards`), and rank 0 alone wr
 results and the report, with a barrier after each write so that every rank sees the same files
 (the run folder must be on a file system all ranks share). After training, every rank loads rank
 0's checkpoint, so all ranks craft and score with the same weights and buffers.
+
+The data's task (``ImageSet.task``) decides the primary metric (:func:`.claims.primary_metric`):
+a multiclass set is scored by accuracy, a multilabel one (``nih:ROOT``, a multilabel ``csv:``)
+by the macro AUROC, per-finding AUROC and the multilabel robustness columns
+(:mod:`.measure`); settings that do not apply to the task are refused before any training
+(:func:`.measure.check_task_settings`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -45,6 +52,7 @@ from ..adversarial_training import AdversarialBatch
 from ..augment import craft_shards, load_shards, union
 from ..crafting import attack_metrics
 from ..data import ImageSet, load_source, split_imageset
+from ..data.adversarial import SHARD_MANIFEST, shard_file
 from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..fingerprint import attack_settings, data_sha1
 from ..logs import Log, run_log, stderr_log
@@ -54,8 +62,16 @@ from ..reuse import train_or_reuse
 from ..training import predict_logits
 from ..utils import atomic_write_json, atomic_write_text, output_dir
 from .arms import ARMS, batch_transform, make_adversary
+from .claims import primary_metric
 from .config import ExperimentConfig, dump_config
-from .measure import calibration, robust_subset, robustness
+from .measure import (
+    calibration,
+    check_task_settings,
+    multilabel_clean,
+    multilabel_robustness,
+    robust_subset,
+    robustness,
+)
 from .metrics import classification_metrics
 from .report import collect_results, write_report
 from .selection import online_batch, select_online
@@ -89,6 +105,7 @@ def prepare(cfg: ExperimentConfig, out: str | Path, log: Log = stderr_log) -> Ru
     out = Path(out)
     device = init_from_env(cfg.device)  # also joins the torchrun process group, if any
     train, test, info = load_data(cfg)
+    check_task_settings(cfg, train.task, str(cfg.data))
     log = run_log(log, out, main_process=is_main_process())  # also OUT/log.txt
     run = Run(cfg, out, device, train, test, info, robust_subset(test, cfg), log)
     key = {"config": cfg.resume_key(), "classes": train.classes,
@@ -211,13 +228,34 @@ def adversarial_copies(run: Run, seed: int, arm: str) -> tuple[ImageSet, dict[st
                      info={"arm": arm, "seed": seed}, desc=f"seed {seed} {arm}: craft x'_train",
                      rank=rank, world_size=world)
         barrier()  # every rank's shards are on disk
-        adv = load_shards(folder)
+        adv = (multilabel_shards(folder, run.train) if run.train.task == "multilabel"
+               else load_shards(folder))
     settings = made_settings(folder, attack_settings(attack),
                              crafted_now=set(folder.glob("shard-*.pt")) != before)
     quality = attack_metrics(base, run.train.images, adv.images, run.train.labels)
     keep = ("success", "ssim", "psnr", "l1", "linf_max")
     return adv, {"settings": settings, **{k: quality[k] for k in keep},
                  **timer.as_dict("craft")}
+
+
+def multilabel_shards(folder: Path, like: ImageSet) -> ImageSet:
+    """A finished shard folder of a multilabel set as one multilabel :class:`ImageSet` (images
+    ``N x C x H x W``, labels ``N x K`` with NaN unknown), in the source order.
+
+    Written here by hand because :func:`mladv.augment.load_shards` (through
+    :class:`mladv.data.AdversarialDataset`) reads class-index labels only; to be replaced by it
+    once it accepts ``N x K`` labels. A missing shard is one ``ValueError`` line naming it."""
+    manifest = json.loads((folder / SHARD_MANIFEST).read_text())
+    parts = []
+    for k in range(int(manifest["num_shards"])):
+        path = folder / shard_file(k)
+        if not path.is_file():
+            raise ValueError(f"{path}: shard missing; rerun the same command to finish it")
+        parts.append(torch.load(path, map_location="cpu", weights_only=True))
+    return ImageSet(torch.cat([p["images"] for p in parts]),
+                    torch.cat([p["labels"] for p in parts]).float(), list(like.classes),
+                    [s for p in parts for s in p["paths"]], [s for p in parts for s in p["groups"]],
+                    task="multilabel")
 
 
 MADE_FILE = "made.json"
@@ -250,7 +288,8 @@ def run_arm(run: Run, seed: int, arm: str) -> dict[str, Any]:
         data, online = run.train, None
         if spec.adversarial:
             adv, result["augment"] = adversarial_copies(run, seed, arm)
-            data = union(run.train, adv)
+            # union() builds a multiclass ImageSet; the joined set keeps the data's task
+            data = dataclasses.replace(union(run.train, adv), task=run.train.task)
         if spec.online:
             point = run.choices[arm]["point"]
             online = online_batch(run.cfg, arm, point, seed)
@@ -262,18 +301,37 @@ def run_arm(run: Run, seed: int, arm: str) -> dict[str, Any]:
         result["model"] = f"models/{arm}.pt"
     timer = Timer()
     with timer():
-        probs = torch.softmax(predict_logits(model, run.test.images), 1).numpy()
-        result["clean"] = classification_metrics(run.test.labels.numpy(), probs, run.classes)
-        result["clean"]["ece"] = calibration(probs, run.test.labels, run.cfg.robustness.ece_bins)
-        result["robust"] = robustness(run, model, seed)
+        if run.train.task == "multilabel":
+            logits = predict_logits(model, run.test.images)
+            probs = torch.sigmoid(logits).numpy()
+            result["clean"] = multilabel_clean(logits, run.test.labels, run.classes)
+            result["robust"], result["robust_per_finding"] = multilabel_robustness(
+                run, model, seed)
+        else:
+            probs = torch.softmax(predict_logits(model, run.test.images), 1).numpy()
+            result["clean"] = classification_metrics(run.test.labels.numpy(), probs,
+                                                     run.classes)
+            result["clean"]["ece"] = calibration(probs, run.test.labels,
+                                                 run.cfg.robustness.ece_bins)
+            result["robust"] = robustness(run, model, seed)
     result.update(n_train=meta["n_train"], history=meta["history"],
                   probs=[[round(float(v), 6) for v in row] for row in probs],
                   timings={k: meta[k] for k in ("train_wall_s", "train_cpu_s")}
                   | {k: v for k, v in result.get("augment", {}).items() if k.startswith("craft_")}
                   | timer.as_dict("eval") | {"torch_threads": torch.get_num_threads()})
-    run.log(f"[seed {seed}] {arm}: accuracy {result['clean']['accuracy']:.4f}, "
+    metric = primary_metric(run.train.task)
+    run.log(f"[seed {seed}] {arm}: {metric} {result['clean'][metric]:.4f}, "
             + ", ".join(f"{k} {v:.3f}" for k, v in result["robust"].items()))
     return result
+
+
+def choice_note(choice: dict[str, Any]) -> str:
+    """How a grid point was chosen, for the log: its validation score, or its source arm."""
+    if "matched_to" in choice:
+        return f"matched to {choice['matched_to']}"
+    if "val_macro_auroc" in choice:
+        return f"val macro AUROC {choice['val_macro_auroc']:.4f}"
+    return f"val acc {choice['val_accuracy']:.4f}"
 
 
 def finished_result(run: Run, seed: int, arm: str) -> dict[str, Any] | None:
@@ -316,7 +374,7 @@ def _run_locked(cfg: ExperimentConfig, out: str | Path, log: Log) -> dict[str, A
     if online_arms(cfg):
         run.choices = select_online(run)["choices"]
         log("online arms, chosen on validation: " + "; ".join(
-            f"{a} {c['point']} (val acc {c['val_accuracy']:.4f})" for a, c in run.choices.items()))
+            f"{a} {c['point']} ({choice_note(c)})" for a, c in run.choices.items()))
     for seed in cfg.seed_list():
         for arm in cfg.arms:
             if finished_result(run, seed, arm) is not None:

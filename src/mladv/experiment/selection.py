@@ -10,10 +10,18 @@ with that seed and the experiment's schedule, and scored on the validation split
 has converged. Each finished point is saved atomically (``selection/ARM/POINT.json``), so an
 interrupted search resumes; the choices go to ``selection/selection.json`` and are reused for
 every seed, trained then on the full training set.
+
+The validation score follows the data set's task: accuracy (argmax) for a multiclass set, the
+macro AUROC (mean of the per-finding AUROCs defined on the validation split,
+:func:`mladv.evaluation.multilabel.per_finding_auroc` / ``macro_auroc``) with the masked BCE as
+the validation loss for a multilabel one; the rule (``max-val-accuracy`` /
+``max-val-macro-auroc``) maximises that score. A matched control (``online.matched``) is not
+searched: it takes the point chosen for its source arm, recorded with ``matched_to``.
 """
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import torch
@@ -22,22 +30,25 @@ import torch.nn.functional as F
 from ..adversarial_training import AdversarialBatch, adversarial_from_options
 from ..data import ImageSet, split_imageset
 from ..distributed import barrier, is_main_process
+from ..evaluation.multilabel import macro_auroc, per_finding_auroc
 from ..fingerprint import data_sha1
 from ..models import build_model
+from ..tasks import masked_bce
 from ..training import BatchTransform, predict_logits, train_classifier
 from ..utils import atomic_write_json, set_determinism
 from .arms import ARMS, batch_transform, online_options
-from .config import SELECTION_RULES, ExperimentConfig
+from .config import RULE_SCORES, SELECTION_RULES, ExperimentConfig
 from .state import (
-    FLIPS_KEYS,
-    SCORE_KEYS,
     Run,
     Timer,
-    online_arms,
+    flips_keys,
     pick,
     point_name,
+    score_keys,
+    searched_arms,
     selection_dir,
     selection_header,
+    val_key,
 )
 
 TIE = 1e-9
@@ -57,16 +68,24 @@ def online_batch(cfg: ExperimentConfig, arm: str, point: dict[str, Any],
 
 
 def choose(scored: list[dict[str, Any]], rule: str) -> dict[str, Any]:
-    """The grid point ``rule`` picks from ``scored`` (grid order, each with ``val_accuracy``):
-    ``max-val-accuracy``: the highest validation accuracy; a tie (within 1e-9) keeps the point
-    listed first."""
+    """The grid point ``rule`` picks from ``scored`` (grid order, each with the rule's score,
+    :data:`~.config.RULE_SCORES`): ``max-val-accuracy``: the highest ``val_accuracy``;
+    ``max-val-macro-auroc``: the highest ``val_macro_auroc`` (a NaN score, no finding with both
+    classes on the validation split, ranks below every number); a tie (within 1e-9) keeps the
+    point listed first."""
     if rule not in SELECTION_RULES:
         raise ValueError(f"unknown selection rule {rule!r}; valid: {', '.join(SELECTION_RULES)}")
     if not scored:
         raise ValueError("no grid point was scored")
+    key = RULE_SCORES[rule]
+
+    def score(item: dict[str, Any]) -> float:
+        value = item[key]
+        return -math.inf if value is None or math.isnan(value) else float(value)
+
     best = scored[0]
     for item in scored[1:]:
-        if item["val_accuracy"] > best["val_accuracy"] + TIE:
+        if score(item) > score(best) + TIE:
             best = item
     return best
 
@@ -96,6 +115,11 @@ class ValidationCurve:
     def record(self) -> None:
         logits = predict_logits(self.model, self.val.images)
         labels = self.val.labels
+        if self.val.task == "multilabel":  # macro AUROC; masked BCE over the known findings
+            macro = macro_auroc(per_finding_auroc(logits, labels))[0]
+            self.curve.append({"val_macro_auroc": macro,
+                               "val_loss": float(masked_bce(logits, labels))})
+            return
         self.curve.append({"val_accuracy": float((logits.argmax(1) == labels).float().mean()),
                            "val_loss": float(F.cross_entropy(logits, labels))})
 
@@ -124,9 +148,22 @@ def train_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageSe
     curve.record()
     for row, val_row in zip(history, curve.curve, strict=True):
         row.update(val_row)
-    return {"arm": arm, "point": point, "val_accuracy": curve.curve[-1]["val_accuracy"],
+    key = val_key(train.task)
+    return {"arm": arm, "point": point, key: curve.curve[-1][key],
             "val_loss": curve.curve[-1]["val_loss"], "history": history,
             **timer.as_dict("train")}
+
+
+def matched_choices(matched: dict[str, str], choices: dict[str, dict[str, Any]]
+                    ) -> dict[str, dict[str, Any]]:
+    """The choice of each matched control (``{control: source}``): its source's chosen grid
+    point (eps, steps, fraction: the same budget), with ``matched_to`` naming the source and no
+    validation score of its own (it was not searched)."""
+    missing = [s for s in matched.values() if s not in choices]
+    if missing:
+        raise ValueError(f"online.matched: no choice for source arm(s) {missing}")
+    return {control: {"point": dict(choices[source]["point"]), "matched_to": source}
+            for control, source in matched.items()}
 
 
 def cfg_seed(cfg: ExperimentConfig) -> int:
@@ -143,7 +180,9 @@ def scored_point(run: Run, arm: str, point: dict[str, Any] | None, train: ImageS
     run.log(f"[selection] {arm} {name}: training on {len(train)} images, validating on "
             f"{len(val)}")
     result = train_point(run, arm, point, train, val)
-    run.log(f"[selection] {arm} {name}: validation accuracy {result['val_accuracy']:.4f}")
+    key = val_key(train.task)
+    run.log(f"[selection] {arm} {name}: validation {key[4:].replace('_', ' ')} "
+            f"{result[key]:.4f}")
     if is_main_process():
         atomic_write_json(result, path)
     barrier()
@@ -157,16 +196,22 @@ def select_online(run: Run) -> dict[str, Any]:
     sel = cfg.online.selection
     train, val = split_imageset(run.train, test_size=sel.val_size, seed=sel.seed)
     flips = scored_point(run, "none", None, train, val)
-    grid, choices = {}, {}
-    for arm in online_arms(cfg):
+    key = val_key(train.task)
+    grid: dict[str, list[dict[str, Any]]] = {}
+    choices: dict[str, dict[str, Any]] = {}
+    for arm in searched_arms(cfg):
         scored = [scored_point(run, arm, p, train, val) for p in cfg.online.grid.points()]
-        grid[arm] = [pick(s, SCORE_KEYS) for s in scored]
+        grid[arm] = [pick(s, score_keys(train.task)) for s in scored]
         best = choose(scored, sel.rule)
-        choices[arm] = {"point": best["point"], "val_accuracy": best["val_accuracy"]}
+        choices[arm] = {"point": best["point"], key: best[key]}
+    choices.update(matched_choices(cfg.online.matched, choices))
+    choices = {a: choices[a] for a in cfg.arms if a in choices}  # config order
     out = {**selection_header(sel, train, val), "train_sha1": data_sha1(train),
            "val_sha1": data_sha1(val),
            "grid": cfg.online.grid.model_dump(mode="json"), "choices": choices, "scores": grid,
-           "flips": pick(flips, FLIPS_KEYS)}
+           "flips": pick(flips, flips_keys(train.task))}
+    if cfg.online.matched:  # runs from before matched controls keep their selection.json
+        out["matched"] = dict(cfg.online.matched)
     if is_main_process():
         atomic_write_json(out, selection_dir(run) / "selection.json")
     barrier()

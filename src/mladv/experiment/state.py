@@ -24,6 +24,22 @@ SCORE_KEYS = ("point", "val_accuracy", "val_loss", "train_wall_s")  # a grid poi
 FLIPS_KEYS = ("val_accuracy", "history", "train_wall_s")  # the flips reference's summary
 
 
+def val_key(task: str) -> str:
+    """The validation score of a grid point on ``task``: ``val_accuracy`` (multiclass) or
+    ``val_macro_auroc`` (multilabel)."""
+    return "val_macro_auroc" if task == "multilabel" else "val_accuracy"
+
+
+def score_keys(task: str) -> tuple[str, ...]:
+    """:data:`SCORE_KEYS` with the task's validation score (:func:`val_key`)."""
+    return tuple(val_key(task) if k == "val_accuracy" else k for k in SCORE_KEYS)
+
+
+def flips_keys(task: str) -> tuple[str, ...]:
+    """:data:`FLIPS_KEYS` with the task's validation score (:func:`val_key`)."""
+    return tuple(val_key(task) if k == "val_accuracy" else k for k in FLIPS_KEYS)
+
+
 @dataclass
 class Timer:
     """Wall-clock and process CPU seconds of a block (CPU time sums all threads, so
@@ -74,6 +90,12 @@ def online_arms(cfg: ExperimentConfig) -> list[str]:
     return [a for a in cfg.arms if ARMS[a].online]
 
 
+def searched_arms(cfg: ExperimentConfig) -> list[str]:
+    """The online arms searched on the grid: all but the matched controls
+    (``online.matched``, which take their source's choice)."""
+    return [a for a in online_arms(cfg) if a not in cfg.online.matched]
+
+
 def point_name(point: dict[str, Any]) -> str:
     """``{"eps": 1, "steps": 1, "fraction": None}`` -> ``eps1-steps1-fracall``."""
     frac = "all" if point["fraction"] is None else f"{point['fraction']:g}"
@@ -107,13 +129,14 @@ def selection_so_far(run: Run) -> dict[str, Any] | None:
     cfg, sel = run.cfg, run.cfg.online.selection
     train, val = split_imageset(run.train, test_size=sel.val_size, seed=sel.seed)
     flips = json.loads((folder / "none" / "flips.json").read_text())
+    task = run.train.task
     scores: dict[str, list[dict[str, Any]]] = {}
-    for arm in online_arms(cfg):
+    for arm in searched_arms(cfg):
         paths = [folder / arm / f"{point_name(p)}.json" for p in cfg.online.grid.points()]
         done = [json.loads(p.read_text()) for p in paths if p.is_file()]
         if done:
-            scores[arm] = [pick(d, SCORE_KEYS) for d in done]
+            scores[arm] = [pick(d, score_keys(task)) for d in done]
     return {**selection_header(sel, train, val), "choices": {}, "scores": scores,
             "finished": sum(map(len, scores.values())),
-            "planned": len(online_arms(cfg)) * len(cfg.online.grid.points()),
-            "flips": pick(flips, FLIPS_KEYS)}
+            "planned": len(searched_arms(cfg)) * len(cfg.online.grid.points()),
+            "flips": pick(flips, flips_keys(task))}
