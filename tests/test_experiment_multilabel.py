@@ -23,6 +23,7 @@ from mladv.experiment.report import verdicts_vs_flips
 from mladv.experiment.run import prepare
 from mladv.experiment.selection import choose, matched_choices
 from mladv.logs import quiet_log
+from nih_helpers import require_nih14
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -225,4 +226,14 @@ def test_nih14_config_fixes_arms_seeds_rule_and_the_matched_control() -> None:
     assert cfg.online.selection.rule == "max-val-macro-auroc"
     assert cfg.online.matched == {"chain-random": "chain-online"}
     assert cfg.data == "../shared/data/nih14"
-    assert (cfg.image_size, cfg.train.epochs) == (40, 5)  # the size the comment's estimate fits
+    assert (cfg.image_size, cfg.train.epochs) == (48, 4)  # the size the comment's estimate fits
+
+
+def test_nih14_config_prepares_on_the_real_sample_without_refusal(tmp_path: Path) -> None:
+    root = require_nih14()
+    cfg = load_config(NIH14_CPU, {"data": str(root), "progress": False})
+    run = prepare(cfg, tmp_path / "run", quiet_log)  # the task checks pass before any training
+    assert run.train.task == "multilabel" and len(run.classes) == 14
+    assert len(run.train) + len(run.test) == 1073
+    assert not set(run.train.groups) & set(run.test.groups)  # patient-aware
+    assert len(run.robust_index) == 96 == len(set(run.robust_index))
