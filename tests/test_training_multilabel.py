@@ -146,3 +146,12 @@ def test_mladv_train_reports_macro_auroc_and_per_finding_auroc_for_a_multilabel_
     assert metrics["test_auroc"]["f2"] is None
     assert metrics["test_auroc"]["f0"] == pytest.approx(expected[0])
     assert metrics["test_macro_auroc"] == pytest.approx(sum(expected) / 2)
+
+
+def test_the_union_of_multilabel_sets_stays_multilabel():
+    from mladv.augment import union
+
+    data = multilabel_set(n=4)
+    joined = union(data, data)
+    assert joined.task == "multilabel" and joined.labels.shape == (8, 3)
+    assert torch.equal(joined.labels[4:].isnan(), data.labels.isnan())

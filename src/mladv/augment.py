@@ -152,18 +152,20 @@ def load_shards(out: str | Path) -> ImageSet:
 
 
 def union(*sets: ImageSet) -> ImageSet:
-    """``x_train ∪ x'_train``: the sets concatenated (same classes and image shape required)."""
+    """``x_train ∪ x'_train``: the sets concatenated (same task, classes and image shape
+    required; the task is kept)."""
     if not sets:
         raise ValueError("union() needs at least one ImageSet")
     first = sets[0]
     for s in sets[1:]:
-        if s.classes != first.classes or s.images.shape[1:] != first.images.shape[1:]:
+        if (s.classes != first.classes or s.images.shape[1:] != first.images.shape[1:]
+                or s.task != first.task):
             raise ValueError(f"cannot join image sets with classes {first.classes} / "
-                             f"{tuple(first.images.shape[1:])} and {s.classes} / "
-                             f"{tuple(s.images.shape[1:])}")
+                             f"{tuple(first.images.shape[1:])} / {first.task} and "
+                             f"{s.classes} / {tuple(s.images.shape[1:])} / {s.task}")
     return ImageSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
                     list(first.classes), [p for s in sets for p in s.paths],
-                    [g for s in sets for g in s.groups])
+                    [g for s in sets for g in s.groups], task=first.task)
 
 
 def augment_to_folder(checkpoint: Path, data: str, name: str, options: dict[str, Any], *,
