@@ -155,3 +155,23 @@ def test_the_union_of_multilabel_sets_stays_multilabel():
     joined = union(data, data)
     assert joined.task == "multilabel" and joined.labels.shape == (8, 3)
     assert torch.equal(joined.labels[4:].isnan(), data.labels.isnan())
+
+
+def test_multilabel_shards_read_back_with_their_targets_and_task(tmp_path):
+    """craft_shards on a multilabel set, then load_shards / AdversarialDataset: the N x K
+    targets (NaN kept) and the task come back; a sample's target is its K-vector."""
+    from mladv.attacks import make_attack
+    from mladv.augment import craft_shards, load_shards
+    from mladv.data import AdversarialDataset
+
+    data = multilabel_set(n=6)
+    model = build_model("small_cnn", 3)
+    model.task = "multilabel"
+    craft_shards(make_attack("fgsm", model, eps=2 / 255), data, tmp_path / "aug",
+                 shard_size=4, progress=False)
+    back = load_shards(tmp_path / "aug")
+    assert back.task == "multilabel"
+    assert torch.equal(back.labels.isnan(), data.labels.isnan())
+    assert torch.equal(back.labels.nan_to_num(-1), data.labels.nan_to_num(-1))
+    _, target = AdversarialDataset(tmp_path / "aug")[3]
+    assert target.shape == (3,) and bool(target.isnan().all())

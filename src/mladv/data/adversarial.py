@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..fingerprint import tensor_sha1
+from ..tasks import Task, check_targets
 from .folder import DataError, ImageSet
 
 # The layout of a shard folder, defined once: mladv.augment writes it, this module reads it.
@@ -47,9 +48,11 @@ def _load(path: Path, what: str, fix: str) -> dict[str, Any]:
         raise DataError(f"{path}: cannot read {what} ({exc.__class__.__name__}); {fix}") from None
     ok = (isinstance(obj, dict) and isinstance(obj.get("images"), Tensor)
           and isinstance(obj.get("labels"), Tensor) and obj["images"].dim() == 4
-          and obj["labels"].shape == obj["images"].shape[:1])
+          and obj["labels"].dim() in (1, 2)
+          and obj["labels"].shape[:1] == obj["images"].shape[:1])
     if not ok:
-        raise DataError(f"{path}: not an mladv {what} (needs N x C x H x W images and N labels)")
+        raise DataError(f"{path}: not an mladv {what} (needs N x C x H x W images and N labels, "
+                        "or N x K multilabel targets)")
     return dict(obj)
 
 
@@ -99,7 +102,8 @@ class AdversarialDataset(Dataset[tuple[Any, Any]]):
         root: a shard folder written by ``mladv augment``, or a folder holding the
             ``adversarial.pt`` of ``mladv attack`` (or that file).
         transform: applied to each image, a ``1 x H x W`` float32 tensor in [0, 1].
-        target_transform: applied to each label (an ``int``).
+        target_transform: applied to each label (an ``int``; multilabel shards: a ``K`` float
+            tensor, NaN = unknown, and ``task == "multilabel"``).
 
     Attributes:
         classes, class_to_idx, targets: as in ``torchvision.datasets.ImageFolder``.
@@ -127,9 +131,25 @@ class AdversarialDataset(Dataset[tuple[Any, Any]]):
             self._starts.append(self._starts[-1] + int(images.shape[0]))
         if len(self) == 0:
             raise DataError(f"{self.root}: holds no images")
-        self.targets: list[int] = [int(v) for p in parts for v in p["labels"].tolist()]
-        if self.targets and not 0 <= min(self.targets) <= max(self.targets) < len(self.classes):
-            raise DataError(f"{self.root}: labels outside the {len(self.classes)} recorded classes")
+        multilabel = {p["labels"].dim() for p in parts} == {2}
+        if multilabel:  # N x K float targets (NaN = unknown), classes = the finding names
+            self.task: Task = "multilabel"
+            self.target_tensor = torch.cat([p["labels"].float() for p in parts])
+            try:
+                check_targets(self.target_tensor, "multilabel", len(self.classes))
+            except ValueError as exc:
+                raise DataError(f"{self.root}: {exc}") from None
+            self.targets: list[Any] = self.target_tensor.tolist()
+        else:
+            if any(p["labels"].dim() != 1 for p in parts):
+                raise DataError(f"{self.root}: shards mix class-index and multilabel targets")
+            self.task = "multiclass"
+            self.targets = [int(v) for p in parts for v in p["labels"].tolist()]
+            self.target_tensor = torch.tensor(self.targets, dtype=torch.int64)
+            if self.targets and not 0 <= min(self.targets) <= max(self.targets) < len(
+                    self.classes):
+                raise DataError(f"{self.root}: labels outside the {len(self.classes)} recorded "
+                                "classes")
         self.paths = [str(s) for p in parts
                       for s in (p.get("paths") or [""] * int(p["images"].shape[0]))]
         self.groups = [str(s) for p in parts for s in (p.get("groups") or [])] or [
@@ -148,7 +168,8 @@ class AdversarialDataset(Dataset[tuple[Any, Any]]):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         image: Any = self.image(index)
-        target: Any = self.targets[index]
+        target: Any = (self.target_tensor[index].clone() if self.task == "multilabel"
+                       else self.targets[index])
         if self.transform is not None:
             image = self.transform(image)
         if self.target_transform is not None:
@@ -158,15 +179,16 @@ class AdversarialDataset(Dataset[tuple[Any, Any]]):
     def fingerprint(self) -> str:
         """The content fingerprint (:func:`mladv.fingerprint.tensor_sha1`) of the class names
         (UTF-8 bytes of their JSON list), the images (float32 ``N x C x H x W``, as
-        :meth:`image` gives them, read one file at a time) and the labels (int64 ``N``): the
+        :meth:`image` gives them, read one file at a time) and the labels (int64 ``N``;
+        multilabel: float32 ``N x K``, NaN kept): the
         same adversarial data gives the same value wherever it lies (``mladv export`` records
         it)."""
         names = torch.frombuffer(bytearray(json.dumps(self.classes).encode()), dtype=torch.uint8)
-        labels = torch.tensor(self.targets, dtype=torch.int64)
-        return tensor_sha1(names, *(images.float() for images in self._images), labels)
+        return tensor_sha1(names, *(images.float() for images in self._images),
+                           self.target_tensor)
 
     def to_imageset(self) -> ImageSet:
         """All images in memory as an :class:`ImageSet` (for mladv's own training functions)."""
         return ImageSet(torch.cat([im.float() for im in self._images]),
-                        torch.tensor(self.targets, dtype=torch.long), list(self.classes),
-                        list(self.paths), list(self.groups))
+                        self.target_tensor.clone(), list(self.classes),
+                        list(self.paths), list(self.groups), task=self.task)

@@ -52,7 +52,6 @@ from ..adversarial_training import AdversarialBatch
 from ..augment import craft_shards, load_shards, union
 from ..crafting import attack_metrics
 from ..data import ImageSet, load_source, split_imageset
-from ..data.adversarial import SHARD_MANIFEST, shard_file
 from ..distributed import barrier, init_from_env, is_distributed, is_main_process, rank_and_world
 from ..fingerprint import attack_settings, data_sha1
 from ..logs import Log, run_log, stderr_log
@@ -228,34 +227,13 @@ def adversarial_copies(run: Run, seed: int, arm: str) -> tuple[ImageSet, dict[st
                      info={"arm": arm, "seed": seed}, desc=f"seed {seed} {arm}: craft x'_train",
                      rank=rank, world_size=world)
         barrier()  # every rank's shards are on disk
-        adv = (multilabel_shards(folder, run.train) if run.train.task == "multilabel"
-               else load_shards(folder))
+        adv = load_shards(folder)
     settings = made_settings(folder, attack_settings(attack),
                              crafted_now=set(folder.glob("shard-*.pt")) != before)
     quality = attack_metrics(base, run.train.images, adv.images, run.train.labels)
     keep = ("success", "ssim", "psnr", "l1", "linf_max")
     return adv, {"settings": settings, **{k: quality[k] for k in keep},
                  **timer.as_dict("craft")}
-
-
-def multilabel_shards(folder: Path, like: ImageSet) -> ImageSet:
-    """A finished shard folder of a multilabel set as one multilabel :class:`ImageSet` (images
-    ``N x C x H x W``, labels ``N x K`` with NaN unknown), in the source order.
-
-    Written here by hand because :func:`mladv.augment.load_shards` (through
-    :class:`mladv.data.AdversarialDataset`) reads class-index labels only; to be replaced by it
-    once it accepts ``N x K`` labels. A missing shard is one ``ValueError`` line naming it."""
-    manifest = json.loads((folder / SHARD_MANIFEST).read_text())
-    parts = []
-    for k in range(int(manifest["num_shards"])):
-        path = folder / shard_file(k)
-        if not path.is_file():
-            raise ValueError(f"{path}: shard missing; rerun the same command to finish it")
-        parts.append(torch.load(path, map_location="cpu", weights_only=True))
-    return ImageSet(torch.cat([p["images"] for p in parts]),
-                    torch.cat([p["labels"] for p in parts]).float(), list(like.classes),
-                    [s for p in parts for s in p["paths"]], [s for p in parts for s in p["groups"]],
-                    task="multilabel")
 
 
 MADE_FILE = "made.json"
