@@ -119,8 +119,10 @@ def evaluate(
         units = card["provenance"]["eps in the model's units"]
         typer.echo(f"{adapter.source}: eps {units}")
     if card.get("task") == "multilabel":
-        typer.echo(f"macro AUROC {card['macro']['clean']:.3f}"
-                   + "".join(f", {k} {v:.3f}" for k, v in card["macro"].items()
+        macro = card["macro"]
+        typer.echo(f"macro AUROC {macro['clean']:.3f} on every image; on the "
+                   f"{card['n_robust']}-image attack subset clean {macro['clean_subset']:.3f}"
+                   + "".join(f", {k} {v:.3f}" for k, v in macro.items()
                              if k.startswith("auroc_pgd"))
                    + f"; wrote {out / 'report.md'}")
         return
