@@ -157,8 +157,9 @@ def checkpoint_and_split(checkpoint: Path, data: str, split: str, *, device: tor
                          skip_bad: bool, note: Callable[[str], None] = _stderr
                          ) -> tuple[ImageClassifier, ImageSet, dict[str, Any]]:
     """CHECKPOINT's model on ``device`` and DATA read at the checkpoint's image size, classes
-    and DICOM mode (``dicom_mode`` recorded by ``mladv train``; "voi" before it was), cut to ``split`` by :func:`mladv.data.choose_split` (whose record is returned; its
-    note goes to ``note``, stderr by default, from the main process only)."""
+    and DICOM mode (``dicom_mode`` recorded by ``mladv train``; "voi" before it was), cut to
+    ``split`` by :func:`mladv.data.choose_split` (whose record is returned; its note goes to
+    ``note``, stderr by default, from the main process only)."""
     model, ckpt = load_checkpoint(checkpoint, map_location=device)
     dataset = load_source(data, ckpt["image_size"], skip_bad=skip_bad, classes=ckpt["classes"],
                           seed=(ckpt.get("split") or {}).get("seed", 0),
