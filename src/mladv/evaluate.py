@@ -322,8 +322,43 @@ def card_blocks(card: dict[str, Any], title: str = "Robustness report card",
                 "corruption.png": "accuracy under each common corruption, by severity",
                 "examples.png": "one test image per class: clean, random chain, adversarial "
                                 "chain, and each chain's difference from the clean image"}
-    blocks += [("figure", f, captions.get(f, f)) for f in figures]
+    blocks += [("figure", f, captions.get(f, f), figure_alt(card, f)) for f in figures]
     return blocks
+
+
+def figure_alt(card: dict[str, Any], name: str) -> str:
+    """The alt text of the card's figure ``name``: what it plots and the numbers a reader who
+    cannot see it needs (the curve's points, the lowest shift / corruption accuracy);
+    ``""`` (the caption then) for a figure the card does not know."""
+    m, o = card["metrics"], card["options"]
+    if name == "curve.png":
+        eps = sorted(o["pgd_eps"])
+        points = ", ".join([f"{fmt(m['accuracy'], 3)} clean",
+                            *[f"{fmt(m[f'acc_pgd_{e:g}'], 3)} at {e:g}/255" for e in eps]])
+        return f"Line chart of accuracy under own-model PGD against eps: {points}."
+    if name in ("shift.png", "corruption.png"):
+        if name == "shift.png":
+            what, clean = "acquisition-shift transform", m["accuracy"]
+            keys = {(t, f"{s:g}"): f"shift_{t}_{s:g}" for t in SHIFT_TRANSFORMS
+                    for s in o["shift_severities"]}
+        else:
+            what, clean = "common corruption", m.get("corr_clean")
+            keys = {(f, str(s)): f"corr_{f}_{s}" for f in o.get("corruptions") or ()
+                    for s in o["corruption_severities"]}
+        cells = {cell: m[k] for cell, k in keys.items() if m.get(k) is not None}
+        text = (f"Line chart of accuracy against severity, one line per {what}; clean accuracy "
+                f"{fmt(clean, 3)}")
+        if cells:
+            worst = min(cells, key=lambda c: cells[c])
+            text += f"; lowest {fmt(cells[worst], 3)} ({worst[0]} at severity {worst[1]})"
+        if name == "shift.png" and "acc_chain" in m:
+            text += f"; adversarial chain {fmt(m['acc_chain'], 3)}"
+        return text + "."
+    if name == "examples.png":
+        return (f"Grid of one test X-ray per class ({', '.join(card['classes'])}): the clean "
+                "image, the image under a random chain and under the adversarial chain, and "
+                "each chain's difference from the clean image in grey (mid-grey = unchanged).")
+    return ""
 
 
 def curve_figure(card: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -799,13 +834,17 @@ def compare_to_folder(checkpoint_a: str, checkpoint_b: str, data: str, out: Path
     ``out/compare.json``, ``out/compare.md``, ``out/compare.html``. Returns the comparison."""
     from .evaluation.compare import compare_models
     from .fingerprint import unseen_indices
-    from .models import read_checkpoint
+    from .models import checkpoint_task, read_checkpoint
 
     if split not in (None, "test", "all"):
         raise ValueError(f"--split must be 'test' or 'all', got {split!r}")
     check_card_options(opts)
     if opts.bootstrap < 1:
         raise ValueError("an A/B comparison needs --bootstrap >= 1 (its CIs are the verdict)")
+    for path in (checkpoint_a, checkpoint_b):  # before any data is read or model is run
+        if checkpoint_task(read_checkpoint(path), path) != "multiclass":
+            raise ValueError(f"{path}: a multilabel model; the A/B comparison compares "
+                             "multiclass accuracy columns (score each model with its own card)")
     prepare_output_dir(out)
     set_determinism(seed)
     dev = resolve_device(device)

@@ -20,6 +20,7 @@ Example::
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,10 +39,17 @@ from .stats import bootstrap_ci
 
 
 def _macro_at(logits: Tensor, targets: Tensor) -> Callable[[NDArray[np.intp]], float]:
-    """The macro AUROC of the rows at given indices (a bootstrap statistic)."""
+    """The macro AUROC of the rows at given indices (a bootstrap statistic) over the findings
+    whose AUROC is defined on all the rows: every resample averages the SAME findings, and one
+    where any of them has a single class is undefined (NaN: the bootstrap skips and counts
+    it), so a rare finding does not drop in and out of the mean."""
+    defined = [k for k, a in enumerate(per_finding_auroc(logits, targets)) if not math.isnan(a)]
+
     def stat(rows: NDArray[np.intp]) -> float:
         r = torch.as_tensor(rows)
-        return macro_auroc(per_finding_auroc(logits[r], targets[r]))[0]
+        aurocs = per_finding_auroc(logits[r][:, defined], targets[r][:, defined])
+        return math.nan if any(math.isnan(a) for a in aurocs) or not aurocs else \
+            sum(aurocs) / len(aurocs)
     return stat
 
 
@@ -74,7 +82,8 @@ def multilabel_report(model: nn.Module, images: Tensor, targets: Tensor,
             for a in opts.attacks]
     runs += [(f"auroc_pgd_{e:g}", "pgd", e, opts.pgd_options) for e in opts.pgd_eps]
     for key, name, eps, options in runs:
-        atk = make_attack(name, model, **{**options, "eps": eps / 255, "seed": seed})
+        atk = make_attack(name, model, **{**options, "eps": eps / 255, "seed": seed,
+                                          "task": "multilabel"})  # whatever model.task says
         adv = craft_shard(atk, x, t, seed=seed, shard=0, batch_size=opts.batch_size)
         logits[key] = sub, predict_logits(model, adv).double()
     for i, sigma in enumerate(opts.noise_sigmas):
