@@ -9,8 +9,14 @@ Blocks are tuples:
 ``("p", text)``                a paragraph
 ``("ul", [text, ...])``        a bullet list
 ``("table", head, rows)``      a table; ``head`` a list of str, ``rows`` lists of str
-``("figure", path, caption)``  a PNG (``path`` relative to the report) with its caption
+``("figure", path, caption)``  a PNG (``path`` relative to the report) with its caption;
+                               an optional 4th item is its alt text (default: the
+                               caption), e.g. the numbers the figure plots
 =============================  ====================================================
+
+The HTML page needs nothing outside itself (no scripts, fonts or links to fetch: figures are
+``data:`` URIs) and reads on a phone: a ``viewport`` meta tag, every table inside a wrapper that
+scrolls sideways, images at most the page's width, long words (hashes, paths) wrapped.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import base64
 import csv
 import io
 import math
+import re
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -29,10 +36,14 @@ from .utils import json_safe as json_safe  # strict JSON: NaN / inf -> null
 Block = tuple[Any, ...]
 
 STYLE = ("body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;"
-         "line-height:1.4}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+         "line-height:1.4}h1,h2,p,li,figcaption{overflow-wrap:anywhere}"
+         ".table-wrap{overflow-x:auto;max-width:100%;margin:1em 0}"
+         "table{border-collapse:collapse;font-size:13px}"
          "td,th{border:1px solid #bbb;padding:3px 7px;text-align:right}"
-         "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-         "figcaption{font-size:13px;color:#444}")
+         "td:first-child,th:first-child{text-align:left}"
+         "figure{margin:1em 0}img{max-width:100%;height:auto}"
+         "figcaption{font-size:13px;color:#444}"
+         "@media (max-width:600px){body{margin:1em auto;padding:0 .6em}h1{font-size:1.4em}}")
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -44,7 +55,8 @@ def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[s
 def html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
     trs = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+    return (f"<div class=\"table-wrap\"><table><thead><tr>{th}</tr></thead><tbody>{trs}"
+            "</tbody></table></div>")
 
 
 def to_markdown(blocks: Sequence[Block]) -> str:
@@ -62,29 +74,38 @@ def to_markdown(blocks: Sequence[Block]) -> str:
         elif kind == "table":
             lines += markdown_table(args[0], args[1]) + [""]
         elif kind == "figure":
-            lines += [f"![{args[1]}]({args[0]})", f"*{args[1]}*", ""]
+            alt = args[2] if len(args) > 2 and args[2] else args[1]
+            lines += [f"![{alt}]({args[0]})", f"*{args[1]}*", ""]
         else:
             raise ValueError(f"unknown report block {kind!r}")
     return "\n".join(lines)
 
 
+def _strong(text: str) -> str:
+    """Markdown's ``**bold**`` in already escaped text as ``<strong>`` (the one inline markup
+    the report paragraphs use, e.g. a card's gradient-masking warning)."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+
+
 def to_html(blocks: Sequence[Block], title: str, root: Path) -> str:
     """The blocks as one HTML page; figures are read from ``root / path`` and embedded."""
-    parts = [f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body>"]
+    parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+             f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"]
     for kind, *args in blocks:
         if kind in ("h", "h2"):
             tag = "h1" if kind == "h" else "h2"
             parts.append(f"<{tag}>{escape(args[0])}</{tag}>")
         elif kind == "p":
-            parts.append(f"<p>{escape(args[0])}</p>")
+            parts.append(f"<p>{_strong(escape(args[0]))}</p>")
         elif kind == "ul":
             parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in args[0]) + "</ul>")
         elif kind == "table":
             parts.append(html_table(args[0], args[1]))
         elif kind == "figure":
             data = base64.b64encode((root / args[0]).read_bytes()).decode()
-            parts.append(f"<figure><img alt=\"{escape(args[1])}\" src=\"data:image/png;base64,"
+            alt = args[2] if len(args) > 2 and args[2] else args[1]
+            parts.append(f"<figure><img alt=\"{escape(alt)}\" src=\"data:image/png;base64,"
                          f"{data}\"><figcaption>{escape(args[1])}</figcaption></figure>")
         else:
             raise ValueError(f"unknown report block {kind!r}")
