@@ -104,6 +104,9 @@ def export_pngs(src: str | os.PathLike[str] | AdversarialDataset, out: str | os.
     if channels != 1:
         raise DataError(f"{data.root}: images have {channels} channels; the 16-bit PNG export "
                         f"writes grayscale (1 channel)")
+    if data.task == "multilabel":  # before the folder is claimed
+        raise DataError(f"{data.root}: multilabel targets; the PNG export writes one class "
+                        "folder per image (use the .pt shards with AdversarialDataset)")
     _check_classes(data.classes)
     # locked (a second export into OUT is refused), stale .tmp files of a killed export cleaned
     with output_dir(out, option="export folder"):

@@ -40,7 +40,6 @@ by the macro AUROC, per-finding AUROC and the multilabel robustness columns
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -266,8 +265,7 @@ def run_arm(run: Run, seed: int, arm: str) -> dict[str, Any]:
         data, online = run.train, None
         if spec.adversarial:
             adv, result["augment"] = adversarial_copies(run, seed, arm)
-            # union() builds a multiclass ImageSet; the joined set keeps the data's task
-            data = dataclasses.replace(union(run.train, adv), task=run.train.task)
+            data = union(run.train, adv)  # keeps the task
         if spec.online:
             point = run.choices[arm]["point"]
             online = online_batch(run.cfg, arm, point, seed)

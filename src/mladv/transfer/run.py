@@ -55,6 +55,9 @@ def prepare_data(cfg: TransferConfig) -> tuple[ImageSet, ImageSet]:
     ``test_data``; the test set capped at ``max_images`` (a sample seeded with ``seed``)."""
     data = load_source(cfg.data, cfg.image_size, seed=cfg.seed, progress=cfg.progress,
                        dicom_mode=cfg.dicom_mode)
+    if data.task != "multiclass":  # before any model is trained
+        raise ValueError(f"data: {cfg.data} is a multilabel set; the transfer study measures "
+                         "multiclass (arg-max) attack success")
     if cfg.test_data:
         train = data
         test = load_source(cfg.test_data, cfg.image_size, classes=data.classes, seed=cfg.seed + 1,
