@@ -372,3 +372,19 @@ def test_a_resumed_experiment_reports_the_backward_passes_of_its_reused_copies(t
     assert run(["experiment", str(config), "--out", str(out)]) == 0
     again = json.loads((out / "seed-0" / "results" / "ls.json").read_text())
     assert again["augment"]["settings"]["backward_passes"] == made
+
+
+def test_re_cutting_a_finished_checkpoints_split_does_not_refuse_a_one_patient_class():
+    """choose_split (mladv attack / evaluate --split test) re-cuts the split a checkpoint was
+    trained with: a class of one patient is then put on one side as before, not refused."""
+    from mladv.data import ImageSet, choose_split
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    groups = ["p1", "p2", "p3", "p4", "p5", "p5"]
+    data = ImageSet(torch.rand(6, 1, 8, 8), labels, ["a", "b", "c"], [""] * 6, groups)
+    chosen, _ = choose_split(data, {"split": {"seed": 0, "test_size": 0.5}}, "all",
+                             checkpoint="m.pt", data="d")
+    assert len(chosen) == 6
+    test, _ = choose_split(data, {"split": {"seed": 0, "test_size": 0.5}}, "test",
+                           checkpoint="m.pt", data="d")
+    assert 0 < len(test) < 6

@@ -17,7 +17,8 @@ from .folder import ImageSet
 
 def stratified_split(labels: Sequence[int] | Tensor, groups: Sequence[str] | None = None, *,
                      test_size: float = 0.15, seed: int = 0,
-                     classes: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+                     classes: Sequence[str] | None = None,
+                     refuse_one_patient: bool = True) -> tuple[list[int], list[int]]:
     """Indices ``(train, test)``: about ``test_size`` of each class goes to test, and every group
     (patient) lies wholly on one side.
 
@@ -27,7 +28,8 @@ def stratified_split(labels: Sequence[int] | Tensor, groups: Sequence[str] | Non
     A class whose images come from one patient only cannot be on both sides: that patient
     would go to test and the model would train without the class. It is refused (one
     ``ValueError`` naming the class, from ``classes`` when given, and its patient count) before
-    anything is split.
+    anything is split, unless ``refuse_one_patient`` is False (re-cutting the split a finished
+    checkpoint was trained with, :func:`choose_split`: the refusal is for training).
     """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
@@ -38,7 +40,8 @@ def stratified_split(labels: Sequence[int] | Tensor, groups: Sequence[str] | Non
     members: dict[str, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
-    _refuse_one_patient_classes(labels, groups, classes)
+    if refuse_one_patient:
+        _refuse_one_patient_classes(labels, groups, classes)
     group_class = {g: Counter(labels[i] for i in idx).most_common(1)[0][0]
                    for g, idx in members.items()}
     rng = np.random.default_rng(seed)
@@ -160,15 +163,17 @@ def multilabel_split(targets: Tensor | np.ndarray, groups: Sequence[str] | None 
     return [i for i in range(len(y)) if i not in test_set], test_idx
 
 
-def split_imageset(data: ImageSet, *, test_size: float = 0.15, seed: int = 0
-                   ) -> tuple[ImageSet, ImageSet]:
+def split_imageset(data: ImageSet, *, test_size: float = 0.15, seed: int = 0,
+                   for_training: bool = True) -> tuple[ImageSet, ImageSet]:
     """The patient-aware split of an :class:`ImageSet` (groups = patients), by its task:
-    :func:`stratified_split` (multiclass) or :func:`multilabel_split` (multilabel)."""
+    :func:`stratified_split` (multiclass) or :func:`multilabel_split` (multilabel).
+    ``for_training=False`` re-cuts a finished model's split without the one-patient-class
+    refusal (it only matters before training)."""
     if data.task == "multilabel":
         train, test = multilabel_split(data.labels, data.groups, test_size=test_size, seed=seed)
     else:
         train, test = stratified_split(data.labels, data.groups, test_size=test_size, seed=seed,
-                                       classes=data.classes)
+                                       classes=data.classes, refuse_one_patient=for_training)
     return data.subset(train), data.subset(test)
 
 
@@ -186,7 +191,8 @@ def choose_split(dataset: ImageSet, ckpt: dict[str, Any], split: str, *, checkpo
     if split == "all":
         chosen = dataset
     else:
-        train, test = split_imageset(dataset, test_size=sp["test_size"], seed=sp["seed"])
+        train, test = split_imageset(dataset, test_size=sp["test_size"], seed=sp["seed"],
+                                     for_training=False)
         chosen = train if split == "train" else test
     record: dict[str, Any] = {"split": split, "n_seen_in_training": None, "note": None}
     seen = ckpt.get("trained_on")
