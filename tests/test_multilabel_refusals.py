@@ -48,3 +48,28 @@ def test_export_refuses_multilabel_shards_before_claiming_the_folder(tmp_path):
     with pytest.raises(DataError, match="multilabel targets; the PNG export"):
         export_pngs(tmp_path / "aug", tmp_path / "png")
     assert not (tmp_path / "png").exists()
+
+
+def test_mladv_attack_with_targeted_finding_reports_its_own_success_by_hand(tmp_path):
+    """metrics.json of a targeted-finding attack holds targeted_success: the share of images
+    whose finding 0 decision is 1 after the attack while every other decision is unchanged."""
+    from mladv.crafting import attack_to_folder
+    from mladv.data import load_source
+    from mladv.models import build_model, predict_logits, save_checkpoint
+
+    source = f"csv:{multilabel_csv(tmp_path)}"
+    data = load_source(source, 16)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", len(data.classes))
+    save_checkpoint(tmp_path / "m.pt", model, classes=data.classes, image_size=16,
+                    task="multilabel")
+    metrics = attack_to_folder(tmp_path / "m.pt", source, "targeted-finding",
+                               {"finding": 0, "to": 1, "eps": 8 / 255, "steps": 2, "seed": 0},
+                               split="all", batch_size=8, seed=0, out=tmp_path / "out",
+                               png_previews=0, device="cpu", skip_bad=False)
+    adv = torch.load(tmp_path / "out" / "adversarial.pt", weights_only=True)["images"]
+    clean_d = predict_logits(model, data.images) >= 0
+    adv_d = predict_logits(model, adv) >= 0
+    hits = [bool(adv_d[i, 0]) and bool((adv_d[i, 1:] == clean_d[i, 1:]).all())
+            for i in range(len(data))]
+    assert metrics["targeted_success"] == pytest.approx(sum(hits) / len(hits))

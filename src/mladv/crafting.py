@@ -184,6 +184,10 @@ def attack_to_folder(checkpoint: Path, data: str, name: str, options: dict[str, 
         atk = make_attack(name, model, **options)
         adv = craft(atk, dataset.images, dataset.labels, batch_size=batch_size, desc=name)
         metrics = attack_metrics(model, dataset.images, adv, dataset.labels)
+        if name == "targeted-finding":  # its success: the finding reached `to`, others held
+            from .attacks.targeted_finding import targeted_success_rate
+            metrics["targeted_success"] = targeted_success_rate(
+                model, dataset.images, adv, atk.finding, atk.to)  # type: ignore[attr-defined]
         meta = {"attack": name, "options": options, "checkpoint": str(checkpoint), "data": data,
                 **record}
         save_adversarial(out / "adversarial.pt", adv, dataset.labels, paths=dataset.paths,
