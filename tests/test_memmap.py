@@ -80,3 +80,19 @@ def test_memmap_array_view_holds_the_uint8_values(folder, tmp_path):
     cached = build_memmap(files, 12, cache=tmp_path / "c", progress=False)
     with Image.open(files[3]) as img:
         assert np.array_equal(cached.array()[3, 0], np.asarray(img))
+
+
+def test_the_dicom_mode_enters_the_key_and_voi_keeps_the_old_one(tmp_path):
+    """A cache read in "raw" mode is another cache; "voi" (the default) keys as before the mode
+    existed: sha1 of 'mladv-memmap-1|SIZE' then '|path|size|mtime_ns' per file."""
+    import hashlib
+    import os
+
+    from mladv.data.memmap import fingerprint
+
+    f = tmp_path / "a.png"
+    f.write_bytes(b"x")
+    st = os.stat(f)
+    old = hashlib.sha1(f"mladv-memmap-1|16|{f}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    assert fingerprint([f], 16) == old == fingerprint([f], 16, "voi")
+    assert fingerprint([f], 16, "raw") != old

@@ -43,15 +43,19 @@ from torch.utils.data import Dataset
 
 from ..utils import atomic_path, atomic_write_json
 from .cache import CacheOption, cache_dir
+from .dicom import DicomMode, check_dicom_mode
 from .folder import DataError, read_image, resize_square
 
 MEMMAP_VERSION = "mladv-memmap-1"  # change when the stored values change
 
 
-def fingerprint(files: Sequence[str | os.PathLike[str]], image_size: int) -> str:
-    """The cache key of ``files`` at ``image_size`` (module doc); ``DataError`` naming a file
+def fingerprint(files: Sequence[str | os.PathLike[str]], image_size: int,
+                dicom_mode: str = "voi") -> str:
+    """The cache key of ``files`` at ``image_size`` (module doc) read in ``dicom_mode``
+    ("voi" keeps the keys of caches built before the mode existed); ``DataError`` naming a file
     that cannot be stat'ed."""
-    h = hashlib.sha1(f"{MEMMAP_VERSION}|{image_size}".encode())
+    head = f"{MEMMAP_VERSION}|{image_size}" + ("" if dicom_mode == "voi" else f"|{dicom_mode}")
+    h = hashlib.sha1(head.encode())
     for f in files:
         try:
             st = os.stat(f)
@@ -123,19 +127,22 @@ def _load_sidecar(sidecar: Path, key: str) -> MemmapImages | None:
 
 
 def build_memmap(files: Sequence[str | os.PathLike[str]], image_size: int, *,
-                 cache: CacheOption = None, progress: bool = True) -> MemmapImages:
+                 cache: CacheOption = None, progress: bool = True,
+                 dicom_mode: DicomMode = "voi") -> MemmapImages:
     """The on-disk uint8 cache of ``files`` at ``image_size`` (module doc): reused when its
     sidecar's fingerprint matches, else built (one image in memory at a time) and written
     atomically. ``cache`` is the folder (``None``: ``$MLADV_CACHE`` or ``~/.cache/mladv``);
     ``False`` is refused (this cache is the point). ``DataError`` naming the file for an
-    unreadable or too-small image."""
+    unreadable or too-small image. DICOM files are read in ``dicom_mode``
+    (:mod:`mladv.data.dicom`), which enters the key."""
+    check_dicom_mode(dicom_mode)
     folder = cache_dir(cache)
     if folder is None:
         raise DataError("the on-disk image cache needs a cache folder (cache=False or "
                         "MLADV_CACHE=off turn it off)")
     if not files:
         raise DataError("no image files to cache")
-    key = fingerprint(files, image_size)
+    key = fingerprint(files, image_size, dicom_mode)
     sidecar = folder / f"memmap-{key}.json"
     found = _load_sidecar(sidecar, key)
     if found is not None:
@@ -151,7 +158,8 @@ def build_memmap(files: Sequence[str | os.PathLike[str]], image_size: int, *,
             fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
         offset = fh.tell()
         for f in seq:
-            fh.write(to_uint8(resize_square(read_image(f), image_size, os.fspath(f))).tobytes())
+            image = read_image(f, dicom_mode=dicom_mode)
+            fh.write(to_uint8(resize_square(image, image_size, os.fspath(f))).tobytes())
     atomic_write_json({"fingerprint": key, "version": MEMMAP_VERSION, "shape": list(shape),
                        "offset": offset, "n_files": len(files), "image_size": image_size},
                       sidecar)
