@@ -32,7 +32,7 @@ def test_multilabel_attack_metrics_by_hand():
     # adversarial: image 0 now (0,0) vs (1,0): 1 correct; image 1: 1; image 2: 1 -> 3
     assert m["adv_acc"] == pytest.approx(3 / 5)
     assert m["success"] == pytest.approx(1 / 3)  # image 0 only (image 2's flip is unknown)
-    assert m["flip_rate"] == pytest.approx(1 / 5)
+    assert m["flip_rate"] == pytest.approx(2 / 6)  # label-free: image 2's flip counts here
     assert m["n"] == 3 and m["linf_max"] == pytest.approx(1.0)  # image metrics kept
 
 

@@ -97,8 +97,8 @@ def attack_metrics(model: nn.Module, clean: Tensor, adv: Tensor, labels: Tensor,
     Multilabel ``labels`` (``N x K``, NaN unknown; :mod:`mladv.tasks`), decisions at the model's
     ``thresholds`` (0.5 when it has none): ``clean_acc`` / ``adv_acc`` are the per-finding
     accuracies over known entries, ``success`` the share of images with at least one known
-    finding whose decision changed on at least one known finding, ``flip_rate`` the mean over
-    known entries of a changed decision."""
+    finding whose decision changed on at least one known finding, ``flip_rate`` the share of
+    all ``N x K`` decisions that changed (label-free, as the card's per-finding flip rates)."""
     labels = labels.cpu()
     if labels.dim() == 2:
         return {**_multilabel_metrics(model, clean, adv, labels), **_image_metrics(clean, adv)}
@@ -134,7 +134,8 @@ def _multilabel_metrics(model: nn.Module, clean: Tensor, adv: Tensor, labels: Te
         "clean_acc": float(correct(z_clean, labels, "multilabel", thresholds).sum()) / n_known,
         "adv_acc": float(correct(z_adv, labels, "multilabel", thresholds).sum()) / n_known,
         "success": float(changed.any(1)[rows].float().mean()) if bool(rows.any()) else 0.0,
-        "flip_rate": float(changed.sum()) / n_known,
+        "flip_rate": float(flips(z_clean, z_adv, "multilabel", thresholds).float().mean())
+        if labels.numel() else 0.0,
     }
 
 
