@@ -110,3 +110,14 @@ def test_mladv_evaluate_writes_the_multilabel_card_for_an_nih_checkpoint(tmp_pat
     assert set(card["ci"]) == set(card["auroc"])
     md = (out / "report.md").read_text()
     assert "## Per finding" in md and "| Cardiomegaly |" in md
+
+
+def test_the_multilabel_card_names_the_options_it_does_not_measure():
+    from mladv.evaluate import multilabel_not_measured
+
+    asked = RobustnessOptions(acquisition_shift=True, corruptions=("gaussian_noise",),
+                              autoattack_images=4, min_eps_images=2, bm3d_images=0)
+    assert multilabel_not_measured(asked) == ["acquisition shift", "adversarial chain",
+                                              "corruptions", "AutoAttack",
+                                              "smallest flipping eps"]
+    assert multilabel_not_measured(RobustnessOptions()) == []

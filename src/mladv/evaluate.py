@@ -746,6 +746,7 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
                 **multilabel_report(model, dataset.images, dataset.labels, opts, seed=seed,
                                     patients=list(dataset.groups))}
         card["scored"] = record["scored"]
+        card["not_measured"] = multilabel_not_measured(opts)
         card["source"] = {**source, "data": data}
         card["provenance"] = provenance(checkpoint, state_dict, dataset, data, record, opts,
                                         seed, dev, time.perf_counter() - start,
@@ -764,6 +765,17 @@ def evaluate_to_folder(checkpoint: str | None, data: str, out: Path, opts: Robus
                        out / "examples.png", seed=seed, **opts.chain_options)
     write_card(card, out, figures=("examples.png",) if opts.with_chain else ())
     return card
+
+
+def multilabel_not_measured(opts: RobustnessOptions) -> list[str]:
+    """The options set for a multiclass card that the multilabel card does not measure (yet):
+    said on the card and in report.json rather than silently dropped."""
+    unmeasured = {"acquisition shift": opts.acquisition_shift, "adversarial chain":
+                  opts.with_chain, "corruptions": bool(opts.corruptions),
+                  "AutoAttack": opts.autoattack_images > 0,
+                  "smallest flipping eps": opts.min_eps_images > 0,
+                  "BM3D": opts.bm3d_images > 0}
+    return [name for name, asked in unmeasured.items() if asked]
 
 
 def multilabel_blocks(card: dict[str, Any], title: str = "Multilabel report card"
@@ -788,7 +800,10 @@ def multilabel_blocks(card: dict[str, Any], title: str = "Multilabel report card
             fmt(opp["sensitivity"][i], 3), fmt(opp["specificity"][i], 3),
             *[fmt(card["flip_rate"][k][i], 3) for k in cols]]
            for i, f in enumerate(card["findings"])]
+    missing = card.get("not_measured") or []
     blocks: list[Block] = [("h", title), ("p", card["scored"]),
+                           *([("p", "Not measured for a multilabel model (yet): "
+                               + ", ".join(missing) + ".")] if missing else []),
                            ("p", f"{len(card['findings'])} findings; attacks crafted on the "
                                  f"model itself on {card['n_robust']} images (seeded subset "
                                  f"{o['subset_seed']}), attack seed {card['seed']}.")]
