@@ -119,3 +119,12 @@ def test_steps_zero_or_a_wrong_type_is_one_value_error_at_construction(name):
 def test_make_attack_names_the_valid_attacks_for_an_unknown_one():
     with pytest.raises(ValueError, match=r"unknown attack 'pdg'; choose one of \[.*'pgd'"):
         make_attack("pdg", _model())
+
+
+def test_the_help_texts_attack_names_are_the_registrys_built_in_attacks():
+    """mladv.defaults.ATTACK_NAMES (torch-free, for --help) lists exactly the registry's
+    built-in attacks: the help cannot drift from what make_attack accepts."""
+    from mladv.attacks.registry import ATTACKS
+    from mladv.defaults import ATTACK_NAMES
+
+    assert sorted(ATTACK_NAMES) == sorted(ATTACKS)

@@ -8,3 +8,8 @@ from __future__ import annotations
 
 #: The square image sizes (pixels) a model is built and trained at: ``--image-size`` bounds.
 IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 16, 1024
+
+#: The attacks built into :data:`mladv.attacks.registry.ATTACKS`, for help texts (a test checks
+#: the two agree; ``targeted-finding`` attacks multilabel models only).
+ATTACK_NAMES = ("mladv", "pgd", "fgsm", "mifgsm", "pifgsm", "gama", "rays", "chain",
+                "targeted-finding")

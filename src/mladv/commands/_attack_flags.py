@@ -10,13 +10,15 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ..defaults import ATTACK_NAMES
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 # -- the attack flags (unset = the attack's own default) ---------------------------------------
 ATTACK_FLAGS: dict[str, tuple[Any, Any]] = {  # parameter: (type with its typer option, default)
-    "name": (Annotated[str, typer.Option("--attack", help="mladv, pgd, fgsm, mifgsm, pifgsm, "
-                                         "gama, rays, chain.")], "mladv"),
+    "name": (Annotated[str, typer.Option("--attack", help=", ".join(ATTACK_NAMES) + " "
+                                         "(targeted-finding: multilabel models).")], "mladv"),
     "eps": (Annotated[float, typer.Option(help="L-inf budget in 1/255 units.")], 8.0),
     "steps": (Annotated[int | None, typer.Option(min=1, help="Iterations (default: the "
                                                  "attack's).")], None),
