@@ -1,9 +1,6 @@
 """Constants the command line needs before any computing, in a module that imports nothing
 heavy: ``mladv --help`` and ``mladv <command> --help`` import no torch (tests/test_imports.py),
-so typer's option bounds cannot come from :mod:`mladv.models`.
-
-Until :mod:`mladv.models` imports its bounds from here (one home), tests/test_imports.py checks
-the two agree."""
+so typer's option bounds live here and :mod:`mladv.models` imports them (one home)."""
 from __future__ import annotations
 
 #: The square image sizes (pixels) a model is built and trained at: ``--image-size`` bounds.

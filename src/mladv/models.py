@@ -16,6 +16,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from .defaults import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN
 from .fingerprint import image_hashes
 from .tasks import Task, check_task
 from .utils import (
@@ -30,9 +31,8 @@ from .utils import (
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The one image-size range of every command and config (pixels, square images).
-IMAGE_SIZE_MIN, IMAGE_SIZE_MAX = 16, 1024
-
+# The one image-size range of every command and config (pixels, square images): IMAGE_SIZE_MIN /
+# IMAGE_SIZE_MAX from mladv.defaults (torch-free, for the --help bounds).
 
 def _small_cnn(num_classes: int) -> nn.Module:
     """A 4-block CNN (about 0.3 M parameters) for the demo and the tests: trains in seconds."""
