@@ -16,7 +16,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from .defaults import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN
+from .defaults import IMAGE_SIZE_MAX as IMAGE_SIZE_MAX
+from .defaults import IMAGE_SIZE_MIN as IMAGE_SIZE_MIN
 from .fingerprint import image_hashes
 from .tasks import Task, check_task
 from .utils import (

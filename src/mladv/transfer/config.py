@@ -13,7 +13,8 @@ from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_
 from ..attacks import ATTACKS
 from ..attacks.registry import check_attack_options
 from ..configbase import Strict, dump_yaml, load_yaml_config
-from ..models import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN, check_arch, check_freeze, check_image_size
+from ..defaults import IMAGE_SIZE_MAX, IMAGE_SIZE_MIN
+from ..models import check_arch, check_freeze, check_image_size
 from ..units import check_eps_255
 from ..utils import parse_device
 
