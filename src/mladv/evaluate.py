@@ -30,7 +30,6 @@ DATA scored with DATA's labels in the model's class order, :func:`adapter_images
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import platform
@@ -493,13 +492,10 @@ def command_inputs(inputs: list[str], arch: str | None, state_dict: Path | None,
     return inputs[0], None, inputs[1]
 
 
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """The SHA-256 of the file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of the file's bytes (hex): :func:`mladv.fingerprint.file_digest`."""
+    from .fingerprint import file_digest
+    return file_digest(path, "sha256")
 
 
 def checkpoint_images(checkpoint: Path, data: str, split: str | None, *, device: torch.device,

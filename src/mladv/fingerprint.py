@@ -70,13 +70,20 @@ def key_digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_sha1(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """SHA-1 of a file's bytes, read in ``chunk``-byte pieces."""
-    h = hashlib.sha1()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha1",
+                chunk: int = 1 << 20) -> str:
+    """The hex ``algorithm`` digest (hashlib's name) of a file's bytes, read in ``chunk``-byte
+    pieces."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha1(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes, read in ``chunk``-byte pieces."""
+    return file_digest(path, "sha1", chunk)
 
 
 def weights_sha1(weights: str | os.PathLike[str] | None) -> str | None:
