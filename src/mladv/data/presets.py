@@ -162,24 +162,20 @@ def kermany_split(root: str | os.PathLike[str], image_size: int = 224, *,
 
 # -- CSV manifest ----------------------------------------------------------------------------------
 def _csv_rows(file: Path) -> list[tuple[int, str, str, str]]:
-    """``[(line, path, label, patient_id)]`` of a manifest (``patient_id`` "" when absent)."""
-    if not file.is_file():
-        raise DataError(f"{file}: no such CSV file")
-    with file.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip() for f in reader.fieldnames or []]
-        reader.fieldnames = fields
-        path_col = "path" if "path" in fields else "file" if "file" in fields else None
-        if path_col is None or "label" not in fields:
-            raise DataError(f"{file}: needs a header with path,label[,patient_id] (or, "
-                            f"multilabel, path,patient_id,labels or path,patient_id,<finding "
-                            f"columns>) (found {','.join(fields) or 'none'})")
-        rows = []
-        for row in reader:
-            path, label = (row.get(path_col) or "").strip(), (row.get("label") or "").strip()
-            if not path or not label:
-                raise DataError(f"{file}, line {reader.line_num}: empty {path_col} or label")
-            rows.append((reader.line_num, path, label, (row.get("patient_id") or "").strip()))
+    """``[(line, path, label, patient_id)]`` of a manifest (``patient_id`` "" when absent),
+    read by :func:`_read_manifest`."""
+    fields, table = _read_manifest(file)
+    path_col = "path" if "path" in fields else "file" if "file" in fields else None
+    if path_col is None or "label" not in fields:
+        raise DataError(f"{file}: needs a header with path,label[,patient_id] (or, "
+                        f"multilabel, path,patient_id,labels or path,patient_id,<finding "
+                        f"columns>) (found {','.join(fields) or 'none'})")
+    rows = []
+    for line, row in table:
+        path, label = row.get(path_col, ""), row.get("label", "")
+        if not path or not label:
+            raise DataError(f"{file}, line {line}: empty {path_col} or label")
+        rows.append((line, path, label, row.get("patient_id", "")))
     if not rows:
         raise DataError(f"{file}: no rows")
     return rows
