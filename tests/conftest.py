@@ -55,14 +55,20 @@ def tiny_trained(one_thread):
     return model.eval(), data.images, data.labels
 
 
-def require_cxr3(root: Path = CXR3, env: Mapping[str, str] = os.environ) -> Path:
-    """``root`` if it holds the real chest X-rays; else skip, or, under ``CI=true``, fail: a green
-    CI run must not hide the real-data tests."""
-    if not (root / "manifest.csv").is_file():
-        msg = f"real chest X-rays not found at {root} (the ../shared data folder is absent)"
+def require_shared(marker: Path, what: str, env: Mapping[str, str] = os.environ) -> None:
+    """Skip unless ``marker`` (a file of a ../shared data set) exists, or, under ``CI=true``,
+    fail: a green CI run must not hide the real-data tests. ``what`` names the set."""
+    if not marker.is_file():
+        msg = f"{what} not found at {marker.parent} (the ../shared data folder is absent)"
         if env.get("CI", "").strip().lower() in ("true", "1", "yes"):
             pytest.fail(f"{msg}; CI=true, so the real-data tests must run", pytrace=False)
         pytest.skip(msg)
+
+
+def require_cxr3(root: Path = CXR3, env: Mapping[str, str] = os.environ) -> Path:
+    """``root`` if it holds the real chest X-rays; else skip, or fail under ``CI=true``
+    (:func:`require_shared`)."""
+    require_shared(root / "manifest.csv", "real chest X-rays", env)
     return root
 
 

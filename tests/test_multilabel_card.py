@@ -12,6 +12,7 @@ from mladv.cli import main
 from mladv.evaluation.multilabel_report import multilabel_report
 from mladv.evaluation.stats import bootstrap_ci
 from mladv.robustness import RobustnessOptions
+from model_helpers import Rows
 from nih_helpers import require_nih14
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,19 +22,9 @@ TARGETS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, NAN], [0.0, 1.0]])
 NONE = RobustnessOptions(attacks=(), pgd_eps=(), noise_sigmas=(), max_images=None)
 
 
-class _Rows(torch.nn.Module):
-    """Row ``i`` of ``logits`` for image ``i``, whatever the image holds."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, x):
-        return self.logits[:x.shape[0]]
-
 
 def _report(opts=NONE, **kw):
-    return multilabel_report(_Rows(LOGITS), torch.zeros(4, 1, 2, 2), TARGETS, opts, **kw)
+    return multilabel_report(Rows(LOGITS), torch.zeros(4, 1, 2, 2), TARGETS, opts, **kw)
 
 
 def test_per_finding_and_macro_auroc_by_hand():

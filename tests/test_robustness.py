@@ -25,6 +25,7 @@ from mladv.robustness import (
     robustness_report,
 )
 from mladv.training import accuracy
+from model_helpers import Rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -274,16 +275,6 @@ def test_the_report_passes_its_bins_seed_and_classes(monkeypatch):
 
 
 # -- the last survivors of issue 16's mutation run: arguments as the callee binds them ----------
-class _Rows(torch.nn.Module):
-    """Returns row ``i`` of ``logits`` for image ``i`` of a batch, whatever the image holds."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, x):
-        return self.logits[:x.shape[0]]
-
 
 def _plain(value):
     return value.tolist() if isinstance(value, torch.Tensor) else value
@@ -318,7 +309,7 @@ def _wired_calls(monkeypatch, name: str):
     calls = {n: _bound_spy(monkeypatch, n, v) for n, v in SPIED.items()}
     x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    model = _Rows(torch.zeros(6, 3))
+    model = Rows(torch.zeros(6, 3))
     rob.robustness_columns(model, x, y, WIRED, seed=2, n_classes=3)
     sub, auto = rob.robustness_subsets(y, WIRED, 3)
     return calls[name], model, (x[sub].tolist(), y[sub].tolist()), (x[auto].tolist(),
@@ -555,7 +546,7 @@ def test_adversarial_accuracy_passes_its_attack_eps_seed_batch_size_and_options(
 
 def test_shift_accuracy_compares_each_image_s_arg_max_with_its_label():
     """Images 0..4 predicted 0, 1, 2, 0, 1 (whatever the shift does) with those labels: 1.0."""
-    model = _Rows(torch.eye(3)[[0, 1, 2, 0, 1]])
+    model = Rows(torch.eye(3)[[0, 1, 2, 0, 1]])
     x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
     out = rob.acquisition_shift_accuracy(model, x, y, transforms=("bias",), severities=(1.0,))
     assert out == {"shift_bias_1": 1.0, "shift_mean": 1.0}
@@ -563,7 +554,7 @@ def test_shift_accuracy_compares_each_image_s_arg_max_with_its_label():
 
 def test_the_report_ece_uses_ece_bins():
     """Confidences 0.9 (right) and 0.6 (wrong): one bin |1/2 - 0.75| = 0.25; 15 bins 0.35."""
-    model = _Rows(torch.tensor([[0.9, 0.1], [0.6, 0.4]]).log())
+    model = Rows(torch.tensor([[0.9, 0.1], [0.6, 0.4]]).log())
     opts = rob.RobustnessOptions(attacks=(), pgd_eps=(), max_images=None, noise_sigmas=(),
                                  ece_bins=1)
     report = rob.robustness_report(model, torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]), opts)
@@ -575,7 +566,7 @@ def test_the_report_counts_the_subsets_over_its_n_classes(monkeypatch):
     _spy(monkeypatch, "robustness_outcomes", {})
     opts = rob.RobustnessOptions(max_images=5, autoattack_images=5)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    report = rob.robustness_report(_Rows(torch.zeros(6, 3)), torch.zeros(6, 1, 2, 2), y, opts,
+    report = rob.robustness_report(Rows(torch.zeros(6, 3)), torch.zeros(6, 1, 2, 2), y, opts,
                                    n_classes=2)
     assert (report["n"], report["n_robust"], report["n_autoattack"]) == (6, 4, 4)
 
@@ -676,7 +667,7 @@ def test_the_report_cis_are_the_patient_bootstrap_of_each_column_s_images():
     noise column on all 4: its CI is stats.accuracy_ci of those outcomes by patient, with the
     report's resamples, level and seed; the size beside it 4 images of 2 patients."""
     from mladv.evaluation.stats import accuracy_ci
-    model = _Rows(torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]]))
+    model = Rows(torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [0.0, 2.0]]))
     y = torch.tensor([0, 0, 0, 1])
     opts = rob.RobustnessOptions(attacks=(), pgd_eps=(), noise_sigmas=(0.1,), max_images=None,
                                  bootstrap=50, ci_level=0.9)
@@ -695,13 +686,13 @@ def test_the_report_warns_of_gradient_masking_when_autoattack_beats_pgd_on_its_i
     _spy(monkeypatch, "autoattack_correct", torch.tensor([True, True]))
     opts = rob.RobustnessOptions(attacks=(), pgd_eps=(2.0,), autoattack_images=2,
                                  noise_sigmas=(), max_images=None)
-    report = rob.robustness_report(_Rows(torch.zeros(4, 2)), torch.zeros(4, 1, 2, 2),
+    report = rob.robustness_report(Rows(torch.zeros(4, 2)), torch.zeros(4, 1, 2, 2),
                                    torch.tensor([0, 1, 0, 1]), opts)
     assert report["gradient_masking"].startswith(
         "AutoAttack accuracy 1.000 > PGD accuracy 0.000 at the same eps")
     opts = replace(opts, pgd_eps=(8.0,))  # no PGD at AutoAttack's eps: no check
     assert "gradient_masking" not in rob.robustness_report(
-        _Rows(torch.zeros(4, 2)), torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), opts)
+        Rows(torch.zeros(4, 2)), torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), opts)
 
 
 
